@@ -1,0 +1,105 @@
+"""One measurement in a fresh process.
+
+    python -m benchmarks.driver --system dask --workload flat --size 10000
+
+Starts the cluster (timed separately), runs one trivial task to warm it,
+starts the sampler process, runs the measured region, checks the answer and
+prints one line ``BENCH_RESULT {json}`` before shutting the cluster down (so a
+hung shutdown cannot lose the figure).  Libraries are imported lazily: only the
+system under test needs to be installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+RESULT_PREFIX = "BENCH_RESULT "
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def with_root_on_path(env: dict[str, str]) -> dict[str, str]:
+    """Worker processes must import ``benchmarks.tasks`` by reference."""
+    paths = [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**env, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
+class Sampler:
+    """Handle on the sampler process (see ``sampler.py``)."""
+
+    def __init__(self, system: str, worker_pids: list[int] | None) -> None:
+        cmd = [sys.executable, "-m", "benchmarks.sampler", "--root", str(os.getpid()),
+               "--system", system, "--worker-pids", ",".join(map(str, worker_pids or []))]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("sampler failed to start")
+
+    def stop(self) -> dict[str, Any]:
+        out, _ = self.proc.communicate(timeout=30)  # closes stdin: the signal to stop
+        return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def last_line(exc: BaseException) -> str:
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--system", required=True)
+    ap.add_argument("--workload", required=True)
+    ap.add_argument("--size", type=int, required=True)
+    ap.add_argument("--no-sampler", action="store_true")
+    a = ap.parse_args()
+    os.environ.update(with_root_on_path(dict(os.environ)))
+
+    from benchmarks.systems import UNSUPPORTED, NotSupported, open_system
+    from benchmarks.workloads import WORKLOADS
+
+    res: dict[str, Any] = {"system": a.system, "workload": a.workload, "size": a.size,
+                           "sampler": not a.no_sampler}
+    system = None
+    sampler = None
+    try:
+        if (a.system, a.workload) in UNSUPPORTED:
+            raise NotSupported(UNSUPPORTED[a.system, a.workload])
+        workload = WORKLOADS.get(a.workload)
+        if workload is None:
+            raise ValueError(f"unknown workload {a.workload!r}")
+        t0 = time.perf_counter()
+        system = open_system(a.system)
+        system.start()
+        res["start_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        system.warm()
+        res["warm_s"] = time.perf_counter() - t0
+        if not a.no_sampler:
+            sampler = Sampler(a.system, system.worker_pids())
+        try:
+            res["metrics"] = workload.measure(system, a.size)
+        finally:
+            if sampler is not None:
+                res["peaks"] = sampler.stop()
+        res["status"] = "ok"
+    except NotSupported as e:
+        res.update(status="n/a", error=str(e))
+    except BaseException as e:  # noqa: BLE001 - every failure must be reported
+        res.update(status="failed", error=last_line(e))
+        traceback.print_exc()
+    print(RESULT_PREFIX + json.dumps(res), flush=True)
+    if system is not None:
+        t0 = time.perf_counter()
+        system.close()
+        print(f"closed in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Run the workloads on tasknest, dask.distributed and Ray; write the report.
+
+    python -m benchmarks.run [--systems tasknest,dask,ray] [--workloads ...]
+                             [--runs 3] [--quick] [--timeout 290]
+                             [--output docs/benchmarks.md]
+
+Every measurement runs in a fresh driver process (``benchmarks.driver``).  A
+driver that exceeds the timeout is killed with everything it started and is
+reported as "timeout"; one that crashes is reported as "failed" with the last
+line of its error.  Nothing is left out of the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks.driver import RESULT_PREFIX, ROOT, with_root_on_path
+from benchmarks.systems import SYSTEMS
+from benchmarks.workloads import WORKLOADS, select
+
+
+def _kill_tree(pid: int) -> None:
+    """Kill the driver's process group and every descendant.
+
+    Ray's workers put themselves in process groups of their own, so killing
+    the group is not enough: collect the descendants first, while the tree
+    still hangs together.
+    """
+    try:
+        procs = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        procs = []
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+def run_one(system: str, workload: str, size: int, timeout: float,
+            sampler: bool = True) -> dict[str, Any]:
+    """One measurement in a fresh process; always returns a result record."""
+    cmd = [sys.executable, "-m", "benchmarks.driver", "--system", system,
+           "--workload", workload, "--size", str(size)]
+    if not sampler:
+        cmd.append("--no-sampler")
+    base: dict[str, Any] = {"system": system, "workload": workload, "size": size}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=with_root_on_path(dict(os.environ)),
+                                stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_tree(proc.pid)
+            proc.wait()
+        wall = time.perf_counter() - t0
+        _kill_tree(proc.pid)  # stragglers left in the driver's process group
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    found = [ln for ln in stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if found:
+        res = {**base, **json.loads(found[-1][len(RESULT_PREFIX):])}
+        if timed_out:
+            res["note"] = "killed at the timeout while shutting down"
+    elif timed_out:
+        res = {**base, "status": "timeout", "error": f"killed after {timeout:.0f} s"}
+    else:
+        res = {**base, "status": "failed",
+               "error": f"exit code {proc.returncode}: {_last_line(stderr)}"}
+    res["wall_s"] = wall
+    return res
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of every metric and peak over the successful runs."""
+    ok = [r for r in runs if r["status"] == "ok"]
+    out: dict[str, Any] = {"runs": len(runs), "ok": len(ok),
+                           "statuses": [r["status"] for r in runs],
+                           "errors": sorted({r["error"] for r in runs if r.get("error")})}
+    if not ok:
+        out["status"] = runs[0]["status"] if len({r["status"] for r in runs}) == 1 else "failed"
+        return out
+    out["status"] = "ok"
+    for section in ("metrics", "peaks"):
+        keys = {k for r in ok for k in r.get(section, {})}
+        out[section] = {k: statistics.median(r[section][k] for r in ok if k in r.get(section, {}))
+                        for k in sorted(keys)}
+    out["start_s"] = statistics.median(r["start_s"] for r in ok)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--workloads", default=",".join(w for w in WORKLOADS if not WORKLOADS[w].group)
+                    + ",process_all")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="only the smallest size of each workload")
+    ap.add_argument("--timeout", type=float, default=290.0, help="seconds per measurement")
+    ap.add_argument("--output", default="docs/benchmarks.md")
+    ap.add_argument("--json", default="benchmarks/results/latest.json")
+    ap.add_argument("--no-sampler", action="store_true",
+                    help="turn the resource sampler off (for every system alike)")
+    a = ap.parse_args(argv)
+    systems = [s for s in a.systems.split(",") if s]
+    for s in systems:
+        if s not in SYSTEMS:
+            ap.error(f"unknown system {s!r}")
+    workloads = select([w for w in a.workloads.split(",") if w])
+
+    plan = [(w, size) for w in workloads for size in ((w.quick,) if a.quick else w.sizes)]
+    total = len(plan) * len(systems) * a.runs
+    cells: list[dict[str, Any]] = []
+    done = 0
+    for w, size in plan:
+        by_system: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+        for i in range(a.runs):
+            for s in systems:  # interleave systems so drift hits all alike
+                if by_system[s] and by_system[s][0]["status"] == "n/a":
+                    continue  # the system has no such feature: once is enough
+                done += 1
+                r = run_one(s, w.name, size, a.timeout, sampler=not a.no_sampler)
+                by_system[s].append(r)
+                fig = r.get("metrics", {}).get(w.primary.metric)
+                shown = f"{w.primary.header}={fig:{w.primary.fmt}}" if fig is not None \
+                    else r.get("error", "")
+                print(f"[{done}/{total}] {s:8} {w.name} {w.size_label}={size} run {i + 1}: "
+                      f"{r['status']} {shown} ({r['wall_s']:.1f} s)", file=sys.stderr, flush=True)
+        for s, runs in by_system.items():
+            cells.append({"system": s, "workload": w.name, "size": size,
+                          "summary": summarize(runs), "runs": runs})
+
+    from benchmarks import report
+
+    meta = report.metadata(
+        command="python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        runs=a.runs, timeout=a.timeout, sampler=not a.no_sampler, systems=systems)
+    json_path = Path(a.json)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"meta": meta, "cells": cells}, indent=1) + "\n")
+    out = Path(a.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report.render(meta, cells, out.read_text() if out.exists() else ""))
+    print(f"wrote {a.output} and {a.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""tasknest: distributed futures for Python in which tasks can launch tasks."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .client.client import Client, Executor, default_client  # noqa: E402
+from .client.future import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,  # noqa: E402
+                            Future, as_completed, fire_and_forget, wait)
+from .deploy.local import LocalCluster  # noqa: E402
+from .deploy.security import Security  # noqa: E402
+from .errors import (AuthenticationError, CallerError, ClosedClientError,  # noqa: E402
+                     CommClosedError, FutureCancelledError, KilledWorker, LostError,
+                     ProtocolError, RemoteError, SchedulerLostError, SerializationError,
+                     TasknestError)
+from .worker.context import (get_client, get_worker, local_executor, rejoin,  # noqa: E402
+                             secede, worker_client)
+
+__all__ = [
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
+    "AuthenticationError", "CallerError", "Client", "ClosedClientError", "CommClosedError",
+    "Executor", "Future", "FutureCancelledError", "KilledWorker", "LocalCluster", "LostError",
+    "ProtocolError", "RemoteError", "SchedulerLostError", "Security", "SerializationError",
+    "TasknestError", "as_completed", "default_client", "fire_and_forget", "get_client",
+    "get_worker", "local_executor", "rejoin", "secede", "wait", "worker_client",
+    "__version__",
+]

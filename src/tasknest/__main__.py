@@ -1,0 +1,3 @@
+from tasknest.deploy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,668 @@
+"""Client: submit functions to the cluster, get Futures back.
+
+    user thread ──submit/map/scatter──> comm (thread-safe queue) ──> scheduler
+    io thread   <──key-memory/key-erred── scheduler: settles FutureStates
+    gather ──> inline values, or get-data straight from the workers that hold them
+
+A synchronous client runs its connection on one shared background loop thread;
+``asynchronous=True`` runs it on the caller's loop. With no address it starts an
+embedded LocalCluster and stops it on ``close()``.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextvars
+import hashlib
+import itertools
+import logging
+import threading
+import time
+import uuid
+import weakref
+from typing import Any, Callable, Iterable
+
+from .. import __version__
+from ..errors import (CallerError, ClosedClientError, CommClosedError, RemoteError,
+                      SchedulerLostError)
+from ..protocol import messages as m
+from ..protocol.comm import Comm, connect
+from ..protocol.peers import PeerPool
+from ..protocol.serialize import dumps_call, dumps_function, dumps_value
+from .future import Future, FutureState, error_from
+from .loop import get_runner
+
+log = logging.getLogger("tasknest.client")
+
+_default: "weakref.ref[Client] | None" = None
+_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+# set while a task runs (thread or asyncio task): the worker's own client
+current_client: "contextvars.ContextVar[Client | None]" = contextvars.ContextVar(
+    "tasknest_client", default=None)
+_seq = itertools.count()
+
+
+def default_client() -> "Client":
+    c = current_client.get()
+    if c is not None:
+        return c
+    c = _default() if _default is not None else None
+    if c is None or c.status == "closed":
+        raise CallerError("no running tasknest Client: create one with Client() first")
+    return c
+
+
+def _funcname(fn: Callable) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return "lambda" if name == "<lambda>" else name
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise CallerError(f"timeout must be None or a non-negative number of seconds, "
+                          f"got {timeout!r}")
+
+
+def flatten_futures(obj: Any) -> list[Future]:
+    out: list[Future] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, Future):
+            out.append(x)
+        elif isinstance(x, (list, tuple, set, frozenset)):
+            for y in x:
+                walk(y)
+        elif isinstance(x, dict):
+            for y in x.values():
+                walk(y)
+    walk(obj)
+    return out
+
+
+def _rebuild(obj: Any, values: dict[str, Any]) -> Any:
+    if isinstance(obj, Future):
+        return values[obj.key]
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = [_rebuild(x, values) for x in obj]
+        return items if type(obj) is list else type(obj)(items) if type(obj) in (
+            tuple, set, frozenset) else type(obj)(*items) if hasattr(obj, "_fields") else items
+    if isinstance(obj, dict):
+        return type(obj)((k, _rebuild(v, values)) for k, v in obj.items())
+    return obj
+
+
+class Client:
+    """A connection to a tasknest cluster. ``Executor`` is the same class."""
+
+    _worker_side = False
+
+    def __init__(self, address: Any = None, timeout: float = 10.0, asynchronous: bool = False,
+                 token: str | None = None, security: Any = None, name: str | None = None,
+                 set_as_default: bool = True, **cluster_kwargs: Any) -> None:
+        _check_timeout(timeout)
+        self.id = f"c-{name or 'client'}-{uuid.uuid4().hex[:12]}"
+        self.asynchronous = asynchronous
+        self.timeout = timeout
+        self.status = "new"
+        self._lock = threading.Lock()
+        self._states: dict[str, FutureState] = {}
+        self._refs: dict[str, int] = {}
+        self._replies: dict[int, asyncio.Future] = {}
+        self._rid = 0
+        self._comm: Comm | None = None
+        self._cluster = None
+        self._owns_cluster = False
+        self._security = security
+        self._token = token
+        self._set_as_default = set_as_default
+        self._address = address
+        self._cluster_kwargs = cluster_kwargs
+        self._peers: PeerPool | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        if cluster_kwargs and address is not None:
+            raise CallerError(f"unexpected arguments {sorted(cluster_kwargs)} "
+                              "(cluster options apply only when no address is given)")
+        if not asynchronous:
+            self._start_sync()
+
+    # -- starting and stopping ---------------------------------------------------------
+    def _resolve_address(self) -> None:
+        address = self._address
+        if address is None:
+            from ..deploy.local import LocalCluster
+            self._cluster = LocalCluster(**self._cluster_kwargs)
+            self._owns_cluster = True
+            address = self._cluster
+        if hasattr(address, "scheduler_address"):
+            self._cluster = address if self._cluster is None else self._cluster
+            self._token = self._token or address.token
+            self._security = self._security or getattr(address, "security", None)
+            address = address.scheduler_address
+        if not isinstance(address, str):
+            raise CallerError(f"address must be a 'tcp://host:port' string, a LocalCluster "
+                              f"or None, got {address!r}")
+        if self._token is None:
+            import os
+            self._token = os.environ.get("TASKNEST_TOKEN")
+        self.scheduler_address = address
+
+    def _start_sync(self) -> None:
+        self._resolve_address()
+        runner = get_runner()
+        self.loop = runner.loop
+        self._loop_thread = runner.thread.ident
+        try:
+            runner.run(self._connect(), timeout=self.timeout + 5)
+        except BaseException:
+            if self._owns_cluster and self._cluster is not None:
+                self._cluster.close()
+            raise
+        self._started()
+
+    async def _start_async(self) -> "Client":
+        if self.status == "running":
+            return self
+        loop = asyncio.get_running_loop()
+        if self._address is None:
+            await loop.run_in_executor(None, self._resolve_address)
+        else:
+            self._resolve_address()
+        self.loop = loop
+        self._loop_thread = threading.get_ident()
+        await self._connect()
+        self._started()
+        return self
+
+    def _started(self) -> None:
+        global _default
+        self.status = "running"
+        _clients.add(self)
+        if self._set_as_default:
+            _default = weakref.ref(self)
+
+    async def _connect(self) -> None:
+        from ..deploy.security import client_ssl_context
+        ssl_ctx = client_ssl_context(self._security, self.scheduler_address)
+        comm = await connect(self.scheduler_address, self._token, timeout=self.timeout,
+                             ssl_context=ssl_ctx)
+        self._peers = PeerPool(self.id, self._token, ssl_ctx, timeout=self.timeout)
+        welcome = asyncio.get_running_loop().create_future()
+        self._welcome = welcome
+        comm.start(self._handle)
+        comm.on_close.append(self._on_comm_closed)
+        comm.send(m.RegisterClient(self.id, __version__))
+        self._comm = comm
+        try:
+            await asyncio.wait_for(welcome, self.timeout)
+        except asyncio.TimeoutError:
+            comm.close("no welcome")
+            raise CommClosedError(f"scheduler at {self.scheduler_address} did not answer "
+                                  f"within {self.timeout} s") from None
+
+    def __await__(self) -> Any:
+        return self._start_async().__await__()
+
+    async def __aenter__(self) -> "Client":
+        return await self._start_async()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._close_async()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self, timeout: float | None = None) -> Any:
+        """Disconnect; stop the embedded cluster if this client started it."""
+        if self.asynchronous:
+            return self._close_async()
+        if self.status == "closed":
+            return None
+        self.status = "closed"
+        if self.loop is not None and self._comm is not None:
+            try:
+                get_runner().run(self._close_comm(), timeout=5)
+            except Exception:
+                pass
+        self._fail_pending(ClosedClientError("the client was closed"))
+        if self._owns_cluster and self._cluster is not None:
+            self._cluster.close()
+        return None
+
+    async def _close_async(self) -> None:
+        if self.status == "closed":
+            return
+        self.status = "closed"
+        await self._close_comm()
+        self._fail_pending(ClosedClientError("the client was closed"))
+        if self._owns_cluster and self._cluster is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._cluster.close)
+
+    async def _close_comm(self) -> None:
+        if self._comm is not None:
+            self._comm.flush()
+            self._comm.close("client closed")
+        if self._peers is not None:
+            self._peers.close()
+
+    def _fail_pending(self, error: BaseException) -> None:
+        with self._lock:
+            states = [st for st in self._states.values() if not st.done()]
+            replies, self._replies = self._replies, {}
+        for st in states:
+            st.fail(error, None)
+        for fut in replies.values():
+            if not fut.done():
+                fut.get_loop().call_soon_threadsafe(
+                    lambda f=fut: f.done() or f.set_exception(error))
+
+    def _on_comm_closed(self, comm: Comm) -> None:
+        if self.status == "running":
+            self.status = "closed"
+            log.warning("lost the connection to the scheduler at %s: %s",
+                        self.scheduler_address, comm.close_reason)
+            self._fail_pending(SchedulerLostError(
+                f"lost the connection to the scheduler at {self.scheduler_address}: "
+                f"{comm.close_reason}"))
+
+    def _check(self) -> None:
+        if self.status != "running":
+            if self.status == "new":
+                raise ClosedClientError("the client is not started: use `await Client(...)` "
+                                        "or `async with Client(...)` in async code")
+            raise ClosedClientError("the client is closed")
+
+    # -- messages from the scheduler (loop thread) ----------------------------------------
+    def _handle(self, msg: m.Message) -> None:
+        op = msg.op
+        if op == "key-memory":
+            st = self._states.get(msg.key)  # type: ignore[attr-defined]
+            if st is not None:
+                st.finish(msg.type, msg.nbytes, msg.who_has, msg.value)  # type: ignore
+        elif op == "key-erred":
+            st = self._states.get(msg.key)  # type: ignore[attr-defined]
+            if st is not None:
+                st.fail(error_from(msg.exception, msg.traceback, msg.kind),  # type: ignore
+                        msg.traceback or None,  # type: ignore[attr-defined]
+                        "cancelled" if msg.kind == "cancelled" else  # type: ignore
+                        "lost" if msg.kind == "lost" else "error")  # type: ignore
+        elif op == "key-cancelled":
+            st = self._states.get(msg.key)  # type: ignore[attr-defined]
+            if st is not None:
+                from ..errors import FutureCancelledError
+                st.fail(FutureCancelledError(msg.reason), None, "cancelled")  # type: ignore
+        elif op == "reply":
+            fut = self._replies.pop(msg.rid, None)  # type: ignore[attr-defined]
+            if fut is not None and not fut.done():
+                if msg.error:  # type: ignore[attr-defined]
+                    fut.set_exception(RemoteError(msg.error))  # type: ignore[attr-defined]
+                else:
+                    fut.set_result(msg.value)  # type: ignore[attr-defined]
+        elif op == "welcome":
+            if not self._welcome.done():
+                self._welcome.set_result(msg)
+        elif op == "refused":
+            if not self._welcome.done():
+                self._welcome.set_exception(CallerError(msg.reason))  # type: ignore
+        else:
+            log.debug("client ignores %s", op)
+
+    # -- reference counting ---------------------------------------------------------------
+    def _send(self, msg: m.Message) -> None:
+        comm = self._comm
+        if comm is None:
+            raise ClosedClientError("the client is not connected")
+        if threading.get_ident() == self._loop_thread:
+            comm.send(msg)
+        else:
+            comm.send_threadsafe(msg)
+
+    def _acquire(self, key: str, inform: bool = True) -> FutureState:
+        with self._lock:
+            st = self._states.get(key)
+            if st is None:
+                st = self._states[key] = FutureState()
+                self._refs[key] = 1
+                new = True
+            else:
+                self._refs[key] += 1
+                new = False
+        if new and inform and self.status == "running":
+            self._send(m.Want([key]))
+        return st
+
+    def _release(self, key: str) -> None:
+        with self._lock:
+            n = self._refs.get(key, 0) - 1
+            if n > 0:
+                self._refs[key] = n
+                return
+            self._refs.pop(key, None)
+            self._states.pop(key, None)
+        if self.status == "running":
+            self._send(m.Release([key]))
+
+    def _new_future(self, key: str) -> tuple[Future, bool]:
+        with self._lock:
+            st = self._states.get(key)
+            new = st is None
+            if new:
+                st = self._states[key] = FutureState()
+                self._refs[key] = 1
+            else:
+                self._refs[key] += 1
+        fut = Future.__new__(Future)
+        fut.key, fut.client, fut._state = key, self, st
+        return fut, new
+
+    # -- submitting -------------------------------------------------------------------------
+    def _depth(self) -> int:
+        return 0
+
+    def submit(self, func: Callable, *args: Any, key: str | None = None, pure: bool = True,
+               workers: Any = None, retries: int = 0, priority: int = 0, **kwargs: Any) -> Future:
+        """Run ``func(*args, **kwargs)`` on the cluster; returns a Future."""
+        self._check()
+        if not callable(func):
+            raise CallerError(f"submit() needs a callable as its first argument, got "
+                              f"{type(func).__name__} {func!r:.60}")
+        if key is not None and (not isinstance(key, str) or not key):
+            raise CallerError(f"key must be a non-empty string, got {key!r}")
+        if not isinstance(retries, int) or retries < 0:
+            raise CallerError(f"retries must be a non-negative integer, got {retries!r}")
+        if not isinstance(priority, (int, float)):
+            raise CallerError(f"priority must be a number, got {priority!r}")
+        fbytes = dumps_function(func)
+        abytes, deps = dumps_call(args, kwargs, Future)
+        if key is None:
+            if pure:
+                digest = hashlib.blake2b(fbytes, digest_size=16)
+                digest.update(abytes)
+                key = f"{_funcname(func)}-{digest.hexdigest()}"
+            else:
+                key = f"{_funcname(func)}-{uuid.uuid4().hex}"
+        return self._submit_key(key, fbytes, abytes, deps,
+                                [priority, self._depth(), next(_seq)], retries,
+                                self._workers_arg(workers))
+
+    @staticmethod
+    def _workers_arg(workers: Any) -> list | None:
+        if workers is None:
+            return None
+        if isinstance(workers, str):
+            return [workers]
+        try:
+            out = list(workers)
+        except TypeError:
+            raise CallerError(f"workers must be an address, a name or a list of them, "
+                              f"got {workers!r}") from None
+        if not all(isinstance(w, str) for w in out):
+            raise CallerError(f"workers must be addresses or names (strings), got {workers!r}")
+        return out
+
+    def _submit_key(self, key: str, fbytes: bytes, abytes: bytes, deps: list[str],
+                    priority: list, retries: int, workers: list | None) -> Future:
+        fut, new = self._new_future(key)
+        if new:
+            self._send(m.Submit(key, fbytes, abytes, deps, priority, retries, workers))
+        return fut
+
+    def map(self, func: Callable, *iterables: Iterable, key: Any = None, pure: bool = True,
+            workers: Any = None, retries: int = 0, priority: int = 0, **kwargs: Any) -> list[Future]:
+        """submit() for each element (zip of several iterables)."""
+        self._check()
+        if not callable(func):
+            raise CallerError(f"map() needs a callable as its first argument, got {func!r:.60}")
+        if not iterables:
+            raise CallerError("map() needs at least one iterable")
+        items = list(zip(*iterables))
+        keys = key if isinstance(key, (list, tuple)) else None
+        if keys is not None and len(keys) != len(items):
+            raise CallerError(f"map() got {len(keys)} keys for {len(items)} items")
+        return [self.submit(func, *args, key=keys[i] if keys else None, pure=pure,
+                            workers=workers, retries=retries, priority=priority, **kwargs)
+                for i, args in enumerate(items)]
+
+    def scatter(self, data: Any, broadcast: bool = False, workers: Any = None,
+                timeout: float | None = None) -> Any:
+        """Send local data to the workers; returns futures of the same shape."""
+        self._check()
+        _check_timeout(timeout)
+        if isinstance(data, dict):
+            keys, values = [str(k) for k in data], list(data.values())
+        elif isinstance(data, (list, tuple, set, frozenset)):
+            values = list(data)
+            keys = [f"{type(v).__name__}-{uuid.uuid4().hex}" for v in values]
+        else:
+            values = [data]
+            keys = [f"{type(data).__name__}-{uuid.uuid4().hex}"]
+        futures = self._scatter(keys, values, broadcast, self._workers_arg(workers), timeout)
+        if isinstance(data, dict):
+            return dict(zip(data, futures))
+        if isinstance(data, (list, tuple, set, frozenset)):
+            return futures if isinstance(data, list) else type(data)(futures) \
+                if isinstance(data, tuple) else futures
+        return futures[0]
+
+    def _scatter(self, keys: list[str], values: list, broadcast: bool, workers: list | None,
+                 timeout: float | None) -> list[Future]:
+        frames = [dumps_value(v) for v in values]
+        futures = [self._new_future(k)[0] for k in keys]
+        self._request(m.Scatter(0, keys, frames, broadcast, workers), timeout)
+        for f, v, fr in zip(futures, values, frames):
+            f._state.finish(type(v).__name__, sum(len(x) for x in fr), [], None, v)
+        return futures
+
+    # -- requests -------------------------------------------------------------------------------
+    def _request(self, msg: m.Message, timeout: float | None = None) -> Any:
+        if self.asynchronous:
+            return self._request_async(msg, timeout)
+        return self._run(self._request_async(msg, timeout),
+                         None if timeout is None else timeout + 1)
+
+    async def _request_async(self, msg: m.Message, timeout: float | None = None) -> Any:
+        self._check()
+        self._rid += 1
+        msg.rid = self._rid  # type: ignore[attr-defined]
+        fut = asyncio.get_running_loop().create_future()
+        self._replies[self._rid] = fut
+        self._comm.send(msg)  # type: ignore[union-attr]
+        return await asyncio.wait_for(fut, timeout)
+
+    def _query(self, what: str, arg: Any = None) -> Any:
+        return self._request(m.Query(0, what, arg), self.timeout)
+
+    def who_has(self, futures: Any = None) -> Any:
+        """{key: [worker addresses]} for these futures (all keys if None)."""
+        keys = None if futures is None else [f.key for f in flatten_futures(futures)]
+        return self._query("who_has", keys)
+
+    def has_what(self) -> Any:
+        """{worker address: [keys]}"""
+        return self._query("has_what")
+
+    def scheduler_info(self) -> Any:
+        return self._query("workers")
+
+    def nthreads(self) -> Any:
+        info = self._query("workers")
+        if self.asynchronous:
+            async def _n() -> dict:
+                return {w["address"]: w["nthreads"] for w in await info}
+            return _n()
+        return {w["address"]: w["nthreads"] for w in info}
+
+    def processing(self) -> Any:
+        return self._query("processing")
+
+    def wait_for_workers(self, n_workers: int = 1, timeout: float | None = None) -> Any:
+        """Block until at least ``n_workers`` workers are connected."""
+        _check_timeout(timeout)
+        if not isinstance(n_workers, int) or n_workers < 0:
+            raise CallerError(f"n_workers must be a non-negative integer, got {n_workers!r}")
+        if self.asynchronous:
+            return self._wait_for_workers_async(n_workers, timeout)
+        return self._run(self._wait_for_workers_async(n_workers, timeout))
+
+    async def _wait_for_workers_async(self, n: int, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            info = await self._request_async(m.Query(0, "workers", None), self.timeout)
+            if len(info) >= n:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(info)} of {n} workers arrived within {timeout} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.2)
+
+    def cancel(self, futures: Any) -> None:
+        self._check()
+        keys = [f.key for f in flatten_futures(futures)]
+        self._send(m.Cancel(keys))
+
+    def _fire_and_forget(self, keys: list[str]) -> None:
+        self._check()
+        self._send(m.FireAndForget(keys))
+
+    # -- gathering ---------------------------------------------------------------------------------
+    def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
+        """Wait for futures and return their results, in the same nested shape."""
+        self._check()
+        _check_timeout(timeout)
+        if errors not in ("raise", "skip"):
+            raise CallerError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        flat = flatten_futures(futures)
+        if self.asynchronous and self._in_own_loop():
+            async def _g() -> Any:
+                vals = await self._gather_async(flat, errors=errors)
+                return _rebuild(futures, dict(zip([f.key for f in flat], vals)))
+            return _g()
+        vals = self._gather_sync(flat, timeout=timeout, errors=errors)
+        return _rebuild(futures, dict(zip([f.key for f in flat], vals)))
+
+    def _in_own_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    def _wait_states(self, states: list[FutureState], timeout: float | None) -> None:
+        _check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for st in states:
+            if st.status != "pending":
+                continue
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not st.wait(remaining):
+                raise TimeoutError(f"results not ready after {timeout} s")
+
+    def _gather_sync(self, futures: list[Future], timeout: float | None = None,
+                     errors: str = "raise") -> list:
+        self._check_usable()
+        states = [f._state for f in futures]
+        for _ in range(5):
+            self._wait_states(states, timeout)
+            self._raise_errors(futures, errors)
+            missing = [(f.key, f._state) for f in futures
+                       if f._state.status == "finished" and not f._state.has_value()]
+            if not missing:
+                break
+            self._fetch_sync(missing)
+        return [st.get_value() if st.status == "finished" else None for st in states]
+
+    def _check_usable(self) -> None:
+        if self.status == "new":
+            self._check()
+
+    def _raise_errors(self, futures: list[Future], errors: str) -> None:
+        if errors == "raise":
+            for f in futures:
+                st = f._state
+                if st.status in ("error", "cancelled", "lost"):
+                    raise st.error if st.error is not None else RemoteError(f"{f.key} failed")
+
+    def _fetch_sync(self, missing: list[tuple[str, FutureState]]) -> None:
+        self._run(self._fetch(missing))
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run a coroutine on this client's loop from another thread and wait."""
+        return get_runner().run(coro, timeout)
+
+    async def _fetch(self, missing: list[tuple[str, FutureState]]) -> None:
+        """Get values straight from workers that hold them; re-ask the scheduler if gone."""
+        by_addr: dict[str, list[tuple[str, FutureState]]] = {}
+        lost = []
+        for key, st in missing:
+            if st.who_has:
+                by_addr.setdefault(st.who_has[0], []).append((key, st))
+            else:
+                lost.append(key)
+        for addr, items in by_addr.items():
+            try:
+                values = await self._peers.get_data(addr, [k for k, _ in items])  # type: ignore
+            except (CommClosedError, OSError) as exc:
+                log.info("could not fetch from %s: %s", addr, exc)
+                values = {}
+            for key, st in items:
+                frames = values.get(key)
+                if frames is not None:
+                    st.frames = frames
+                else:
+                    lost.append(key)
+                    st.reset()
+        if lost:
+            self._comm.send(m.Want(lost))  # type: ignore[union-attr]
+
+    async def _gather_async(self, futures: list[Future], errors: str = "raise",
+                            single: bool = False) -> Any:
+        states = [f._state for f in futures]
+        for _ in range(5):
+            await self._aio_wait(states)
+            self._raise_errors(futures, errors)
+            missing = [(f.key, f._state) for f in futures
+                       if f._state.status == "finished" and not f._state.has_value()]
+            if not missing:
+                break
+            if self._in_own_loop():
+                await self._fetch(missing)
+            else:
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                    self._fetch(missing), self.loop))  # type: ignore[arg-type]
+        vals = [st.get_value() if st.status == "finished" else None for st in states]
+        return vals[0] if single else vals
+
+    async def _aio_wait(self, states: list[FutureState]) -> None:
+        loop = asyncio.get_running_loop()
+        for st in states:
+            if st.done():
+                continue
+            fut = loop.create_future()
+
+            def wake(fut: asyncio.Future = fut) -> None:
+                def set_() -> None:
+                    if not fut.done():
+                        fut.set_result(None)
+                loop.call_soon_threadsafe(set_)
+            if st.add_callback(wake):
+                await fut
+
+    def __repr__(self) -> str:
+        addr = getattr(self, "scheduler_address", "?")
+        return f"<Client: {addr} status={self.status}>"
+
+
+Executor = Client
+
+
+@atexit.register
+def _close_all() -> None:
+    for c in list(_clients):
+        try:
+            if not c.asynchronous:
+                c.close()
+        except Exception:
+            pass

@@ -1,0 +1,76 @@
+"""The specification's examples, run on an embedded local cluster: `tasknest demo`."""
+from __future__ import annotations
+
+import time
+from operator import getitem
+
+from . import Client, local_executor, worker_client
+
+
+def download_and_convert_to_list(uri: str) -> list[int]:
+    return [len(uri) * i for i in range(20)]
+
+
+def process_element(x: int) -> int:
+    return x * 2 + 1
+
+
+def aggregate(values: list[int]) -> int:
+    return sum(values)
+
+
+def process_all(data: list[int]) -> int:
+    with worker_client() as e:
+        elements = e.scatter(data)
+        futures = e.map(process_element, elements)
+        analysis = e.submit(aggregate, futures)
+        return analysis.result()
+
+
+def fib(n: int) -> int:
+    if n < 2:
+        return n
+    with local_executor() as ee:
+        a = ee.submit(fib, n - 1)
+        b = ee.submit(fib, n - 2)
+        a, b = ee.gather([a, b])
+        return a + b
+
+
+def main() -> int:
+    t0 = time.perf_counter()
+    with Client() as e:
+        print(f"cluster: {len(e.scheduler_info())} workers, started in "
+              f"{time.perf_counter() - t0:.2f} s")
+        expected = aggregate([process_element(x) for x in download_and_convert_to_list("x://d")])
+
+        future = e.submit(download_and_convert_to_list, "x://d")
+        data = future.result()                          # 1. gather the data locally
+        futures = e.map(process_element, data)
+        analysis = e.submit(aggregate, futures)
+        print("gather the data locally:  ", analysis.result())
+        assert analysis.result() == expected
+
+        n = e.submit(len, future).result()              # 2. submit tasks from client
+        elements = [e.submit(getitem, future, i) for i in range(n)]
+        futures = e.map(process_element, elements)
+        analysis = e.submit(aggregate, futures)
+        print("submit tasks from client: ", analysis.result())
+        assert analysis.result() == expected
+
+        analysis = e.submit(process_all, data)           # 3. submit tasks from a worker
+        print("submit tasks from worker: ", analysis.result())
+        assert analysis.result() == expected
+
+        t1 = time.perf_counter()
+        future = e.submit(fib, 100)
+        result = future.result()
+        print(f"fib(100) from tasks that launch tasks: {result} "
+              f"({time.perf_counter() - t1:.3f} s)")
+        print(future)
+        assert result == 354224848179261915075
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Deployment: LocalCluster, the command line, TLS settings."""

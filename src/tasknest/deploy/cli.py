@@ -1,0 +1,225 @@
+"""Command line: ``tasknest scheduler``, ``tasknest worker ADDRESS``, ``tasknest demo``.
+
+A scheduler and a worker each print their address as the first line of stdout
+(LocalCluster reads it), then run until SIGINT or SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from ..protocol.auth import new_token
+from .security import Security
+
+log = logging.getLogger("tasknest")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def parse_size(text: str | int) -> int:
+    """'4GB', '512MiB', '1e9' or an int -> bytes."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().lower().replace(" ", "")
+    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+             "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "b": 1, "": 1}
+    for unit in sorted(units, key=len, reverse=True):
+        if unit and s.endswith(unit):
+            return int(float(s[: -len(unit)]) * units[unit])
+    return int(float(s))
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if getattr(args, "insecure", False):
+        return None
+    if args.token:
+        return args.token
+    if args.token_file:
+        with open(args.token_file) as f:
+            return f.read().strip()
+    return os.environ.get("TASKNEST_TOKEN") or None
+
+
+def _security(args: argparse.Namespace) -> Security | None:
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        if not (args.tls_cert and args.tls_key):
+            raise SystemExit("tasknest: --tls-cert and --tls-key go together")
+        return Security(args.tls_cert, args.tls_key, args.tls_ca)
+    return None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token", help="shared secret (else $TASKNEST_TOKEN or --token-file)")
+    p.add_argument("--token-file", help="file holding the shared secret")
+    p.add_argument("--tls-cert", help="TLS certificate (PEM)")
+    p.add_argument("--tls-key", help="TLS private key (PEM)")
+    p.add_argument("--tls-ca", help="CA certificate(s) to verify peers (PEM)")
+    p.add_argument("--log-level", default=os.environ.get("TASKNEST_LOG_LEVEL", "WARNING"))
+
+
+def _run(main: Any) -> int:
+    try:
+        import uvloop
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        loop.close()
+
+
+async def _watch_parent(stop: Any) -> None:
+    """Exit with the process that started us (LocalCluster), if it asked."""
+    parent = os.environ.get("TASKNEST_PARENT_PID")
+    if not parent:
+        return
+    import psutil
+    while True:
+        await asyncio.sleep(1.0)
+        if not psutil.pid_exists(int(parent)):
+            await stop("parent process is gone")
+            return
+
+
+def _on_signals(stop: Any) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda s=sig: asyncio.ensure_future(
+            stop(f"received {signal.Signals(s).name}")))
+
+
+# -- scheduler ---------------------------------------------------------------------------------
+async def _scheduler_main(args: argparse.Namespace) -> int:
+    from ..scheduler.server import Scheduler
+    security = _security(args)
+    token = _token(args)
+    generated = False
+    if token is None and not args.insecure:
+        token, generated = new_token(), True
+    if args.insecure and not _is_loopback(args.host):
+        print(f"tasknest: warning: listening on {args.host} WITHOUT authentication "
+              "(--insecure): anyone who can reach it can run code here", file=sys.stderr)
+    sched = await Scheduler(args.host, args.port, token, security and security.server_context(),
+                            heartbeat_timeout=args.heartbeat_timeout).start()
+    print(sched.address, flush=True)
+    if generated:
+        print(f"tasknest scheduler at {sched.address}\n"
+              f"token (pass to workers and clients with --token, $TASKNEST_TOKEN or a token "
+              f"file):\n  {token}", file=sys.stderr, flush=True)
+
+    async def stop(reason: str) -> None:
+        log.info("scheduler stopping: %s", reason)
+        await sched.close()
+    _on_signals(stop)
+    watcher = asyncio.ensure_future(_watch_parent(stop))
+    await sched.closed.wait()
+    watcher.cancel()
+    return 0
+
+
+# -- worker -------------------------------------------------------------------------------------
+async def _worker_main(args: argparse.Namespace) -> int:
+    from ..errors import AuthenticationError, CommClosedError
+    from ..worker.server import Worker, configure_process
+    configure_process()
+    security = _security(args)
+    worker = Worker(args.address, nthreads=args.nthreads, name=args.name, host=args.host,
+                    port=args.port, token=_token(args), security=security,
+                    memory_limit=parse_size(args.memory_limit),
+                    reconnect_timeout=args.reconnect_timeout)
+    try:
+        await worker.start()
+    except AuthenticationError as exc:
+        print(f"tasknest worker: {exc}", file=sys.stderr)
+        return 2
+    except (CommClosedError, OSError) as exc:
+        print(f"tasknest worker: cannot reach the scheduler: {exc}", file=sys.stderr)
+        return 1
+    print(worker.address, flush=True)
+
+    async def stop(reason: str) -> None:
+        log.info("worker stopping: %s", reason)
+        await worker.close(reason)
+    _on_signals(stop)
+    watcher = asyncio.ensure_future(_watch_parent(stop))
+    await worker.finished.wait()
+    watcher.cancel()
+    if "unreachable" in worker.exit_reason:
+        print(f"tasknest worker: {worker.exit_reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _worker_with_nanny(args: argparse.Namespace, argv: list[str]) -> int:
+    from .nanny import run_nanny
+    return run_nanny(argv, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="tasknest", description="tasknest: distributed "
+                                     "futures in which tasks can launch tasks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ps = sub.add_parser("scheduler", help="run a scheduler")
+    ps.add_argument("--host", default="127.0.0.1",
+                    help="interface to listen on (default loopback; 0.0.0.0 for all)")
+    ps.add_argument("--port", type=int, default=8786)
+    ps.add_argument("--insecure", action="store_true",
+                    help="no authentication: anyone who can connect can run code")
+    ps.add_argument("--heartbeat-timeout", type=float, default=30.0)
+    _common(ps)
+
+    pw = sub.add_parser("worker", help="run a worker")
+    pw.add_argument("address", help="the scheduler, tcp://HOST:PORT or tls://HOST:PORT")
+    pw.add_argument("--nthreads", type=int, default=1)
+    pw.add_argument("--name", default=None)
+    pw.add_argument("--host", default="127.0.0.1", help="interface for peer connections")
+    pw.add_argument("--port", type=int, default=0)
+    pw.add_argument("--memory-limit", default="0", help="e.g. 4GB; 0 for none")
+    pw.add_argument("--reconnect-timeout", type=float, default=60.0,
+                    help="seconds to keep trying a lost scheduler before exiting")
+    pw.add_argument("--no-nanny", action="store_true", help="run without a supervisor")
+    pw.add_argument("--insecure", action="store_true", help="connect without a token")
+    _common(pw)
+
+    sub.add_parser("demo", help="run the specification's examples on a local cluster")
+
+    args = parser.parse_args(argv)
+    level = getattr(args, "log_level", "WARNING")
+    logging.basicConfig(level=getattr(logging, str(level).upper(), logging.WARNING),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "scheduler":
+        return _run(_scheduler_main(args))
+    if args.command == "worker":
+        if args.nthreads < 1:
+            parser.error("--nthreads must be at least 1")
+        if not args.no_nanny and _nanny_available():
+            return _worker_with_nanny(args, argv)
+        return _run(_worker_main(args))
+    if args.command == "demo":
+        from ..demo import main as demo_main
+        return demo_main()
+    return 2
+
+
+def _nanny_available() -> bool:
+    try:
+        from . import nanny  # noqa: F401
+        return True
+    except ImportError:
+        return False

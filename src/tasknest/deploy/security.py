@@ -1,0 +1,89 @@
+"""TLS settings: certificate files, or a temporary self-signed certificate."""
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Security:
+    """Where the TLS certificate, key and CA live. ``Security.temporary()`` makes them."""
+
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.tls_ca)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.tls_cert, self.tls_key)  # type: ignore[arg-type]
+        if self.tls_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.tls_ca)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = False      # peers are addressed by IP; the CA pins identity
+        if self.tls_cert and self.tls_key:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        return ctx
+
+    @classmethod
+    def temporary(cls, directory: str | None = None) -> "Security":
+        """A fresh self-signed certificate (its own CA), for a LocalCluster over TLS."""
+        try:
+            from cryptography import x509
+            from cryptography.hazmat.primitives import hashes, serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+            from cryptography.x509.oid import NameOID
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError("temporary TLS certificates need the 'cryptography' package: "
+                              "pip install 'tasknest[tls]'") from exc
+        import datetime
+        import ipaddress
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tasknest")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=7))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(x509.SubjectAlternativeName([
+                    x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                    critical=False)
+                .sign(key, hashes.SHA256()))
+        d = directory or tempfile.mkdtemp(prefix="tasknest-tls-")
+        cert_path, key_path = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        with open(cert_path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        return cls(cert_path, key_path, cert_path)
+
+    def cli_args(self) -> list[str]:
+        out = []
+        for flag, value in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
+                            ("--tls-ca", self.tls_ca)):
+            if value:
+                out += [flag, value]
+        return out
+
+
+def client_ssl_context(security: Any, address: str) -> ssl.SSLContext | None:
+    if address.startswith("tls://"):
+        if security is None:
+            raise ValueError(f"{address} is a tls:// address: pass security=Security(...)")
+        return security.client_context()
+    return None
+
+
+def server_ssl_context(security: Any) -> ssl.SSLContext | None:
+    return None if security is None else security.server_context()

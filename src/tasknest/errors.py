@@ -1,0 +1,63 @@
+"""One exception root; subclasses say who is at fault."""
+from __future__ import annotations
+
+
+class TasknestError(Exception):
+    """Root of every error tasknest raises itself."""
+
+
+class CallerError(TasknestError, ValueError, TypeError):
+    """The caller used the API wrongly (bad argument, closed client, ...).
+
+    A ValueError and a TypeError at once, so code written for either catches it."""
+
+
+class ClosedClientError(CallerError):
+    """An operation was attempted on a client that is closed."""
+
+
+class CommClosedError(TasknestError, ConnectionError):
+    """The peer went away or the connection was closed."""
+
+
+class ProtocolError(TasknestError):
+    """A peer sent something that is not a valid message."""
+
+
+class AuthenticationError(TasknestError, PermissionError):
+    """The peer failed the shared-secret handshake."""
+
+
+class RemoteError(TasknestError):
+    """A failure on the cluster that is not the task's own exception."""
+
+
+class SerializationError(RemoteError):
+    """An argument or result could not be pickled or unpickled."""
+
+
+class FutureCancelledError(TasknestError):
+    """The future was cancelled."""
+
+
+class LostError(RemoteError):
+    """A result was lost and cannot be recomputed (e.g. scattered data on a dead worker)."""
+
+
+class KilledWorker(RemoteError):
+    """A task was running on too many workers that died."""
+
+
+class SchedulerLostError(RemoteError, ConnectionError):
+    """The connection to the scheduler was lost."""
+
+
+class RemoteTraceback(Exception):
+    """Carries a task's remote traceback text; chained as the __cause__."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb

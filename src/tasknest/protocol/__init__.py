@@ -1,0 +1,1 @@
+"""Wire protocol: framing, the message catalogue, serialization, comms, authentication."""

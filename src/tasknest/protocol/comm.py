@@ -1,0 +1,368 @@
+"""Message streams over TCP or TLS, authenticated, framed and batched.
+
+    send(msg) ──> outbox ──(one flush per loop tick)──> [len:8][msgpack [msg, msg, ...]]
+    bytes ──> handshake ──> frame splitter ──> catalogue.decode ──> handler(msg)
+
+Every connection first runs the shared-secret handshake (``auth``) on raw bytes;
+nothing is decoded before it succeeds. A malformed frame, an unknown op, a bad
+field type or an oversized length prefix closes that one connection with a
+logged reason; the process keeps serving everyone else.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import ssl
+import time
+from typing import Any, Callable
+
+import msgpack
+
+from ..errors import AuthenticationError, CommClosedError, ProtocolError
+from . import auth
+from .messages import DefineFunc, Message, decode
+
+log = logging.getLogger("tasknest.comm")
+
+DEFAULT_MAX_FRAME = 1 << 30          # 1 GiB
+HANDSHAKE_TIMEOUT = 10.0
+_HEADER = 8
+_FUNC_OPS = frozenset({"submit", "claim", "compute"})   # carry a function by number
+
+
+class ConnectError(CommClosedError, TimeoutError):
+    """Nothing answered at an address within the timeout."""
+
+
+def parse_address(address: str) -> tuple[str, str, int]:
+    """'tcp://host:port' -> (scheme, host, port)."""
+    if not isinstance(address, str) or "://" not in address:
+        raise ValueError(f"address must look like 'tcp://host:port', got {address!r}")
+    scheme, rest = address.split("://", 1)
+    if scheme not in ("tcp", "tls"):
+        raise ValueError(f"unknown scheme {scheme!r} in {address!r} (use tcp:// or tls://)")
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ValueError(f"address must look like '{scheme}://host:port', got {address!r}")
+    return scheme, host, int(port)
+
+
+def unparse_address(scheme: str, host: str, port: int) -> str:
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
+
+
+class Comm(asyncio.Protocol):
+    """One authenticated, framed, batched message stream."""
+
+    def __init__(self, key: bytes, server_side: bool, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.key = key
+        self.server_side = server_side
+        self.max_frame = max_frame
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.ready: asyncio.Future = self.loop.create_future()
+        self.closed = False
+        self.close_reason = ""
+        self.handler: Callable[[Message], Any] | None = None
+        self.on_close: list[Callable[["Comm"], Any]] = []
+        self.funcs: dict[int, bytes] = {}          # received function table
+        self._func_ids: dict[bytes, int] = {}      # sent function table
+        self._buf = bytearray()
+        self._authed = False
+        self._nonce_s = b""
+        self._nonce_c = b""
+        self._pending: list[Message] = []
+        self._outbox: list[list] = []
+        self._flush_scheduled = False
+        self._threadsafe: collections.deque = collections.deque()
+        self._wake_pending = False
+        self.info: dict[str, Any] = {}
+
+    # -- asyncio.Protocol ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                import socket
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        if self.server_side:
+            self._nonce_s, data = auth.challenge()
+            transport.write(data)  # type: ignore[attr-defined]
+        self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_deadline)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed(self.close_reason or (f"connection lost: {exc}" if exc else "connection closed by peer"))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        if not self._authed:
+            if not self._handshake():
+                return
+        while len(buf) >= _HEADER:
+            n = int.from_bytes(buf[:_HEADER], "little")
+            if n > self.max_frame:
+                return self.abort(f"frame of {n} bytes exceeds the limit of {self.max_frame}")
+            end = _HEADER + n
+            if len(buf) < end:
+                return
+            payload = bytes(buf[_HEADER:end])
+            del buf[:end]
+            self._frame(payload)
+            if self.closed:
+                return
+
+    # -- handshake ---------------------------------------------------------------
+    def _handshake(self) -> bool:
+        buf = self._buf
+        if self.server_side:
+            if len(buf) < auth.RESPONSE_LEN:
+                return False
+            confirm = auth.verify_response(self.key, self._nonce_s, bytes(buf[:auth.RESPONSE_LEN]))
+            if confirm is None:
+                self.abort("authentication failed: wrong or missing token")
+                return False
+            del buf[:auth.RESPONSE_LEN]
+            self.transport.write(confirm)  # type: ignore[union-attr]
+        else:
+            if not self._nonce_c:
+                if len(buf) < auth.CHALLENGE_LEN:
+                    return False
+                reply = auth.respond(self.key, bytes(buf[:auth.CHALLENGE_LEN]))
+                if reply is None:
+                    self.abort("peer is not a tasknest endpoint (bad handshake greeting)")
+                    return False
+                self._nonce_s = bytes(buf[5:auth.CHALLENGE_LEN])
+                self._nonce_c, response = reply
+                del buf[:auth.CHALLENGE_LEN]
+                self.transport.write(response)  # type: ignore[union-attr]
+            if len(buf) < auth.CONFIRM_LEN:
+                return False
+            if not auth.verify_confirm(self.key, self._nonce_s, self._nonce_c,
+                                       bytes(buf[:auth.CONFIRM_LEN])):
+                self.abort("authentication failed: the server does not hold our token")
+                return False
+            del buf[:auth.CONFIRM_LEN]
+        self._authed = True
+        if not self.ready.done():
+            self.ready.set_result(self)
+        return True
+
+    def _handshake_deadline(self) -> None:
+        if not self._authed and not self.closed:
+            self.abort("handshake timed out")
+
+    # -- receiving -----------------------------------------------------------------
+    def _frame(self, payload: bytes) -> None:
+        try:
+            raw = msgpack.unpackb(payload, raw=False, use_list=True)
+            if type(raw) is not list:
+                raise ProtocolError("frame is not a list of messages")
+            msgs = [decode(m) for m in raw]
+        except Exception as exc:
+            return self.abort(f"malformed frame: {type(exc).__name__}: {exc}")
+        for msg in msgs:
+            if msg.op == "define-func":
+                self.funcs[msg.fid] = msg.func  # type: ignore[attr-defined]
+                continue
+            if msg.op in _FUNC_OPS:
+                fid = self.funcs.get(msg.fid)  # type: ignore[attr-defined]
+                if fid is None:
+                    return self.abort(f"{msg.op} names function #{msg.fid} never defined")  # type: ignore
+                msg.fid = fid  # type: ignore[attr-defined]
+            if self.handler is None:
+                self._pending.append(msg)
+                continue
+            try:
+                self.handler(msg)
+            except ProtocolError as exc:
+                return self.abort(f"invalid {msg.op}: {exc}")
+            except Exception:
+                log.exception("error handling %s from %s", msg.op, self.peer)
+                return self.abort(f"error handling {msg.op}")
+            if self.closed:
+                return
+
+    def start(self, handler: Callable[[Message], Any]) -> None:
+        """Begin delivering messages (those that arrived early first)."""
+        self.handler = handler
+        pending, self._pending = self._pending, []
+        for msg in pending:
+            try:
+                handler(msg)
+            except Exception as exc:
+                log.exception("error handling %s from %s", msg.op, self.peer)
+                return self.abort(f"error handling {msg.op}: {exc}")
+
+    def func(self, fid: int) -> bytes:
+        try:
+            return self.funcs[fid]
+        except KeyError:
+            raise ProtocolError(f"function #{fid} was never defined on this connection") from None
+
+    # -- sending (event loop thread) ------------------------------------------------
+    def func_id(self, data: bytes) -> int:
+        """Number for a pickled function; defines it on the peer the first time."""
+        fid = self._func_ids.get(data)
+        if fid is None:
+            fid = self._func_ids[data] = len(self._func_ids)
+            self.send(DefineFunc(fid, data))
+        return fid
+
+    def send(self, msg: Message) -> None:
+        if self.closed:
+            return
+        if msg.op in _FUNC_OPS and type(msg.fid) is bytes:  # type: ignore[attr-defined]
+            msg.fid = self.func_id(msg.fid)  # type: ignore[attr-defined]
+        self._outbox.append(msg.encode())
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self.closed or not self._outbox:
+            return
+        out, self._outbox = self._outbox, []
+        try:
+            payload = msgpack.packb(out, use_bin_type=True)
+        except Exception as exc:  # a bug in a message; fail loudly but keep the link
+            log.error("cannot encode a frame for %s: %s", self.peer, exc)
+            return
+        t = self.transport
+        t.write(len(payload).to_bytes(_HEADER, "little"))  # type: ignore[union-attr]
+        t.write(payload)  # type: ignore[union-attr]
+
+    # -- sending from other threads ---------------------------------------------
+    def send_threadsafe(self, msg: Message) -> None:
+        self._threadsafe.append(msg)
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain_threadsafe)
+            except RuntimeError:  # loop closed
+                pass
+
+    def _drain_threadsafe(self) -> None:
+        self._wake_pending = False
+        q = self._threadsafe
+        while q:
+            self.send(q.popleft())
+
+    # -- closing ----------------------------------------------------------------------
+    def abort(self, reason: str) -> None:
+        """Close because of something the peer did; logged, never raised."""
+        if not self.closed:
+            log.warning("closing connection from %s: %s", self.peer, reason)
+        self.close(reason)
+
+    def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.close_reason = reason
+        if self.transport is not None:
+            if self._outbox and self._authed:
+                self.flush()
+            self.transport.close()
+        self._closed(reason)
+
+    def _closed(self, reason: str) -> None:
+        if self.closed and not self.on_close:
+            return
+        self.closed = True
+        self.close_reason = self.close_reason or reason
+        if not self.ready.done():
+            self.ready.set_exception(CommClosedError(self.close_reason))
+            self.ready.exception()  # mark retrieved
+        callbacks, self.on_close = self.on_close, []
+        for cb in callbacks:
+            try:
+                cb(self)
+            except Exception:
+                log.exception("error in close callback")
+
+
+# -- connecting and listening ------------------------------------------------------
+async def connect(address: str, token: str | bytes | None = None, timeout: float = 10.0,
+                  ssl_context: ssl.SSLContext | None = None,
+                  max_frame: int = DEFAULT_MAX_FRAME) -> Comm:
+    """Connect and authenticate; retries refused connections until the timeout."""
+    scheme, host, port = parse_address(address)
+    if scheme == "tls" and ssl_context is None:
+        raise ValueError(f"{address} is a tls:// address: pass TLS settings (security=...)")
+    if scheme == "tcp" and ssl_context is not None:
+        raise ValueError(f"TLS settings given but {address} is a plain tcp:// address")
+    key = auth.key_of(token)
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    last: Exception | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ConnectError(f"could not connect to {address} within {timeout:g} s: {last}")
+        try:
+            _, comm = await asyncio.wait_for(loop.create_connection(
+                lambda: Comm(key, server_side=False, max_frame=max_frame), host, port,
+                ssl=ssl_context, server_hostname=host if ssl_context else None), remaining)
+            await asyncio.wait_for(asyncio.shield(comm.ready), max(remaining, 0.5))
+            return comm
+        except CommClosedError as exc:
+            reason = str(exc)
+            if "authentication" in reason or "not a tasknest" in reason:
+                raise AuthenticationError(f"handshake with {address} failed: {reason}") from None
+            if "connection lost" in reason or "closed by peer" in reason:
+                raise AuthenticationError(
+                    f"{address} closed the connection during the handshake: "
+                    "wrong or missing token, or TLS mismatch") from None
+            last = exc
+        except (OSError, asyncio.TimeoutError) as exc:
+            if isinstance(exc, ssl.SSLError):
+                raise AuthenticationError(f"TLS handshake with {address} failed: {exc}") from exc
+            last = exc
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.5)
+
+
+class Listener:
+    """A server socket whose authenticated comms are handed to ``on_comm``."""
+
+    def __init__(self, server: asyncio.AbstractServer, scheme: str, host: str) -> None:
+        self.server = server
+        sock = server.sockets[0]
+        port = sock.getsockname()[1]
+        self.address = unparse_address(scheme, host, port)
+        self.port = port
+
+    def close(self) -> None:
+        self.server.close()
+
+
+async def listen(address: str, on_comm: Callable[[Comm], Any], token: str | bytes | None = None,
+                 ssl_context: ssl.SSLContext | None = None,
+                 max_frame: int = DEFAULT_MAX_FRAME) -> Listener:
+    scheme, host, port = parse_address(address)
+    if scheme == "tls" and ssl_context is None:
+        raise ValueError(f"{address} is a tls:// address: pass TLS settings")
+    key = auth.key_of(token)
+    loop = asyncio.get_running_loop()
+
+    def factory() -> Comm:
+        comm = Comm(key, server_side=True, max_frame=max_frame)
+        comm.ready.add_done_callback(
+            lambda f: None if f.cancelled() or f.exception() else on_comm(comm))
+        return comm
+
+    server = await loop.create_server(factory, host or None, port, ssl=ssl_context,
+                                      reuse_address=True)
+    return Listener(server, scheme, host)

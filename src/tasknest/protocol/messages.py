@@ -1,0 +1,159 @@
+"""The message catalogue: every control message, its fields and their types.
+
+A message travels as a msgpack array ``[op, field1, field2, ...]``; frames carry
+lists of them. ``decode`` validates arity and field types against this table
+before anything reaches a state machine, so a malformed message is rejected at
+the door with a clear reason.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ..errors import ProtocolError
+
+NONE = type(None)
+OPT_STR = (str, NONE)
+OPT_LIST = (list, NONE)
+ANY = object
+
+
+class Check:
+    """A field type with a check of its contents, beyond isinstance."""
+
+    def __init__(self, name: str, fn: Any) -> None:
+        self.name = name
+        self.fn = fn
+
+    def __call__(self, value: Any) -> bool:
+        return self.fn(value)
+
+
+def _all(values: Any, types: Any) -> bool:
+    return all(isinstance(v, types) for v in values)
+
+
+STRS = Check("list of str", lambda v: type(v) is list and _all(v, str))
+OPT_STRS = Check("list of str or nil", lambda v: v is None or type(v) is list and _all(v, str))
+INTS = Check("list of int", lambda v: type(v) is list and _all(v, int))
+NUMS = Check("list of numbers", lambda v: type(v) is list and _all(v, (int, float)))
+FRAMES = Check("list of bytes", lambda v: type(v) is list and _all(v, bytes))
+OPT_FRAMES = Check("list of bytes or nil", lambda v: v is None or FRAMES(v))
+FRAMES_LIST = Check("list of lists of bytes", lambda v: type(v) is list and all(FRAMES(x) for x in v))
+WHO_HAS = Check("map of str to list of str",
+                lambda v: type(v) is dict and _all(v, str) and all(STRS(x) for x in v.values()))
+DATA = Check("map of str to bytes lists or nil",
+             lambda v: type(v) is dict and _all(v, str) and all(OPT_FRAMES(x) for x in v.values()))
+
+
+class Message:
+    """Base of all messages: slotted, positional, with a class-level ``op``."""
+
+    __slots__ = ()
+    op: ClassVar[str]
+    fields: ClassVar[tuple[str, ...]]
+    types: ClassVar[tuple[Any, ...]]
+
+    def encode(self) -> list:
+        return [self.op, *[getattr(self, f) for f in self.fields]]
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{f}={getattr(self, f)!r:.60}" for f in self.fields)
+        return f"{type(self).__name__}({body})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.encode() == other.encode()  # type: ignore[attr-defined]
+
+
+CATALOGUE: dict[str, type[Message]] = {}
+
+
+def _define(_cls_name: str, _op: str, **fields: Any) -> type[Message]:
+    names = tuple(fields)
+    args = ", ".join(names)
+    body = "".join(f"    self.{n} = {n}\n" for n in names) or "    pass\n"
+    ns: dict[str, Any] = {}
+    exec(f"def __init__(self, {args}):\n{body}", ns)  # generated positional __init__
+    cls = type(_cls_name, (Message,), {"__slots__": names, "op": _op, "fields": names,
+                                   "types": tuple(fields.values()), "__init__": ns["__init__"]})
+    CATALOGUE[_op] = cls
+    return cls
+
+
+# -- connection set-up ---------------------------------------------------------
+RegisterClient = _define("RegisterClient", "register-client", client_id=str, version=str)
+RegisterWorker = _define("RegisterWorker", "register-worker", name=str, address=str, nthreads=int,
+                         pid=int, memory_limit=int, keys=STRS, version=str)
+RegisterPeer = _define("RegisterPeer", "register-peer", name=str)
+Welcome = _define("Welcome", "welcome", id=str, info=dict)
+Refused = _define("Refused", "refused", reason=str)
+
+# -- functions are sent once per connection and then referred to by number -----
+DefineFunc = _define("DefineFunc", "define-func", fid=int, func=bytes)
+
+# -- client (or a worker's own client) -> scheduler ----------------------------
+# task: key, fid, args (pickled), deps, priority [user, depth, seq], retries, workers, origin
+Submit = _define("Submit", "submit", key=str, fid=int, args=bytes, deps=STRS, priority=NUMS,
+                 retries=int, workers=OPT_STRS)
+Want = _define("Want", "want", keys=STRS)                 # hold futures on existing keys
+Release = _define("Release", "release", keys=STRS)        # no future refers to these any more
+Cancel = _define("Cancel", "cancel", keys=STRS)
+FireAndForget = _define("FireAndForget", "fire-and-forget", keys=STRS)
+Scatter = _define("Scatter", "scatter", rid=int, keys=STRS, values=FRAMES_LIST, broadcast=bool,
+                  workers=OPT_STRS)
+Query = _define("Query", "query", rid=int, what=str, arg=ANY)
+Reply = _define("Reply", "reply", rid=int, value=ANY, error=OPT_STR)
+
+# -- scheduler -> client --------------------------------------------------------
+KeyMemory = _define("KeyMemory", "key-memory", key=str, type=str, nbytes=int, who_has=STRS,
+                    value=OPT_FRAMES)
+KeyErred = _define("KeyErred", "key-erred", key=str, exception=FRAMES, traceback=str, kind=str)
+KeyCancelled = _define("KeyCancelled", "key-cancelled", key=str, reason=str)
+
+# -- worker -> scheduler -------------------------------------------------------
+TaskFinished = _define("TaskFinished", "task-finished", key=str, nbytes=int, type=str,
+                       value=OPT_FRAMES, inner=STRS)
+TaskErred = _define("TaskErred", "task-erred", key=str, exception=FRAMES, traceback=str, kind=str)
+Claim = _define("Claim", "claim", key=str, fid=int, args=bytes, deps=STRS, priority=NUMS,
+                retries=int)
+Secede = _define("Secede", "secede", key=str)
+Rejoin = _define("Rejoin", "rejoin", key=str)
+Idle = _define("Idle", "idle")
+StealReply = _define("StealReply", "steal-reply", key=str, ok=bool)
+AddKeys = _define("AddKeys", "add-keys", keys=STRS, nbytes=INTS)
+MissingData = _define("MissingData", "missing-data", key=str, worker=str)
+PutDataDone = _define("PutDataDone", "put-data-done", rid=int, keys=STRS, nbytes=INTS)
+Heartbeat = _define("Heartbeat", "heartbeat", memory=int)
+
+# -- scheduler -> worker -------------------------------------------------------
+Compute = _define("Compute", "compute", key=str, fid=int, args=bytes, deps=WHO_HAS, priority=NUMS,
+                  retries=int)
+Free = _define("Free", "free", keys=STRS)
+Steal = _define("Steal", "steal", key=str)
+ClaimRejected = _define("ClaimRejected", "claim-rejected", key=str)
+PutData = _define("PutData", "put-data", rid=int, keys=STRS, values=FRAMES_LIST)
+Close = _define("Close", "close", reason=str)
+
+# -- peer data transfer (worker <-> worker, client -> worker) -------------------
+GetData = _define("GetData", "get-data", rid=int, keys=STRS)
+Data = _define("Data", "data", rid=int, values=DATA)
+
+
+def decode(raw: Any) -> Message:
+    """Turn a decoded msgpack array into a validated message, or raise ProtocolError."""
+    if type(raw) is not list or not raw or type(raw[0]) is not str:
+        raise ProtocolError(f"not a message: {str(raw)[:80]}")
+    cls = CATALOGUE.get(raw[0])
+    if cls is None:
+        raise ProtocolError(f"unknown op {raw[0][:40]!r}")
+    args = raw[1:]
+    if len(args) != len(cls.types):
+        raise ProtocolError(f"{cls.op}: expected {len(cls.types)} fields, got {len(args)}")
+    for name, value, typ in zip(cls.fields, args, cls.types):
+        if typ is ANY:
+            continue
+        if type(typ) is Check:
+            if not typ(value):
+                raise ProtocolError(f"{cls.op}: field {name!r} is not a {typ.name}")
+        elif not isinstance(value, typ):
+            raise ProtocolError(f"{cls.op}: field {name!r} has type {type(value).__name__}")
+    return cls(*args)

@@ -1,0 +1,76 @@
+"""Direct data transfer: a connection pool with request ids, for GetData.
+
+    worker/client ──get-data(rid, keys)──> peer worker
+                  <──data(rid, {key: frames|None})──
+"""
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+from ..errors import CommClosedError
+from . import messages as m
+from .comm import Comm, connect
+
+
+class PeerPool:
+    def __init__(self, name: str, token: Any, ssl_context: ssl.SSLContext | None = None,
+                 timeout: float = 10.0) -> None:
+        self.name = name
+        self.token = token
+        self.ssl_context = ssl_context
+        self.timeout = timeout
+        self.comms: dict[str, Comm] = {}
+        self.connecting: dict[str, asyncio.Future] = {}
+        self.pending: dict[int, tuple[asyncio.Future, Comm]] = {}
+        self.rid = 0
+
+    async def _comm(self, address: str) -> Comm:
+        comm = self.comms.get(address)
+        if comm is not None and not comm.closed:
+            return comm
+        fut = self.connecting.get(address)
+        if fut is None:
+            fut = self.connecting[address] = asyncio.ensure_future(self._connect(address))
+            fut.add_done_callback(lambda _: self.connecting.pop(address, None))
+        return await asyncio.shield(fut)
+
+    async def _connect(self, address: str) -> Comm:
+        comm = await connect(address, self.token, timeout=self.timeout,
+                             ssl_context=self.ssl_context)
+        comm.start(self._on_message)
+        comm.on_close.append(self._on_close)
+        comm.send(m.RegisterPeer(self.name))
+        self.comms[address] = comm
+        return comm
+
+    def _on_message(self, msg: m.Message) -> None:
+        if msg.op == "data":
+            entry = self.pending.pop(msg.rid, None)  # type: ignore[attr-defined]
+            if entry is not None and not entry[0].done():
+                entry[0].set_result(msg.values)  # type: ignore[attr-defined]
+
+    def _on_close(self, comm: Comm) -> None:
+        for rid, (fut, c) in list(self.pending.items()):
+            if c is comm:
+                del self.pending[rid]
+                if not fut.done():
+                    fut.set_exception(CommClosedError(f"peer closed: {comm.close_reason}"))
+        for addr, c in list(self.comms.items()):
+            if c is comm:
+                del self.comms[addr]
+
+    async def get_data(self, address: str, keys: list[str]) -> dict[str, Any]:
+        """{key: frames or None} from the worker at ``address``."""
+        comm = await self._comm(address)
+        self.rid += 1
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[self.rid] = (fut, comm)
+        comm.send(m.GetData(self.rid, keys))
+        return await fut
+
+    def close(self) -> None:
+        for comm in list(self.comms.values()):
+            comm.close("peer pool closed")
+        self.comms.clear()

@@ -1,0 +1,158 @@
+"""The scheduler process: an asyncio shell around SchedulerState.
+
+    comm ──register──> role (client / worker) ──msg──> state.handle ──actions──> comms
+    heartbeat check ──> state.tick ──> remove_worker
+
+The shell only decodes, routes and sends; every decision is in state.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+from .. import __version__
+from ..errors import ProtocolError
+from ..protocol import messages as m
+from ..protocol.comm import Comm, Listener, listen
+from .state import SchedulerState
+
+log = logging.getLogger("tasknest.scheduler")
+
+CLIENT_OPS = frozenset({"submit", "want", "release", "cancel", "fire-and-forget", "scatter",
+                        "query"})
+WORKER_OPS = CLIENT_OPS | {"task-finished", "task-erred", "claim", "secede", "rejoin", "idle",
+                           "steal-reply", "add-keys", "missing-data", "put-data-done",
+                           "heartbeat"}
+
+
+class Scheduler:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+                 ssl_context: Any = None, heartbeat_timeout: float = 30.0,
+                 allowed_failures: int = 3, validate: bool | None = None,
+                 max_frame: int | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.token = token
+        self.ssl_context = ssl_context
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_frame = max_frame
+        self.state = SchedulerState(allowed_failures=allowed_failures)
+        self.comms: dict[str, Comm] = {}
+        self.listener: Listener | None = None
+        self.validate = bool(os.environ.get("TASKNEST_VALIDATE")) if validate is None else validate
+        self._ticker: asyncio.Task | None = None
+        self.closed = asyncio.Event()
+        self.address = ""
+
+    async def start(self) -> "Scheduler":
+        scheme = "tls" if self.ssl_context is not None else "tcp"
+        kwargs = {"max_frame": self.max_frame} if self.max_frame else {}
+        self.listener = await listen(f"{scheme}://{self.host}:{self.port}", self._on_comm,
+                                     self.token, self.ssl_context, **kwargs)
+        self.address = self.listener.address
+        self._ticker = asyncio.ensure_future(self._tick())
+        log.info("scheduler at %s", self.address)
+        return self
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for comm in list(self.comms.values()):
+            comm.send(m.Close("scheduler closing"))
+            comm.close("scheduler closing")
+        self.closed.set()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.heartbeat_timeout / 4))
+            for wid in self.state.tick(time.monotonic(), self.heartbeat_timeout):
+                log.warning("worker %s missed heartbeats for %s s: removing it", wid,
+                            self.heartbeat_timeout)
+                comm = self.comms.get(wid)
+                if comm is not None:
+                    comm.close("heartbeats missed")
+                else:
+                    self._do(self.state.remove_worker(wid, "heartbeats missed"))
+
+    # -- connections -------------------------------------------------------------------
+    def _on_comm(self, comm: Comm) -> None:
+        comm.start(lambda msg: self._register(comm, msg))
+
+    def _register(self, comm: Comm, msg: m.Message) -> None:
+        if msg.op == "register-client":
+            cid = msg.client_id  # type: ignore[attr-defined]
+            if not cid.startswith("c-") or cid in self.comms:
+                comm.send(m.Refused(f"client id {cid!r} is invalid or already in use"))
+                comm.close("refused")
+                return
+            self.comms[cid] = comm
+            comm.handler = lambda msg: self._dispatch(cid, msg, CLIENT_OPS)
+            comm.on_close.append(lambda _: self._client_gone(cid))
+            self._do(self.state.add_client(cid))
+            comm.send(m.Welcome(cid, {"version": __version__}))
+        elif msg.op == "register-worker":
+            wid = f"w-{uuid.uuid4().hex[:12]}"
+            self.comms[wid] = comm
+            comm.handler = lambda msg: self._dispatch(wid, msg, WORKER_OPS)
+            comm.on_close.append(lambda c: self._worker_gone(wid, c.close_reason))
+            comm.send(m.Welcome(wid, {"version": __version__}))
+            self._do(self.state.add_worker(
+                wid, msg.address, msg.name, max(1, msg.nthreads), msg.pid,  # type: ignore
+                msg.memory_limit, msg.keys, time.monotonic()))  # type: ignore[attr-defined]
+            log.info("worker %s joined from %s", msg.address, comm.peer)  # type: ignore
+        else:
+            raise ProtocolError(f"expected a registration, got {msg.op!r}")
+        self._check()
+
+    def _client_gone(self, cid: str) -> None:
+        self.comms.pop(cid, None)
+        self._do(self.state.remove_client(cid))
+        self._check()
+
+    def _worker_gone(self, wid: str, reason: str) -> None:
+        self.comms.pop(wid, None)
+        ws = self.state.workers.get(wid)
+        if ws is not None:
+            log.warning("worker %s left: %s", ws.address, reason)
+        self._do(self.state.remove_worker(wid, reason))
+        self._check()
+
+    # -- events -------------------------------------------------------------------------------
+    def _dispatch(self, source: str, msg: m.Message, allowed: frozenset) -> None:
+        op = msg.op
+        if op not in allowed:
+            raise ProtocolError(f"{op!r} is not allowed on this connection")
+        if op == "heartbeat":
+            self.state.heartbeat(source, time.monotonic(), msg.memory)  # type: ignore
+            return
+        ws = self.state.workers.get(source)
+        if ws is not None:
+            ws.last_seen = time.monotonic()
+        self._do(self.state.handle(source, msg))
+        self._check()
+
+    def _do(self, actions: list) -> None:
+        comms = self.comms
+        for target, msg in actions:
+            comm = comms.get(target)
+            if comm is not None:
+                comm.send(msg)
+
+    def _check(self) -> None:
+        if self.validate:
+            self.state.validate()
+
+
+async def run_scheduler(host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+                        ssl_context: Any = None, ready: Any = None, **kwargs: Any) -> None:
+    """Run a scheduler until closed (used by the CLI and LocalCluster)."""
+    sched = await Scheduler(host, port, token, ssl_context, **kwargs).start()
+    if ready is not None:
+        ready(sched)
+    await sched.closed.wait()

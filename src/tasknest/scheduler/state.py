@@ -1,0 +1,784 @@
+"""SchedulerState: the truth about every task, as a pure state machine.
+
+``handle(source, msg)`` takes one event (a catalogue message from a client or a
+worker, or a connection event) and returns the actions it causes, as a list of
+``(target_id, message)``. No sockets, threads or clocks live here: the shell
+(server.py) delivers events and carries out the actions; time arrives as an
+argument of ``tick``.
+
+Task lifecycle::
+
+    released -> waiting -> processing@W -> memory@{W..} | erred  -> (forgotten)
+
+A *claimed* task was submitted from inside a task on worker W and put straight
+into W's own queue; the scheduler records it as processing@W when it hears of
+it, lets idle workers steal it, and reruns it if W dies.
+
+A scheduler "client" is any holder of futures: a user's Client (id ``c-...``), a
+worker's in-task client (the worker's own id ``w-...``), a task whose result
+holds futures (``^key``) and fire-and-forget (``@ff``).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from ..protocol import messages as m
+
+FIRE_AND_FORGET = "@ff"
+ALLOWED_FAILURES = 3
+STEAL_BATCH = 64
+
+
+class Task:
+    __slots__ = ("key", "func", "args", "deps", "priority", "retries", "restrict", "state",
+                 "waiting_on", "dependents", "who_has", "processing_on", "who_wants",
+                 "nbytes", "type", "value", "error", "suspicious", "inner", "scattered",
+                 "stealing", "running")
+
+    def __init__(self, key: str, func: bytes | None, args: bytes | None, deps: list[str],
+                 priority: list, retries: int = 0, restrict: list | None = None) -> None:
+        self.key = key
+        self.func = func
+        self.args = args
+        self.deps = deps
+        self.priority = priority
+        self.retries = retries
+        self.restrict = restrict
+        self.state = "released"
+        self.waiting_on: set[str] = set()
+        self.dependents: set[str] = set()
+        self.who_has: set[str] = set()
+        self.processing_on: str | None = None
+        self.who_wants: set[str] = set()
+        self.nbytes = 0
+        self.type = ""
+        self.value: list | None = None
+        self.error: tuple[list, str, str] | None = None     # exception frames, traceback, kind
+        self.suspicious = 0
+        self.inner: list[str] = []
+        self.scattered = False
+        self.stealing: str | None = None
+        self.running = False                                  # seceded, so surely started
+
+    def __repr__(self) -> str:
+        return f"<Task {self.key} {self.state}>"
+
+
+class WorkerInfo:
+    __slots__ = ("id", "address", "name", "nthreads", "pid", "memory_limit", "processing",
+                 "has_what", "seceded", "idle", "last_seen", "memory")
+
+    def __init__(self, wid: str, address: str, name: str, nthreads: int, pid: int,
+                 memory_limit: int, now: float) -> None:
+        self.id = wid
+        self.address = address
+        self.name = name
+        self.nthreads = nthreads
+        self.pid = pid
+        self.memory_limit = memory_limit
+        self.processing: set[str] = set()
+        self.has_what: set[str] = set()
+        self.seceded = 0
+        self.idle = False
+        self.last_seen = now
+        self.memory = 0
+
+    @property
+    def slots(self) -> int:
+        return self.nthreads + self.seceded
+
+    def load(self) -> float:
+        return (len(self.processing) - self.seceded) / self.nthreads
+
+
+class SchedulerState:
+    def __init__(self, allowed_failures: int = ALLOWED_FAILURES, inline_limit: int = 64 * 1024) -> None:
+        self.tasks: dict[str, Task] = {}
+        self.workers: dict[str, WorkerInfo] = {}
+        self.clients: dict[str, set[str]] = {FIRE_AND_FORGET: set()}
+        self.unrunnable: dict[str, Task] = {}            # ready, but no (allowed) worker
+        self.allowed_failures = allowed_failures
+        self.inline_limit = inline_limit
+        self.out: list[tuple[str, m.Message]] = []
+        self._scatters: dict[int, list] = {}             # put-data rid -> [client, rid, pending, keys]
+        self._rid = 0
+        self._rr = 0
+
+    # == dispatch =====================================================================
+    def handle(self, source: str, msg: m.Message) -> list[tuple[str, m.Message]]:
+        handler = getattr(self, "_on_" + msg.op.replace("-", "_"), None)
+        if handler is None:
+            raise ValueError(f"scheduler does not accept {msg.op!r}")
+        handler(source, msg)
+        out, self.out = self.out, []
+        return out
+
+    def _emit(self, target: str, msg: m.Message) -> None:
+        self.out.append((target, msg))
+
+    def _flush(self) -> list[tuple[str, m.Message]]:
+        out, self.out = self.out, []
+        return out
+
+    # == connections ==================================================================
+    def add_client(self, cid: str) -> list:
+        self.clients.setdefault(cid, set())
+        return self._flush()
+
+    def remove_client(self, cid: str) -> list:
+        self._drop_client(cid)
+        return self._flush()
+
+    def _drop_client(self, cid: str) -> None:
+        for key in self.clients.pop(cid, set()):
+            ts = self.tasks.get(key)
+            if ts is not None:
+                ts.who_wants.discard(cid)
+                self._maybe_release(ts)
+
+    def add_worker(self, wid: str, address: str, name: str, nthreads: int, pid: int,
+                   memory_limit: int, keys: Iterable[str], now: float) -> list:
+        ws = WorkerInfo(wid, address, name, nthreads, pid, memory_limit, now)
+        self.workers[wid] = ws
+        self.clients.setdefault(wid, set())
+        stale = []
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state in ("memory", "released", "waiting"):
+                self._add_replica(ts, ws)
+            else:
+                stale.append(key)
+        if stale:
+            self._emit(wid, m.Free(stale))
+        for ts in list(self.unrunnable.values()):
+            self._assign(ts)
+        return self._flush()
+
+    def remove_worker(self, wid: str, reason: str = "worker lost") -> list:
+        ws = self.workers.pop(wid, None)
+        if ws is None:
+            return self._flush()
+        killed, lost = [], []
+        for key in ws.processing:
+            ts = self.tasks[key]
+            ts.processing_on = None
+            ts.stealing = None
+            ts.running = False
+            ts.state = "released"
+            ts.suspicious += 1
+            (killed if ts.suspicious > self.allowed_failures else lost).append(ts)
+        for key in ws.has_what:
+            ts = self.tasks[key]
+            ts.who_has.discard(wid)
+            if not ts.who_has and ts.state == "memory":
+                ts.state = "released"
+                ts.value = None
+                lost.append(ts)
+        for ts in self.tasks.values():
+            if ts.stealing == wid:
+                ts.stealing = None
+        for ts in killed:
+            self._err(ts, [], f"task {ts.key} was running on {ts.suspicious} workers that died "
+                              f"(the last: {ws.address}, {reason})", "killed")
+        for ts in lost:
+            if ts.state != "released":
+                continue
+            if ts.scattered:
+                self._err(ts, [], f"the data of {ts.key} was lost with worker {ws.address} and "
+                                  "cannot be recomputed (scatter with broadcast=True keeps "
+                                  "copies)", "lost")
+            elif self._needed(ts):
+                self._recompute(ts)
+        self._drop_client(wid)
+        for ts in lost:
+            if self.tasks.get(ts.key) is ts:
+                self._maybe_release(ts)
+        return self._flush()
+
+    def tick(self, now: float, timeout: float) -> list[str]:
+        """Workers whose heartbeats stopped; the shell removes them."""
+        return [w.id for w in self.workers.values() if now - w.last_seen > timeout]
+
+    def heartbeat(self, wid: str, now: float, memory: int = 0) -> None:
+        ws = self.workers.get(wid)
+        if ws is not None:
+            ws.last_seen = now
+            ws.memory = memory
+
+    # == clients ======================================================================
+    def _new_task(self, key: str, func: bytes, args: bytes, deps: list[str], priority: list,
+                  retries: int, restrict: list | None) -> Task | None:
+        ts = Task(key, func, args, deps, priority, retries, restrict)
+        self.tasks[key] = ts
+        for dk in deps:
+            dts = self.tasks.get(dk)
+            if dts is None:
+                del self.tasks[key]
+                return None
+            dts.dependents.add(key)
+        return ts
+
+    def _on_submit(self, cid: str, msg: m.Message) -> None:
+        key = msg.key  # type: ignore[attr-defined]
+        ts = self.tasks.get(key)
+        if ts is None:
+            ts = self._new_task(key, msg.fid, msg.args, msg.deps, msg.priority,  # type: ignore
+                                msg.retries, msg.workers)  # type: ignore[attr-defined]
+            if ts is None:
+                missing = [d for d in msg.deps if d not in self.tasks]  # type: ignore
+                self._emit(cid, m.KeyErred(key, [], f"dependencies {missing} of {key} are "
+                                           "unknown to the scheduler (released?)", "lost"))
+                return
+            self._want(ts, cid)
+            self._recompute(ts)
+            return
+        self._want(ts, cid)
+        if ts.state == "released":
+            if ts.func is None:
+                ts.func, ts.args = msg.fid, msg.args  # type: ignore[attr-defined]
+            self._recompute(ts)
+        else:
+            self._report(ts, cid)
+
+    def _on_want(self, cid: str, msg: m.Message) -> None:
+        for key in msg.keys:  # type: ignore[attr-defined]
+            ts = self.tasks.get(key)
+            if ts is None:
+                self._emit(cid, m.KeyErred(key, [], f"{key} is unknown to the scheduler "
+                                           "(it was released or never existed)", "lost"))
+                continue
+            self._want(ts, cid)
+            if ts.state == "released":
+                self._recompute(ts)
+            else:
+                self._report(ts, cid)
+
+    def _on_release(self, cid: str, msg: m.Message) -> None:
+        wants = self.clients.get(cid)
+        for key in msg.keys:  # type: ignore[attr-defined]
+            ts = self.tasks.get(key)
+            if wants is not None:
+                wants.discard(key)
+            if ts is not None and cid in ts.who_wants:
+                ts.who_wants.discard(cid)
+                self._maybe_release(ts)
+
+    def _on_fire_and_forget(self, cid: str, msg: m.Message) -> None:
+        for key in msg.keys:  # type: ignore[attr-defined]
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state not in ("memory", "erred"):
+                self._want(ts, FIRE_AND_FORGET)
+
+    def _on_cancel(self, cid: str, msg: m.Message) -> None:
+        for key in msg.keys:  # type: ignore[attr-defined]
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state not in ("memory", "erred"):
+                self._cancel(ts, f"{key} was cancelled")
+
+    def _cancel(self, ts: Task, reason: str) -> None:
+        for dk in list(ts.dependents):
+            dts = self.tasks.get(dk)
+            if dts is not None and dts.state not in ("memory", "erred"):
+                self._cancel(dts, reason)
+        for cid in ts.who_wants:
+            if cid[0] in "cw":
+                self._emit(cid, m.KeyCancelled(ts.key, reason))
+            self.clients.get(cid, set()).discard(ts.key)
+        ts.who_wants.clear()
+        self._maybe_release(ts)
+
+    def _on_query(self, cid: str, msg: m.Message) -> None:
+        what, arg, rid = msg.what, msg.arg, msg.rid  # type: ignore[attr-defined]
+        error = None
+        value: Any = None
+        if what == "who_has":
+            keys = arg if isinstance(arg, list) else list(self.tasks)
+            value = {k: sorted(self.workers[w].address for w in self.tasks[k].who_has)
+                     for k in keys if k in self.tasks}
+        elif what == "has_what":
+            value = {w.address: sorted(w.has_what) for w in self.workers.values()}
+        elif what == "workers":
+            value = [{"id": w.id, "address": w.address, "name": w.name, "nthreads": w.nthreads,
+                      "pid": w.pid, "memory_limit": w.memory_limit, "memory": w.memory,
+                      "processing": len(w.processing), "keys": len(w.has_what)}
+                     for w in self.workers.values()]
+        elif what == "processing":
+            value = {w.address: sorted(w.processing) for w in self.workers.values()}
+        elif what == "tasks":
+            value = {k: t.state for k, t in self.tasks.items()}
+        else:
+            error = f"unknown query {what!r}"
+        self._emit(cid, m.Reply(rid, value, error))
+
+    def _on_scatter(self, cid: str, msg: m.Message) -> None:
+        keys, values, rid = msg.keys, msg.values, msg.rid  # type: ignore[attr-defined]
+        workers = [w for w in self.workers.values()
+                   if not msg.workers or w.address in msg.workers or w.name in msg.workers]  # type: ignore
+        if not workers:
+            self._emit(cid, m.Reply(rid, None, "no workers to scatter to"))
+            return
+        if len(keys) != len(values):
+            self._emit(cid, m.Reply(rid, None, "scatter: keys and values differ in length"))
+            return
+        plan: dict[str, list[int]] = {}
+        if msg.broadcast:  # type: ignore[attr-defined]
+            for w in workers:
+                plan[w.id] = list(range(len(keys)))
+        else:
+            workers.sort(key=lambda w: len(w.has_what))
+            for i in range(len(keys)):
+                plan.setdefault(workers[(self._rr + i) % len(workers)].id, []).append(i)
+            self._rr += len(keys)
+        self._rid += 1
+        self._scatters[self._rid] = [cid, rid, set(plan), keys]
+        for wid, idx in plan.items():
+            self._emit(wid, m.PutData(self._rid, [keys[i] for i in idx], [values[i] for i in idx]))
+
+    def _on_put_data_done(self, wid: str, msg: m.Message) -> None:
+        entry = self._scatters.get(msg.rid)  # type: ignore[attr-defined]
+        ws = self.workers.get(wid)
+        if entry is None or ws is None:
+            return
+        cid, rid, pending, keys = entry
+        self._add_scattered(ws, msg.keys, msg.nbytes, cid)  # type: ignore[attr-defined]
+        pending.discard(wid)
+        if not pending:
+            del self._scatters[msg.rid]  # type: ignore[attr-defined]
+            self._emit(cid, m.Reply(rid, keys, None))
+
+    def _on_add_keys(self, wid: str, msg: m.Message) -> None:
+        ws = self.workers.get(wid)
+        if ws is not None:
+            self._add_scattered(ws, msg.keys, msg.nbytes, wid)  # type: ignore[attr-defined]
+
+    def _add_scattered(self, ws: WorkerInfo, keys: list, nbytes: list, cid: str) -> None:
+        for key, nb in zip(keys, nbytes):
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self.tasks[key] = Task(key, None, None, [], [0, 0, 0])
+                ts.scattered = True
+            ts.nbytes = nb
+            self._want(ts, cid)
+            self._add_replica(ts, ws)
+            if ts.state != "memory":
+                ts.state = "memory"
+                self._memory_reached(ts, ws.id)
+
+    # == workers =======================================================================
+    def _on_claim(self, wid: str, msg: m.Message) -> None:
+        key = msg.key  # type: ignore[attr-defined]
+        ws = self.workers.get(wid)
+        if ws is None:
+            return
+        ts = self.tasks.get(key)
+        if ts is not None and ts.state != "released":
+            self._want(ts, wid)
+            self._emit(wid, m.ClaimRejected(key))
+            self._report(ts, wid)
+            return
+        if ts is None:
+            ts = self._new_task(key, msg.fid, msg.args, msg.deps, msg.priority,  # type: ignore
+                                msg.retries, None)  # type: ignore[attr-defined]
+            if ts is None:
+                self._emit(wid, m.ClaimRejected(key))
+                missing = [d for d in msg.deps if d not in self.tasks]  # type: ignore
+                self._emit(wid, m.KeyErred(key, [], f"dependencies {missing} of {key} are "
+                                           "unknown to the scheduler (released?)", "lost"))
+                return
+        elif ts.func is None:
+            ts.func, ts.args = msg.fid, msg.args  # type: ignore[attr-defined]
+        self._want(ts, wid)
+        ts.waiting_on = {d for d in ts.deps if self.tasks[d].state != "memory"}
+        self._set_processing(ts, ws)
+        for dk in ts.deps:
+            dts = self.tasks[dk]
+            if dts.state == "memory" and wid not in dts.who_has:
+                self._emit(wid, self._key_memory(dts, inline=False))
+            elif dts.state == "erred":
+                self._emit(wid, self._key_erred(dts))
+            elif dts.state == "released":
+                self._recompute(dts)
+
+    def _on_task_finished(self, wid: str, msg: m.Message) -> None:
+        key = msg.key  # type: ignore[attr-defined]
+        ts = self.tasks.get(key)
+        ws = self.workers.get(wid)
+        if ws is None:
+            return
+        if ts is None or ts.state == "erred":
+            self._emit(wid, m.Free([key]))
+            return
+        ts.nbytes, ts.type = msg.nbytes, msg.type  # type: ignore[attr-defined]
+        if msg.value is not None and ts.nbytes <= self.inline_limit:  # type: ignore
+            ts.value = msg.value  # type: ignore[attr-defined]
+        self._add_replica(ts, ws)
+        if ts.state == "memory":
+            return
+        if ts.processing_on is not None:
+            self.workers[ts.processing_on].processing.discard(key)
+            if ts.running:
+                self.workers[ts.processing_on].seceded -= 1
+        ts.processing_on = None
+        ts.stealing = None
+        ts.running = False
+        ts.state = "memory"
+        ts.waiting_on.clear()
+        self.unrunnable.pop(key, None)
+        if msg.inner:  # type: ignore[attr-defined]
+            holder = "^" + key
+            self.clients[holder] = set()
+            for ik in msg.inner:  # type: ignore[attr-defined]
+                its = self.tasks.get(ik)
+                if its is not None:
+                    self._want(its, holder)
+                    ts.inner.append(ik)
+        self._memory_reached(ts, wid)
+
+    def _memory_reached(self, ts: Task, source: str) -> None:
+        ff = FIRE_AND_FORGET in ts.who_wants
+        for cid in ts.who_wants:
+            if cid[0] in "cw" and cid != source:
+                self._emit(cid, self._key_memory(ts, inline=True))
+        for dk in list(ts.dependents):
+            dts = self.tasks.get(dk)
+            if dts is None:
+                continue
+            dts.waiting_on.discard(ts.key)
+            if dts.state == "waiting" and not dts.waiting_on:
+                self._assign(dts)
+            elif dts.state == "processing" and dts.processing_on not in ts.who_has \
+                    and dts.processing_on not in ts.who_wants:
+                self._emit(dts.processing_on, self._key_memory(ts, inline=False))  # type: ignore
+        if ff:
+            self._unwant(ts, FIRE_AND_FORGET)
+        self._maybe_release(ts)
+
+    def _on_task_erred(self, wid: str, msg: m.Message) -> None:
+        ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
+        if ts is None or ts.state in ("memory", "erred"):
+            return
+        self._err(ts, msg.exception, msg.traceback, msg.kind)  # type: ignore[attr-defined]
+
+    def _err(self, ts: Task, exception: list, traceback: str, kind: str,
+             source: str | None = None) -> None:
+        if ts.processing_on is not None:
+            ws = self.workers.get(ts.processing_on)
+            if ws is not None:
+                ws.processing.discard(ts.key)
+                if ts.running:
+                    ws.seceded -= 1
+        ts.processing_on = None
+        ts.running = False
+        ts.stealing = None
+        ts.state = "erred"
+        ts.error = (exception, traceback, kind)
+        self.unrunnable.pop(ts.key, None)
+        for cid in ts.who_wants:
+            if cid[0] in "cw":
+                self._emit(cid, self._key_erred(ts))
+        for dk in list(ts.dependents):
+            dts = self.tasks.get(dk)
+            if dts is None or dts.state in ("memory", "erred"):
+                continue
+            if dts.state == "processing" and dts.processing_on not in dts.who_wants:
+                self._emit(dts.processing_on, self._key_erred(ts))  # type: ignore[arg-type]
+            self._err(dts, exception, traceback, kind)
+        self._unwant(ts, FIRE_AND_FORGET)
+        self._maybe_release(ts)
+
+    def _on_secede(self, wid: str, msg: m.Message) -> None:
+        ws = self.workers.get(wid)
+        ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
+        if ws is None or ts is None or ts.processing_on != wid or ts.running:
+            return
+        ts.running = True
+        ws.seceded += 1
+        ws.idle = False
+
+    def _on_rejoin(self, wid: str, msg: m.Message) -> None:
+        ws = self.workers.get(wid)
+        ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
+        if ws is None or ts is None or not ts.running or ts.processing_on != wid:
+            return
+        ts.running = False
+        ws.seceded -= 1
+
+    def _on_idle(self, wid: str, msg: m.Message) -> None:
+        ws = self.workers.get(wid)
+        if ws is not None:
+            ws.idle = True
+            self._balance(ws)
+
+    def _on_steal_reply(self, wid: str, msg: m.Message) -> None:
+        ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
+        if ts is None or ts.processing_on != wid or ts.stealing is None:
+            return
+        thief = self.workers.get(ts.stealing)
+        ts.stealing = None
+        if not msg.ok:  # type: ignore[attr-defined]
+            return
+        self.workers[wid].processing.discard(ts.key)
+        ts.processing_on = None
+        ts.state = "released"
+        if thief is not None:
+            self._set_processing(ts, thief)
+            self._send_compute(ts, thief)
+        else:
+            self._assign(ts)
+
+    def _on_missing_data(self, wid: str, msg: m.Message) -> None:
+        ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
+        bad = next((w for w in self.workers.values() if w.address == msg.worker), None)  # type: ignore
+        if ts is None:
+            return
+        if bad is not None and bad.id in ts.who_has:
+            ts.who_has.discard(bad.id)
+            bad.has_what.discard(ts.key)
+        if ts.state == "memory":
+            if ts.who_has:
+                self._emit(wid, self._key_memory(ts, inline=False))
+            elif ts.scattered:
+                self._err(ts, [], f"the data of {ts.key} was lost", "lost")
+            else:
+                ts.state = "released"
+                self._recompute(ts)
+
+    def _on_heartbeat(self, wid: str, msg: m.Message) -> None:
+        pass  # the shell records the time
+
+    # == core transitions ==================================================================
+    def _want(self, ts: Task, cid: str) -> None:
+        ts.who_wants.add(cid)
+        wants = self.clients.get(cid)
+        if wants is None:
+            wants = self.clients[cid] = set()
+        wants.add(ts.key)
+
+    def _unwant(self, ts: Task, cid: str) -> None:
+        if cid in ts.who_wants:
+            ts.who_wants.discard(cid)
+            self.clients.get(cid, set()).discard(ts.key)
+
+    def _needed(self, ts: Task) -> bool:
+        if ts.who_wants:
+            return True
+        for dk in ts.dependents:
+            dts = self.tasks.get(dk)
+            if dts is not None and dts.state in ("waiting", "processing", "released") \
+                    and self._needed(dts):
+                return True
+        return False
+
+    def _recompute(self, ts: Task) -> None:
+        """Bring a released (or new) task back towards memory, deps first."""
+        if ts.state in ("waiting", "processing", "memory", "erred"):
+            return
+        if ts.func is None:
+            self._err(ts, [], f"the data of {ts.key} was lost and it has no recipe", "lost")
+            return
+        ts.waiting_on = set()
+        for dk in ts.deps:
+            dts = self.tasks[dk]
+            if dts.state == "erred":
+                exc, tb, kind = dts.error  # type: ignore[misc]
+                self._err(ts, exc, tb, kind)
+                return
+            if dts.state != "memory":
+                ts.waiting_on.add(dk)
+        ts.state = "waiting"
+        for dk in list(ts.waiting_on):
+            self._recompute(self.tasks[dk])
+        if ts.state == "waiting" and not ts.waiting_on:
+            self._assign(ts)
+
+    def _candidates(self, ts: Task) -> list[WorkerInfo]:
+        if ts.restrict:
+            allowed = set(ts.restrict)
+            return [w for w in self.workers.values()
+                    if w.address in allowed or w.name in allowed or w.id in allowed]
+        return list(self.workers.values())
+
+    def _assign(self, ts: Task) -> None:
+        workers = self._candidates(ts)
+        if not workers:
+            ts.state = "waiting"
+            self.unrunnable[ts.key] = ts
+            return
+        self.unrunnable.pop(ts.key, None)
+        if len(workers) == 1:
+            best = workers[0]
+        elif ts.deps:
+            best = min(workers, key=lambda w: (
+                -sum(self.tasks[d].nbytes for d in ts.deps if w.id in self.tasks[d].who_has),
+                w.load()))
+        else:
+            best = min(workers, key=WorkerInfo.load)
+        self._set_processing(ts, best)
+        self._send_compute(ts, best)
+
+    def _set_processing(self, ts: Task, ws: WorkerInfo) -> None:
+        ts.state = "processing"
+        ts.processing_on = ws.id
+        ws.processing.add(ts.key)
+        ws.idle = False
+
+    def _send_compute(self, ts: Task, ws: WorkerInfo) -> None:
+        deps = {d: [self.workers[w].address for w in self.tasks[d].who_has] for d in ts.deps}
+        self._emit(ws.id, m.Compute(ts.key, ts.func, ts.args, deps, ts.priority, ts.retries))
+
+    def _add_replica(self, ts: Task, ws: WorkerInfo) -> None:
+        ts.who_has.add(ws.id)
+        ws.has_what.add(ts.key)
+
+    def _key_memory(self, ts: Task, inline: bool) -> m.Message:
+        return m.KeyMemory(ts.key, ts.type, ts.nbytes,
+                           [self.workers[w].address for w in ts.who_has],
+                           ts.value if inline else None)
+
+    def _key_erred(self, ts: Task) -> m.Message:
+        exc, tb, kind = ts.error  # type: ignore[misc]
+        return m.KeyErred(ts.key, exc, tb, kind)
+
+    def _report(self, ts: Task, cid: str) -> None:
+        if ts.state == "memory":
+            self._emit(cid, self._key_memory(ts, inline=True))
+        elif ts.state == "erred":
+            self._emit(cid, self._key_erred(ts))
+
+    def _maybe_release(self, ts: Task) -> None:
+        """Drop a result nobody needs; forget the record once nothing refers to it."""
+        if ts.who_wants:
+            return
+        for dk in ts.dependents:
+            dts = self.tasks.get(dk)
+            if dts is not None and dts.state in ("waiting", "processing"):
+                return
+        if ts.state == "memory":
+            for wid in ts.who_has:
+                ws = self.workers.get(wid)
+                if ws is not None:
+                    ws.has_what.discard(ts.key)
+                    self._emit(wid, m.Free([ts.key]))
+            ts.who_has.clear()
+            ts.value = None
+            ts.state = "released"
+        elif ts.state in ("waiting", "processing"):
+            if ts.processing_on is not None:
+                ws = self.workers[ts.processing_on]
+                ws.processing.discard(ts.key)
+                if ts.running:
+                    ws.seceded -= 1
+                self._emit(ts.processing_on, m.Free([ts.key]))
+            ts.processing_on = None
+            ts.running = False
+            ts.stealing = None
+            ts.state = "released"
+            self.unrunnable.pop(ts.key, None)
+        if not ts.dependents:
+            self._forget(ts)
+
+    def _forget(self, ts: Task) -> None:
+        if self.tasks.get(ts.key) is not ts:
+            return
+        for wid in ts.who_has:
+            ws = self.workers.get(wid)
+            if ws is not None:
+                ws.has_what.discard(ts.key)
+                self._emit(wid, m.Free([ts.key]))
+        if ts.processing_on is not None:
+            ws = self.workers.get(ts.processing_on)
+            if ws is not None:
+                ws.processing.discard(ts.key)
+                if ts.running:
+                    ws.seceded -= 1
+        self.unrunnable.pop(ts.key, None)
+        del self.tasks[ts.key]
+        for dk in ts.dependents:
+            dts = self.tasks.get(dk)
+            if dts is not None:
+                dts.waiting_on.discard(ts.key)
+        for dk in ts.deps:
+            dts = self.tasks.get(dk)
+            if dts is not None:
+                dts.dependents.discard(ts.key)
+                self._maybe_release(dts)
+        if ts.inner:
+            holder = "^" + ts.key
+            self.clients.pop(holder, None)
+            for ik in ts.inner:
+                its = self.tasks.get(ik)
+                if its is not None:
+                    its.who_wants.discard(holder)
+                    self._maybe_release(its)
+        for cid in ts.who_wants:
+            self.clients.get(cid, set()).discard(ts.key)
+
+    # == balancing ===========================================================================
+    def _balance(self, thief: WorkerInfo) -> None:
+        """An idle worker asked for work: steal unstarted tasks from the busiest worker."""
+        victims = [w for w in self.workers.values()
+                   if w is not thief and len(w.processing) - w.seceded > w.nthreads]
+        if not victims:
+            return
+        victim = max(victims, key=lambda w: len(w.processing) - w.seceded - w.nthreads)
+        excess = len(victim.processing) - victim.seceded - victim.nthreads
+        candidates = []
+        for key in victim.processing:
+            ts = self.tasks[key]
+            if ts.running or ts.stealing is not None or ts.waiting_on:
+                continue
+            if ts.restrict and thief not in self._candidates(ts):
+                continue
+            candidates.append(ts)
+        if not candidates:
+            return
+        # shallowest first (the biggest subtrees), newest first among equals
+        candidates.sort(key=lambda t: (t.priority[1] if len(t.priority) > 1 else 0,
+                                       -(t.priority[2] if len(t.priority) > 2 else 0)))
+        n = min(STEAL_BATCH, max(1, excess // 2), len(candidates))
+        for ts in candidates[:n]:
+            ts.stealing = thief.id
+            self._emit(victim.id, m.Steal(ts.key))
+        thief.idle = False
+
+    # == invariants ===========================================================================
+    def validate(self) -> None:
+        for key, ts in self.tasks.items():
+            assert ts.key == key
+            assert ts.state in ("released", "waiting", "processing", "memory", "erred"), ts
+            if ts.state == "memory":
+                assert ts.who_has, f"{ts} in memory nowhere"
+                for w in ts.who_has:
+                    assert key in self.workers[w].has_what, (ts, w)
+            else:
+                assert not ts.who_has, (ts, ts.who_has)
+            if ts.state == "processing":
+                assert ts.processing_on in self.workers, ts
+                assert key in self.workers[ts.processing_on].processing, ts
+            else:
+                assert ts.processing_on is None, ts
+                assert not ts.running, ts
+            if ts.state == "waiting":
+                assert ts.waiting_on or key in self.unrunnable, ts
+            for d in ts.waiting_on:
+                assert d in ts.deps and self.tasks[d].state != "memory", (ts, d)
+            for d in ts.deps:
+                assert key in self.tasks[d].dependents, (ts, d)
+            for dk in ts.dependents:
+                assert dk in self.tasks and key in self.tasks[dk].deps, (ts, dk)
+            for cid in ts.who_wants:
+                assert key in self.clients.get(cid, ()), (ts, cid)
+            if ts.state == "erred":
+                assert ts.error is not None
+        for cid, keys in self.clients.items():
+            for key in keys:
+                assert key in self.tasks and cid in self.tasks[key].who_wants, (cid, key)
+        for wid, ws in self.workers.items():
+            running = 0
+            for key in ws.processing:
+                ts = self.tasks[key]
+                assert ts.state == "processing" and ts.processing_on == wid, (ws, ts)
+                running += ts.running
+            assert running == ws.seceded, (wid, running, ws.seceded)
+            for key in ws.has_what:
+                assert wid in self.tasks[key].who_has, (wid, key)

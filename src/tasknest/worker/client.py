@@ -1,0 +1,201 @@
+"""The client that tasks use: it shares its worker's connection and queue.
+
+    task thread ──submit──> worker queue (claim) ──batched claim──> scheduler
+    task thread ──gather──> run queued children inline ──> wait (slot lent) ──> value
+
+Entering it costs no connection: it is one object per worker, made at start.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..client.client import Client, _check_timeout
+from ..client.future import Future, FutureState
+from ..protocol import messages as m
+from .context import current_task
+
+if TYPE_CHECKING:
+    from .server import Worker
+
+MAX_INLINE = 40          # nested inline runs per thread before waiting instead
+
+
+class WorkerClient(Client):
+    _worker_side = True
+
+    def __init__(self, worker: "Worker") -> None:   # no network of its own
+        self.worker = worker
+        self.id = "w-pending"
+        self.asynchronous = False
+        self.timeout = 30.0
+        self.status = "new"
+        self._lock = threading.Lock()
+        self._states: dict[str, FutureState] = {}
+        self._refs: dict[str, int] = {}
+        self._replies: dict[int, asyncio.Future] = {}
+        self._rid = 0
+        self._cluster = None
+        self._owns_cluster = False
+        self.loop = None
+        self._loop_thread = None
+        self.scheduler_address = worker.scheduler_address
+
+    def _bind(self) -> None:
+        w = self.worker
+        self.id = w.id
+        self.loop = w.loop
+        self._loop_thread = w.loop_thread
+        self._peers = w.peers
+        self.status = "running"
+
+    @property
+    def _comm(self) -> Any:  # type: ignore[override]
+        return self.worker.comm
+
+    def _send(self, msg: m.Message) -> None:
+        self.worker.send(msg)
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError("blocking call on the worker's event loop: in an async task, "
+                               "await it instead")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore
+
+    def close(self, timeout: float | None = None) -> None:
+        """Inside a task this is a no-op: the worker owns this client."""
+        return None
+
+    def _depth(self) -> int:
+        t = current_task.get()
+        return 0 if t is None else t.depth + 1
+
+    # -- submitting: straight into this worker's queue ----------------------------------
+    def _submit_key(self, key: str, fbytes: bytes, abytes: bytes, deps: list[str],
+                    priority: list, retries: int, workers: list | None) -> Future:
+        fut, new = self._new_future(key)
+        if not new:
+            return fut
+        w = self.worker
+        if workers is not None:
+            w.send(m.Submit(key, fbytes, abytes, deps, priority, retries, workers))
+            return fut
+        with w.lock:
+            t = w.state.tasks.get(key)
+            if t is not None and t.state not in ("erred", "cancelled"):
+                w.send(m.Want([key]))
+                done = w.settle_from_state([key])
+            else:
+                locations = {d: self._states[d].who_has for d in deps if d in self._states}
+                done = w.apply(w.state.claim(key, fbytes, abytes, deps, priority, retries,
+                                             locations))
+        w.settle(done)
+        return fut
+
+    def scatter(self, data: Any, broadcast: bool = False, workers: Any = None,
+                timeout: float | None = None) -> Any:
+        """From a task: the data stays on this worker (unless broadcast or workers=)."""
+        if broadcast or workers is not None:
+            return super().scatter(data, broadcast, workers, timeout)
+        return super().scatter(data, False, None, timeout)
+
+    def _scatter(self, keys: list[str], values: list, broadcast: bool, workers: list | None,
+                 timeout: float | None) -> list[Future]:
+        if broadcast or workers is not None:
+            return super()._scatter(keys, values, broadcast, workers, timeout)
+        w = self.worker
+        futures = [self._new_future(k)[0] for k in keys]
+        nbytes = [_sizeof(v) for v in values]
+        with w.lock:
+            for k, v in zip(keys, values):
+                w.data[k] = v
+            done = w.apply(w.state.put_data(keys, nbytes))
+            w.send(m.AddKeys(keys, nbytes))
+        w.settle(done)
+        return futures
+
+    # -- waiting: help first, then lend the slot --------------------------------------------
+    def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
+        if threading.get_ident() == self._loop_thread:      # an async task: await it
+            from ..client.client import _rebuild, flatten_futures
+            flat = flatten_futures(futures)
+
+            async def _g() -> Any:
+                vals = await self._gather_async(flat, errors=errors)
+                return _rebuild(futures, dict(zip([f.key for f in flat], vals)))
+            return _g()
+        return super().gather(futures, errors, timeout)
+
+    def _in_own_loop(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
+    def _gather_sync(self, futures: list[Future], timeout: float | None = None,
+                     errors: str = "raise") -> list:
+        self._help_and_wait(futures, timeout)
+        return super()._gather_sync(futures, timeout, errors)
+
+    def _wait_states(self, states: list[FutureState], timeout: float | None) -> None:
+        _check_timeout(timeout)
+        pending = [st for st in states if not st.done()]
+        if pending:
+            self._block_on(pending, timeout)
+
+    def _help_and_wait(self, futures: list[Future], timeout: float | None) -> None:
+        _check_timeout(timeout)
+        w = self.worker
+        t = current_task.get()
+        can_help = w.pool.in_pool_thread() and (t is None or t.inline < MAX_INLINE)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            pending = [f for f in futures if not f._state.done()]
+            if not pending:
+                return
+            if can_help:
+                with w.lock:
+                    task = w.state.helpable([f.key for f in pending])
+                if task is not None:
+                    w.execute(task, inline=True)
+                    continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"results not ready after {timeout} s")
+            self._block_on([pending[0]._state], remaining)
+
+    def _block_on(self, states: list[FutureState], timeout: float | None) -> None:
+        w = self.worker
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with w.lock:
+            w.pool.block()
+        try:
+            for st in states:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not st.wait(remaining):
+                    raise TimeoutError(f"results not ready after {timeout} s")
+        finally:
+            with w.lock:
+                w.pool.unblock()
+
+    def _fetch_sync(self, missing: list) -> None:
+        w = self.worker
+        still = []
+        for key, st in missing:
+            v = w.data.get(key, _MISSING)
+            if v is not _MISSING:
+                st.value = v
+            else:
+                still.append((key, st))
+        if still:
+            self._run(self._fetch(still))
+
+
+_MISSING = object()
+
+
+def _sizeof(v: Any) -> int:
+    try:
+        return len(memoryview(v).cast("B"))
+    except TypeError:
+        return sys.getsizeof(v)

@@ -1,0 +1,140 @@
+"""The task thread pool: ``nthreads`` slots, threads that secede, block and rejoin.
+
+A thread holds a slot while it does useful work. Threads are only added when a
+slot is free *and* work is ready, so the thread count stays at
+``nthreads + (threads blocked waiting on work elsewhere)``:
+
+* ``block()`` / ``unblock()``: a task waiting in gather() on something it cannot
+  run itself hands its slot to another thread and takes one back (possibly
+  over-subscribing for a moment) when it resumes.
+* ``secede()`` / ``rejoin()``: the explicit API of the seeds: the thread leaves
+  the pool for good, or waits for a free slot to come back.
+
+All methods except ``start``/``close`` are called with ``lock`` held.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+log = logging.getLogger("tasknest.worker")
+
+IDLE_TIMEOUT = 10.0
+
+
+class Pool:
+    def __init__(self, nthreads: int, lock: threading.Lock, has_ready: Callable[[], bool],
+                 run_one: Callable[[], bool], on_idle: Callable[[], None],
+                 name: str = "tasknest-task") -> None:
+        self.nthreads = nthreads
+        self.lock = lock
+        self.cond = threading.Condition(lock)          # parked threads
+        self.rejoin_cond = threading.Condition(lock)   # threads waiting in rejoin()
+        self.rejoining = 0
+        self.has_ready = has_ready
+        self.run_one = run_one            # pops and runs one task; called WITH the lock held
+        self.on_idle = on_idle
+        self.name = name
+        self.active = 0                    # threads holding a slot
+        self.waiting = 0                   # idle threads parked on cond
+        self.handoffs = 0                  # wake-ups granted with a slot already counted
+        self.threads = 0
+        self.closed = False
+        self._local = threading.local()
+        self._n = 0
+
+    # -- slots ------------------------------------------------------------------------
+    def notify(self) -> None:
+        """Work may be ready: fill free slots with parked or new threads."""
+        while self.active < self.nthreads and not self.closed and self.has_ready():
+            self.active += 1
+            if self.waiting > self.handoffs:
+                self.handoffs += 1
+                self.cond.notify()
+            else:
+                self._spawn()
+
+    def _release_slot(self) -> None:
+        self.active -= 1
+        if self.rejoining:
+            self.rejoin_cond.notify()
+
+    def _spawn(self) -> None:
+        self.threads += 1
+        self._n += 1
+        t = threading.Thread(target=self._loop, name=f"{self.name}-{self._n}", daemon=True)
+        t.start()
+
+    def _loop(self) -> None:
+        local = self._local
+        with self.lock:
+            local.mode = "slot"
+            try:
+                while not self.closed:
+                    if self.active <= self.nthreads and self.run_one():
+                        if local.mode == "seceded":
+                            return            # a seceded task ended: this thread leaves
+                        continue
+                    # nothing to run (or over-subscribed): give the slot back and park
+                    self._release_slot()
+                    if self.active < self.nthreads:
+                        self.on_idle()
+                    self.waiting += 1
+                    try:
+                        while not self.handoffs and not self.closed:
+                            if not self.cond.wait(IDLE_TIMEOUT) and not self.handoffs:
+                                return
+                    finally:
+                        self.waiting -= 1
+                    if self.closed:
+                        return
+                    self.handoffs -= 1
+            finally:
+                self.threads -= 1
+
+    # -- tasks that wait -------------------------------------------------------------------
+    def block(self) -> None:
+        """The calling task waits on work it cannot do itself: lend its slot."""
+        if getattr(self._local, "mode", None) != "slot":
+            return
+        self._release_slot()
+        self.notify()
+        if self.active < self.nthreads:
+            self.on_idle()
+
+    def unblock(self) -> None:
+        if getattr(self._local, "mode", None) == "slot":
+            self.active += 1
+
+    def secede(self) -> bool:
+        """Leave the pool; False if this is not a pool thread holding a slot."""
+        if getattr(self._local, "mode", None) != "slot":
+            return False
+        self._local.mode = "seceded"
+        self._release_slot()
+        self.notify()
+        return True
+
+    def rejoin(self) -> bool:
+        """Wait for a free slot and take it; False if this thread had not seceded."""
+        if getattr(self._local, "mode", None) != "seceded":
+            return False
+        self.rejoining += 1
+        try:
+            while self.active >= self.nthreads and not self.closed:
+                self.rejoin_cond.wait()
+        finally:
+            self.rejoining -= 1
+        self._local.mode = "slot"
+        self.active += 1
+        return True
+
+    def in_pool_thread(self) -> bool:
+        return getattr(self._local, "mode", None) is not None
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.cond.notify_all()
+            self.rejoin_cond.notify_all()

@@ -1,0 +1,437 @@
+"""The worker process: an asyncio shell around WorkerState, a Pool and a WorkerClient.
+
+    scheduler ──compute/free/steal/...──> state (under lock) ──actions──> pool, peers, scheduler
+    pool thread ──pop_ready──> execute(task) ──result──> data + state.finished ──> scheduler
+    peers ──get-data──> data (pickled on demand)
+
+``lock`` guards ``state`` and ``data``; Future callbacks run after it is released.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import random
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import psutil
+
+from .. import __version__
+from ..client.future import collect_inner, error_from
+from ..errors import CommClosedError, SchedulerLostError, SerializationError
+from ..protocol import messages as m
+from ..protocol.comm import Comm, Listener, connect, listen
+from ..protocol.peers import PeerPool
+from ..protocol.serialize import dumps_value, loads_call, loads_function, loads_value
+from .client import WorkerClient
+from .context import TaskContext, current_task, reset_task, set_task
+from .pool import Pool
+from .state import WorkerState
+
+log = logging.getLogger("tasknest.worker")
+
+INLINE_LIMIT = 64 * 1024      # results up to this size travel with task-finished
+
+
+class Worker:
+    def __init__(self, scheduler_address: str, nthreads: int = 1, name: str | None = None,
+                 host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+                 security: Any = None, memory_limit: int = 0,
+                 reconnect_timeout: float = 60.0, heartbeat_interval: float = 1.0,
+                 validate: bool | None = None) -> None:
+        if nthreads < 1:
+            raise ValueError(f"nthreads must be at least 1, got {nthreads}")
+        self.scheduler_address = scheduler_address
+        self.nthreads = nthreads
+        self.name = name or f"worker-{os.getpid()}"
+        self.host = host
+        self.port = port
+        self.token = token
+        self.security = security
+        self.ssl_context = security.server_context() if security is not None else None
+        self.peer_ssl = security.client_context() if security is not None else None
+        self.memory_limit = memory_limit
+        self.reconnect_timeout = reconnect_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.validate = bool(os.environ.get("TASKNEST_VALIDATE")) if validate is None else validate
+        self.lock = threading.Lock()
+        self.state = WorkerState()
+        self.data: dict[str, Any] = {}
+        self.frames_cache: dict[str, list] = {}
+        self.pool = Pool(nthreads, self.lock, lambda: self.state.has_ready(), self._run_one,
+                         self._on_idle, name=f"tasknest-{self.name}")
+        self.client = WorkerClient(self)
+        self.comm: Comm | None = None
+        self.listener: Listener | None = None
+        self.peers: PeerPool | None = None
+        self.id = ""
+        self.address = ""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread: int | None = None
+        self.closing = False
+        self.finished = asyncio.Event()
+        self.exit_reason = ""
+        self._tasks: list[asyncio.Task] = []
+        self._process = psutil.Process()
+
+    # -- life cycle ------------------------------------------------------------------------
+    async def start(self) -> "Worker":
+        self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
+        scheme = "tls" if self.ssl_context is not None else "tcp"
+        self.listener = await listen(f"{scheme}://{self.host}:{self.port}", self._on_peer,
+                                     self.token, self.ssl_context)
+        self.address = self.listener.address
+        self.state.address = self.address
+        self.peers = PeerPool(self.name, self.token, self.peer_ssl)
+        await self._connect(self.reconnect_timeout)
+        self._tasks.append(asyncio.ensure_future(self._heartbeat()))
+        return self
+
+    async def _connect(self, timeout: float) -> None:
+        comm = await connect(self.scheduler_address, self.token, timeout=timeout,
+                             ssl_context=self.peer_ssl)
+        welcome = self.loop.create_future()  # type: ignore[union-attr]
+        self._welcome = welcome
+        comm.start(self._handle)
+        with self.lock:
+            held = self.state.held_keys()
+        comm.send(m.RegisterWorker(self.name, self.address, self.nthreads, os.getpid(),
+                                   self.memory_limit, held, __version__))
+        self.comm = comm
+        msg = await asyncio.wait_for(welcome, timeout)
+        self.id = msg.id
+        self.client._bind()
+        comm.on_close.append(self._scheduler_lost)
+        log.info("worker %s (%s) connected to %s", self.address, self.name,
+                 self.scheduler_address)
+
+    async def close(self, reason: str = "closed") -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.exit_reason = reason
+        for t in self._tasks:
+            t.cancel()
+        self.pool.close()
+        if self.comm is not None:
+            self.comm.close(reason)
+        if self.listener is not None:
+            self.listener.close()
+        if self.peers is not None:
+            self.peers.close()
+        self.finished.set()
+
+    def _scheduler_lost(self, comm: Comm) -> None:
+        if self.closing:
+            return
+        log.warning("lost the scheduler at %s (%s); reconnecting for up to %s s",
+                    self.scheduler_address, comm.close_reason, self.reconnect_timeout)
+        with self.lock:
+            self.state = WorkerState(self.address)
+            self.data.clear()
+            self.frames_cache.clear()
+        self.client._fail_pending(SchedulerLostError(
+            f"lost the scheduler at {self.scheduler_address}: {comm.close_reason}"))
+        self._tasks.append(asyncio.ensure_future(self._reconnect()))
+
+    async def _reconnect(self) -> None:
+        try:
+            await self._connect(self.reconnect_timeout)
+        except Exception as exc:
+            msg = (f"the scheduler at {self.scheduler_address} has been unreachable for "
+                   f"{self.reconnect_timeout:g} s ({exc}); worker {self.name} exits")
+            log.error(msg)
+            await self.close(msg)
+
+    async def _heartbeat(self) -> None:
+        while not self.closing:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                rss = self._process.memory_info().rss
+            except psutil.Error:
+                rss = 0
+            self.send(m.Heartbeat(rss))
+
+    # -- sending ------------------------------------------------------------------------------
+    def send(self, msg: m.Message) -> None:
+        comm = self.comm
+        if comm is None:
+            return
+        if threading.get_ident() == self.loop_thread:
+            comm.send(msg)
+        else:
+            comm.send_threadsafe(msg)
+
+    # -- actions (lock held) ------------------------------------------------------------------
+    def apply(self, actions: list) -> list:
+        """Carry out state actions; returns settle records to pass to settle() unlocked."""
+        done = []
+        for a in actions:
+            kind = a[0]
+            if kind == "send":
+                self.send(a[1])
+            elif kind == "ready":
+                self.pool.notify()
+            elif kind == "done":
+                done.append(self._settle_record(a[1]))
+            elif kind == "fetch":
+                self._start_fetch(a[1], a[2])
+            elif kind == "drop":
+                self.data.pop(a[1], None)
+                self.frames_cache.pop(a[1], None)
+        if self.validate:
+            self.state.validate()
+        return done
+
+    def _settle_record(self, key: str) -> tuple:
+        t = self.state.tasks.get(key)
+        if t is not None and t.state == "memory" and key in self.data:
+            return (key, "memory", self.data[key], t.nbytes)
+        if t is not None and t.state == "erred":
+            return (key, "erred", t.error, 0)
+        return (key, "", None, 0)
+
+    def settle_from_state(self, keys: list[str]) -> list:
+        return [self._settle_record(k) for k in keys]
+
+    def settle(self, done: list) -> None:
+        """Settle the in-task client's futures (outside the lock: callbacks may run)."""
+        states = self.client._states
+        for key, status, payload, nbytes in done:
+            st = states.get(key)
+            if st is None or st.done():
+                continue
+            if status == "memory":
+                st.finish(type(payload).__name__, nbytes, [self.address], None, payload)
+            elif status == "erred":
+                exc, tb, kind = payload
+                st.fail(error_from(exc, tb, kind), tb or None,
+                        "cancelled" if kind == "cancelled" else "error")
+
+    # -- messages from the scheduler (loop thread) ----------------------------------------
+    def _handle(self, msg: m.Message) -> None:
+        op = msg.op
+        st = self.state
+        done: list = []
+        if op == "compute":
+            with self.lock:
+                done = self.apply(st.compute(msg.key, msg.fid, msg.args, msg.deps,  # type: ignore
+                                             msg.priority, msg.retries))  # type: ignore
+        elif op == "free":
+            with self.lock:
+                done = self.apply(st.free(msg.keys))  # type: ignore[attr-defined]
+        elif op == "steal":
+            with self.lock:
+                done = self.apply(st.steal(msg.key))  # type: ignore[attr-defined]
+        elif op == "claim-rejected":
+            with self.lock:
+                done = self.apply(st.claim_rejected(msg.key))  # type: ignore[attr-defined]
+        elif op == "key-memory":
+            with self.lock:
+                done = self.apply(st.key_memory(msg.key, msg.who_has))  # type: ignore
+            self.client._handle(msg)
+        elif op == "key-erred":
+            with self.lock:
+                done = self.apply(st.key_erred(msg.key, msg.exception,  # type: ignore
+                                               msg.traceback, msg.kind))  # type: ignore
+            self.client._handle(msg)
+        elif op == "put-data":
+            self._put_data(msg)
+        elif op in ("key-cancelled", "reply"):
+            self.client._handle(msg)
+        elif op == "welcome":
+            if not self._welcome.done():
+                self._welcome.set_result(msg)
+        elif op == "close":
+            asyncio.ensure_future(self.close(f"scheduler asked: {msg.reason}"))  # type: ignore
+        else:
+            log.debug("worker ignores %s", op)
+        if done:
+            self.settle(done)
+
+    def _put_data(self, msg: Any) -> None:
+        values, nbytes, keys = [], [], []
+        for key, frames in zip(msg.keys, msg.values):
+            try:
+                values.append(loads_value(frames))
+            except SerializationError as exc:
+                log.warning("cannot store scattered %s: %s", key, exc)
+                continue
+            keys.append(key)
+            nbytes.append(sum(len(f) for f in frames))
+        with self.lock:
+            for k, v in zip(keys, values):
+                self.data[k] = v
+            done = self.apply(self.state.put_data(keys, nbytes))
+        self.send(m.PutDataDone(msg.rid, keys, nbytes))
+        self.settle(done)
+
+    # -- peers --------------------------------------------------------------------------------
+    def _on_peer(self, comm: Comm) -> None:
+        def handler(msg: m.Message) -> None:
+            if msg.op == "get-data":
+                comm.send(m.Data(msg.rid, {k: self._frames(k) for k in msg.keys}))  # type: ignore
+            elif msg.op != "register-peer":
+                raise CommClosedError(f"peers may only ask for data, not {msg.op!r}")
+        comm.start(handler)
+
+    def _frames(self, key: str) -> list | None:
+        frames = self.frames_cache.get(key)
+        if frames is not None:
+            return [bytes(f) if isinstance(f, memoryview) else f for f in frames]
+        value = self.data.get(key, _MISSING)
+        if value is _MISSING:
+            return None
+        return dumps_value(value)
+
+    def _start_fetch(self, key: str, addresses: list[str]) -> None:
+        if threading.get_ident() == self.loop_thread:
+            self._tasks.append(asyncio.ensure_future(self._fetch(key, addresses)))
+        else:
+            self.loop.call_soon_threadsafe(  # type: ignore[union-attr]
+                lambda: self._tasks.append(asyncio.ensure_future(self._fetch(key, addresses))))
+
+    async def _fetch(self, key: str, addresses: list[str]) -> None:
+        addr = random.choice(addresses)
+        frames = None
+        try:
+            frames = (await self.peers.get_data(addr, [key])).get(key)  # type: ignore
+        except Exception as exc:
+            log.info("fetching %s from %s failed: %s", key, addr, exc)
+        value: Any = _MISSING
+        if frames is not None:
+            try:
+                value = loads_value(frames)
+            except SerializationError as exc:
+                log.warning("cannot unpickle %s from %s: %s", key, addr, exc)
+        with self.lock:
+            if value is _MISSING:
+                done = self.apply(self.state.fetch_failed(key, addr))
+            else:
+                t = self.state.tasks.get(key)
+                if t is not None and t.state == "fetching":
+                    self.data[key] = value
+                done = self.apply(self.state.fetched(key, sum(len(f) for f in frames)))  # type: ignore
+        self.settle(done)
+        self._tasks = [t for t in self._tasks if not t.done()]
+
+    # -- running tasks ------------------------------------------------------------------------
+    def _run_one(self) -> bool:
+        """Pool thread, lock held: run the best ready task, if any."""
+        task = self.state.pop_ready()
+        if task is None:
+            return False
+        self.lock.release()
+        try:
+            self.execute(task)
+        finally:
+            self.lock.acquire()
+        return True
+
+    def _on_idle(self) -> None:
+        self.apply(self.state.idle(True))
+
+    def execute(self, task: Any, inline: bool = False) -> None:
+        """Run one task (already marked executing) on this thread and report it."""
+        parent = current_task.get()
+        depth = -task.priority[1] if len(task.priority) > 1 else 0
+        ctx = TaskContext(self, task.key, depth, (parent.inline + 1) if inline and parent else 0)
+        try:
+            func = loads_function(task.func)
+            with self.lock:
+                values = {d: self.data[d] for d in task.deps}
+            args, kwargs = loads_call(task.args, values)
+        except Exception as exc:
+            return self._failed(task.key, exc, "serialization",
+                                f"cannot unpickle the function or arguments of {task.key}: "
+                                f"{type(exc).__name__}: {exc}")
+        if inspect.iscoroutinefunction(func):
+            self.loop.call_soon_threadsafe(  # type: ignore[union-attr]
+                lambda: self._tasks.append(asyncio.ensure_future(
+                    self._run_async(task.key, ctx, func, args, kwargs))))
+            return
+        tokens = set_task(ctx)
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:  # noqa: B036 - a task's failure, whatever it is
+            if isinstance(exc, (KeyboardInterrupt,)) and not inline:
+                raise
+            return self._failed(task.key, exc)
+        finally:
+            reset_task(tokens)
+        self._finished(task.key, result)
+
+    async def _run_async(self, key: str, ctx: TaskContext, func: Any, args: tuple,
+                         kwargs: dict) -> None:
+        tokens = set_task(ctx)
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:  # noqa: B036
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return self._failed(key, exc)
+        finally:
+            reset_task(tokens)
+        self._finished(key, result)
+
+    def _finished(self, key: str, result: Any) -> None:
+        try:
+            with collect_inner() as inner:
+                frames = dumps_value(result)
+        except SerializationError as exc:
+            return self._failed(key, exc, "serialization",
+                                f"the result of {key} cannot be pickled: {exc}")
+        nbytes = sum(f.nbytes if isinstance(f, memoryview) else len(f) for f in frames)
+        inline = None
+        if nbytes <= INLINE_LIMIT:
+            inline = [bytes(f) if isinstance(f, memoryview) else f for f in frames]
+        with self.lock:
+            self.data[key] = result
+            if inline is not None:
+                self.frames_cache[key] = inline
+            done = self.apply(self.state.finished(key, nbytes, type(result).__name__, inline,
+                                                  list(dict.fromkeys(inner))))
+        self.settle(done)
+
+    def _failed(self, key: str, exc: BaseException, kind: str = "exception",
+                message: str | None = None) -> None:
+        if message is not None:
+            tb = message
+            frames: list = []
+        else:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next
+                                                    if exc.__traceback__ else None))
+            exc.__traceback__ = None
+            try:
+                frames = dumps_value(exc)
+                loads_value(frames)   # must come back on the other side too
+                frames = [bytes(f) if isinstance(f, memoryview) else f for f in frames]
+            except Exception:
+                frames = dumps_value(RuntimeError(f"{type(exc).__name__}: {exc}"))
+        with self.lock:
+            done = self.apply(self.state.erred(key, frames, tb, kind))
+        self.settle(done)
+
+
+_MISSING = object()
+
+
+def configure_process() -> None:
+    """Room for deep inline nesting in task threads."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+    try:
+        threading.stack_size(64 * 1024 * 1024)
+    except (ValueError, RuntimeError):
+        pass
+
+
+async def run_worker(scheduler_address: str, **kwargs: Any) -> Worker:
+    worker = await Worker(scheduler_address, **kwargs).start()
+    await worker.finished.wait()
+    return worker

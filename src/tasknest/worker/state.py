@@ -1,0 +1,402 @@
+"""WorkerState: what one worker knows about its tasks, as a pure state machine.
+
+Methods take one event and return actions, a list of tuples:
+
+    ("send", msg)            a message for the scheduler
+    ("fetch", key, addrs)    fetch a dependency from peers
+    ("ready",)               tasks became ready: wake the pool
+    ("done", key)            key reached memory or erred here: wake local futures
+    ("drop", key)            forget the key's value
+
+Key states::
+
+    waiting --(deps here)--> ready --> executing --> memory | erred
+    remote: computed elsewhere (stolen, or claimed first by another worker)
+    fetching --> memory (a copy, kept while local tasks need it)
+
+The shell holds the values (``data``); this class holds the bookkeeping. It is
+not thread-safe: the shell calls it under one lock.
+"""
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from ..protocol import messages as m
+
+Action = tuple
+
+
+class WTask:
+    __slots__ = ("key", "func", "args", "deps", "priority", "retries", "state", "waiting_on",
+                 "dependents", "claimed", "owned", "who_has", "nbytes", "error", "stolen")
+
+    def __init__(self, key: str, state: str) -> None:
+        self.key = key
+        self.state = state
+        self.func: bytes | None = None
+        self.args: bytes | None = None
+        self.deps: list[str] = []
+        self.priority: tuple = ()
+        self.retries = 0
+        self.waiting_on: set[str] = set()
+        self.dependents: set[str] = set()
+        self.claimed = False
+        self.owned = False            # the scheduler counts this worker as holding it
+        self.who_has: list[str] = []
+        self.nbytes = 0
+        self.error: tuple[list, str, str] | None = None
+        self.stolen = False
+
+    def __repr__(self) -> str:
+        return f"<WTask {self.key} {self.state}>"
+
+
+def heap_priority(priority: list) -> tuple:
+    """User priority first (higher first), then depth (deeper first), then FIFO."""
+    user, depth, seq = (list(priority) + [0, 0, 0])[:3]
+    return (-user, -depth, seq)
+
+
+class WorkerState:
+    def __init__(self, address: str = "") -> None:
+        self.address = address
+        self.tasks: dict[str, WTask] = {}
+        self.ready: list[tuple[tuple, str]] = []
+        self.executing: set[str] = set()
+        self.fetching: set[str] = set()
+        self.idle_reported = False
+
+    # == incoming work ===================================================================
+    def compute(self, key: str, func: bytes, args: bytes, deps: dict[str, list[str]],
+                priority: list, retries: int) -> list[Action]:
+        """The scheduler assigned a task here."""
+        out: list[Action] = []
+        t = self.tasks.get(key)
+        if t is None:
+            t = self.tasks[key] = WTask(key, "new")
+        elif t.state in ("ready", "waiting", "executing", "memory"):
+            if t.state == "memory" and t.owned is False:
+                t.owned = True
+                out.append(("send", m.TaskFinished(key, t.nbytes, "", None, [])))
+            return out
+        t.func, t.args, t.priority, t.retries = func, args, heap_priority(priority), retries
+        t.deps = list(deps)
+        t.claimed = False
+        t.stolen = False
+        self.idle_reported = False
+        self._resolve_deps(t, deps, out)
+        return out
+
+    def claim(self, key: str, func: bytes, args: bytes, deps: list[str], priority: list,
+              retries: int, locations: dict[str, list[str]] | None = None) -> list[Action]:
+        """A task on this worker submitted a new task: queue it here, tell the scheduler."""
+        out: list[Action] = [("send", m.Claim(key, func, args, deps, priority, retries))]
+        t = self.tasks[key] = WTask(key, "new")
+        t.func, t.args, t.deps, t.priority, t.retries = func, args, deps, heap_priority(priority), retries
+        t.claimed = True
+        t.owned = True
+        self._resolve_deps(t, {d: (locations or {}).get(d, []) for d in deps}, out)
+        return out
+
+    def _resolve_deps(self, t: WTask, deps: dict[str, list[str]], out: list[Action]) -> None:
+        t.waiting_on = set()
+        for dk, addrs in deps.items():
+            d = self.tasks.get(dk)
+            if d is None:
+                d = self.tasks[dk] = WTask(dk, "remote")
+            d.dependents.add(t.key)
+            if d.state == "memory":
+                continue
+            if d.state == "erred":
+                self._set_erred(t, *d.error, out)  # type: ignore[misc]
+                return
+            t.waiting_on.add(dk)
+            if addrs and d.state == "remote":
+                d.who_has = [a for a in addrs if a != self.address] or d.who_has
+                self._fetch(d, out)
+        if t.waiting_on:
+            t.state = "waiting"
+        else:
+            self._make_ready(t, out)
+
+    def _make_ready(self, t: WTask, out: list[Action]) -> None:
+        t.state = "ready"
+        heapq.heappush(self.ready, (t.priority, t.key))
+        self.idle_reported = False
+        out.append(("ready",))
+
+    def _fetch(self, d: WTask, out: list[Action]) -> None:
+        if d.state == "remote" and d.who_has and d.key not in self.fetching:
+            d.state = "fetching"
+            self.fetching.add(d.key)
+            out.append(("fetch", d.key, list(d.who_has)))
+
+    # == execution =========================================================================
+    def pop_ready(self) -> WTask | None:
+        """The highest-priority ready task, now executing."""
+        heap = self.ready
+        while heap:
+            _, key = heapq.heappop(heap)
+            t = self.tasks.get(key)
+            if t is not None and t.state == "ready":
+                t.state = "executing"
+                self.executing.add(key)
+                return t
+        return None
+
+    def has_ready(self) -> bool:
+        heap = self.ready
+        while heap:
+            t = self.tasks.get(heap[0][1])
+            if t is not None and t.state == "ready":
+                return True
+            heapq.heappop(heap)
+        return False
+
+    def helpable(self, keys: list[str]) -> WTask | None:
+        """A ready task among ``keys`` or what they wait on, taken for running inline."""
+        seen: set[str] = set()
+        stack = list(reversed(keys))
+        while stack:
+            key = stack.pop()
+            if key in seen:
+                continue
+            seen.add(key)
+            t = self.tasks.get(key)
+            if t is None:
+                continue
+            if t.state == "ready":
+                t.state = "executing"
+                self.executing.add(key)
+                return t
+            if t.state == "waiting":
+                stack.extend(t.waiting_on)
+        return None
+
+    def finished(self, key: str, nbytes: int, type_name: str, inline: list | None,
+                 inner: list[str]) -> list[Action]:
+        out: list[Action] = []
+        self.executing.discard(key)
+        t = self.tasks.get(key)
+        if t is None or t.state != "executing":
+            out.append(("drop", key))       # freed while it ran
+            if t is not None and t.state == "cancelled":
+                t.state = "remote"
+                self._release_inputs(t, out)
+                self._maybe_drop(t, out)
+            return out
+        t.state = "memory"
+        t.nbytes = nbytes
+        t.owned = True
+        out.append(("send", m.TaskFinished(key, nbytes, type_name, inline, inner)))
+        out.append(("done", key))
+        self._dependency_arrived(t, out)
+        self._release_inputs(t, out)
+        return out
+
+    def erred(self, key: str, exception: list, traceback: str, kind: str) -> list[Action]:
+        out: list[Action] = []
+        self.executing.discard(key)
+        t = self.tasks.get(key)
+        if t is None or t.state != "executing":
+            if t is not None and t.state == "cancelled":
+                t.state = "remote"
+                self._release_inputs(t, out)
+                self._maybe_drop(t, out)
+            return out
+        if t.retries > 0 and kind == "exception":
+            t.retries -= 1
+            self._make_ready(t, out)
+            return out
+        out.append(("send", m.TaskErred(key, exception, traceback, kind)))
+        self._set_erred(t, exception, traceback, kind, out)
+        self._release_inputs(t, out)
+        return out
+
+    def _set_erred(self, t: WTask, exception: list, traceback: str, kind: str,
+                   out: list[Action]) -> None:
+        t.state = "erred"
+        t.error = (exception, traceback, kind)
+        t.waiting_on.clear()
+        out.append(("done", t.key))
+        for dk in list(t.dependents):
+            d = self.tasks.get(dk)
+            if d is not None and d.state in ("waiting", "ready"):
+                self._set_erred(d, exception, traceback, kind, out)
+
+    def _dependency_arrived(self, t: WTask, out: list[Action]) -> None:
+        for dk in t.dependents:
+            d = self.tasks.get(dk)
+            if d is not None and d.state == "waiting":
+                d.waiting_on.discard(t.key)
+                if not d.waiting_on:
+                    self._make_ready(d, out)
+
+    def _release_inputs(self, t: WTask, out: list[Action]) -> None:
+        """Drop fetched copies that no local task needs any more."""
+        for dk in t.deps:
+            d = self.tasks.get(dk)
+            if d is None:
+                continue
+            d.dependents.discard(t.key)
+            self._maybe_drop(d, out)
+
+    def _maybe_drop(self, d: WTask, out: list[Action]) -> None:
+        if d.owned or d.state in ("executing", "ready", "waiting", "fetching"):
+            return
+        if any(self.tasks[k].state in ("waiting", "ready", "executing")
+               for k in d.dependents if k in self.tasks):
+            return
+        if d.state == "memory":
+            out.append(("drop", d.key))
+        del self.tasks[d.key]
+        for k in d.dependents:
+            dep = self.tasks.get(k)
+            if dep is not None:
+                dep.waiting_on.discard(d.key)
+
+    # == data ===============================================================================
+    def fetched(self, key: str, nbytes: int) -> list[Action]:
+        out: list[Action] = []
+        self.fetching.discard(key)
+        t = self.tasks.get(key)
+        if t is None or t.state != "fetching":
+            return out
+        t.state = "memory"
+        t.nbytes = nbytes
+        self._dependency_arrived(t, out)
+        self._maybe_drop(t, out)
+        return out
+
+    def fetch_failed(self, key: str, address: str) -> list[Action]:
+        out: list[Action] = []
+        self.fetching.discard(key)
+        t = self.tasks.get(key)
+        if t is None or t.state != "fetching":
+            return out
+        t.state = "remote"
+        t.who_has = [a for a in t.who_has if a != address]
+        out.append(("send", m.MissingData(key, address)))
+        self._fetch(t, out)
+        return out
+
+    def key_memory(self, key: str, who_has: list[str]) -> list[Action]:
+        """The scheduler says where a key we may need lives."""
+        out: list[Action] = []
+        t = self.tasks.get(key)
+        if t is None or t.state not in ("remote", "fetching"):
+            return out
+        t.who_has = [a for a in who_has if a != self.address]
+        if any(self.tasks[k].state == "waiting" for k in t.dependents if k in self.tasks):
+            self._fetch(t, out)
+        return out
+
+    def key_erred(self, key: str, exception: list, traceback: str, kind: str) -> list[Action]:
+        out: list[Action] = []
+        t = self.tasks.get(key)
+        if t is not None and t.state in ("remote", "fetching", "waiting", "ready"):
+            self.fetching.discard(key)
+            self._set_erred(t, exception, traceback, kind, out)
+            t.owned = False
+            self._maybe_drop(t, out)
+        return out
+
+    def put_data(self, keys: list[str], nbytes: list[int]) -> list[Action]:
+        """Data placed here (scatter): owned, in memory."""
+        out: list[Action] = []
+        for key, nb in zip(keys, nbytes):
+            t = self.tasks.get(key)
+            if t is None:
+                t = self.tasks[key] = WTask(key, "memory")
+            was = t.state
+            t.state, t.nbytes, t.owned = "memory", nb, True
+            self.fetching.discard(key)
+            if was != "memory":
+                out.append(("done", key))
+                self._dependency_arrived(t, out)
+        return out
+
+    def free(self, keys: list[str]) -> list[Action]:
+        """The scheduler no longer needs these here."""
+        out: list[Action] = []
+        for key in keys:
+            t = self.tasks.get(key)
+            if t is None:
+                continue
+            if t.state == "executing":
+                t.state = "cancelled"     # its result is dropped when it finishes
+                t.owned = False
+                continue
+            t.owned = False
+            if t.state in ("ready", "waiting"):
+                t.state = "remote"
+                t.claimed = False
+                self._release_inputs(t, out)
+            self._maybe_drop(t, out)
+        return out
+
+    def steal(self, key: str) -> list[Action]:
+        t = self.tasks.get(key)
+        ok = t is not None and t.state == "ready"
+        out: list[Action] = [("send", m.StealReply(key, ok))]
+        if ok:
+            t.state = "remote"            # computed elsewhere now; local dependents wait for it
+            t.owned = False
+            t.stolen = True
+            t.who_has = []
+            self._release_inputs(t, out)
+            self._maybe_drop(t, out)
+        return out
+
+    def claim_rejected(self, key: str) -> list[Action]:
+        """Another worker claimed this pure key first; wait for its result instead."""
+        out: list[Action] = []
+        t = self.tasks.get(key)
+        if t is not None and t.state in ("ready", "waiting"):
+            t.state = "remote"
+            t.owned = False
+            t.claimed = False
+            t.who_has = []
+            self._release_inputs(t, out)
+            self._maybe_drop(t, out)
+        elif t is not None and t.state in ("executing", "memory"):
+            t.claimed = False
+        return out
+
+    def idle(self, has_free_slot: bool) -> list[Action]:
+        """The pool found nothing to do; say so once so the scheduler can send work."""
+        if has_free_slot and not self.idle_reported and not self.has_ready():
+            self.idle_reported = True
+            return [("send", m.Idle())]
+        return []
+
+    def held_keys(self) -> list[str]:
+        return [k for k, t in self.tasks.items() if t.state == "memory" and t.owned]
+
+    # == invariants ==========================================================================
+    def validate(self) -> None:
+        for key, t in self.tasks.items():
+            assert t.key == key
+            assert t.state in ("waiting", "ready", "executing", "memory", "erred", "remote",
+                               "fetching", "cancelled", "new"), t
+            assert t.state != "new", t
+            if t.state == "waiting":
+                assert t.waiting_on, t
+            for dk in t.waiting_on:
+                assert dk in self.tasks, (t, dk)
+                assert self.tasks[dk].state != "memory", (t, dk)
+                assert key in self.tasks[dk].dependents, (t, dk)
+            if t.state == "executing" or t.state == "cancelled":
+                assert key in self.executing, t
+            if t.state == "fetching":
+                assert key in self.fetching, t
+        for key in self.executing:
+            assert self.tasks[key].state in ("executing", "cancelled") if key in self.tasks else True
+        queued = {k for _, k in self.ready}
+        for key, t in self.tasks.items():
+            if t.state == "ready":
+                assert key in queued, t
+
+    def snapshot(self) -> dict[str, Any]:
+        return {k: t.state for k, t in self.tasks.items()}

@@ -1,0 +1,35 @@
+"""Every benchmark workload at its smallest size, on tasknest only.
+
+Each runs through the real harness (a fresh driver process, the sampler on),
+so the benchmark code cannot rot.  Only correctness is asserted, never time.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the harness lives at the repository root, not in src/
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.run import run_one  # noqa: E402
+from benchmarks.workloads import WORKLOADS  # noqa: E402
+
+SMALLEST = {"latency": 5, "flat": 100, "fanout": 50, "fib_tree": 6, "fib_dedup": 30,
+            "process_all": 50, "process_all_gathered": 50}
+
+
+def test_sizes_match_quick_mode() -> None:
+    assert SMALLEST == {name: w.quick for name, w in WORKLOADS.items()}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workload", sorted(SMALLEST))
+def test_workload_smallest_size(workload: str) -> None:
+    result = run_one("tasknest", workload, SMALLEST[workload], timeout=100)
+    assert result["status"] == "ok", result.get("error")
+    assert result["metrics"]
+    assert result["peaks"]["workers"] >= 1
