@@ -34,9 +34,10 @@ def with_root_on_path(env: dict[str, str]) -> dict[str, str]:
 class Sampler:
     """Handle on the sampler process (see ``sampler.py``)."""
 
-    def __init__(self, system: str, worker_pids: list[int] | None) -> None:
+    def __init__(self, system: str, worker_pids: list[int] | None, peaks_file: str) -> None:
         cmd = [sys.executable, "-m", "benchmarks.sampler", "--root", str(os.getpid()),
-               "--system", system, "--worker-pids", ",".join(map(str, worker_pids or []))]
+               "--system", system, "--worker-pids", ",".join(map(str, worker_pids or [])),
+               "--peaks-file", peaks_file]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, cwd=ROOT)
         assert self.proc.stdout is not None
@@ -58,6 +59,7 @@ def main() -> None:
     ap.add_argument("--workload", required=True)
     ap.add_argument("--size", type=int, required=True)
     ap.add_argument("--no-sampler", action="store_true")
+    ap.add_argument("--peaks-file", default="", help="where the sampler saves peaks so far")
     a = ap.parse_args()
     os.environ.update(with_root_on_path(dict(os.environ)))
 
@@ -82,7 +84,7 @@ def main() -> None:
         system.warm()
         res["warm_s"] = time.perf_counter() - t0
         if not a.no_sampler:
-            sampler = Sampler(a.system, system.worker_pids())
+            sampler = Sampler(a.system, system.worker_pids(), a.peaks_file)
         try:
             res["metrics"] = workload.measure(system, a.size)
         finally:

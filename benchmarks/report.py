@@ -71,8 +71,10 @@ def _peaks(s: dict[str, Any]) -> tuple[str, str]:
     p = s.get("peaks")
     if not p:
         return "—", "—"
-    threads = f"{p['worker_threads']:,.0f} ({p['worker_threads_max_proc']:,.0f})"
-    rss = f"{p['worker_rss_mb']:,.0f} ({p['workers']:.0f}) / {p['all_rss_mb']:,.0f} ({p['all_procs']:.0f})"
+    at_least = "≥ " if s.get("peaks_partial") else ""  # sampled until the run was killed
+    threads = f"{at_least}{p['worker_threads']:,.0f} ({p['worker_threads_max_proc']:,.0f})"
+    rss = (f"{at_least}{p['worker_rss_mb']:,.0f} ({p['workers']:.0f}) / "
+           f"{p['all_rss_mb']:,.0f} ({p['all_procs']:.0f})")
     return threads, rss
 
 
@@ -111,6 +113,9 @@ def _table(ws: list[Workload], cells: dict[tuple[str, str, int], dict[str, Any]]
                 start = f"{s['start_s']:.2f}" if "start_s" in s else "—"
                 row += [ratio, threads, rss, start, f"{s['ok']}/{s['runs']}"]
                 lines.append("| " + " | ".join(row) + " |")
+                if s.get("peaks", {}).get("ray_workers_not_descendants"):
+                    notes.append(f"- {sysname}, {w.size_label} {size:,}: some Ray workers were "
+                                 "outside the driver's process tree; peaks may be low")
                 if s["status"] == "ok" and s["ok"] < s["runs"]:
                     bad = ", ".join(x for x in s["statuses"] if x != "ok")
                     notes.append(f"- {sysname}, {w.size_label} {size:,}: runs not counted: {bad}"
@@ -155,7 +160,12 @@ def render(meta: dict[str, Any], results: list[dict[str, Any]], existing: str = 
         "tasknest's, or tasknest's rate over the rival's). *worker threads*: peak of the "
         "threads summed over the worker processes, and in brackets the most in one of them. "
         "*RSS*: peak summed resident memory of the worker processes (their peak count), then "
-        "of the driver and all its descendants (scheduler, Ray's daemons; their peak count).",
+        "of the driver and all its descendants (scheduler, Ray's daemons; their peak count). "
+        "RSS counts pages shared between processes once in each of them. "
+        "\"≥\" marks peaks of runs killed at the timeout, sampled until the kill. Ray's "
+        "workers are not children of the driver but of the raylet that `ray.init` starts "
+        "under it; the sampler finds them there and checks at the end of each run that no "
+        "Ray worker on the machine escaped the walk.",
         "",
         "## Machine",
         "",

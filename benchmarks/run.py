@@ -32,27 +32,32 @@ from benchmarks.systems import SYSTEMS
 from benchmarks.workloads import WORKLOADS, select
 
 
-def _kill_tree(pid: int) -> None:
-    """Kill the driver's process group and every descendant.
-
-    Ray's workers put themselves in process groups of their own, so killing
-    the group is not enough: collect the descendants first, while the tree
-    still hangs together.
-    """
+def _kill_group(pgid: int) -> None:
     try:
-        procs = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        procs = []
-    try:
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _kill_tree(proc: subprocess.Popen[str]) -> None:
+    """Kill a driver that has not been reaped yet, with all it started.
+
+    Ray's workers put themselves in process groups of their own, so killing
+    the driver's group is not enough: collect the descendants first, while
+    the tree still hangs together (and the driver's pid is still ours).
+    """
+    try:
+        procs = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        procs = []
+    _kill_group(proc.pid)
     for p in procs:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(procs, timeout=10)
+    proc.wait()
 
 
 def _last_line(text: str) -> str:
@@ -65,10 +70,11 @@ def run_one(system: str, workload: str, size: int, timeout: float,
     """One measurement in a fresh process; always returns a result record."""
     cmd = [sys.executable, "-m", "benchmarks.driver", "--system", system,
            "--workload", workload, "--size", str(size)]
-    if not sampler:
-        cmd.append("--no-sampler")
     base: dict[str, Any] = {"system": system, "workload": workload, "size": size}
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.TemporaryDirectory() as tmp:
+        peaks_file = os.path.join(tmp, "peaks.json")
+        cmd += ["--peaks-file", peaks_file] if sampler else ["--no-sampler"]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=with_root_on_path(dict(os.environ)),
                                 stdout=out, stderr=err, stdin=subprocess.DEVNULL,
@@ -76,15 +82,17 @@ def run_one(system: str, workload: str, size: int, timeout: float,
         timed_out = False
         try:
             proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except BaseException as e:  # the timeout, or Ctrl-C: take the whole tree down
+            _kill_tree(proc)
+            if not isinstance(e, subprocess.TimeoutExpired):
+                raise
             timed_out = True
-            _kill_tree(proc.pid)
-            proc.wait()
         wall = time.perf_counter() - t0
-        _kill_tree(proc.pid)  # stragglers left in the driver's process group
+        _kill_group(proc.pid)  # stragglers left in the driver's process group
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
+        partial = json.loads(Path(peaks_file).read_text()) if os.path.exists(peaks_file) else None
     found = [ln for ln in stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
     if found:
         res = {**base, **json.loads(found[-1][len(RESULT_PREFIX):])}
@@ -95,6 +103,8 @@ def run_one(system: str, workload: str, size: int, timeout: float,
     else:
         res = {**base, "status": "failed",
                "error": f"exit code {proc.returncode}: {_last_line(stderr)}"}
+    if partial is not None and "peaks" not in res:
+        res["peaks"], res["peaks_partial"] = partial, True  # peaks until it was killed
     res["wall_s"] = wall
     return res
 
@@ -107,6 +117,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                            "errors": sorted({r["error"] for r in runs if r.get("error")})}
     if not ok:
         out["status"] = runs[0]["status"] if len({r["status"] for r in runs}) == 1 else "failed"
+        partial = [r["peaks"] for r in runs if r.get("peaks")]
+        if partial:  # what the killed runs had reached: a lower bound
+            out["peaks"] = {k: max(p.get(k, 0) for p in partial) for k in partial[0]}
+            out["peaks_partial"] = True
         return out
     out["status"] = "ok"
     for section in ("metrics", "peaks"):

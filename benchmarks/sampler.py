@@ -6,12 +6,14 @@ runs its scheduler in the driver), so this is a separate process.  Every
 threads summed over worker processes and the most in one of them, the number
 of worker processes, their summed RSS, and the RSS summed over the driver and
 all its descendants.  It prints ``ready`` after its first sample, samples until
-its stdin closes, then prints one JSON line.
+its stdin closes, then prints one JSON line; every second it also saves the
+peaks so far to ``--peaks-file``, for runs killed at the timeout.
 
 Which processes are workers: the pids the system named (``--worker-pids``);
 for Ray, the processes the raylet starts for tasks (``ray::<name>``, or
 ``default_worker.py`` before they retitle themselves), excluding Ray's agents;
-otherwise every descendant but multiprocessing helpers and a scheduler.
+otherwise every descendant but multiprocessing helpers and a process whose
+command line names a scheduler and no worker.
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ class Classifier:
                 role = (name.startswith("ray::") and not name.endswith("Agent")) or (
                     "default_worker.py" in cmd
                 )
-            else:
-                role = not any(h in cmd for h in _HELPERS) and "scheduler" not in cmd.lower()
+            else:  # no pids given: name-based guess, see the module docstring
+                low = cmd.lower()
+                role = not any(h in cmd for h in _HELPERS) and (
+                    "worker" in low or "scheduler" not in low)
             # Ray forks workers from the raylet; a process caught between fork,
             # exec and retitling may look like anything, so cache only settled ones.
             if self.system != "ray" or name.startswith("ray::"):
@@ -55,7 +59,24 @@ class Classifier:
         return role
 
 
-def sample_forever(root_pid: int, clf: Classifier) -> dict[str, object]:
+def _report(peaks: dict[str, float], samples: int, clf: Classifier,
+            seen_workers: set[int]) -> dict[str, object]:
+    out: dict[str, object] = {k: round(v, 1) for k, v in peaks.items()}
+    out["samples"] = samples
+    out["interval_ms"] = INTERVAL_S * 1e3
+    if clf.system == "ray":
+        out["ray_workers_not_descendants"] = _stray_ray_workers(seen_workers)
+    return out
+
+
+def _save(path: str, data: dict[str, object]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)  # a reader never sees half a file
+
+
+def sample_forever(root_pid: int, clf: Classifier, peaks_file: str) -> dict[str, object]:
     root = psutil.Process(root_pid)
     me = os.getpid()
     peaks = dict.fromkeys(
@@ -90,16 +111,19 @@ def sample_forever(root_pid: int, clf: Classifier) -> dict[str, object]:
         samples += 1
         if samples == 1:
             print("ready", flush=True)
+        if peaks_file and samples % 20 == 0:
+            # Kept on disk so a run killed at the timeout still shows its peaks.
+            _save(peaks_file, {k: round(v, 1) for k, v in peaks.items()})
+        # Keep a 50 ms grid; if a walk overran a tick, skip the missed ticks
+        # rather than sampling back to back (which would steal a core).
+        now = time.monotonic()
         deadline += INTERVAL_S
-        ready, _, _ = select.select([stdin], [], [], max(0.0, deadline - time.monotonic()))
+        if deadline < now:
+            deadline = now + INTERVAL_S
+        ready, _, _ = select.select([stdin], [], [], deadline - now)
         if ready and not os.read(stdin, 4096):
             break  # stdin closed: the measured region is over
-    out: dict[str, object] = {k: round(v, 1) for k, v in peaks.items()}
-    out["samples"] = samples
-    out["interval_ms"] = INTERVAL_S * 1e3
-    if clf.system == "ray":
-        out["ray_workers_not_descendants"] = _stray_ray_workers(seen_workers)
-    return out
+    return _report(peaks, samples, clf, seen_workers)
 
 
 def _stray_ray_workers(seen: set[int]) -> int:
@@ -117,9 +141,10 @@ def main() -> None:
     ap.add_argument("--root", type=int, required=True)
     ap.add_argument("--system", required=True)
     ap.add_argument("--worker-pids", default="")
+    ap.add_argument("--peaks-file", default="")
     a = ap.parse_args()
     pids = {int(x) for x in a.worker_pids.split(",") if x}
-    print(json.dumps(sample_forever(a.root, Classifier(a.system, pids))), flush=True)
+    print(json.dumps(sample_forever(a.root, Classifier(a.system, pids), a.peaks_file)), flush=True)
 
 
 if __name__ == "__main__":

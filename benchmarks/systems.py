@@ -44,10 +44,12 @@ class FuturesSystem:
 
     def worker_pids(self) -> list[int] | None:
         """Worker pids when the system can name them; None lets the sampler guess."""
-        run = getattr(self.client, "run", None)
-        if run is None:
+        run = getattr(self.client, "run", None)  # dask's "run on every worker"
+        try:
+            pids = run(os.getpid) if run is not None else None
+        except Exception:  # noqa: BLE001 - only an aid to the sampler, never fatal
             return None
-        return sorted(run(os.getpid).values())
+        return sorted(pids.values()) if isinstance(pids, dict) else None
 
     def close(self) -> None:
         if self.client is not None:

@@ -64,18 +64,17 @@ def _check_timeout(timeout: float | None) -> None:
 
 
 def flatten_futures(obj: Any) -> list[Future]:
+    """Every Future inside nested lists, tuples, sets and dict values."""
     out: list[Future] = []
-
-    def walk(x: Any) -> None:
+    stack = [obj]
+    while stack:
+        x = stack.pop()
         if isinstance(x, Future):
             out.append(x)
         elif isinstance(x, (list, tuple, set, frozenset)):
-            for y in x:
-                walk(y)
+            stack.extend(reversed(list(x)))
         elif isinstance(x, dict):
-            for y in x.values():
-                walk(y)
-    walk(obj)
+            stack.extend(reversed(list(x.values())))
     return out
 
 
@@ -104,7 +103,7 @@ class Client:
         self.asynchronous = asynchronous
         self.timeout = timeout
         self.status = "new"
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()     # RLock: a Future.__del__ may run while it is held
         self._states: dict[str, FutureState] = {}
         self._refs: dict[str, int] = {}
         self._replies: dict[int, asyncio.Future] = {}
@@ -343,7 +342,11 @@ class Client:
             self._refs.pop(key, None)
             self._states.pop(key, None)
         if self.status == "running":
-            self._send(m.Release([key]))
+            # always through the thread-safe queue: this may run inside a garbage
+            # collection that interrupted a send on the loop thread
+            comm = self._comm
+            if comm is not None:
+                comm.send_threadsafe(m.Release([key]))
 
     def _new_future(self, key: str) -> tuple[Future, bool]:
         with self._lock:

@@ -148,7 +148,7 @@ async def _worker_main(args: argparse.Namespace) -> int:
         return 2
     except (CommClosedError, OSError) as exc:
         print(f"tasknest worker: cannot reach the scheduler: {exc}", file=sys.stderr)
-        return 1
+        return 3   # the nanny does not restart a worker that gave up on its scheduler
     print(worker.address, flush=True)
 
     async def stop(reason: str) -> None:
@@ -160,7 +160,7 @@ async def _worker_main(args: argparse.Namespace) -> int:
     watcher.cancel()
     if "unreachable" in worker.exit_reason:
         print(f"tasknest worker: {worker.exit_reason}", file=sys.stderr)
-        return 1
+        return 3
     return 0
 
 

@@ -75,6 +75,11 @@ class LocalCluster:
         env = dict(os.environ)
         env["TASKNEST_TOKEN"] = self.token
         env["TASKNEST_PARENT_PID"] = str(os.getpid())
+        # the cluster's processes import what this one can (functions pickled by reference)
+        paths = [p for p in sys.path if p and os.path.isdir(p)]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         return env
 
     def _tls_args(self) -> list[str]:

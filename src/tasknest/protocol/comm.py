@@ -81,6 +81,7 @@ class Comm(asyncio.Protocol):
         self._flush_scheduled = False
         self._threadsafe: collections.deque = collections.deque()
         self._wake_pending = False
+        self._draining = False
         self.info: dict[str, Any] = {}
 
     # -- asyncio.Protocol ------------------------------------------------------
@@ -104,6 +105,8 @@ class Comm(asyncio.Protocol):
         self._closed(self.close_reason or (f"connection lost: {exc}" if exc else "connection closed by peer"))
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:         # bytes that raced with an abort are never looked at
+            return
         buf = self._buf
         buf += data
         if not self._authed:
@@ -216,12 +219,17 @@ class Comm(asyncio.Protocol):
         fid = self._func_ids.get(data)
         if fid is None:
             fid = self._func_ids[data] = len(self._func_ids)
-            self.send(DefineFunc(fid, data))
+            self._enqueue(DefineFunc(fid, data))
         return fid
 
     def send(self, msg: Message) -> None:
         if self.closed:
             return
+        if self._threadsafe:     # messages queued earlier by other threads go first
+            self._drain_threadsafe()
+        self._enqueue(msg)
+
+    def _enqueue(self, msg: Message) -> None:
         if msg.op in _FUNC_OPS and type(msg.fid) is bytes:  # type: ignore[attr-defined]
             msg.fid = self.func_id(msg.fid)  # type: ignore[attr-defined]
         self._outbox.append(msg.encode())
@@ -255,9 +263,15 @@ class Comm(asyncio.Protocol):
 
     def _drain_threadsafe(self) -> None:
         self._wake_pending = False
-        q = self._threadsafe
-        while q:
-            self.send(q.popleft())
+        if self._draining:       # re-entered (a __del__ during encoding): the outer loop goes on
+            return
+        self._draining = True
+        try:
+            q = self._threadsafe
+            while q:
+                self._enqueue(q.popleft())
+        finally:
+            self._draining = False
 
     # -- closing ----------------------------------------------------------------------
     def abort(self, reason: str) -> None:
@@ -315,7 +329,14 @@ async def connect(address: str, token: str | bytes | None = None, timeout: float
             _, comm = await asyncio.wait_for(loop.create_connection(
                 lambda: Comm(key, server_side=False, max_frame=max_frame), host, port,
                 ssl=ssl_context, server_hostname=host if ssl_context else None), remaining)
-            await asyncio.wait_for(asyncio.shield(comm.ready), max(remaining, 0.5))
+            try:
+                await asyncio.wait_for(asyncio.shield(comm.ready), max(remaining, 0.5))
+            except asyncio.TimeoutError:
+                # e.g. a plain tcp:// client at a tls:// server: both wait for the other
+                comm.close("no handshake greeting")
+                raise ConnectError(
+                    f"{address} accepted the connection but sent no tasknest handshake "
+                    f"within {timeout:g} s (is it a tls:// address?)") from None
             return comm
         except CommClosedError as exc:
             reason = str(exc)

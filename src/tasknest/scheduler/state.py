@@ -33,7 +33,7 @@ class Task:
     __slots__ = ("key", "func", "args", "deps", "priority", "retries", "restrict", "state",
                  "waiting_on", "dependents", "who_has", "processing_on", "who_wants",
                  "nbytes", "type", "value", "error", "suspicious", "inner", "scattered",
-                 "stealing", "running")
+                 "stealing", "running", "died_on")
 
     def __init__(self, key: str, func: bytes | None, args: bytes | None, deps: list[str],
                  priority: list, retries: int = 0, restrict: list | None = None) -> None:
@@ -59,6 +59,7 @@ class Task:
         self.scattered = False
         self.stealing: str | None = None
         self.running = False                                  # seceded, so surely started
+        self.died_on: list[str] = []                          # workers lost while it may have run
 
     def __repr__(self) -> str:
         return f"<Task {self.key} {self.state}>"
@@ -159,13 +160,16 @@ class SchedulerState:
         if ws is None:
             return self._flush()
         killed, lost = [], []
+        started = self._maybe_started(ws)
         for key in ws.processing:
             ts = self.tasks[key]
             ts.processing_on = None
             ts.stealing = None
             ts.running = False
             ts.state = "released"
-            ts.suspicious += 1
+            if key in started:   # only a task that may have been running is suspected
+                ts.suspicious += 1
+                ts.died_on.append(ws.address)
             (killed if ts.suspicious > self.allowed_failures else lost).append(ts)
         for key in ws.has_what:
             ts = self.tasks[key]
@@ -179,7 +183,7 @@ class SchedulerState:
                 ts.stealing = None
         for ts in killed:
             self._err(ts, [], f"task {ts.key} was running on {ts.suspicious} workers that died "
-                              f"(the last: {ws.address}, {reason})", "killed")
+                              f"({', '.join(ts.died_on)}; the last: {reason})", "killed")
         for ts in lost:
             if ts.state != "released":
                 continue
@@ -194,6 +198,24 @@ class SchedulerState:
             if self.tasks.get(ts.key) is ts:
                 self._maybe_release(ts)
         return self._flush()
+
+    def _maybe_started(self, ws: WorkerInfo) -> set[str]:
+        """Tasks that may have been executing on a lost worker.
+
+        Workers do not report when a task starts, and a worker holds many queued
+        tasks; it runs them best priority first (user priority, then depth, then
+        FIFO), one per thread, plus one inline per seceded thread. Counting only
+        those keeps a worker killed by something else from condemning its queue.
+        """
+        tasks = [self.tasks[k] for k in ws.processing]
+        started = {ts.key for ts in tasks if ts.running}
+
+        def order(ts: Task) -> tuple:
+            user, depth, seq = (list(ts.priority) + [0, 0, 0])[:3]
+            return (-user, -depth, seq)
+        queued = sorted((ts for ts in tasks if not ts.running), key=order)
+        started.update(ts.key for ts in queued[: ws.nthreads + ws.seceded])
+        return started
 
     def tick(self, now: float, timeout: float) -> list[str]:
         """Workers whose heartbeats stopped; the shell removes them."""

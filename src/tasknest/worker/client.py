@@ -33,7 +33,7 @@ class WorkerClient(Client):
         self.asynchronous = False
         self.timeout = 30.0
         self.status = "new"
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._states: dict[str, FutureState] = {}
         self._refs: dict[str, int] = {}
         self._replies: dict[int, asyncio.Future] = {}

@@ -1,0 +1,202 @@
+"""The nanny: a small supervisor process that keeps one worker process alive.
+
+    tasknest worker ADDR ...  (this process)
+        └─spawn─> python -m tasknest worker ADDR ... --no-nanny   (the worker)
+                    stdout: first line = address ──> printed once on our stdout
+                            the rest ──────────────> forwarded to our stdout
+
+* A worker that crashes (killed by a signal, or any exit other than a clean one,
+  a usage/authentication error, or giving up on an unreachable scheduler) is
+  started again, after a back-off that grows while crashes come quickly; more
+  than ``max_restarts`` restarts within a minute and the nanny gives up.
+* ``--memory-limit``: the worker's resident memory is sampled several times a
+  second and a worker above the limit is killed and restarted (the scheduler
+  reruns what it was doing and recomputes what only it held).
+* SIGINT/SIGTERM are forwarded to the worker; the nanny exits with it.
+* The worker watches the nanny (``TASKNEST_PARENT_PID``) and exits if the nanny
+  is killed, so no orphan keeps running; the nanny watches whatever process
+  started it (``TASKNEST_PARENT_PID`` as it received it) the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+log = logging.getLogger("tasknest.nanny")
+
+# worker exit codes that mean "do not restart me" (see deploy/cli.py)
+EXIT_CLEAN = 0          # closed on request (signal, or the scheduler asked)
+EXIT_USAGE = 2          # bad arguments or authentication refused: restarting cannot help
+EXIT_UNREACHABLE = 3    # the scheduler stayed unreachable for --reconnect-timeout
+NO_RESTART = frozenset({EXIT_CLEAN, EXIT_USAGE, EXIT_UNREACHABLE})
+
+POLL_INTERVAL = 0.1      # seconds between liveness/memory checks
+STOP_GRACE = 10.0        # seconds a worker gets to exit after a forwarded signal
+LONG_LIFE = 10.0         # a worker that lived this long resets the back-off
+
+
+class Nanny:
+    def __init__(self, cmd: list[str], memory_limit: int = 0, max_restarts: int = 30,
+                 env: dict[str, str] | None = None) -> None:
+        self.cmd = cmd
+        self.memory_limit = memory_limit
+        self.max_restarts = max_restarts
+        self.env = dict(os.environ if env is None else env)
+        self.watch_pid = self.env.get("TASKNEST_PARENT_PID")
+        self.env["TASKNEST_PARENT_PID"] = str(os.getpid())
+        self.proc: subprocess.Popen | None = None
+        self.stopping: str | None = None
+        self.restarts: collections.deque[float] = collections.deque()
+        self.quick_crashes = 0
+        self.announced = False
+        self.started_at = 0.0
+        self.stop_time = 0.0
+        self._out = sys.stdout.buffer
+        self._out_lock = threading.Lock()
+
+    # -- the worker process --------------------------------------------------------------
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL)
+        self.started_at = time.monotonic()
+        threading.Thread(target=self._forward, args=(self.proc,), daemon=True,
+                         name="tasknest-nanny-stdout").start()
+
+    def _forward(self, proc: subprocess.Popen) -> None:
+        """Announce the first worker's address once; pass everything else through."""
+        assert proc.stdout is not None
+        first = True
+        for line in iter(proc.stdout.readline, b""):
+            if first:
+                first = False
+                if self.announced:
+                    log.warning("worker restarted at %s", line.decode().strip())
+                    continue
+                self.announced = True
+            with self._out_lock:
+                try:
+                    self._out.write(line)
+                    self._out.flush()
+                except (ValueError, OSError):
+                    pass
+
+    def _rss(self) -> int:
+        try:
+            return psutil.Process(self.proc.pid).memory_info().rss  # type: ignore[union-attr]
+        except psutil.Error:
+            return 0
+
+    def _kill(self) -> None:
+        try:
+            self.proc.kill()  # type: ignore[union-attr]
+        except ProcessLookupError:
+            pass
+        self.proc.wait()  # type: ignore[union-attr]
+
+    # -- supervision -----------------------------------------------------------------------
+    def stop(self, reason: str, sig: int = signal.SIGTERM) -> None:
+        if self.stopping is None:
+            self.stopping = reason
+            self.stop_time = time.monotonic()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def _parent_gone(self) -> bool:
+        return bool(self.watch_pid) and not psutil.pid_exists(int(self.watch_pid))  # type: ignore
+
+    def run(self) -> int:
+        self._spawn()
+        last_parent_check = time.monotonic()
+        while True:
+            code = self._supervise()
+            if code is not None:
+                return code
+            now = time.monotonic()
+            if now - last_parent_check > 1.0:
+                last_parent_check = now
+                if self._parent_gone():
+                    self.stop("the process that started the nanny is gone")
+
+    def _supervise(self) -> int | None:
+        """One check of the worker; an exit code when the nanny should exit."""
+        proc = self.proc
+        assert proc is not None
+        try:
+            code = proc.wait(POLL_INTERVAL)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is None:
+            if self.stopping is not None:
+                if time.monotonic() - self.stop_time > STOP_GRACE:
+                    log.warning("worker did not stop within %s s; killing it", STOP_GRACE)
+                    self._kill()
+                    return 1
+                return None
+            if self.memory_limit:
+                rss = self._rss()
+                if rss > self.memory_limit:
+                    log.warning("worker pid %d uses %d bytes, above its memory limit of %d "
+                                "bytes: restarting it", proc.pid, rss, self.memory_limit)
+                    self._kill()
+                    return self._restart("exceeded its memory limit")
+            return None
+        if self.stopping is not None:
+            return code
+        if code in NO_RESTART:
+            return code
+        how = (f"was killed by {signal.Signals(-code).name}" if code < 0 and
+               -code in signal.Signals._value2member_map_ else f"exited with code {code}")
+        return self._restart(how)
+
+    def _restart(self, why: str) -> int | None:
+        now = time.monotonic()
+        lived = now - self.started_at
+        self.quick_crashes = 0 if lived >= LONG_LIFE else self.quick_crashes + 1
+        while self.restarts and now - self.restarts[0] > 60.0:
+            self.restarts.popleft()
+        if len(self.restarts) >= self.max_restarts:
+            print(f"tasknest nanny: the worker {why}; it was restarted {len(self.restarts)} "
+                  "times in the last minute, giving up", file=sys.stderr, flush=True)
+            return 1
+        self.restarts.append(now)
+        delay = 0.0 if self.quick_crashes <= 1 else min(5.0, 0.1 * 2 ** (self.quick_crashes - 2))
+        log.warning("worker %s after %.1f s; restarting it in %.1f s", why, lived, delay)
+        deadline = now + delay
+        while self.stopping is None and time.monotonic() < deadline:
+            time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+        if self.stopping is not None:
+            return 0
+        self._spawn()
+        return None
+
+
+def worker_command(argv: list[str]) -> list[str]:
+    """The command line of the supervised worker: ours, without a nanny."""
+    return [sys.executable, "-m", "tasknest", *argv, "--no-nanny"]
+
+
+def run_nanny(argv: list[str], args: argparse.Namespace) -> int:
+    """Entry point of ``tasknest worker`` (unless --no-nanny): supervise a worker."""
+    from .cli import parse_size
+    nanny = Nanny(worker_command(argv), memory_limit=parse_size(args.memory_limit),
+                  max_restarts=int(os.environ.get("TASKNEST_NANNY_MAX_RESTARTS", "30")))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda s, _f: nanny.stop(f"received {signal.Signals(s).name}", s))
+    try:
+        return nanny.run()
+    except KeyboardInterrupt:
+        nanny.stop("interrupted")
+        return 130
