@@ -40,6 +40,13 @@ _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
 current_client: "contextvars.ContextVar[Client | None]" = contextvars.ContextVar(
     "tasknest_client", default=None)
 _seq = itertools.count()
+_unique = itertools.count()
+_PREFIX = uuid.uuid4().hex[:16]          # per process: counters below it never collide
+
+
+def unique_token() -> str:
+    """32 hex digits, unique across processes, without a system call per key."""
+    return f"{_PREFIX}{next(_unique):016x}"
 
 
 def default_client() -> "Client":
@@ -292,7 +299,9 @@ class Client:
             st = self._states.get(msg.key)  # type: ignore[attr-defined]
             if st is not None:
                 from ..errors import FutureCancelledError
-                st.fail(FutureCancelledError(msg.reason), None, "cancelled")  # type: ignore
+                key, reason = msg.key, msg.reason  # type: ignore[attr-defined]
+                text = reason if reason.startswith(key) else f"{key} was cancelled: {reason}"
+                st.fail(FutureCancelledError(text), None, "cancelled")
         elif op == "reply":
             fut = self._replies.pop(msg.rid, None)  # type: ignore[attr-defined]
             if fut is not None and not fut.done():
@@ -380,13 +389,15 @@ class Client:
             raise CallerError(f"priority must be a number, got {priority!r}")
         fbytes = dumps_function(func)
         abytes, deps = dumps_call(args, kwargs, Future)
+        if deps:
+            self._check_own(flatten_futures((args, kwargs)), "submit()")
         if key is None:
             if pure:
                 digest = hashlib.blake2b(fbytes, digest_size=16)
                 digest.update(abytes)
                 key = f"{_funcname(func)}-{digest.hexdigest()}"
             else:
-                key = f"{_funcname(func)}-{uuid.uuid4().hex}"
+                key = f"{_funcname(func)}-{unique_token()}"
         return self._submit_key(key, fbytes, abytes, deps,
                                 [priority, self._depth(), next(_seq)], retries,
                                 self._workers_arg(workers))
@@ -438,11 +449,19 @@ class Client:
             keys, values = [str(k) for k in data], list(data.values())
         elif isinstance(data, (list, tuple, set, frozenset)):
             values = list(data)
-            keys = [f"{type(v).__name__}-{uuid.uuid4().hex}" for v in values]
+            keys = [f"{type(v).__name__}-{unique_token()}" for v in values]
         else:
             values = [data]
-            keys = [f"{type(data).__name__}-{uuid.uuid4().hex}"]
+            keys = [f"{type(data).__name__}-{unique_token()}"]
         futures = self._scatter(keys, values, broadcast, self._workers_arg(workers), timeout)
+        if self.asynchronous:   # _scatter gave a coroutine: shape its futures once awaited
+            async def _shaped(pending: Any = futures) -> Any:
+                return self._scatter_shape(data, await pending)
+            return _shaped()
+        return self._scatter_shape(data, futures)
+
+    @staticmethod
+    def _scatter_shape(data: Any, futures: list[Future]) -> Any:
         if isinstance(data, dict):
             return dict(zip(data, futures))
         if isinstance(data, (list, tuple, set, frozenset)):
@@ -454,10 +473,18 @@ class Client:
                  timeout: float | None) -> list[Future]:
         frames = [dumps_value(v) for v in values]
         futures = [self._new_future(k)[0] for k in keys]
-        self._request(m.Scatter(0, keys, frames, broadcast, workers), timeout)
-        for f, v, fr in zip(futures, values, frames):
-            f._state.finish(type(v).__name__, sum(len(x) for x in fr), [], None, v)
-        return futures
+        reply = self._request(m.Scatter(0, keys, frames, broadcast, workers), timeout)
+
+        def settle() -> list[Future]:
+            for f, v, fr in zip(futures, values, frames):
+                f._state.finish(type(v).__name__, sum(len(x) for x in fr), [], None, v)
+            return futures
+        if self.asynchronous:   # the request is a coroutine: settle once it is answered
+            async def _after() -> list[Future]:
+                await reply
+                return settle()
+            return _after()  # type: ignore[return-value]
+        return settle()
 
     # -- requests -------------------------------------------------------------------------------
     def _request(self, msg: m.Message, timeout: float | None = None) -> Any:
@@ -539,6 +566,7 @@ class Client:
         if errors not in ("raise", "skip"):
             raise CallerError(f"errors must be 'raise' or 'skip', got {errors!r}")
         flat = flatten_futures(futures)
+        self._check_own(flat, "gather()")
         if self.asynchronous and self._in_own_loop():
             async def _g() -> Any:
                 vals = await self._gather_async(flat, errors=errors)
@@ -576,6 +604,21 @@ class Client:
                 break
             self._fetch_sync(missing)
         return [st.get_value() if st.status == "finished" else None for st in states]
+
+    def _check_own(self, futures: list[Future], what: str) -> None:
+        """A future of another cluster names a key this scheduler does not know."""
+        for f in futures:
+            other = f.client
+            if other is self:
+                continue
+            theirs = getattr(other, "scheduler_address", None)
+            if theirs != self.scheduler_address:
+                raise CallerError(
+                    f"{what} got future {f.key!r} of the cluster at {theirs}, but this client "
+                    f"is connected to {self.scheduler_address}: gather it with its own client "
+                    "and pass the value instead")
+            if other.status == "closed" and not f.done():
+                raise CallerError(f"{what} got future {f.key!r} of a closed client")
 
     def _check_usable(self) -> None:
         if self.status == "new":

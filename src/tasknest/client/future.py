@@ -13,7 +13,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from ..errors import (FutureCancelledError, KilledWorker, LostError, RemoteError,
+from ..errors import (CallerError, FutureCancelledError, KilledWorker, LostError, RemoteError,
                       RemoteTraceback, SerializationError)
 from ..protocol.serialize import loads_value
 
@@ -269,10 +269,15 @@ def wait(fs: Iterable[Future] | Future, timeout: float | None = None,
     if isinstance(fs, Future):
         fs = [fs]
     fs = list(fs)
-    if timeout is not None and timeout < 0:
-        raise ValueError("timeout must be None or >= 0")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise CallerError(f"timeout must be None or a non-negative number of seconds, "
+                          f"got {timeout!r}")
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
-        raise ValueError(f"unknown return_when {return_when!r}")
+        raise CallerError(f"unknown return_when {return_when!r} (use ALL_COMPLETED, "
+                          "FIRST_COMPLETED or FIRST_EXCEPTION)")
+    for f in fs:
+        if not isinstance(f, Future):
+            raise CallerError(f"wait() takes futures, got {type(f).__name__} {f!r:.60}")
     deadline = None if timeout is None else time.monotonic() + timeout
     cond = threading.Condition()
     fired = [0]

@@ -41,6 +41,16 @@ def parse_size(text: str | int) -> int:
     return int(float(s))
 
 
+def _positive_size(text: str) -> int:
+    try:
+        n = parse_size(text)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size like 64MiB, got {text!r}")
+    return n
+
+
 def _token(args: argparse.Namespace) -> str | None:
     if getattr(args, "insecure", False):
         return None
@@ -48,7 +58,10 @@ def _token(args: argparse.Namespace) -> str | None:
         return args.token
     if args.token_file:
         with open(args.token_file) as f:
-            return f.read().strip()
+            token = f.read().strip()
+        if not token:   # never fall back to running open because a file was empty
+            raise SystemExit(f"tasknest: the token file {args.token_file} is empty")
+        return token
     return os.environ.get("TASKNEST_TOKEN") or None
 
 
@@ -114,7 +127,8 @@ async def _scheduler_main(args: argparse.Namespace) -> int:
         print(f"tasknest: warning: listening on {args.host} WITHOUT authentication "
               "(--insecure): anyone who can reach it can run code here", file=sys.stderr)
     sched = await Scheduler(args.host, args.port, token, security and security.server_context(),
-                            heartbeat_timeout=args.heartbeat_timeout).start()
+                            heartbeat_timeout=args.heartbeat_timeout,
+                            max_frame=args.max_frame_size).start()
     print(sched.address, flush=True)
     if generated:
         print(f"tasknest scheduler at {sched.address}\n"
@@ -182,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ps.add_argument("--insecure", action="store_true",
                     help="no authentication: anyone who can connect can run code")
     ps.add_argument("--heartbeat-timeout", type=float, default=30.0)
+    ps.add_argument("--max-frame-size", default="1GiB", type=_positive_size,
+                    help="largest message frame accepted from any peer, e.g. 64MiB")
     _common(ps)
 
     pw = sub.add_parser("worker", help="run a worker")

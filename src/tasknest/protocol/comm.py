@@ -29,6 +29,7 @@ DEFAULT_MAX_FRAME = 1 << 30          # 1 GiB
 HANDSHAKE_TIMEOUT = 10.0
 _HEADER = 8
 _FUNC_OPS = frozenset({"submit", "claim", "compute"})   # carry a function by number
+_MERGE_OPS = frozenset({"release", "free", "want"})      # adjacent ones merge their key lists
 
 
 class ConnectError(CommClosedError, TimeoutError):
@@ -203,6 +204,8 @@ class Comm(asyncio.Protocol):
         for msg in pending:
             try:
                 handler(msg)
+            except ProtocolError as exc:
+                return self.abort(f"invalid {msg.op}: {exc}")
             except Exception as exc:
                 log.exception("error handling %s from %s", msg.op, self.peer)
                 return self.abort(f"error handling {msg.op}: {exc}")
@@ -230,9 +233,17 @@ class Comm(asyncio.Protocol):
         self._enqueue(msg)
 
     def _enqueue(self, msg: Message) -> None:
-        if msg.op in _FUNC_OPS and type(msg.fid) is bytes:  # type: ignore[attr-defined]
-            msg.fid = self.func_id(msg.fid)  # type: ignore[attr-defined]
-        self._outbox.append(msg.encode())
+        op = msg.op
+        if op in _MERGE_OPS:
+            last = self._outbox[-1] if self._outbox else None
+            if last is not None and last[0] == op:
+                last[1].extend(msg.keys)  # type: ignore[attr-defined]
+                return
+            self._outbox.append([op, list(msg.keys)])  # type: ignore[attr-defined]
+        else:
+            if op in _FUNC_OPS and type(msg.fid) is bytes:  # type: ignore[attr-defined]
+                msg.fid = self.func_id(msg.fid)  # type: ignore[attr-defined]
+            self._outbox.append(msg.encode())
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)

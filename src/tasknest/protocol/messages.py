@@ -29,18 +29,30 @@ class Check:
 
 
 def _all(values: Any, types: Any) -> bool:
-    return all(isinstance(v, types) for v in values)
+    for v in values:            # a plain loop: these lists are short on hot paths
+        if not isinstance(v, types):
+            return False
+    return True
 
 
-STRS = Check("list of str", lambda v: type(v) is list and _all(v, str))
-OPT_STRS = Check("list of str or nil", lambda v: v is None or type(v) is list and _all(v, str))
+def _strs(v: Any) -> bool:
+    if type(v) is not list:
+        return False
+    for x in v:
+        if type(x) is not str:
+            return False
+    return True
+
+
+STRS = Check("list of str", _strs)
+OPT_STRS = Check("list of str or nil", lambda v: v is None or _strs(v))
 INTS = Check("list of int", lambda v: type(v) is list and _all(v, int))
 NUMS = Check("list of numbers", lambda v: type(v) is list and _all(v, (int, float)))
 FRAMES = Check("list of bytes", lambda v: type(v) is list and _all(v, bytes))
 OPT_FRAMES = Check("list of bytes or nil", lambda v: v is None or FRAMES(v))
 FRAMES_LIST = Check("list of lists of bytes", lambda v: type(v) is list and all(FRAMES(x) for x in v))
 WHO_HAS = Check("map of str to list of str",
-                lambda v: type(v) is dict and _all(v, str) and all(STRS(x) for x in v.values()))
+                lambda v: type(v) is dict and (not v or _all(v, str) and all(map(_strs, v.values()))))
 DATA = Check("map of str to bytes lists or nil",
              lambda v: type(v) is dict and _all(v, str) and all(OPT_FRAMES(x) for x in v.values()))
 
@@ -68,13 +80,34 @@ CATALOGUE: dict[str, type[Message]] = {}
 
 
 def _define(_cls_name: str, _op: str, **fields: Any) -> type[Message]:
+    """Make a message class with generated (fast) __init__, encode and decode."""
     names = tuple(fields)
+    types = tuple(fields.values())
     args = ", ".join(names)
+    ns: dict[str, Any] = {"ProtocolError": ProtocolError}
     body = "".join(f"    self.{n} = {n}\n" for n in names) or "    pass\n"
-    ns: dict[str, Any] = {}
-    exec(f"def __init__(self, {args}):\n{body}", ns)  # generated positional __init__
+    src = [f"def __init__(self, {args}):\n{body}",
+           f"def encode(self):\n    return [{_op!r}, {''.join(f'self.{n}, ' for n in names)}]\n",
+           "def decode(raw):",
+           f"    if len(raw) != {len(names) + 1}:",
+           f"        raise ProtocolError(f'{_op}: expected {len(names)} fields, got {{len(raw) - 1}}')"]
+    for i, (name, typ) in enumerate(zip(names, types), 1):
+        ns[f"t{i}"] = typ.fn if type(typ) is Check else typ
+        if typ is ANY:
+            continue
+        if type(typ) is Check:
+            cond, what = f"not t{i}(raw[{i}])", f"is not a {typ.name}"
+        else:
+            cond = f"not isinstance(raw[{i}], t{i})"
+            what = "has type {type(raw[%d]).__name__}" % i
+        src.append(f"    if {cond}:\n        raise ProtocolError(f\"{_op}: field '{name}' {what}\")")
+    src.append(f"    return cls({', '.join(f'raw[{i}]' for i in range(1, len(names) + 1))})")
+    exec("\n".join(src), ns)
     cls = type(_cls_name, (Message,), {"__slots__": names, "op": _op, "fields": names,
-                                   "types": tuple(fields.values()), "__init__": ns["__init__"]})
+                                       "types": types, "__init__": ns["__init__"],
+                                       "encode": ns["encode"]})
+    ns["cls"] = cls
+    cls.decode = staticmethod(ns["decode"])  # type: ignore[attr-defined]
     CATALOGUE[_op] = cls
     return cls
 
@@ -138,6 +171,23 @@ GetData = _define("GetData", "get-data", rid=int, keys=STRS)
 Data = _define("Data", "data", rid=int, values=DATA)
 
 
+def _same_length(a: str, b: str) -> Any:
+    return lambda msg: None if len(getattr(msg, a)) == len(getattr(msg, b)) else \
+        f"{len(getattr(msg, a))} {a} but {len(getattr(msg, b))} {b}"
+
+
+def _not_own_dep(msg: Any) -> str | None:
+    return f"task {msg.key!r} depends on itself" if msg.key in msg.deps else None
+
+
+# rules across fields: a message breaking one would corrupt a state machine
+RULES: dict[str, Any] = {
+    "submit": _not_own_dep, "claim": _not_own_dep,
+    "scatter": _same_length("keys", "values"), "put-data": _same_length("keys", "values"),
+    "add-keys": _same_length("keys", "nbytes"), "put-data-done": _same_length("keys", "nbytes"),
+}
+
+
 def decode(raw: Any) -> Message:
     """Turn a decoded msgpack array into a validated message, or raise ProtocolError."""
     if type(raw) is not list or not raw or type(raw[0]) is not str:
@@ -145,15 +195,10 @@ def decode(raw: Any) -> Message:
     cls = CATALOGUE.get(raw[0])
     if cls is None:
         raise ProtocolError(f"unknown op {raw[0][:40]!r}")
-    args = raw[1:]
-    if len(args) != len(cls.types):
-        raise ProtocolError(f"{cls.op}: expected {len(cls.types)} fields, got {len(args)}")
-    for name, value, typ in zip(cls.fields, args, cls.types):
-        if typ is ANY:
-            continue
-        if type(typ) is Check:
-            if not typ(value):
-                raise ProtocolError(f"{cls.op}: field {name!r} is not a {typ.name}")
-        elif not isinstance(value, typ):
-            raise ProtocolError(f"{cls.op}: field {name!r} has type {type(value).__name__}")
-    return cls(*args)
+    msg = cls.decode(raw)  # type: ignore[attr-defined]
+    rule = RULES.get(msg.op)
+    if rule is not None:
+        problem = rule(msg)
+        if problem:
+            raise ProtocolError(f"{msg.op}: {problem}")
+    return msg

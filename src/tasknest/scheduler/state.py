@@ -33,7 +33,7 @@ class Task:
     __slots__ = ("key", "func", "args", "deps", "priority", "retries", "restrict", "state",
                  "waiting_on", "dependents", "who_has", "processing_on", "who_wants",
                  "nbytes", "type", "value", "error", "suspicious", "inner", "scattered",
-                 "stealing", "running", "died_on")
+                 "stealing", "running", "died_on", "started")
 
     def __init__(self, key: str, func: bytes | None, args: bytes | None, deps: list[str],
                  priority: list, retries: int = 0, restrict: list | None = None) -> None:
@@ -59,6 +59,7 @@ class Task:
         self.scattered = False
         self.stealing: str | None = None
         self.running = False                                  # seceded, so surely started
+        self.started = False                                  # a steal found it running
         self.died_on: list[str] = []                          # workers lost while it may have run
 
     def __repr__(self) -> str:
@@ -98,16 +99,20 @@ class SchedulerState:
         self.workers: dict[str, WorkerInfo] = {}
         self.clients: dict[str, set[str]] = {FIRE_AND_FORGET: set()}
         self.unrunnable: dict[str, Task] = {}            # ready, but no (allowed) worker
+        self.idle: set[str] = set()                      # workers that asked for work
+        self.steals: dict[str, str] = {}                 # key -> thief, while asked
         self.allowed_failures = allowed_failures
         self.inline_limit = inline_limit
         self.out: list[tuple[str, m.Message]] = []
-        self._scatters: dict[int, list] = {}             # put-data rid -> [client, rid, pending, keys]
+        self._scatters: dict[int, list] = {}  # put-data rid -> [client, rid, pending, keys, error]
         self._rid = 0
         self._rr = 0
+        self._handlers = {op: getattr(self, "_on_" + op.replace("-", "_"))
+                          for op in m.CATALOGUE if hasattr(self, "_on_" + op.replace("-", "_"))}
 
     # == dispatch =====================================================================
     def handle(self, source: str, msg: m.Message) -> list[tuple[str, m.Message]]:
-        handler = getattr(self, "_on_" + msg.op.replace("-", "_"), None)
+        handler = self._handlers.get(msg.op)
         if handler is None:
             raise ValueError(f"scheduler does not accept {msg.op!r}")
         handler(source, msg)
@@ -141,6 +146,8 @@ class SchedulerState:
                    memory_limit: int, keys: Iterable[str], now: float) -> list:
         ws = WorkerInfo(wid, address, name, nthreads, pid, memory_limit, now)
         self.workers[wid] = ws
+        ws.idle = True                 # a new worker has nothing to do until told
+        self.idle.add(wid)
         self.clients.setdefault(wid, set())
         stale = []
         for key in keys:
@@ -157,6 +164,7 @@ class SchedulerState:
 
     def remove_worker(self, wid: str, reason: str = "worker lost") -> list:
         ws = self.workers.pop(wid, None)
+        self.idle.discard(wid)
         if ws is None:
             return self._flush()
         killed, lost = [], []
@@ -181,6 +189,15 @@ class SchedulerState:
         for ts in self.tasks.values():
             if ts.stealing == wid:
                 ts.stealing = None
+        self.steals = {k: t for k, t in self.steals.items()
+                       if t != wid and k not in ws.processing}
+        for srid, entry in list(self._scatters.items()):
+            if wid in entry[2]:               # its put-data-done will never come
+                entry[2].discard(wid)
+                entry[4] = f"worker {ws.address} died during the scatter ({reason})"
+                if not entry[2]:
+                    del self._scatters[srid]
+                    self._emit(entry[0], m.Reply(entry[1], None, entry[4]))
         for ts in killed:
             self._err(ts, [], f"task {ts.key} was running on {ts.suspicious} workers that died "
                               f"({', '.join(ts.died_on)}; the last: {reason})", "killed")
@@ -352,7 +369,7 @@ class SchedulerState:
                 plan.setdefault(workers[(self._rr + i) % len(workers)].id, []).append(i)
             self._rr += len(keys)
         self._rid += 1
-        self._scatters[self._rid] = [cid, rid, set(plan), keys]
+        self._scatters[self._rid] = [cid, rid, set(plan), keys, None]
         for wid, idx in plan.items():
             self._emit(wid, m.PutData(self._rid, [keys[i] for i in idx], [values[i] for i in idx]))
 
@@ -361,12 +378,12 @@ class SchedulerState:
         ws = self.workers.get(wid)
         if entry is None or ws is None:
             return
-        cid, rid, pending, keys = entry
+        cid, rid, pending, keys, error = entry
         self._add_scattered(ws, msg.keys, msg.nbytes, cid)  # type: ignore[attr-defined]
         pending.discard(wid)
         if not pending:
             del self._scatters[msg.rid]  # type: ignore[attr-defined]
-            self._emit(cid, m.Reply(rid, keys, None))
+            self._emit(cid, m.Reply(rid, None if error else keys, error))
 
     def _on_add_keys(self, wid: str, msg: m.Message) -> None:
         ws = self.workers.get(wid)
@@ -412,6 +429,10 @@ class SchedulerState:
         self._want(ts, wid)
         ts.waiting_on = {d for d in ts.deps if self.tasks[d].state != "memory"}
         self._set_processing(ts, ws)
+        if self.idle:
+            for thief_id in list(self.idle):
+                if thief_id != wid:
+                    self._balance(self.workers[thief_id])
         for dk in ts.deps:
             dts = self.tasks[dk]
             if dts.state == "memory" and wid not in dts.who_has:
@@ -515,7 +536,6 @@ class SchedulerState:
             return
         ts.running = True
         ws.seceded += 1
-        ws.idle = False
 
     def _on_rejoin(self, wid: str, msg: m.Message) -> None:
         ws = self.workers.get(wid)
@@ -529,24 +549,30 @@ class SchedulerState:
         ws = self.workers.get(wid)
         if ws is not None:
             ws.idle = True
+            self.idle.add(wid)
             self._balance(ws)
 
     def _on_steal_reply(self, wid: str, msg: m.Message) -> None:
-        ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
-        if ts is None or ts.processing_on != wid or ts.stealing is None:
-            return
-        thief = self.workers.get(ts.stealing)
-        ts.stealing = None
-        if not msg.ok:  # type: ignore[attr-defined]
-            return
-        self.workers[wid].processing.discard(ts.key)
-        ts.processing_on = None
-        ts.state = "released"
-        if thief is not None:
-            self._set_processing(ts, thief)
-            self._send_compute(ts, thief)
-        else:
-            self._assign(ts)
+        key = msg.key  # type: ignore[attr-defined]
+        thief_id = self.steals.pop(key, None)
+        ts = self.tasks.get(key)
+        thief = self.workers.get(thief_id) if thief_id else None
+        if ts is not None and ts.stealing == thief_id:
+            ts.stealing = None
+        if ts is not None and ts.processing_on == wid:
+            if msg.ok:  # type: ignore[attr-defined]
+                self.workers[wid].processing.discard(key)
+                ts.processing_on = None
+                ts.state = "released"
+                if thief is not None:
+                    self._set_processing(ts, thief)
+                    self._send_compute(ts, thief)
+                else:
+                    self._assign(ts)
+            else:
+                ts.started = True         # never ask for it again
+        if thief is not None and thief.idle:
+            self._balance(thief)          # still nothing for it: try other tasks
 
     def _on_missing_data(self, wid: str, msg: m.Message) -> None:
         ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
@@ -613,12 +639,12 @@ class SchedulerState:
         if ts.state == "waiting" and not ts.waiting_on:
             self._assign(ts)
 
-    def _candidates(self, ts: Task) -> list[WorkerInfo]:
+    def _candidates(self, ts: Task) -> Any:
         if ts.restrict:
             allowed = set(ts.restrict)
             return [w for w in self.workers.values()
                     if w.address in allowed or w.name in allowed or w.id in allowed]
-        return list(self.workers.values())
+        return self.workers.values()
 
     def _assign(self, ts: Task) -> None:
         workers = self._candidates(ts)
@@ -628,7 +654,7 @@ class SchedulerState:
             return
         self.unrunnable.pop(ts.key, None)
         if len(workers) == 1:
-            best = workers[0]
+            best = next(iter(workers))
         elif ts.deps:
             best = min(workers, key=lambda w: (
                 -sum(self.tasks[d].nbytes for d in ts.deps if w.id in self.tasks[d].who_has),
@@ -642,10 +668,13 @@ class SchedulerState:
         ts.state = "processing"
         ts.processing_on = ws.id
         ws.processing.add(ts.key)
-        ws.idle = False
+        if ws.idle:
+            ws.idle = False
+            self.idle.discard(ws.id)
 
     def _send_compute(self, ts: Task, ws: WorkerInfo) -> None:
-        deps = {d: [self.workers[w].address for w in self.tasks[d].who_has] for d in ts.deps}
+        deps = {d: [self.workers[w].address for w in self.tasks[d].who_has]
+                for d in ts.deps} if ts.deps else {}
         self._emit(ws.id, m.Compute(ts.key, ts.func, ts.args, deps, ts.priority, ts.retries))
 
     def _add_replica(self, ts: Task, ws: WorkerInfo) -> None:
@@ -737,7 +766,9 @@ class SchedulerState:
 
     # == balancing ===========================================================================
     def _balance(self, thief: WorkerInfo) -> None:
-        """An idle worker asked for work: steal unstarted tasks from the busiest worker."""
+        """An idle worker wants work: ask the busiest worker for unstarted tasks."""
+        if thief.id in self.steals.values():
+            return                        # wait for the answers to earlier requests
         victims = [w for w in self.workers.values()
                    if w is not thief and len(w.processing) - w.seceded > w.nthreads]
         if not victims:
@@ -747,7 +778,7 @@ class SchedulerState:
         candidates = []
         for key in victim.processing:
             ts = self.tasks[key]
-            if ts.running or ts.stealing is not None or ts.waiting_on:
+            if ts.running or ts.started or ts.stealing is not None or ts.waiting_on:
                 continue
             if ts.restrict and thief not in self._candidates(ts):
                 continue
@@ -760,8 +791,8 @@ class SchedulerState:
         n = min(STEAL_BATCH, max(1, excess // 2), len(candidates))
         for ts in candidates[:n]:
             ts.stealing = thief.id
+            self.steals[ts.key] = thief.id
             self._emit(victim.id, m.Steal(ts.key))
-        thief.idle = False
 
     # == invariants ===========================================================================
     def validate(self) -> None:

@@ -144,25 +144,25 @@ class WorkerClient(Client):
             self._block_on(pending, timeout)
 
     def _help_and_wait(self, futures: list[Future], timeout: float | None) -> None:
+        """Wait for each future in turn, first running it here if it is queued here."""
         _check_timeout(timeout)
         w = self.worker
         t = current_task.get()
         can_help = w.pool.in_pool_thread() and (t is None or t.inline < MAX_INLINE)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            pending = [f for f in futures if not f._state.done()]
-            if not pending:
-                return
-            if can_help:
-                with w.lock:
-                    task = w.state.helpable([f.key for f in pending])
-                if task is not None:
-                    w.execute(task, inline=True)
-                    continue
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"results not ready after {timeout} s")
-            self._block_on([pending[0]._state], remaining)
+        for f in futures:
+            st = f._state
+            while st.status == "pending":
+                if can_help:
+                    with w.lock:
+                        task = w.state.helpable([f.key])
+                    if task is not None:
+                        w.execute(task, inline=True)
+                        continue
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"results not ready after {timeout} s")
+                self._block_on([st], remaining)
 
     def _block_on(self, states: list[FutureState], timeout: float | None) -> None:
         w = self.worker

@@ -23,7 +23,7 @@ import psutil
 
 from .. import __version__
 from ..client.future import collect_inner, error_from
-from ..errors import CommClosedError, SchedulerLostError, SerializationError
+from ..errors import CommClosedError, ProtocolError, SchedulerLostError, SerializationError
 from ..protocol import messages as m
 from ..protocol.comm import Comm, Listener, connect, listen
 from ..protocol.peers import PeerPool
@@ -278,7 +278,7 @@ class Worker:
             if msg.op == "get-data":
                 comm.send(m.Data(msg.rid, {k: self._frames(k) for k in msg.keys}))  # type: ignore
             elif msg.op != "register-peer":
-                raise CommClosedError(f"peers may only ask for data, not {msg.op!r}")
+                raise ProtocolError(f"peers may only ask for data, not {msg.op!r}")
         comm.start(handler)
 
     def _frames(self, key: str) -> list | None:
