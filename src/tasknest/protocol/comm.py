@@ -83,6 +83,8 @@ class Comm(asyncio.Protocol):
         self._threadsafe: collections.deque = collections.deque()
         self._wake_pending = False
         self._draining = False
+        self._seceding: dict[str, list] = {}     # key -> unsent secede, cancelled by a rejoin
+        self._cancelled = 0
         self.info: dict[str, Any] = {}
 
     # -- asyncio.Protocol ------------------------------------------------------
@@ -234,6 +236,12 @@ class Comm(asyncio.Protocol):
 
     def _enqueue(self, msg: Message) -> None:
         op = msg.op
+        if op == "rejoin":
+            secede = self._seceding.pop(msg.key, None)  # type: ignore[attr-defined]
+            if secede is not None:   # both still unsent: together they mean nothing
+                secede[0] = None
+                self._cancelled += 1
+                return
         if op in _MERGE_OPS:
             last = self._outbox[-1] if self._outbox else None
             if last is not None and last[0] == op:
@@ -243,7 +251,10 @@ class Comm(asyncio.Protocol):
         else:
             if op in _FUNC_OPS and type(msg.fid) is bytes:  # type: ignore[attr-defined]
                 msg.fid = self.func_id(msg.fid)  # type: ignore[attr-defined]
-            self._outbox.append(msg.encode())
+            encoded = msg.encode()
+            self._outbox.append(encoded)
+            if op == "secede":
+                self._seceding[msg.key] = encoded  # type: ignore[attr-defined]
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
@@ -253,14 +264,21 @@ class Comm(asyncio.Protocol):
         if self.closed or not self._outbox:
             return
         out, self._outbox = self._outbox, []
+        if self._seceding:
+            self._seceding.clear()
+        if self._cancelled:
+            out = [x for x in out if x[0] is not None]
+            self._cancelled = 0
         try:
             payload = msgpack.packb(out, use_bin_type=True)
         except Exception as exc:  # a bug in a message; fail loudly but keep the link
             log.error("cannot encode a frame for %s: %s", self.peer, exc)
             return
-        t = self.transport
-        t.write(len(payload).to_bytes(_HEADER, "little"))  # type: ignore[union-attr]
-        t.write(payload)  # type: ignore[union-attr]
+        header = len(payload).to_bytes(_HEADER, "little")
+        if len(payload) < 65536:          # one system call for small frames
+            self.transport.write(header + payload)  # type: ignore[union-attr]
+        else:                             # no copy of large ones
+            self.transport.writelines([header, payload])  # type: ignore[union-attr]
 
     # -- sending from other threads ---------------------------------------------
     def send_threadsafe(self, msg: Message) -> None:

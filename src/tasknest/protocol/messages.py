@@ -185,6 +185,8 @@ RULES: dict[str, Any] = {
     "submit": _not_own_dep, "claim": _not_own_dep,
     "scatter": _same_length("keys", "values"), "put-data": _same_length("keys", "values"),
     "add-keys": _same_length("keys", "nbytes"), "put-data-done": _same_length("keys", "nbytes"),
+    "query": lambda msg: None if msg.what != "who_has" or msg.arg is None or _strs(msg.arg)
+    else "who_has takes a list of keys or nil",
 }
 
 

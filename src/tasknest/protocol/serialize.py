@@ -22,8 +22,8 @@ import cloudpickle
 
 from ..errors import SerializationError
 
-_func_cache: "weakref.WeakKeyDictionary[Any, bytes]" = weakref.WeakKeyDictionary()
-_func_cache_strong: dict[int, tuple[Any, bytes]] = {}   # for callables that refuse weakrefs
+# id(func) -> (weak or strong reference, pickled bytes); entries die with their function
+_func_cache: dict[int, tuple[Any, bytes]] = {}
 _loads_cache: dict[bytes, Any] = {}
 _LOADS_CACHE_MAX = 4096
 _lock = threading.Lock()
@@ -31,12 +31,8 @@ _lock = threading.Lock()
 
 def dumps_function(func: Callable) -> bytes:
     """Pickle a callable, once per object."""
-    try:
-        return _func_cache[func]
-    except (KeyError, TypeError):
-        pass
-    hit = _func_cache_strong.get(id(func))
-    if hit is not None and hit[0] is func:
+    hit = _func_cache.get(id(func))
+    if hit is not None and (hit[0]() if type(hit[0]) is weakref.ref else hit[0]) is func:
         return hit[1]
     try:
         data = cloudpickle.dumps(func, protocol=5)
@@ -47,13 +43,15 @@ def dumps_function(func: Callable) -> bytes:
 
 
 def _remember(func: Any, data: bytes) -> None:
+    fid = id(func)
+    try:
+        ref: Any = weakref.ref(func, lambda _: _func_cache.pop(fid, None))
+    except TypeError:          # e.g. builtins: keep them alive instead
+        ref = func
     with _lock:
-        try:
-            _func_cache[func] = data
-        except TypeError:
-            if len(_func_cache_strong) > _LOADS_CACHE_MAX:
-                _func_cache_strong.clear()
-            _func_cache_strong[id(func)] = (func, data)
+        if len(_func_cache) > 65536:
+            _func_cache.clear()
+        _func_cache[fid] = (ref, data)
 
 
 def loads_function(data: bytes) -> Callable:
@@ -98,8 +96,13 @@ class _ArgUnpickler(pickle.Unpickler):
         return self.values[pid]
 
 
+_ATOMIC = frozenset({int, float, str, bytes, bool, type(None)})
+
+
 def dumps_call(args: tuple, kwargs: dict, future_type: type) -> tuple[bytes, list[str]]:
     """Pickle a call's arguments as (args, kwargs-or-None) without ambiguity."""
+    if not kwargs and all(type(a) in _ATOMIC for a in args):
+        return pickle.dumps((args, None), protocol=5), []    # the common case, at C speed
     buf = io.BytesIO()
     pickler = _ArgPickler(buf, future_type)
     try:
@@ -112,7 +115,10 @@ def dumps_call(args: tuple, kwargs: dict, future_type: type) -> tuple[bytes, lis
 
 
 def loads_call(data: bytes, values: dict[str, Any]) -> tuple[tuple, dict]:
-    args, kwargs = _ArgUnpickler(io.BytesIO(data), values).load()
+    if values:
+        args, kwargs = _ArgUnpickler(io.BytesIO(data), values).load()
+    else:                      # no dependencies, so no persistent ids: plain (fast) pickle
+        args, kwargs = pickle.loads(data)
     return args, kwargs or {}
 
 

@@ -54,6 +54,8 @@ class WTask:
 
 def heap_priority(priority: list) -> tuple:
     """User priority first (higher first), then depth (deeper first), then FIFO."""
+    if len(priority) == 3:
+        return (-priority[0], -priority[1], priority[2])
     user, depth, seq = (list(priority) + [0, 0, 0])[:3]
     return (-user, -depth, seq)
 
