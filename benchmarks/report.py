@@ -19,6 +19,7 @@ from benchmarks.workloads import WORKLOADS, Workload
 
 START, END = "<!-- breakdown:start -->", "<!-- breakdown:end -->"
 PLACEHOLDER = "_Not written yet: where the time of one submit/result hop goes in tasknest._"
+OTHER_LOAD_PCT = 5.0  # flag cells where the rest of the machine was this busy
 PACKAGES = ("tasknest", "dask", "distributed", "ray", "tornado", "msgpack", "cloudpickle",
             "psutil", "uvloop", "pyinstrument")
 
@@ -81,7 +82,7 @@ def _peaks(s: dict[str, Any]) -> tuple[str, str]:
 def _status_text(s: dict[str, Any]) -> str:
     if s["status"] == "n/a":
         return f"n/a ({'; '.join(s['errors'])})"
-    err = s["errors"][0] if s["errors"] else ""
+    err = s["errors"][0].replace("|", "\\|") if s["errors"] else ""  # keep the table intact
     return f"**{s['status']}**" + (f": {err}" if err and s["status"] == "failed" else "")
 
 
@@ -113,12 +114,17 @@ def _table(ws: list[Workload], cells: dict[tuple[str, str, int], dict[str, Any]]
                 start = f"{s['start_s']:.2f}" if "start_s" in s else "—"
                 row += [ratio, threads, rss, start, f"{s['ok']}/{s['runs']}"]
                 lines.append("| " + " | ".join(row) + " |")
+                where = f"- {sysname}, {w.name} {w.size_label} {size:,}:"
                 if s.get("peaks", {}).get("ray_workers_not_descendants"):
-                    notes.append(f"- {sysname}, {w.size_label} {size:,}: some Ray workers were "
-                                 "outside the driver's process tree; peaks may be low")
+                    notes.append(f"{where} some Ray workers were outside the driver's process "
+                                 "tree; peaks may be low")
+                if s.get("other_cpu_pct", 0) >= OTHER_LOAD_PCT:
+                    notes.append(f"{where} other processes on the machine used "
+                                 f"{s['other_cpu_pct']:.0f}% of its CPU during the measured "
+                                 "region (median of runs): figures may be pessimistic")
                 if s["status"] == "ok" and s["ok"] < s["runs"]:
                     bad = ", ".join(x for x in s["statuses"] if x != "ok")
-                    notes.append(f"- {sysname}, {w.size_label} {size:,}: runs not counted: {bad}"
+                    notes.append(f"{where} runs not counted: {bad}"
                                  + (f" ({'; '.join(s['errors'])})" if s["errors"] else ""))
     return lines + ([""] + notes if notes else [])
 
@@ -203,3 +209,13 @@ def render(meta: dict[str, Any], results: list[dict[str, Any]], existing: str = 
         out += ["", f"### {title}", ""] + _table(group, cells, systems)
     out += ["", "## Per-hop cost breakdown", "", _breakdown(existing), ""]
     return "\n".join(out)
+
+
+if __name__ == "__main__":  # re-render from saved results: python -m benchmarks.report IN.json OUT.md
+    import json
+    import sys
+    from pathlib import Path
+
+    data = json.loads(Path(sys.argv[1]).read_text())
+    out = Path(sys.argv[2])
+    out.write_text(render(data["meta"], data["cells"], out.read_text() if out.exists() else ""))

@@ -128,6 +128,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out[section] = {k: statistics.median(r[section][k] for r in ok if k in r.get(section, {}))
                         for k in sorted(keys)}
     out["start_s"] = statistics.median(r["start_s"] for r in ok)
+    other = [r["other_cpu_pct"] for r in ok if "other_cpu_pct" in r]
+    if other:
+        out["other_cpu_pct"] = statistics.median(other)
     return out
 
 

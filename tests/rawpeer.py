@@ -82,15 +82,20 @@ class RawPeer:
                 if msg[0] == op:
                     return msg
 
-    def closed_by_server(self, timeout: float = 5.0) -> bool:
-        """True once the server closes; False if it sends anything or stays open."""
+    def closed_by_server(self, timeout: float = 5.0) -> bytes | None:
+        """Everything the server sent until it closed, or None if it stayed open."""
         self.sock.settimeout(timeout)
-        try:
-            return self.sock.recv(1) == b""
-        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
-            return True
-        except socket.timeout:
-            return False
+        got = b""
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+                return got
+            except socket.timeout:
+                return None
+            if not chunk:
+                return got
+            got += chunk
 
     def close(self) -> None:
         try:

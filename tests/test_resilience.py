@@ -23,7 +23,7 @@ from conftest import wait_until
 
 
 def slow_square(x):
-    time.sleep(0.03)
+    time.sleep(0.02)
     return x * x
 
 
@@ -43,12 +43,13 @@ def fib_value(n):
     return a
 
 
-def worker_children(cluster) -> list[psutil.Process]:
-    """The worker processes that the nannies supervise."""
+def worker_children(cluster, min_age: float = 0.0) -> list[psutil.Process]:
+    """The worker processes that the nannies supervise (up for ``min_age`` seconds)."""
     out = []
     for nanny in cluster.worker_procs:
         try:
-            out += psutil.Process(nanny.pid).children()
+            out += [p for p in psutil.Process(nanny.pid).children()
+                    if time.time() - p.create_time() >= min_age]
         except psutil.NoSuchProcess:
             pass
     return out
@@ -67,7 +68,8 @@ class Chaos(threading.Thread):
     def run(self) -> None:
         while not self.halt.wait(self.rng.uniform(1.0, 2.0)):
             while not self.halt.is_set():
-                victims = worker_children(self.cluster)
+                # a worker that has just been restarted is left to start up
+                victims = worker_children(self.cluster, min_age=1.0)
                 if victims:
                     try:
                         self.rng.choice(victims).kill()
@@ -158,3 +160,106 @@ def test_retries_rerun_a_failing_task(nclient):
 
 def flaky_always():
     raise OSError("transient failure, always")
+
+
+def make_bytes(n):
+    return bytes(range(256)) * (n // 256)
+
+
+def kill_worker_at(client, address: str) -> None:
+    """SIGKILL the worker process listening at ``address`` (its nanny restarts it)."""
+    pid = next(w["pid"] for w in client.scheduler_info() if w["address"] == address)
+    psutil.Process(pid).kill()
+
+
+@pytest.mark.timeout(60)
+def test_lost_result_is_recomputed_from_its_recipe(nclient):
+    future = nclient.submit(make_bytes, 256_000)   # too big to travel inline: only a worker has it
+    total = nclient.submit(len, future)
+    assert total.result(timeout=30) == 256_000
+    [holder] = nclient.who_has([future])[future.key]
+    kill_worker_at(nclient, holder)
+    wait_until(lambda: holder not in nclient.has_what(), 20, message="the killed worker is removed")
+    assert future.result(timeout=30) == make_bytes(256_000)
+    assert nclient.submit(len, future, pure=False).result(timeout=30) == 256_000
+
+
+@pytest.mark.timeout(60)
+def test_scattered_data_lost_with_its_worker_errs_unless_broadcast(nclient):
+    single = nclient.scatter(41)
+    everywhere = nclient.scatter(1, broadcast=True)
+    [holder] = nclient.who_has([single])[single.key]
+    kill_worker_at(nclient, holder)
+    with pytest.raises(LostError, match="lost"):
+        nclient.submit(lambda x: x + 1, single).result(timeout=30)
+    assert nclient.submit(lambda x: x + 1, everywhere, pure=False).result(timeout=30) == 2
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tasknest", *args], env=env,
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def first_line(proc: subprocess.Popen) -> str:
+    line = proc.stdout.readline().decode().strip()
+    assert line, f"process exited during start-up with code {proc.wait()}"
+    return line
+
+
+def sleep_then(x, seconds):
+    time.sleep(seconds)
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_scheduler_loss_fails_waiting_futures_and_workers_rejoin_a_restarted_one():
+    token = "resilience-test-token"
+    # the processes import this test module, as LocalCluster's would
+    env = dict(os.environ, TASKNEST_TOKEN=token,
+               PYTHONPATH=os.pathsep.join(p for p in sys.path if p and os.path.isdir(p)))
+    port = free_port()
+    sched = spawn(["scheduler", "--port", str(port)], env)
+    procs = [sched]
+    try:
+        address = first_line(sched)
+        # with a nanny; two threads, as the first task sleeps on after its scheduler is gone
+        worker = spawn(["worker", address, "--reconnect-timeout", "30", "--nthreads", "2"], env)
+        procs.append(worker)
+        first_line(worker)
+        with Client(address, token=token) as client:
+            future = client.submit(sleep_then, 1, 20, pure=False)
+            wait_until(lambda: any(w["processing"] for w in client.scheduler_info()), 20,
+                       message="the task started")
+            sched.kill()
+            sched.wait()
+            t0 = time.monotonic()
+            with pytest.raises(SchedulerLostError):
+                future.result(timeout=20)
+            elapsed = time.monotonic() - t0
+        print(f"\nwaiting result() raised {elapsed:.2f} s after the scheduler was killed")
+        assert elapsed < 10
+        # a scheduler restarted at the same address gets its worker back
+        sched = spawn(["scheduler", "--port", str(port)], env)
+        procs.append(sched)
+        assert first_line(sched) == address
+        with Client(address, token=token) as client:
+            client.wait_for_workers(1, timeout=30)
+            assert client.submit(sleep_then, 7, 0, pure=False).result(timeout=30) == 7
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

@@ -352,7 +352,9 @@ class Cluster:
                             self.release(c.id, k)
             if not self.step_all() and not any(c.pending_scatter for c in self.clients.values()):
                 return
-        raise AssertionError("the cluster did not settle")
+        pending = {c.id: c.pending_scatter for c in self.clients.values() if c.pending_scatter}
+        raise AssertionError(f"the cluster did not settle: scatters waiting {pending}, "
+                             f"tasks {self.s.tasks}")
 
     def assert_clean(self) -> None:
         s = self.s

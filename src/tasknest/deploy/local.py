@@ -32,8 +32,17 @@ class LocalCluster:
                  processes: bool = True, host: str = "127.0.0.1", scheduler_port: int = 0,
                  token: str | None = None, security: Security | bool | None = None,
                  memory_limit: int | str = 0, nanny: bool = False, timeout: float = 60.0,
-                 heartbeat_timeout: float = 30.0, worker_args: list[str] | None = None) -> None:
+                 heartbeat_timeout: float = 30.0, worker_args: list[str] | None = None,
+                 max_frame_size: int | str | None = None) -> None:
         from ..errors import CallerError
+        from .cli import parse_size
+        try:
+            self.max_frame = None if max_frame_size is None else parse_size(max_frame_size)
+        except ValueError:
+            self.max_frame = 0
+        if self.max_frame is not None and self.max_frame <= 0:
+            raise CallerError(f"max_frame_size must be a positive size like '64MiB', "
+                              f"got {max_frame_size!r}")
         if n_workers is None:
             n_workers = os.cpu_count() or 1 if threads_per_worker is None else max(
                 1, (os.cpu_count() or 1) // threads_per_worker)
@@ -49,6 +58,7 @@ class LocalCluster:
         self.host = host
         self.token = token or new_token()
         self.security = Security.temporary() if security is True else (security or None)
+        self._own_security = security is True      # its temporary files go on close()
         self.memory_limit = memory_limit
         self.nanny = nanny
         self.timeout = timeout
@@ -88,6 +98,7 @@ class LocalCluster:
     def _start_processes(self) -> None:
         cmd = [sys.executable, "-m", "tasknest", "scheduler", "--host", self.host,
                "--port", "0", "--heartbeat-timeout", str(self.heartbeat_timeout),
+               *(["--max-frame-size", str(self.max_frame)] if self.max_frame else []),
                *self._tls_args()]
         self.scheduler_proc = _spawn(cmd, self._env())
         self.scheduler_address = _first_line(self.scheduler_proc, self.timeout, "scheduler")
@@ -124,7 +135,8 @@ class LocalCluster:
 
         async def start() -> None:
             sched = await Scheduler(self.host, 0, self.token, ssl_server,
-                                    heartbeat_timeout=self.heartbeat_timeout).start()
+                                    heartbeat_timeout=self.heartbeat_timeout,
+                                    max_frame=self.max_frame).start()
             self._inproc.append(sched)
             self.scheduler_address = sched.address
             for i in range(self.n_workers):
@@ -164,6 +176,8 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if self._own_security and self.security is not None:
+            self.security.cleanup()
 
     def __enter__(self) -> "LocalCluster":
         return self

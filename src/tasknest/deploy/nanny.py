@@ -41,7 +41,7 @@ NO_RESTART = frozenset({EXIT_CLEAN, EXIT_USAGE, EXIT_UNREACHABLE})
 
 POLL_INTERVAL = 0.1      # seconds between liveness/memory checks
 STOP_GRACE = 10.0        # seconds a worker gets to exit after a forwarded signal
-LONG_LIFE = 10.0         # a worker that lived this long resets the back-off
+LONG_LIFE = 3.0          # a worker that lived this long resets the back-off
 
 
 class Nanny:
@@ -172,7 +172,7 @@ class Nanny:
                   "times in the last minute, giving up", file=sys.stderr, flush=True)
             return 1
         self.restarts.append(now)
-        delay = 0.0 if self.quick_crashes <= 1 else min(5.0, 0.1 * 2 ** (self.quick_crashes - 2))
+        delay = 0.0 if self.quick_crashes <= 1 else min(3.0, 0.1 * 2 ** (self.quick_crashes - 2))
         log.warning("worker %s after %.1f s; restarting it in %.1f s", why, lived, delay)
         deadline = now + delay
         while self.stopping is None and time.monotonic() < deadline:

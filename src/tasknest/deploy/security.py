@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -15,6 +16,7 @@ class Security:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
+    temporary_dir: str | None = field(default=None, repr=False)   # made by temporary()
 
     def server_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.tls_ca)
@@ -57,6 +59,7 @@ class Security:
                     x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                     critical=False)
                 .sign(key, hashes.SHA256()))
+        made = directory is None
         d = directory or tempfile.mkdtemp(prefix="tasknest-tls-")
         cert_path, key_path = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
         with open(cert_path, "wb") as f:
@@ -66,7 +69,13 @@ class Security:
             f.write(key.private_bytes(serialization.Encoding.PEM,
                                       serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()))
-        return cls(cert_path, key_path, cert_path)
+        return cls(cert_path, key_path, cert_path, d if made else None)
+
+    def cleanup(self) -> None:
+        """Delete the files of a temporary certificate (no-op for your own files)."""
+        if self.temporary_dir:
+            shutil.rmtree(self.temporary_dir, ignore_errors=True)
+            self.temporary_dir = None
 
     def cli_args(self) -> list[str]:
         out = []

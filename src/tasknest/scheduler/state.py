@@ -247,14 +247,14 @@ class SchedulerState:
     # == clients ======================================================================
     def _new_task(self, key: str, func: bytes, args: bytes, deps: list[str], priority: list,
                   retries: int, restrict: list | None) -> Task | None:
-        ts = Task(key, func, args, deps, priority, retries, restrict)
-        self.tasks[key] = ts
-        for dk in deps:
-            dts = self.tasks.get(dk)
-            if dts is None:
-                del self.tasks[key]
+        tasks = self.tasks
+        for dk in deps:               # all or nothing: no dangling dependents on failure
+            if dk not in tasks:
                 return None
-            dts.dependents.add(key)
+        ts = Task(key, func, args, deps, priority, retries, restrict)
+        tasks[key] = ts
+        for dk in deps:
+            tasks[dk].dependents.add(key)
         return ts
 
     def _on_submit(self, cid: str, msg: m.Message) -> None:
@@ -356,6 +356,12 @@ class SchedulerState:
         if not workers:
             self._emit(cid, m.Reply(rid, None, "no workers to scatter to"))
             return
+        busy = [k for k in keys if k in self.tasks
+                and self.tasks[k].state in ("waiting", "processing", "erred")]
+        if busy:
+            self._emit(cid, m.Reply(rid, None, f"scatter: keys {busy[:3]} already name tasks "
+                                               "that are not finished"))
+            return
         if len(keys) != len(values):
             self._emit(cid, m.Reply(rid, None, "scatter: keys and values differ in length"))
             return
@@ -379,7 +385,9 @@ class SchedulerState:
         if entry is None or ws is None:
             return
         cid, rid, pending, keys, error = entry
-        self._add_scattered(ws, msg.keys, msg.nbytes, cid)  # type: ignore[attr-defined]
+        # a client that left meanwhile wants nothing: the data is freed as it lands
+        self._add_scattered(ws, msg.keys, msg.nbytes,  # type: ignore[attr-defined]
+                            cid if cid in self.clients else None)
         pending.discard(wid)
         if not pending:
             del self._scatters[msg.rid]  # type: ignore[attr-defined]
@@ -390,14 +398,18 @@ class SchedulerState:
         if ws is not None:
             self._add_scattered(ws, msg.keys, msg.nbytes, wid)  # type: ignore[attr-defined]
 
-    def _add_scattered(self, ws: WorkerInfo, keys: list, nbytes: list, cid: str) -> None:
+    def _add_scattered(self, ws: WorkerInfo, keys: list, nbytes: list, cid: str | None) -> None:
         for key, nb in zip(keys, nbytes):
             ts = self.tasks.get(key)
             if ts is None:
                 ts = self.tasks[key] = Task(key, None, None, [], [0, 0, 0])
                 ts.scattered = True
+            elif ts.state in ("waiting", "processing", "erred"):
+                self._emit(ws.id, m.Free([key]))    # a task owns this key: drop the data
+                continue
             ts.nbytes = nb
-            self._want(ts, cid)
+            if cid is not None:
+                self._want(ts, cid)
             self._add_replica(ts, ws)
             if ts.state != "memory":
                 ts.state = "memory"

@@ -17,13 +17,14 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import MutableMapping
 from typing import Any
 
 import psutil
 
 from .. import __version__
 from ..client.future import collect_inner, error_from
-from ..errors import CommClosedError, ProtocolError, SchedulerLostError, SerializationError
+from ..errors import ProtocolError, SchedulerLostError, SerializationError
 from ..protocol import messages as m
 from ..protocol.comm import Comm, Listener, connect, listen
 from ..protocol.peers import PeerPool
@@ -31,6 +32,7 @@ from ..protocol.serialize import dumps_value, loads_call, loads_function, loads_
 from .client import WorkerClient
 from .context import TaskContext, current_task, reset_task, set_task
 from .pool import Pool
+from .spill import new_store, watch_memory
 from .state import WorkerState
 
 log = logging.getLogger("tasknest.worker")
@@ -61,9 +63,11 @@ class Worker:
         self.validate = bool(os.environ.get("TASKNEST_VALIDATE")) if validate is None else validate
         self.lock = threading.Lock()
         self.state = WorkerState()
-        self.data: dict[str, Any] = {}
+        self.data: MutableMapping[str, Any] = new_store(memory_limit)   # spills under a limit
+        self.paused = False               # memory above the pause fraction: start no task
         self.frames_cache: dict[str, list] = {}
-        self.pool = Pool(nthreads, self.lock, lambda: self.state.has_ready(), self._run_one,
+        self.pool = Pool(nthreads, self.lock, lambda: not self.paused and self.state.has_ready(),
+                         self._run_one,
                          self._on_idle, name=f"tasknest-{self.name}")
         self.client = WorkerClient(self)
         self.comm: Comm | None = None
@@ -87,10 +91,15 @@ class Worker:
         self.listener = await listen(f"{scheme}://{self.host}:{self.port}", self._on_peer,
                                      self.token, self.ssl_context)
         self.address = self.listener.address
+        if self.host in ("0.0.0.0", "::", ""):          # advertise an address peers can reach
+            self.address = self.address.replace(
+                f"//{self.host}:" if self.host else "//:", f"//{_route_to(self.scheduler_address)}:")
         self.state.address = self.address
         self.peers = PeerPool(self.name, self.token, self.peer_ssl)
         await self._connect(self.reconnect_timeout)
         self._tasks.append(asyncio.ensure_future(self._heartbeat()))
+        if self.memory_limit:
+            self._tasks.append(asyncio.ensure_future(watch_memory(self)))
         return self
 
     async def _connect(self, timeout: float) -> None:
@@ -107,6 +116,10 @@ class Worker:
         msg = await asyncio.wait_for(welcome, timeout)
         self.id = msg.id
         self.client._bind()
+        from ..client import client as client_module
+        if client_module._default is None:    # futures unpickled here bind to this worker
+            import weakref
+            client_module._default = weakref.ref(self.client)
         comm.on_close.append(self._scheduler_lost)
         log.info("worker %s (%s) connected to %s", self.address, self.name,
                  self.scheduler_address)
@@ -324,6 +337,8 @@ class Worker:
     # -- running tasks ------------------------------------------------------------------------
     def _run_one(self) -> bool:
         """Pool thread, lock held: run the best ready task, if any."""
+        if self.paused:
+            return False
         task = self.state.pop_ready()
         if task is None:
             return False
@@ -420,6 +435,19 @@ class Worker:
 
 
 _MISSING = object()
+
+
+def _route_to(address: str) -> str:
+    """This machine's IP on the route to ``address`` (no packet is sent)."""
+    import socket
+    from ..protocol.comm import parse_address
+    _, host, port = parse_address(address)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((host, port))
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
 
 
 def configure_process() -> None:

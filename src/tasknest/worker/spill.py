@@ -10,6 +10,7 @@ keep a plain dict.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pickle
@@ -20,12 +21,14 @@ from collections.abc import MutableMapping
 from typing import Any, Iterator
 
 import cloudpickle
+import psutil
 import zict
 
 log = logging.getLogger("tasknest.worker")
 
 SPILL_FRACTION = 0.6     # of the memory limit: results above this go to disk
 PAUSE_FRACTION = 0.8     # of the memory limit (process RSS): stop starting new tasks
+WATCH_INTERVAL = 0.1     # seconds between memory samples
 
 
 def sizeof(value: Any, _depth: int = 0) -> int:
@@ -58,7 +61,8 @@ class SpillBuffer(MutableMapping):
     """A mapping that keeps at most ``target`` bytes of values in memory."""
 
     def __init__(self, target: int, directory: str | None = None) -> None:
-        self.directory = tempfile.mkdtemp(prefix="tasknest-spill-", dir=directory)
+        # the pid in the name lets a nanny clean up after a worker that was killed
+        self.directory = tempfile.mkdtemp(prefix=f"tasknest-spill-{os.getpid()}-", dir=directory)
         self.spilled_count = 0
         self._buffer = zict.Buffer(
             {}, zict.Func(_dumps, pickle.loads, zict.File(self.directory)), n=target,
@@ -111,3 +115,53 @@ class SpillBuffer(MutableMapping):
     def __del__(self) -> None:
         if os.path.isdir(getattr(self, "directory", "")):
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def new_store(memory_limit: int) -> MutableMapping:
+    """Where a worker keeps its results: a plain dict, or a spilling one under a limit."""
+    if memory_limit and memory_limit > 0:
+        return SpillBuffer(int(SPILL_FRACTION * memory_limit))
+    return {}
+
+
+def spill_directories(pid: int) -> list[str]:
+    """The spill directories a worker process with this pid made (for cleanup)."""
+    import glob
+    return glob.glob(os.path.join(tempfile.gettempdir(), f"tasknest-spill-{pid}-*"))
+
+
+async def watch_memory(worker: Any) -> None:
+    """Pause ``worker`` above PAUSE_FRACTION of its limit (spilling what it can), resume below.
+
+    The worker's pool asks ``worker.paused`` before it starts a task; tasks already
+    running go on, and a parent waiting in gather() still runs its own children.
+    """
+    limit = worker.memory_limit
+    store = worker.data
+    proc = psutil.Process()
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                rss = proc.memory_info().rss
+            except psutil.Error:
+                continue
+            high = rss > PAUSE_FRACTION * limit
+            if high and isinstance(store, SpillBuffer) and len(store._buffer.fast):
+                # move results to disk (off the event loop: writing takes time)
+                await loop.run_in_executor(None, store.evict)
+                continue
+            if high and not worker.paused:
+                worker.paused = True
+                log.warning("worker %s paused: memory %d bytes is above %d%% of its limit "
+                            "(%d bytes); no new task starts until it falls", worker.address,
+                            rss, PAUSE_FRACTION * 100, limit)
+            elif not high and worker.paused:
+                with worker.lock:
+                    worker.paused = False
+                    worker.pool.notify()
+                log.warning("worker %s resumed: memory %d bytes", worker.address, rss)
+    finally:
+        if isinstance(store, SpillBuffer):
+            store.close()
