@@ -95,6 +95,13 @@ class Nanny:
         except psutil.Error:
             return 0
 
+    def _cleanup(self) -> None:
+        """Remove the spill files of a worker that could not (it was killed)."""
+        import shutil
+        from ..worker.spill import spill_directories
+        for path in spill_directories(self.proc.pid):  # type: ignore[union-attr]
+            shutil.rmtree(path, ignore_errors=True)
+
     def _kill(self) -> None:
         try:
             self.proc.kill()  # type: ignore[union-attr]
@@ -151,8 +158,10 @@ class Nanny:
                     log.warning("worker pid %d uses %d bytes, above its memory limit of %d "
                                 "bytes: restarting it", proc.pid, rss, self.memory_limit)
                     self._kill()
+                    self._cleanup()
                     return self._restart("exceeded its memory limit")
             return None
+        self._cleanup()
         if self.stopping is not None:
             return code
         if code in NO_RESTART:

@@ -97,6 +97,7 @@ class Comm(asyncio.Protocol):
             try:
                 import socket
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _detect_dead_peers(sock)
             except OSError:
                 pass
         if self.server_side:
@@ -336,6 +337,22 @@ class Comm(asyncio.Protocol):
 
 
 # -- connecting and listening ------------------------------------------------------
+DEAD_PEER_TIMEOUT = 30   # seconds: a silent peer (cut network, powered off) closes the comm
+
+
+def _detect_dead_peers(sock: Any) -> None:
+    """A peer that vanishes without a FIN or RST (cut cable, dead host) would keep a
+    connection open for the kernel's ~15 minutes of retransmissions, and whoever
+    waits on it would hang: abort when sent data stays unacknowledged, and probe
+    idle connections, for about DEAD_PEER_TIMEOUT seconds."""
+    import socket
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", DEAD_PEER_TIMEOUT // 3), ("TCP_KEEPINTVL", 5),
+                        ("TCP_KEEPCNT", 3), ("TCP_USER_TIMEOUT", DEAD_PEER_TIMEOUT * 1000)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
 async def connect(address: str, token: str | bytes | None = None, timeout: float = 10.0,
                   ssl_context: ssl.SSLContext | None = None,
                   max_frame: int = DEFAULT_MAX_FRAME) -> Comm:

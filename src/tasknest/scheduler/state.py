@@ -20,6 +20,7 @@ holds futures (``^key``) and fire-and-forget (``@ff``).
 """
 from __future__ import annotations
 
+import heapq
 from typing import Any, Iterable
 
 from ..protocol import messages as m
@@ -27,6 +28,13 @@ from ..protocol import messages as m
 FIRE_AND_FORGET = "@ff"
 ALLOWED_FAILURES = 3
 STEAL_BATCH = 64
+STEAL_SCAN = 2048          # candidates looked at per steal round
+STEAL_DATA_LIMIT = 4096    # bytes of inputs a stolen task may need moved
+
+
+def _steal_order(ts: "Task") -> tuple:
+    p = ts.priority
+    return (p[1] if len(p) > 1 else 0, -(p[2] if len(p) > 2 else 0))
 
 
 class Task:
@@ -101,12 +109,14 @@ class SchedulerState:
         self.unrunnable: dict[str, Task] = {}            # ready, but no (allowed) worker
         self.idle: set[str] = set()                      # workers that asked for work
         self.steals: dict[str, str] = {}                 # key -> thief, while asked
+        self._fruitless: dict[str, tuple[str, int]] = {} # thief -> (victim, its size) at a vain scan
         self.allowed_failures = allowed_failures
         self.inline_limit = inline_limit
         self.out: list[tuple[str, m.Message]] = []
         self._scatters: dict[int, list] = {}  # put-data rid -> [client, rid, pending, keys, error]
         self._rid = 0
         self._rr = 0
+        self.orphans: dict[str, set[str]] = {}    # holder -> rerun parents (see _hold_orphans)
         self._handlers = {op: getattr(self, "_on_" + op.replace("-", "_"))
                           for op in m.CATALOGUE if hasattr(self, "_on_" + op.replace("-", "_"))}
 
@@ -116,6 +126,8 @@ class SchedulerState:
         if handler is None:
             raise ValueError(f"scheduler does not accept {msg.op!r}")
         handler(source, msg)
+        if self.orphans:
+            self._release_orphans()
         out, self.out = self.out, []
         return out
 
@@ -165,6 +177,7 @@ class SchedulerState:
     def remove_worker(self, wid: str, reason: str = "worker lost") -> list:
         ws = self.workers.pop(wid, None)
         self.idle.discard(wid)
+        self._fruitless.pop(wid, None)
         if ws is None:
             return self._flush()
         killed, lost = [], []
@@ -210,7 +223,7 @@ class SchedulerState:
                                   "copies)", "lost")
             elif self._needed(ts):
                 self._recompute(ts)
-        self._drop_client(wid)
+        self._hold_orphans(wid, [self.tasks[k] for k in ws.processing if k in self.tasks])
         for ts in lost:
             if self.tasks.get(ts.key) is ts:
                 self._maybe_release(ts)
@@ -233,6 +246,35 @@ class SchedulerState:
         queued = sorted((ts for ts in tasks if not ts.running), key=order)
         started.update(ts.key for ts in queued[: ws.nthreads + ws.seceded])
         return started
+
+    def _hold_orphans(self, wid: str, reran: list[Task]) -> None:
+        """Keep what tasks on a lost worker wanted until those tasks, rerun elsewhere,
+        are done: a rerun parent that submits a child again (same pure key) finds it
+        finished or running instead of recomputing it. Then the wants are dropped."""
+        parents = {ts.key for ts in reran if ts.state in ("waiting", "processing", "released")}
+        wanted = self.clients.get(wid)
+        if not wanted or not parents:
+            self._drop_client(wid)
+            return
+        holder = "!" + wid
+        self.clients[holder] = self.clients.pop(wid)
+        for key in wanted:
+            ts = self.tasks.get(key)
+            if ts is not None:
+                ts.who_wants.discard(wid)
+                ts.who_wants.add(holder)
+        self.orphans[holder] = parents
+
+    def _release_orphans(self) -> None:
+        for holder, parents in list(self.orphans.items()):
+            for key in list(parents):
+                ts = self.tasks.get(key)
+                if ts is None or ts.state in ("memory", "erred") or (
+                        ts.state == "released" and not self._needed(ts)):
+                    parents.discard(key)
+            if not parents:
+                del self.orphans[holder]
+                self._drop_client(holder)
 
     def tick(self, now: float, timeout: float) -> list[str]:
         """Workers whose heartbeats stopped; the shell removes them."""
@@ -391,7 +433,8 @@ class SchedulerState:
         pending.discard(wid)
         if not pending:
             del self._scatters[msg.rid]  # type: ignore[attr-defined]
-            self._emit(cid, m.Reply(rid, None if error else keys, error))
+            if cid in self.clients:
+                self._emit(cid, m.Reply(rid, None if error else keys, error))
 
     def _on_add_keys(self, wid: str, msg: m.Message) -> None:
         ws = self.workers.get(wid)
@@ -439,6 +482,11 @@ class SchedulerState:
         elif ts.func is None:
             ts.func, ts.args = msg.fid, msg.args  # type: ignore[attr-defined]
         self._want(ts, wid)
+        for dk in ts.deps:
+            dts = self.tasks[dk]
+            if dts.state == "erred":      # it can never run: err it (and tell the claimer)
+                self._err(ts, *dts.error)  # type: ignore[misc]
+                return
         ts.waiting_on = {d for d in ts.deps if self.tasks[d].state != "memory"}
         self._set_processing(ts, ws)
         if self.idle:
@@ -562,6 +610,7 @@ class SchedulerState:
         if ws is not None:
             ws.idle = True
             self.idle.add(wid)
+            self._fruitless.pop(wid, None)
             self._balance(ws)
 
     def _on_steal_reply(self, wid: str, msg: m.Message) -> None:
@@ -787,21 +836,30 @@ class SchedulerState:
             return
         victim = max(victims, key=lambda w: len(w.processing) - w.seceded - w.nthreads)
         excess = len(victim.processing) - victim.seceded - victim.nthreads
+        last = self._fruitless.get(thief.id)
+        if last is not None and last[0] == victim.id and len(victim.processing) < 2 * last[1] + 16:
+            return                        # nothing was stealable there a moment ago
+        self._fruitless.pop(thief.id, None)
         candidates = []
+        tasks = self.tasks
         for key in victim.processing:
-            ts = self.tasks[key]
+            ts = tasks[key]
             if ts.running or ts.started or ts.stealing is not None or ts.waiting_on:
                 continue
             if ts.restrict and thief not in self._candidates(ts):
                 continue
+            if ts.deps and sum(tasks[d].nbytes for d in ts.deps
+                               if thief.id not in tasks[d].who_has) > STEAL_DATA_LIMIT:
+                continue                  # its inputs would cost more to move than to wait
             candidates.append(ts)
+            if len(candidates) >= STEAL_SCAN:
+                break
         if not candidates:
+            self._fruitless[thief.id] = (victim.id, len(victim.processing))
             return
-        # shallowest first (the biggest subtrees), newest first among equals
-        candidates.sort(key=lambda t: (t.priority[1] if len(t.priority) > 1 else 0,
-                                       -(t.priority[2] if len(t.priority) > 2 else 0)))
         n = min(STEAL_BATCH, max(1, excess // 2), len(candidates))
-        for ts in candidates[:n]:
+        # shallowest first (the biggest subtrees), newest first among equals
+        for ts in heapq.nsmallest(n, candidates, key=_steal_order):
             ts.stealing = thief.id
             self.steals[ts.key] = thief.id
             self._emit(victim.id, m.Steal(ts.key))

@@ -165,6 +165,9 @@ class WorkerClient(Client):
                 self._block_on([st], remaining)
 
     def _block_on(self, states: list[FutureState], timeout: float | None) -> None:
+        if threading.get_ident() == self._loop_thread:   # waiting here would stop the loop
+            raise RuntimeError("blocking call on the worker's event loop: in an async task, "
+                               "await it instead")
         w = self.worker
         deadline = None if timeout is None else time.monotonic() + timeout
         with w.lock:

@@ -154,13 +154,22 @@ class Worker:
         self._tasks.append(asyncio.ensure_future(self._reconnect()))
 
     async def _reconnect(self) -> None:
-        try:
-            await self._connect(self.reconnect_timeout)
-        except Exception as exc:
-            msg = (f"the scheduler at {self.scheduler_address} has been unreachable for "
-                   f"{self.reconnect_timeout:g} s ({exc}); worker {self.name} exits")
-            log.error(msg)
-            await self.close(msg)
+        deadline = time.monotonic() + self.reconnect_timeout
+        while True:
+            try:
+                await self._connect(max(0.1, deadline - time.monotonic()))
+                return
+            except Exception as exc:
+                # e.g. a dying scheduler that accepted us and then reset the handshake
+                # (connect() reports that as a refused token): the token worked before
+                if time.monotonic() < deadline - 0.1:
+                    await asyncio.sleep(0.1)
+                    continue
+                msg = (f"the scheduler at {self.scheduler_address} has been unreachable for "
+                       f"{self.reconnect_timeout:g} s ({exc}); worker {self.name} exits")
+                log.error(msg)
+                await self.close(msg)
+                return
 
     async def _heartbeat(self) -> None:
         while not self.closing:
@@ -247,7 +256,13 @@ class Worker:
                 done = self.apply(st.claim_rejected(msg.key))  # type: ignore[attr-defined]
         elif op == "key-memory":
             with self.lock:
-                done = self.apply(st.key_memory(msg.key, msg.who_has))  # type: ignore
+                t = st.tasks.get(msg.key)  # type: ignore[attr-defined]
+                if msg.value is not None and t is not None and t.state in (  # type: ignore
+                        "remote", "fetching") and t.dependents:
+                    # the value came along: no need to fetch it from a peer
+                    self._inline_arrival(t, msg.value)  # type: ignore[attr-defined]
+                else:
+                    done = self.apply(st.key_memory(msg.key, msg.who_has))  # type: ignore
             self.client._handle(msg)
         elif op == "key-erred":
             with self.lock:
@@ -267,6 +282,18 @@ class Worker:
             log.debug("worker ignores %s", op)
         if done:
             self.settle(done)
+
+    def _inline_arrival(self, t: Any, frames: list) -> None:
+        """A small dependency's value arrived with key-memory (lock held)."""
+        try:
+            value = loads_value(frames)
+        except SerializationError:
+            return
+        if t.state == "remote":
+            t.state = "fetching"
+            self.state.fetching.add(t.key)
+        self.data[t.key] = value
+        self.apply(self.state.fetched(t.key, sum(len(f) for f in frames)))
 
     def _put_data(self, msg: Any) -> None:
         values, nbytes, keys = [], [], []

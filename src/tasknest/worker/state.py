@@ -68,12 +68,15 @@ class WorkerState:
         self.executing: set[str] = set()
         self.fetching: set[str] = set()
         self.idle_reported = False
+        self._erred: list[str] = []    # erred records to forget at the next event
 
     # == incoming work ===================================================================
     def compute(self, key: str, func: bytes, args: bytes, deps: dict[str, list[str]],
                 priority: list, retries: int) -> list[Action]:
         """The scheduler assigned a task here."""
         out: list[Action] = []
+        if self._erred:
+            self._reap(out)
         t = self.tasks.get(key)
         if t is None:
             t = self.tasks[key] = WTask(key, "new")
@@ -81,6 +84,9 @@ class WorkerState:
             if t.state == "memory" and t.owned is False:
                 t.owned = True
                 out.append(("send", m.TaskFinished(key, t.nbytes, "", None, [])))
+            return out
+        elif t.state == "cancelled":      # freed while running, wanted again: that run counts
+            t.state = "executing"
             return out
         t.func, t.args, t.priority, t.retries = func, args, heap_priority(priority), retries
         t.deps = list(deps)
@@ -94,6 +100,12 @@ class WorkerState:
               retries: int, locations: dict[str, list[str]] | None = None) -> list[Action]:
         """A task on this worker submitted a new task: queue it here, tell the scheduler."""
         out: list[Action] = [("send", m.Claim(key, func, args, deps, priority, retries))]
+        if self._erred:
+            self._reap(out)
+        t = self.tasks.get(key)
+        if t is not None and t.state == "cancelled":   # still running: that run counts again
+            t.state, t.claimed, t.owned = "executing", True, True
+            return out
         t = self.tasks[key] = WTask(key, "new")
         t.func, t.args, t.deps, t.priority, t.retries = func, args, deps, heap_priority(priority), retries
         t.claimed = True
@@ -157,28 +169,36 @@ class WorkerState:
         return False
 
     def helpable(self, keys: list[str]) -> WTask | None:
-        """A ready task among ``keys`` or what they wait on, taken for running inline."""
+        """A ready task among ``keys`` or what they wait on, taken for running inline.
+
+        Depth first and lazy: it stops at the first ready task, so waiting on an
+        aggregate of thousands of queued inputs costs little per call."""
         seen: set[str] = set()
-        stack = list(reversed(keys))
+        stack = [iter(keys)]
         while stack:
-            key = stack.pop()
-            if key in seen:
-                continue
-            seen.add(key)
-            t = self.tasks.get(key)
-            if t is None:
-                continue
-            if t.state == "ready":
-                t.state = "executing"
-                self.executing.add(key)
-                return t
-            if t.state == "waiting":
-                stack.extend(t.waiting_on)
+            for key in stack[-1]:
+                if key in seen:
+                    continue
+                seen.add(key)
+                t = self.tasks.get(key)
+                if t is None:
+                    continue
+                if t.state == "ready":
+                    t.state = "executing"
+                    self.executing.add(key)
+                    return t
+                if t.state == "waiting" and t.waiting_on:
+                    stack.append(iter(t.waiting_on))   # not mutated while we hold the lock
+                    break
+            else:
+                stack.pop()
         return None
 
     def finished(self, key: str, nbytes: int, type_name: str, inline: list | None,
                  inner: list[str]) -> list[Action]:
         out: list[Action] = []
+        if self._erred:
+            self._reap(out)
         self.executing.discard(key)
         t = self.tasks.get(key)
         if t is None or t.state != "executing":
@@ -199,6 +219,8 @@ class WorkerState:
 
     def erred(self, key: str, exception: list, traceback: str, kind: str) -> list[Action]:
         out: list[Action] = []
+        if self._erred:
+            self._reap(out)
         self.executing.discard(key)
         t = self.tasks.get(key)
         if t is None or t.state != "executing":
@@ -221,11 +243,30 @@ class WorkerState:
         t.state = "erred"
         t.error = (exception, traceback, kind)
         t.waiting_on.clear()
+        self._erred.append(t.key)
         out.append(("done", t.key))
         for dk in list(t.dependents):
             d = self.tasks.get(dk)
             if d is not None and d.state in ("waiting", "ready"):
                 self._set_erred(d, exception, traceback, kind, out)
+
+    def _reap(self, out: list[Action]) -> None:
+        """Forget erred records once the shell settled local futures from them.
+
+        The scheduler never frees an erred key on a worker (no data is held), and
+        it tells every holder of a future about the error itself.
+        """
+        keys, self._erred = self._erred, []
+        for key in keys:
+            t = self.tasks.get(key)
+            if t is None or t.state != "erred":
+                continue
+            del self.tasks[key]
+            for dk in t.deps:
+                d = self.tasks.get(dk)
+                if d is not None:
+                    d.dependents.discard(key)
+                    self._maybe_drop(d, out)
 
     def _dependency_arrived(self, t: WTask, out: list[Action]) -> None:
         for dk in t.dependents:
@@ -281,11 +322,14 @@ class WorkerState:
         t.who_has = [a for a in t.who_has if a != address]
         out.append(("send", m.MissingData(key, address)))
         self._fetch(t, out)
+        self._maybe_drop(t, out)      # its dependents may have gone while it travelled
         return out
 
     def key_memory(self, key: str, who_has: list[str]) -> list[Action]:
         """The scheduler says where a key we may need lives."""
         out: list[Action] = []
+        if self._erred:
+            self._reap(out)
         t = self.tasks.get(key)
         if t is None or t.state not in ("remote", "fetching"):
             return out
@@ -322,6 +366,8 @@ class WorkerState:
     def free(self, keys: list[str]) -> list[Action]:
         """The scheduler no longer needs these here."""
         out: list[Action] = []
+        if self._erred:
+            self._reap(out)
         for key in keys:
             t = self.tasks.get(key)
             if t is None:
@@ -368,10 +414,13 @@ class WorkerState:
 
     def idle(self, has_free_slot: bool) -> list[Action]:
         """The pool found nothing to do; say so once so the scheduler can send work."""
+        out: list[Action] = []
+        if self._erred:
+            self._reap(out)
         if has_free_slot and not self.idle_reported and not self.has_ready():
             self.idle_reported = True
-            return [("send", m.Idle())]
-        return []
+            out.append(("send", m.Idle()))
+        return out
 
     def held_keys(self) -> list[str]:
         return [k for k, t in self.tasks.items() if t.state == "memory" and t.owned]
