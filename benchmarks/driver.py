@@ -113,7 +113,8 @@ def main() -> None:
             after = other_cpu_seconds()
             # Processes that started and ended inside the region are missed: a lower bound.
             other = sum(max(0.0, v - before.get(pid, 0.0)) for pid, v in after.items())
-            res["other_cpu_pct"] = round(100 * other / (region * (os.cpu_count() or 1)), 1)
+            if region >= 1.0:  # CPU times tick every 10 ms: shorter regions say nothing
+                res["other_cpu_pct"] = round(100 * other / (region * (os.cpu_count() or 1)), 1)
         res["status"] = "ok"
     except NotSupported as e:
         res.update(status="n/a", error=str(e))

@@ -59,6 +59,8 @@ def metadata(**extra: Any) -> dict[str, Any]:
 
 def _ratio(w: Workload, tn: dict[str, Any], rival: dict[str, Any]) -> str:
     """How tasknest compares with this rival on the workload's primary figure."""
+    if rival["status"] == "n/a":
+        return "—"
     if tn["status"] != "ok":
         return f"tasknest {tn['status']}"
     if rival["status"] != "ok":

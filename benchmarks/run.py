@@ -153,6 +153,14 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(f"unknown system {s!r}")
     workloads = select([w for w in a.workloads.split(",") if w])
 
+    from benchmarks import report
+
+    meta = report.metadata(
+        command="python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        runs=a.runs, timeout=a.timeout, sampler=not a.no_sampler, systems=systems)
+    json_path = Path(a.json)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+
     plan = [(w, size) for w in workloads for size in ((w.quick,) if a.quick else w.sizes)]
     total = len(plan) * len(systems) * a.runs
     cells: list[dict[str, Any]] = []
@@ -174,15 +182,9 @@ def main(argv: list[str] | None = None) -> None:
         for s, runs in by_system.items():
             cells.append({"system": s, "workload": w.name, "size": size,
                           "summary": summarize(runs), "runs": runs})
+        # Saved after every workload, so an interrupted session keeps what it measured.
+        json_path.write_text(json.dumps({"meta": meta, "cells": cells}, indent=1) + "\n")
 
-    from benchmarks import report
-
-    meta = report.metadata(
-        command="python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        runs=a.runs, timeout=a.timeout, sampler=not a.no_sampler, systems=systems)
-    json_path = Path(a.json)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"meta": meta, "cells": cells}, indent=1) + "\n")
     out = Path(a.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.render(meta, cells, out.read_text() if out.exists() else ""))

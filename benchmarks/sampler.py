@@ -2,12 +2,17 @@
 
 A thread inside the driver would compete with an in-process scheduler (dask
 runs its scheduler in the driver), so this is a separate process.  Every
-50 ms it walks the driver's descendants with psutil and keeps the peaks of:
-threads summed over worker processes and the most in one of them, the number
-of worker processes, their summed RSS, and the RSS summed over the driver and
+50 ms it walks the driver's descendants and keeps the peaks of: threads
+summed over worker processes and the most in one of them, the number of
+worker processes, their summed RSS, and the RSS summed over the driver and
 all its descendants.  It prints ``ready`` after its first sample, samples until
 its stdin closes, then prints one JSON line; every second it also saves the
 peaks so far to ``--peaks-file``, for runs killed at the timeout.
+
+On Linux one tick reads each ``/proc/PID/stat`` once (parent, threads and RSS
+are all there): psutil's per-process calls cost about 15x more, which with
+Ray's hundred-odd processes would keep a whole core busy.  psutil serves the
+other platforms and reads command lines.
 
 Which processes are workers: the pids the system named (``--worker-pids``);
 for Ray, the processes the raylet starts for tasks (``ray::<name>``, or
@@ -24,49 +29,97 @@ import os
 import select
 import sys
 import time
+from typing import NamedTuple
 
 import psutil
 
 INTERVAL_S = 0.05
 _HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_PROC = os.path.isdir("/proc/self/task")
+
+
+class Stat(NamedTuple):
+    ppid: int
+    name: str
+    threads: int
+    rss: int
+
+
+def _read_all() -> dict[int, Stat]:
+    """Parent, name, threads and RSS of every process on the machine."""
+    out: dict[int, Stat] = {}
+    if not _PROC:
+        for p in psutil.process_iter(["ppid", "name", "num_threads", "memory_info"]):
+            i = p.info
+            if i["memory_info"] is not None:
+                out[p.pid] = Stat(i["ppid"], i["name"] or "", i["num_threads"] or 0,
+                                  i["memory_info"].rss)
+        return out
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue  # exited since the listing
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        lp, rp = data.index(b"("), data.rindex(b")")
+        rest = data[rp + 2:].split()
+        out[int(entry)] = Stat(int(rest[1]), data[lp + 1:rp].decode(errors="replace"),
+                               int(rest[17]), int(rest[21]) * _PAGE)
+    return out
+
+
+def _descendants(root: int, stats: dict[int, Stat]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, st in stats.items():
+        children.setdefault(st.ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return ""
 
 
 class Classifier:
     def __init__(self, system: str, worker_pids: set[int]) -> None:
         self.system = system
         self.worker_pids = worker_pids
-        self.cache: dict[int, bool] = {}  # a process's role does not change
+        self.cache: dict[int, bool] = {}  # a settled process's role does not change
 
-    def is_worker(self, p: psutil.Process) -> bool:
+    def is_worker(self, pid: int, name: str) -> bool:
         if self.worker_pids:
-            return p.pid in self.worker_pids
-        role = self.cache.get(p.pid)
-        if role is None:
-            name = p.name()
-            cmd = " ".join(p.cmdline())
-            if self.system == "ray":
-                role = (name.startswith("ray::") and not name.endswith("Agent")) or (
-                    "default_worker.py" in cmd
-                )
-            else:  # no pids given: name-based guess, see the module docstring
-                low = cmd.lower()
-                role = not any(h in cmd for h in _HELPERS) and (
-                    "worker" in low or "scheduler" not in low)
-            # Ray forks workers from the raylet; a process caught between fork,
-            # exec and retitling may look like anything, so cache only settled ones.
-            if self.system != "ray" or name.startswith("ray::"):
-                self.cache[p.pid] = role
+            return pid in self.worker_pids
+        role = self.cache.get(pid)
+        if role is not None:
+            return role
+        if self.system == "ray":
+            if name.startswith("ray::"):
+                role = not name.endswith("Agent")
+                self.cache[pid] = role
+            else:
+                # The raylet forks workers; one caught between fork, exec and
+                # retitling may look like anything, so this is not cached.
+                role = name == "python" and "default_worker.py" in _cmdline(pid)
+            return role
+        low = _cmdline(pid).lower()  # name-based guess, see the module docstring
+        role = not any(h in low for h in _HELPERS) and ("worker" in low or "scheduler" not in low)
+        self.cache[pid] = role
         return role
 
 
-def _report(peaks: dict[str, float], samples: int, clf: Classifier,
-            seen_workers: set[int]) -> dict[str, object]:
-    out: dict[str, object] = {k: round(v, 1) for k, v in peaks.items()}
-    out["samples"] = samples
-    out["interval_ms"] = INTERVAL_S * 1e3
-    if clf.system == "ray":
-        out["ray_workers_not_descendants"] = _stray_ray_workers(seen_workers)
-    return out
+PEAK_KEYS = ("worker_threads", "worker_threads_max_proc", "workers", "worker_rss_mb",
+             "all_rss_mb", "all_procs")
 
 
 def _save(path: str, data: dict[str, object]) -> None:
@@ -76,37 +129,30 @@ def _save(path: str, data: dict[str, object]) -> None:
     os.replace(tmp, path)  # a reader never sees half a file
 
 
-def sample_forever(root_pid: int, clf: Classifier, peaks_file: str) -> dict[str, object]:
-    root = psutil.Process(root_pid)
+def sample_until_stdin_closes(root: int, clf: Classifier, peaks_file: str) -> dict[str, object]:
     me = os.getpid()
-    peaks = dict.fromkeys(
-        ("worker_threads", "worker_threads_max_proc", "workers", "worker_rss_mb",
-         "all_rss_mb", "all_procs"), 0.0)
+    peaks = dict.fromkeys(PEAK_KEYS, 0.0)
     seen_workers: set[int] = set()
     samples = 0
     stdin = sys.stdin.fileno()
     deadline = time.monotonic()
     while True:
-        threads = max_threads = workers = 0
-        worker_rss = all_rss = 0
-        procs = [root] + [p for p in root.children(recursive=True) if p.pid != me]
-        for p in procs:
-            try:
-                with p.oneshot():
-                    rss = p.memory_info().rss
-                    all_rss += rss
-                    if p is not root and clf.is_worker(p):
-                        n = p.num_threads()
-                        threads += n
-                        max_threads = max(max_threads, n)
-                        workers += 1
-                        worker_rss += rss
-                        seen_workers.add(p.pid)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue  # exited between the walk and the read
-        for key, value in (("worker_threads", threads), ("worker_threads_max_proc", max_threads),
-                           ("workers", workers), ("worker_rss_mb", worker_rss / 2**20),
-                           ("all_rss_mb", all_rss / 2**20), ("all_procs", len(procs))):
+        stats = _read_all()
+        tree = [root] + [p for p in _descendants(root, stats) if p != me]
+        threads = max_threads = workers = worker_rss = all_rss = 0
+        for pid in tree:
+            st = stats.get(pid)
+            if st is None:
+                continue
+            all_rss += st.rss
+            if pid != root and clf.is_worker(pid, st.name):
+                threads += st.threads
+                max_threads = max(max_threads, st.threads)
+                workers += 1
+                worker_rss += st.rss
+                seen_workers.add(pid)
+        now_values = (threads, max_threads, workers, worker_rss / 2**20, all_rss / 2**20, len(tree))
+        for key, value in zip(PEAK_KEYS, now_values):
             peaks[key] = max(peaks[key], value)
         samples += 1
         if samples == 1:
@@ -123,17 +169,18 @@ def sample_forever(root_pid: int, clf: Classifier, peaks_file: str) -> dict[str,
         ready, _, _ = select.select([stdin], [], [], deadline - now)
         if ready and not os.read(stdin, 4096):
             break  # stdin closed: the measured region is over
-    return _report(peaks, samples, clf, seen_workers)
+    out: dict[str, object] = {k: round(v, 1) for k, v in peaks.items()}
+    out.update(samples=samples, interval_ms=INTERVAL_S * 1e3)
+    if clf.system == "ray":
+        out["ray_workers_not_descendants"] = _stray_ray_workers(seen_workers)
+    return out
 
 
 def _stray_ray_workers(seen: set[int]) -> int:
     """Ray workers alive on the machine that the walk never saw (should be 0)."""
-    stray = 0
-    for p in psutil.process_iter(["name"]):
-        name = p.info["name"] or ""
-        if name.startswith("ray::") and not name.endswith("Agent") and p.pid not in seen:
-            stray += 1
-    return stray
+    return sum(1 for pid, st in _read_all().items()
+               if st.name.startswith("ray::") and not st.name.endswith("Agent")
+               and pid not in seen)
 
 
 def main() -> None:
@@ -144,7 +191,8 @@ def main() -> None:
     ap.add_argument("--peaks-file", default="")
     a = ap.parse_args()
     pids = {int(x) for x in a.worker_pids.split(",") if x}
-    print(json.dumps(sample_forever(a.root, Classifier(a.system, pids), a.peaks_file)), flush=True)
+    result = sample_until_stdin_closes(a.root, Classifier(a.system, pids), a.peaks_file)
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,11 @@ async def async_fib(n):
         return a + b
 
 
+async def blocking_in_async_task(x, other):
+    async with worker_client() as c:
+        return c.submit(inc, x, workers=[other]).result()   # should be awaited
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 50))
 
@@ -80,6 +85,14 @@ def test_async_client_with_no_address_starts_and_stops_a_cluster():
 def test_async_def_tasks_use_async_worker_client(client):
     assert client.submit(async_parent, 1).result() == 2 + 3
     assert client.submit(async_fib, 12).result() == 144
+
+
+@pytest.mark.timeout(60)
+def test_blocking_call_in_async_task_is_a_clear_error_not_a_hang(client):
+    a, b = sorted(client.nthreads())
+    f = client.submit(blocking_in_async_task, 1, b, workers=[a])
+    with pytest.raises(RuntimeError, match="await it instead"):
+        f.result(timeout=20)
 
 
 @pytest.mark.timeout(60)

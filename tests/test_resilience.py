@@ -23,13 +23,13 @@ from conftest import wait_until
 
 
 def slow_square(x):
-    time.sleep(0.02)
+    time.sleep(0.05)    # 400 tasks on 3 workers: 6.7 s at least, time for two kills or more
     return x * x
 
 
 def fib(n):
     if n < 2:
-        time.sleep(0.005)
+        time.sleep(0.03)    # 610 leaves for fib(14): 6 s at least on 3 workers
         return n
     with worker_client() as c:
         a, b = c.gather([c.submit(fib, n - 1, pure=False), c.submit(fib, n - 2, pure=False)])
@@ -263,3 +263,46 @@ def test_scheduler_loss_fails_waiting_futures_and_workers_rejoin_a_restarted_one
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def child(i, log_dir):
+    from tasknest.worker.context import current_task
+    time.sleep(0.2)
+    key = current_task.get().key
+    with open(os.path.join(log_dir, f"{key}@{os.getpid()}@{time.monotonic_ns()}"), "w"):
+        pass
+    return i
+
+
+def parent(n, log_dir):
+    with worker_client() as c:
+        return sum(c.gather([c.submit(child, i, log_dir) for i in range(n)]))
+
+
+def runs(log_dir) -> dict[str, list[tuple[int, int]]]:
+    """child key -> [(time, pid)] of each finished run, in order."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for name in os.listdir(log_dir):
+        key, pid, t = name.split("@")
+        out.setdefault(key, []).append((int(t), int(pid)))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+@pytest.mark.timeout(90)
+def test_rerun_parent_reuses_children_that_finished_elsewhere(nclient, tmp_path):
+    n = 24
+    log_dir = str(tmp_path)
+    future = nclient.submit(parent, n, log_dir, pure=False)
+    wait_until(lambda: len(runs(log_dir)) >= n // 3, 30, message="a third of the children ran")
+    [home] = [a for a, keys in nclient.processing().items() if future.key in keys]
+    pid = next(w["pid"] for w in nclient.scheduler_info() if w["address"] == home)
+    held = nclient.who_has()
+    psutil.Process(pid).kill()
+    killed_at = time.monotonic_ns()
+    assert future.result(timeout=60) == sum(range(n))
+    # children whose results were safe on other workers when the parent's worker died
+    safe = {k for k, who in held.items() if k.startswith("child-") and who and home not in who}
+    again = sorted(k for k in safe if any(t > killed_at for t, _ in runs(log_dir)[k]))
+    print(f"\n{len(safe)} children had finished on other workers; "
+          f"{len(again)} of them ran again after the parent's worker died")
+    assert safe and not again

@@ -44,6 +44,7 @@ class SimWorker:
         self.refs: Counter[str] = Counter()          # the in-task client's futures
         self.data: set[str] = set()                  # values the shell holds
         self.inner: dict[str, list[str]] = {}        # value -> futures inside it
+        self.settled: set[str] = set()               # futures of the in-task client now done
 
 
 class SimClient:
@@ -91,6 +92,10 @@ class Cluster:
                 w.fetches.append((a[1], list(a[2])))
             elif a[0] == "drop":
                 self._drop_value(w, a[1])
+            elif a[0] == "done":
+                t = w.state.tasks.get(a[1])
+                if t is not None and t.state in ("memory", "erred"):
+                    w.settled.add(a[1])
 
     def _drop_value(self, w: SimWorker, key: str) -> None:
         w.data.discard(key)
@@ -129,8 +134,11 @@ class Cluster:
         self._route(self.s.add_worker(wid, w.address, wid, 1, self.n, 0, [], 0.0))
         return wid
 
-    def kill_worker(self, wid: str) -> None:
-        self.log.append(f"kill_worker {wid}")
+    def kill_worker(self, wid: str, last_words: int = 0) -> None:
+        """The worker dies; the first ``last_words`` messages it sent still arrive."""
+        self.log.append(f"kill_worker {wid} after {last_words} more messages")
+        for _ in range(min(last_words, len(self.to_sched[wid]))):
+            self.deliver_to_scheduler(wid)
         del self.workers[wid]
         del self.to_sched[wid]
         self._route(self.s.remove_worker(wid, "killed in a test"))
@@ -151,6 +159,14 @@ class Cluster:
         if not c.refs[key]:
             del c.refs[key]
             self.to_sched[cid].append(m.Release([key]))
+
+    def want(self, cid: str, key: str) -> None:
+        """A future arrives from elsewhere (pickled across clients)."""
+        self.log.append(f"want {cid} {key}")
+        c = self.clients[cid]
+        c.refs[key] += 1
+        if c.refs[key] == 1:
+            self.to_sched[cid].append(m.Want([key]))
 
     def cancel(self, cid: str, key: str) -> None:
         self.log.append(f"cancel {cid} {key}")
@@ -199,8 +215,10 @@ class Cluster:
         elif op == "claim-rejected":
             out = st.claim_rejected(msg.key)  # type: ignore[attr-defined]
         elif op == "key-memory":
+            w.settled.add(msg.key)  # type: ignore[attr-defined]
             out = st.key_memory(msg.key, msg.who_has)  # type: ignore[attr-defined]
         elif op == "key-erred":
+            w.settled.add(msg.key)  # type: ignore[attr-defined]
             out = st.key_erred(msg.key, msg.exception, msg.traceback, msg.kind)  # type: ignore
         elif op == "put-data":
             keys = list(msg.keys)  # type: ignore[attr-defined]
@@ -263,6 +281,16 @@ class Cluster:
         self.seq += 1
         self._apply(w, w.state.claim(child, 1, b"", list(deps), [0, 1, self.seq], 0, {}))
 
+    def scatter_here(self, wid: str, key: str, data_key: str) -> None:
+        """Task ``key`` scatters from inside: the data stays on its worker."""
+        w = self.workers[wid]
+        self.log.append(f"{wid} {key} scatters {data_key}")
+        w.running[key].children.append(data_key)
+        w.refs[data_key] += 1
+        w.data.add(data_key)
+        self._apply(w, w.state.put_data([data_key], [1]))
+        self.to_sched[wid].append(m.AddKeys([data_key], [1]))
+
     def secede(self, wid: str, key: str) -> None:
         w = self.workers[wid]
         self.log.append(f"{wid} {key} secedes")
@@ -274,6 +302,14 @@ class Cluster:
         self.log.append(f"{wid} {key} rejoins")
         w.running[key].seceded = False
         self.to_sched[wid].append(m.Rejoin(key))
+
+    def stack(self, wid: str, key: str) -> list[str]:
+        """The task and those it runs inline for."""
+        w = self.workers[wid]
+        out = [key]
+        while w.running[out[-1]].parent is not None:
+            out.append(w.running[out[-1]].parent)  # type: ignore[arg-type]
+        return out
 
     def finishable(self, wid: str) -> list[str]:
         """Running tasks with no inline child on top of them (the top of each stack)."""
@@ -312,9 +348,9 @@ class Cluster:
         self._apply(w, w.state.erred(key, [b"e"], "Traceback", kind))
 
     def idle(self, wid: str) -> None:
+        """The pool has a free slot (tasks may run: a blocked gather lends its slot)."""
         w = self.workers[wid]
-        if len([r for r in w.running.values() if not r.seceded]) == 0:
-            self._apply(w, w.state.idle(True))
+        self._apply(w, w.state.idle(True))
 
     # -- quiescence ----------------------------------------------------------------------
     def step_all(self) -> bool:
@@ -356,6 +392,18 @@ class Cluster:
         raise AssertionError(f"the cluster did not settle: scatters waiting {pending}, "
                              f"tasks {self.s.tasks}")
 
+    def assert_consistent(self) -> None:
+        """At rest, the scheduler's picture matches what each worker holds and runs."""
+        s = self.s
+        for wid, w in self.workers.items():
+            ws = s.workers[wid]
+            owned = {k for k, t in w.state.tasks.items() if t.state == "memory" and t.owned}
+            assert ws.has_what == owned, (wid, ws.has_what, owned)
+            assert owned <= w.data, (wid, owned - w.data)
+            assert not ws.processing, (wid, ws.processing)
+        for key, ts in s.tasks.items():
+            assert ts.state in ("memory", "erred", "released"), (ts, s.unrunnable)
+
     def assert_clean(self) -> None:
         s = self.s
         assert not s.tasks, f"task records remain: {s.tasks}"
@@ -371,8 +419,313 @@ class Cluster:
             assert not w.refs, f"{wid} holds futures {w.refs}"
 
 
-# == random plausible histories =============================================================
+# == transitions, one at a time ===========================================================
 import pytest  # noqa: E402
+
+
+def sched(n_workers: int = 2, **kw) -> SchedulerState:
+    s = SchedulerState(**kw)
+    s.add_client("c-1")
+    for i in range(1, n_workers + 1):
+        s.add_worker(f"w-{i}", f"tcp://127.0.0.1:{9000 + i}", f"w-{i}", 1, i, 0, [], 0.0)
+    return s
+
+
+def do(s: SchedulerState, source: str, msg: m.Message) -> list:
+    out = s.handle(source, msg)
+    s.validate()
+    return out
+
+
+def submit(key: str, deps: list[str] | None = None, retries: int = 0, seq: int = 0) -> m.Message:
+    return m.Submit(key, 1, b"args", deps or [], [0, 0, seq], retries, None)
+
+
+def finished(key: str, value: list | None = None) -> m.Message:
+    return m.TaskFinished(key, 8, "int", value, [])
+
+
+def erred(key: str, kind: str = "exception") -> m.Message:
+    return m.TaskErred(key, [b"exc"], "Traceback", kind)
+
+
+def ops(out: list) -> list[tuple[str, str, str]]:
+    return [(t, msg.op, getattr(msg, "key", "")) for t, msg in out]
+
+
+def test_submit_sends_compute_to_a_worker():
+    s = sched()
+    out = do(s, "c-1", submit("a"))
+    assert len(out) == 1 and out[0][1] == m.Compute("a", 1, b"args", {}, [0, 0, 0], 0)
+    assert s.tasks["a"].state == "processing" and s.tasks["a"].processing_on == out[0][0]
+
+
+def test_task_finished_reports_memory_to_wanting_clients_only():
+    s = sched()
+    s.add_client("c-2")
+    wid = do(s, "c-1", submit("a"))[0][0]
+    do(s, "c-2", m.Want(["a"]))
+    out = do(s, wid, finished("a", [b"v"]))
+    assert sorted(t for t, _ in out) == ["c-1", "c-2"]
+    assert out[0][1] == m.KeyMemory("a", "int", 8, ["tcp://127.0.0.1:9001"] if wid == "w-1"
+                                    else ["tcp://127.0.0.1:9002"], [b"v"])
+    assert s.tasks["a"].who_has == {wid}
+
+
+def test_release_frees_the_result_and_forgets_the_record():
+    s = sched()
+    wid = do(s, "c-1", submit("a"))[0][0]
+    do(s, wid, finished("a"))
+    out = do(s, "c-1", m.Release(["a"]))
+    assert out == [(wid, m.Free(["a"]))]
+    assert s.tasks == {} and not s.workers[wid].has_what and not s.clients["c-1"]
+
+
+def test_release_while_processing_frees_the_worker_copy():
+    s = sched()
+    wid = do(s, "c-1", submit("a"))[0][0]
+    assert do(s, "c-1", m.Release(["a"])) == [(wid, m.Free(["a"]))]
+    assert s.tasks == {} and not s.workers[wid].processing
+    assert do(s, wid, finished("a")) == [(wid, m.Free(["a"]))]   # a late result is dropped
+
+
+def test_dependencies_wait_then_run_with_who_has():
+    s = sched()
+    wa = do(s, "c-1", submit("a"))[0][0]
+    assert do(s, "c-1", submit("b", ["a"])) == []
+    assert s.tasks["b"].state == "waiting" and s.tasks["b"].waiting_on == {"a"}
+    out = do(s, wa, finished("a"))
+    compute = [(t, msg) for t, msg in out if msg.op == "compute"]
+    addr = s.workers[wa].address
+    assert compute == [(wa, m.Compute("b", 1, b"args", {"a": [addr]}, [0, 0, 0], 0))]
+
+
+def test_dependency_result_is_kept_while_a_dependent_needs_it():
+    s = sched()
+    wa = do(s, "c-1", submit("a"))[0][0]
+    do(s, "c-1", submit("b", ["a"]))
+    do(s, "c-1", m.Release(["a"]))
+    do(s, wa, finished("a"))
+    assert s.tasks["a"].state == "memory"          # b still needs it
+    wb = s.tasks["b"].processing_on
+    do(s, wb, finished("b"))
+    out = do(s, "c-1", m.Release(["b"]))
+    assert sorted(out, key=repr) == sorted([(wb, m.Free(["b"])), (wa, m.Free(["a"]))], key=repr)
+    assert s.tasks == {}
+
+
+def test_task_erred_propagates_to_dependents():
+    s = sched()
+    wa = do(s, "c-1", submit("a"))[0][0]
+    do(s, "c-1", submit("b", ["a"]))
+    do(s, "c-1", submit("c", ["b"]))
+    out = do(s, wa, erred("a"))
+    assert sorted(k for _, op, k in ops(out) if op == "key-erred") == ["a", "b", "c"]
+    assert {s.tasks[k].state for k in "abc"} == {"erred"}
+    assert s.tasks["c"].error == ([b"exc"], "Traceback", "exception")
+    do(s, "c-1", m.Release(["a", "b", "c"]))
+    assert s.tasks == {}
+
+
+def test_submit_on_an_erred_dependency_errs_at_once():
+    s = sched()
+    wa = do(s, "c-1", submit("a"))[0][0]
+    do(s, wa, erred("a"))
+    out = do(s, "c-1", submit("b", ["a"]))
+    assert ops(out) == [("c-1", "key-erred", "b")]
+
+
+def test_claim_creates_processing_and_a_second_claim_is_rejected():
+    s = sched()
+    claim = m.Claim("pure", 1, b"", [], [0, 1, 1], 0)
+    assert do(s, "w-1", claim) == []
+    ts = s.tasks["pure"]
+    assert ts.state == "processing" and ts.processing_on == "w-1" and ts.who_wants == {"w-1"}
+    out = do(s, "w-2", claim)
+    assert out == [("w-2", m.ClaimRejected("pure"))]
+    assert ts.who_wants == {"w-1", "w-2"} and ts.processing_on == "w-1"
+    out = do(s, "w-1", finished("pure"))
+    assert ops(out) == [("w-2", "key-memory", "pure")]     # the claimer knows already
+
+
+def test_claim_of_a_finished_key_reports_it():
+    s = sched()
+    do(s, "w-1", m.Claim("pure", 1, b"", [], [0, 1, 1], 0))
+    do(s, "w-1", finished("pure"))
+    out = do(s, "w-2", m.Claim("pure", 1, b"", [], [0, 1, 2], 0))
+    assert ops(out) == [("w-2", "claim-rejected", "pure"), ("w-2", "key-memory", "pure")]
+
+
+def test_idle_worker_steals_from_the_busiest():
+    s = sched()
+    for i in range(4):                  # w-2 is new, so idle: claims on w-1 are stolen
+        out = do(s, "w-1", m.Claim(f"k{i}", 1, b"", [], [0, 1, i], 0))
+        if out:
+            break
+    steals = [msg.key for t, msg in out if t == "w-1" and msg.op == "steal"]
+    assert steals and all(s.tasks[k].stealing == "w-2" for k in steals)
+    key = steals[0]
+    out = do(s, "w-1", m.StealReply(key, True))
+    assert [(t, msg.op, msg.key) for t, msg in out if msg.op == "compute"] == \
+        [("w-2", "compute", key)]
+    assert s.tasks[key].processing_on == "w-2" and s.tasks[key].who_wants == {"w-1"}
+
+
+def test_refused_steal_leaves_the_task_with_its_worker():
+    s = sched()
+    out = []
+    for i in range(3):
+        out += do(s, "w-1", m.Claim(f"k{i}", 1, b"", [], [0, 1, i], 0))
+    key = next(msg.key for t, msg in out if msg.op == "steal")
+    do(s, "w-1", m.StealReply(key, False))
+    assert s.tasks[key].processing_on == "w-1" and s.tasks[key].stealing is None
+
+
+def test_scatter_replies_once_every_worker_stored_its_part():
+    s = sched()
+    out = do(s, "c-1", m.Scatter(7, ["x", "y"], [[b"1"], [b"2"]], True, None))
+    puts = {t: msg for t, msg in out}
+    assert set(puts) == {"w-1", "w-2"} and all(p.op == "put-data" for p in puts.values())
+    out = do(s, "w-1", m.PutDataDone(puts["w-1"].rid, ["x", "y"], [1, 1]))
+    assert "reply" not in [msg.op for _, msg in out]
+    out = do(s, "w-2", m.PutDataDone(puts["w-2"].rid, ["x", "y"], [1, 1]))
+    assert ("c-1", m.Reply(7, ["x", "y"], None)) in out
+    assert s.tasks["x"].who_has == {"w-1", "w-2"} and s.tasks["x"].scattered
+
+
+def test_worker_death_reruns_its_processing_tasks_elsewhere():
+    s = sched()
+    wid = do(s, "c-1", submit("a"))[0][0]
+    other = "w-2" if wid == "w-1" else "w-1"
+    out = s.remove_worker(wid)
+    s.validate()
+    assert ops(out) == [(other, "compute", "a")]
+    assert s.tasks["a"].suspicious == 1
+
+
+def test_worker_death_recomputes_lost_results_through_released_dependencies():
+    s = sched()
+    do(s, "c-1", submit("a"))
+    wa = s.tasks["a"].processing_on
+    do(s, wa, finished("a"))
+    do(s, "c-1", submit("b", ["a"]))
+    wb = s.tasks["b"].processing_on
+    do(s, wb, finished("b"))
+    do(s, "c-1", m.Release(["a"]))
+    assert s.tasks["a"].state == "released"        # kept as b's recipe (lineage)
+    s.add_worker("w-3", "tcp://127.0.0.1:9003", "w-3", 1, 3, 0, [], 0.0)
+    out = s.remove_worker(wb)
+    s.validate()
+    # b's only copy died: a is recomputed first, then b
+    assert [(op, k) for _, op, k in ops(out)] == [("compute", "a")]
+    assert s.tasks["b"].state == "waiting" and s.tasks["b"].waiting_on == {"a"}
+    out = do(s, s.tasks["a"].processing_on, finished("a"))
+    assert ("compute", "b") in [(op, k) for _, op, k in ops(out)]
+
+
+def test_worker_death_loses_scattered_data_for_good():
+    s = sched(n_workers=1)
+    out = do(s, "c-1", m.Scatter(1, ["x"], [[b"1"]], False, None))
+    do(s, "w-1", m.PutDataDone(out[0][1].rid, ["x"], [1]))
+    s.add_worker("w-2", "tcp://127.0.0.1:9002", "w-2", 1, 2, 0, [], 0.0)
+    out = s.remove_worker("w-1")
+    s.validate()
+    assert len(out) == 1 and out[0][0] == "c-1" and out[0][1].op == "key-erred"
+    assert out[0][1].kind == "lost" and s.tasks["x"].state == "erred"
+
+
+def test_a_task_that_keeps_killing_workers_is_stopped():
+    s = sched(n_workers=1, allowed_failures=2)
+    do(s, "c-1", submit("poison"))
+    for i in range(2, 5):
+        s.add_worker(f"w-{i}", f"tcp://127.0.0.1:{9000 + i}", f"w-{i}", 1, i, 0, [], 0.0)
+        out = s.remove_worker(s.tasks["poison"].processing_on)
+        s.validate()
+    assert ops(out) == [("c-1", "key-erred", "poison")]
+    assert out[0][1].kind == "killed" and "3 workers" in out[0][1].traceback
+
+
+def test_cancel_tells_the_clients_and_frees_the_work():
+    s = sched()
+    s.add_client("c-2")
+    wid = do(s, "c-1", submit("a"))[0][0]
+    do(s, "c-1", submit("b", ["a"]))
+    do(s, "c-2", m.Want(["a"]))
+    out = do(s, "c-1", m.Cancel(["a"]))
+    assert sorted(ops(out)) == sorted([("c-1", "key-cancelled", "b"), ("c-1", "key-cancelled", "a"),
+                                       ("c-2", "key-cancelled", "a"), (wid, "free", "")])
+    assert s.tasks == {}
+
+
+def test_fire_and_forget_keeps_the_task_until_it_is_done():
+    s = sched()
+    wid = do(s, "c-1", submit("a"))[0][0]
+    do(s, "c-1", m.FireAndForget(["a"]))
+    assert do(s, "c-1", m.Release(["a"])) == []
+    assert s.tasks["a"].state == "processing"
+    out = do(s, wid, finished("a"))
+    assert out == [(wid, m.Free(["a"]))] and s.tasks == {}
+
+
+def test_secede_frees_a_slot_and_rejoin_takes_it_back():
+    s = sched(n_workers=1)
+    do(s, "c-1", submit("a"))
+    do(s, "w-1", m.Secede("a"))
+    assert s.workers["w-1"].seceded == 1 and s.tasks["a"].running
+    do(s, "w-1", m.Rejoin("a"))
+    assert s.workers["w-1"].seceded == 0
+    do(s, "w-1", m.Secede("a"))
+    do(s, "w-1", finished("a"))                     # ends seceded: the slot comes back
+    assert s.workers["w-1"].seceded == 0
+
+
+# -- regressions found by the random histories below ----------------------------------------
+def test_scatter_to_a_worker_that_dies_still_replies():
+    # before: the client waited forever for a put-data-done that never came
+    s = sched(n_workers=1)
+    do(s, "c-1", m.Scatter(3, ["x"], [[b"1"]], False, None))
+    out = s.remove_worker("w-1")
+    s.validate()
+    assert len(out) == 1 and out[0][0] == "c-1" and out[0][1].op == "reply"
+    assert out[0][1].rid == 3 and "died during the scatter" in out[0][1].error
+
+
+def test_submit_with_an_unknown_dependency_leaves_no_dangling_dependent():
+    # before: the known dependency kept the failed task as a dependent, breaking validate()
+    s = sched()
+    wid = do(s, "c-1", submit("a"))[0][0]
+    out = do(s, "c-1", submit("b", ["a", "gone"]))
+    assert ops(out) == [("c-1", "key-erred", "b")] and out[0][1].kind == "lost"
+    assert s.tasks["a"].dependents == set()
+    do(s, wid, finished("a"))
+    do(s, "c-1", m.Release(["a"]))
+    assert s.tasks == {}
+
+
+def test_scatter_whose_client_left_is_freed_when_it_lands():
+    # before: the put-data-done re-created the client's want list and the data stayed forever
+    s = sched(n_workers=1)
+    do(s, "c-1", m.Scatter(1, ["x"], [[b"1"]], False, None))
+    s.remove_client("c-1")
+    out = do(s, "w-1", m.PutDataDone(1, ["x"], [1]))
+    assert out == [("w-1", m.Free(["x"]))]
+    assert s.tasks == {} and "c-1" not in s.clients
+
+
+def test_claim_whose_dependency_erred_errs_instead_of_processing_forever():
+    # before: the claim stayed processing@w-1 although the worker had erred it locally
+    s = sched()
+    do(s, "w-1", m.Claim("a", 1, b"", [], [0, 1, 1], 0))
+    do(s, "w-1", erred("a"))
+    out = do(s, "w-1", m.Claim("b", 1, b"", ["a"], [0, 1, 2], 0))
+    assert ops(out) == [("w-1", "key-erred", "b")]
+    assert s.tasks["b"].state == "erred" and not s.workers["w-1"].processing
+    do(s, "w-1", m.Release(["a", "b"]))
+    assert s.tasks == {}
+
+
+
+# == random plausible histories =============================================================
 from hypothesis import HealthCheck, settings, strategies as st  # noqa: E402
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,  # noqa: E402
                                  precondition, rule)
@@ -398,68 +751,52 @@ class ClusterMachine(RuleBasedStateMachine):
         self.c.add_worker()
         self.c.add_worker()
 
+    # Hypothesis picks rules evenly, so each rule below draws a sub-action from a
+    # list whose repetitions are its weights: task work dominates, deaths are rare.
+
     # -- connections ---------------------------------------------------------------------
-    @precondition(lambda self: len(self.c.clients) < 3)
-    @rule()
-    def add_client(self) -> None:
-        self.c.add_client()
-
-    @precondition(lambda self: len(self.c.clients) > 1)
-    @rule(data=st.data())
-    def remove_client(self, data: st.DataObject) -> None:
-        self.c.remove_client(data.draw(st.sampled_from(sorted(self.c.clients))))
-
-    @precondition(lambda self: len(self.c.workers) < 4)
-    @rule()
-    def add_worker(self) -> None:
-        self.c.add_worker()
-
-    @precondition(lambda self: self.c.workers)
-    @rule(data=st.data())
-    def kill_worker(self, data: st.DataObject) -> None:
-        self.c.kill_worker(data.draw(st.sampled_from(sorted(self.c.workers))))
+    @rule(data=st.data(), what=st.sampled_from(["add_client", "remove_client", "add_worker",
+                                                 "kill_worker"]))
+    def connection(self, data: st.DataObject, what: str) -> None:
+        c = self.c
+        if what == "add_client" and len(c.clients) < 3:
+            c.add_client()
+        elif what == "remove_client" and len(c.clients) > 1:
+            c.remove_client(data.draw(st.sampled_from(sorted(c.clients))))
+        elif what == "add_worker" and len(c.workers) < 4:
+            c.add_worker()
+        elif what == "kill_worker" and c.workers and data.draw(st.booleans()):
+            c.kill_worker(data.draw(st.sampled_from(sorted(c.workers))),
+                          data.draw(st.integers(0, 3)))
 
     # -- clients -------------------------------------------------------------------------
-    def _client(self, data: st.DataObject) -> str:
-        return data.draw(st.sampled_from(sorted(self.c.clients)))
-
-    @rule(data=st.data(), pure=st.booleans(), retries=st.integers(0, 1))
-    def submit(self, data: st.DataObject, pure: bool, retries: int) -> None:
-        cid = self._client(data)
-        if pure:
-            key, deps = data.draw(st.sampled_from(PURE_KEYS)), []
+    @rule(data=st.data(), what=st.sampled_from(["submit"] * 4 + ["release"] * 3 + [
+        "cancel", "fire_and_forget", "scatter", "want"]))
+    def client(self, data: st.DataObject, what: str) -> None:
+        c = self.c
+        cid = data.draw(st.sampled_from(sorted(c.clients)))
+        if what == "submit":
+            if data.draw(st.booleans()):
+                key, deps = data.draw(st.sampled_from(PURE_KEYS)), []
+            else:
+                key = self._fresh("t")
+                held = c.releasable(cid)        # a scatter's futures exist once it returned
+                deps = data.draw(st.lists(st.sampled_from(held), max_size=2, unique=True)) \
+                    if held else []
+            c.submit(cid, key, deps, data.draw(st.integers(0, 1)))
+        elif what == "scatter":
+            if c.workers:
+                c.scatter(cid, [self._fresh("data") for _ in range(data.draw(st.integers(1, 2)))],
+                          data.draw(st.booleans()))
+        elif what == "want":
+            others = sorted({k for o in c.clients.values() if o.id != cid
+                             for k in c.releasable(o.id)})
+            if others:
+                c.want(cid, data.draw(st.sampled_from(others)))
         else:
-            key = self._fresh("t")
-            held = sorted(self.c.clients[cid].refs)
-            deps = data.draw(st.lists(st.sampled_from(held), max_size=2, unique=True)) \
-                if held else []
-        self.c.submit(cid, key, deps, retries)
-
-    @rule(data=st.data())
-    def release(self, data: st.DataObject) -> None:
-        cid = self._client(data)
-        keys = self.c.releasable(cid)
-        if keys:
-            self.c.release(cid, data.draw(st.sampled_from(keys)))
-
-    @rule(data=st.data())
-    def cancel(self, data: st.DataObject) -> None:
-        cid = self._client(data)
-        keys = sorted(self.c.clients[cid].refs)
-        if keys:
-            self.c.cancel(cid, data.draw(st.sampled_from(keys)))
-
-    @rule(data=st.data())
-    def fire_and_forget(self, data: st.DataObject) -> None:
-        cid = self._client(data)
-        keys = self.c.releasable(cid)
-        if keys:
-            self.c.fire_and_forget(cid, data.draw(st.sampled_from(keys)))
-
-    @precondition(lambda self: self.c.workers)
-    @rule(data=st.data(), n=st.integers(1, 2), broadcast=st.booleans())
-    def scatter(self, data: st.DataObject, n: int, broadcast: bool) -> None:
-        self.c.scatter(self._client(data), [self._fresh("data") for _ in range(n)], broadcast)
+            keys = c.releasable(cid) if what != "cancel" else sorted(c.clients[cid].refs)
+            if keys:
+                getattr(c, what)(cid, data.draw(st.sampled_from(keys)))
 
     # -- delivery ------------------------------------------------------------------------
     @rule(data=st.data())
@@ -474,78 +811,85 @@ class ClusterMachine(RuleBasedStateMachine):
         if wids:
             self.c.deliver_to_worker(data.draw(st.sampled_from(wids)))
 
-    @rule(data=st.data(), source=st.integers(0, 3))
-    def complete_fetch(self, data: st.DataObject, source: int) -> None:
-        wids = sorted(w for w, sw in self.c.workers.items() if sw.fetches)
-        if wids:
-            wid = data.draw(st.sampled_from(wids))
-            i = data.draw(st.integers(0, len(self.c.workers[wid].fetches) - 1))
-            self.c.complete_fetch(wid, i, source)
+    @rule()
+    def deliver_everything(self) -> None:
+        """Every queue empties (in a fixed order): the system catches up."""
+        c = self.c
+        while any(c.to_sched.values()) or any(w.inbox for w in c.workers.values()):
+            for source in sorted(c.to_sched):
+                while c.to_sched[source]:
+                    c.deliver_to_scheduler(source)
+            for wid in sorted(c.workers):
+                while c.workers[wid].inbox:
+                    c.deliver_to_worker(wid)
 
     # -- tasks ---------------------------------------------------------------------------
-    def _worker(self, data: st.DataObject) -> str | None:
-        return data.draw(st.sampled_from(sorted(self.c.workers))) if self.c.workers else None
-
     def _running(self, data: st.DataObject, top: bool = False) -> tuple[str, str] | None:
         pairs = sorted((wid, k) for wid, w in self.c.workers.items()
                        for k in (self.c.finishable(wid) if top else w.running))
         return data.draw(st.sampled_from(pairs)) if pairs else None
 
-    @rule(data=st.data())
-    def start_task(self, data: st.DataObject) -> None:
-        wid = self._worker(data)
-        if wid is not None:
-            self.c.start_task(wid)
-
-    @rule(data=st.data())
-    def help(self, data: st.DataObject) -> None:
-        pair = self._running(data, top=True)
-        if pair is not None:
-            self.c.help(*pair)
-
-    @rule(data=st.data(), pure=st.booleans())
-    def claim(self, data: st.DataObject, pure: bool) -> None:
-        pair = self._running(data)
-        if pair is None:
+    @rule(data=st.data(), what=st.sampled_from(
+        ["start"] * 3 + ["claim"] * 4 + ["help"] * 2 + ["finish"] * 3 + [
+            "secede_or_rejoin", "fail", "idle", "fetch", "scatter_here"]))
+    def task(self, data: st.DataObject, what: str) -> None:
+        c = self.c
+        if not c.workers:
             return
-        wid, key = pair
-        if pure:
-            child, deps = data.draw(st.sampled_from(PURE_KEYS)), []
+        if what in ("start", "idle"):
+            wid = data.draw(st.sampled_from(sorted(c.workers)))
+            c.start_task(wid) if what == "start" else c.idle(wid)
+        elif what == "fetch":
+            wids = sorted(w for w, sw in c.workers.items() if sw.fetches)
+            if wids:
+                wid = data.draw(st.sampled_from(wids))
+                i = data.draw(st.integers(0, len(c.workers[wid].fetches) - 1))
+                c.complete_fetch(wid, i, data.draw(st.integers(0, 3)))
+        elif what == "claim":
+            pair = self._running(data)
+            if pair is None:
+                return
+            wid, key = pair
+            if data.draw(st.booleans()):
+                # a pure call never (even indirectly) calls itself: pure-i only calls pure-j, j > i
+                lowest = max((PURE_KEYS.index(k) + 1 for k in c.stack(wid, key)
+                              if k in PURE_KEYS), default=0)
+                if lowest >= len(PURE_KEYS):
+                    return
+                child, deps = data.draw(st.sampled_from(PURE_KEYS[lowest:])), []
+            else:
+                child = self._fresh("k")
+                held = sorted(set(c.workers[wid].running[key].children))
+                deps = data.draw(st.lists(st.sampled_from(held), max_size=2, unique=True)) \
+                    if held else []
+            c.claim(wid, key, child, tuple(deps))
+        elif what == "scatter_here":
+            pair = self._running(data)
+            if pair is not None:
+                c.scatter_here(*pair, self._fresh("local"))
+        elif what == "secede_or_rejoin":
+            pair = self._running(data)
+            if pair is not None:
+                wid, key = pair
+                r = c.workers[wid].running[key]
+                if r.parent is None:              # inline runs borrow their parent's thread
+                    (c.rejoin if r.seceded else c.secede)(wid, key)
         else:
-            child = self._fresh("k")
-            held = sorted(set(self.c.workers[wid].running[key].children))
-            deps = data.draw(st.lists(st.sampled_from(held), max_size=2, unique=True)) \
-                if held else []
-        self.c.claim(wid, key, child, tuple(deps))
+            pair = self._running(data, top=True)
+            if pair is None:
+                return
+            if what == "help":
+                c.help(*pair)
+            elif what == "finish":
+                c.finish(*pair, n_inner=data.draw(st.integers(0, 2)),
+                         rejoin=data.draw(st.booleans()))
+            else:
+                c.fail(*pair, kind=data.draw(st.sampled_from(["exception", "serialization"])))
 
-    @rule(data=st.data())
-    def secede_or_rejoin(self, data: st.DataObject) -> None:
-        pair = self._running(data)
-        if pair is None:
-            return
-        wid, key = pair
-        r = self.c.workers[wid].running[key]
-        if r.parent is not None:
-            return                                  # inline runs borrow their parent's thread
-        (self.c.rejoin if r.seceded else self.c.secede)(wid, key)
-
-    @rule(data=st.data(), n_inner=st.integers(0, 2), rejoin=st.booleans())
-    def finish(self, data: st.DataObject, n_inner: int, rejoin: bool) -> None:
-        pair = self._running(data, top=True)
-        if pair is not None:
-            self.c.finish(*pair, n_inner=n_inner, rejoin=rejoin)
-
-    @rule(data=st.data(), kind=st.sampled_from(["exception", "serialization"]))
-    def fail(self, data: st.DataObject, kind: str) -> None:
-        pair = self._running(data, top=True)
-        if pair is not None:
-            self.c.fail(*pair, kind=kind)
-
-    @rule(data=st.data())
-    def idle(self, data: st.DataObject) -> None:
-        wid = self._worker(data)
-        if wid is not None:
-            self.c.idle(wid)
+    @rule(data=st.data(), what=st.sampled_from(["start", "claim", "claim", "help", "finish"]))
+    def nested(self, data: st.DataObject, what: str) -> None:
+        """More of the tasks-launching-tasks moves (a second rule doubles their weight)."""
+        self.task(data, what)
 
     # -- checks --------------------------------------------------------------------------
     @invariant()
@@ -553,6 +897,8 @@ class ClusterMachine(RuleBasedStateMachine):
         self.c.validate()
 
     def teardown(self) -> None:
+        self.c.drain(release=False)
+        self.c.assert_consistent()
         self.c.drain()
         self.c.assert_clean()
 
@@ -561,3 +907,99 @@ ClusterMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=60, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 test_random_cluster_histories = pytest.mark.timeout(120)(ClusterMachine.TestCase)
+
+
+# == the nested Fibonacci tree, with random interleavings ================================
+def run_fib(seed: int, n: int = 6, n_workers: int = 2, kill_rate: float = 0.0) -> Cluster:
+    """fib(n) with pure=False: each task claims fib(n-1) and fib(n-2), gathers them
+    (helping inline or waiting), releases them and returns. Every choice of what
+    moves next is drawn from ``seed``."""
+    import random
+    rng = random.Random(seed)
+    c = Cluster()
+    cid = c.add_client()
+    for _ in range(n_workers):
+        c.add_worker()
+    arg = {"fib-root": n}
+    spawned: set[str] = set()
+    c.submit(cid, "fib-root", [])
+    for _ in range(100_000):
+        client = c.clients[cid]
+        if "fib-root" in client.refs and any(
+                getattr(e, "key", None) == "fib-root" for e in client.events):
+            c.release(cid, "fib-root")
+        moves: list[tuple] = [("sched", s) for s, q in c.to_sched.items() if q]
+        for wid, w in c.workers.items():
+            if w.inbox:
+                moves.append(("worker", wid))
+            if w.fetches:
+                moves.append(("fetch", wid))
+            if w.state.has_ready():
+                moves.append(("start", wid))
+            for key in c.finishable(wid):
+                r = w.running[key]
+                if arg[key] >= 2 and key not in spawned:
+                    moves.append(("spawn", wid, key))
+                elif all(ch in w.settled for ch in r.children):
+                    moves.append(("finish", wid, key))
+                else:
+                    moves.append(("help", wid, key))
+        if not moves and "fib-root" not in client.refs:
+            break
+        if kill_rate and rng.random() < kill_rate:
+            c.kill_worker(rng.choice(sorted(c.workers)))
+            c.add_worker()
+            continue
+        move = rng.choice(moves)
+        if rng.random() < 0.1:
+            c.idle(rng.choice(sorted(c.workers)))
+        kind, wid = move[0], move[1]
+        if kind == "sched":
+            c.deliver_to_scheduler(wid)
+        elif kind == "worker":
+            c.deliver_to_worker(wid)
+        elif kind == "fetch":
+            c.complete_fetch(wid, 0, rng.randrange(4))
+        elif kind == "start":
+            c.start_task(wid)
+        elif kind == "spawn":
+            key = move[2]
+            spawned.add(key)
+            w = c.workers[wid]
+            if w.running[key].parent is None and rng.random() < 0.5:
+                c.secede(wid, key)
+            for d in (1, 2):
+                child = f"fib-{len(arg)}"
+                arg[child] = arg[key] - d
+                c.claim(wid, key, child)
+        elif kind == "help":
+            c.help(wid, move[2])
+        else:
+            c.finish(wid, move[2])
+        c.validate()
+    else:
+        raise AssertionError("fib did not finish")
+    return c
+
+
+@pytest.mark.timeout(60)
+def test_nested_fib_leaves_nothing_behind():
+    """Random delivery orders, steals, inline help and secedes: all clean at the end."""
+    for seed in range(150):
+        c = run_fib(seed, n=5 + seed % 3, n_workers=2 + seed % 2)
+        try:
+            c.drain()
+            c.assert_clean()
+        except AssertionError as exc:
+            raise AssertionError(f"seed {seed}: {exc}\n" + "\n".join(c.log[-60:])) from None
+
+
+@pytest.mark.timeout(60)
+def test_nested_fib_with_worker_deaths_leaves_nothing_behind():
+    for seed in range(100):
+        c = run_fib(seed, n=5, n_workers=3, kill_rate=0.01)
+        try:
+            c.drain()
+            c.assert_clean()
+        except AssertionError as exc:
+            raise AssertionError(f"seed {seed}: {exc}\n" + "\n".join(c.log[-60:])) from None

@@ -397,10 +397,14 @@ class Client:
                 digest.update(abytes)
                 key = f"{_funcname(func)}-{digest.hexdigest()}"
             else:
-                key = f"{_funcname(func)}-{unique_token()}"
+                key = self._impure_key(func, fbytes, abytes)
         return self._submit_key(key, fbytes, abytes, deps,
                                 [priority, self._depth(), next(_seq)], retries,
                                 self._workers_arg(workers))
+
+    def _impure_key(self, func: Callable, fbytes: bytes, abytes: bytes) -> str:
+        """A fresh key for a ``pure=False`` call."""
+        return f"{_funcname(func)}-{unique_token()}"
 
     @staticmethod
     def _workers_arg(workers: Any) -> list | None:

@@ -128,6 +128,7 @@ async def _scheduler_main(args: argparse.Namespace) -> int:
               "(--insecure): anyone who can reach it can run code here", file=sys.stderr)
     sched = await Scheduler(args.host, args.port, token, security and security.server_context(),
                             heartbeat_timeout=args.heartbeat_timeout,
+                            allowed_failures=args.allowed_failures,
                             max_frame=args.max_frame_size).start()
     print(sched.address, flush=True)
     if generated:
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     ps.add_argument("--insecure", action="store_true",
                     help="no authentication: anyone who can connect can run code")
     ps.add_argument("--heartbeat-timeout", type=float, default=30.0)
+    ps.add_argument("--allowed-failures", type=int, default=3,
+                    help="workers a task may see die under it before it fails with KilledWorker")
     ps.add_argument("--max-frame-size", default="1GiB", type=_positive_size,
                     help="largest message frame accepted from any peer, e.g. 64MiB")
     _common(ps)

@@ -467,6 +467,12 @@ class SchedulerState:
         ts = self.tasks.get(key)
         if ts is not None and ts.state != "released":
             self._want(ts, wid)
+            if ts.processing_on == wid:   # assigned here too (a client submitted it): keep
+                for dk in ts.deps:          # the claimed copy, and say where its inputs are
+                    dts = self.tasks[dk]
+                    if dts.state == "memory" and wid not in dts.who_has:
+                        self._emit(wid, self._key_memory(dts, inline=False))
+                return
             self._emit(wid, m.ClaimRejected(key))
             self._report(ts, wid)
             return

@@ -8,12 +8,13 @@ Entering it costs no connection: it is one object per worker, made at start.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..client.client import Client, _check_timeout
+from ..client.client import Client, _check_timeout, _funcname
 from ..client.future import Future, FutureState
 from ..protocol import messages as m
 from .context import current_task
@@ -72,6 +73,19 @@ class WorkerClient(Client):
     def _depth(self) -> int:
         t = current_task.get()
         return 0 if t is None else t.depth + 1
+
+    def _impure_key(self, func: Any, fbytes: bytes, abytes: bytes) -> str:
+        """The n-th ``pure=False`` call of a task gets the same key each time the task
+        runs (with the same function and arguments), so a task rerun after its worker
+        died finds the children its first run launched instead of redoing them."""
+        t = current_task.get()
+        if t is None:
+            return super()._impure_key(func, fbytes, abytes)
+        t.impure += 1
+        digest = hashlib.blake2b(f"{t.key}\0{t.impure}\0".encode(), digest_size=16)
+        digest.update(fbytes)
+        digest.update(abytes)
+        return f"{_funcname(func)}-{digest.hexdigest()}"
 
     # -- submitting: straight into this worker's queue ----------------------------------
     def _submit_key(self, key: str, fbytes: bytes, abytes: bytes, deps: list[str],

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class TaskContext:
-    __slots__ = ("worker", "key", "depth", "seceded", "inline")
+    __slots__ = ("worker", "key", "depth", "seceded", "inline", "impure")
 
     def __init__(self, worker: "Worker", key: str, depth: int, inline: int) -> None:
         self.worker = worker
@@ -25,6 +25,7 @@ class TaskContext:
         self.depth = depth
         self.seceded = 0          # worker_client() nesting that told the scheduler
         self.inline = inline      # how many tasks this thread runs inline, nested
+        self.impure = 0           # pure=False submissions so far (they name child keys)
 
 
 current_task: "contextvars.ContextVar[TaskContext | None]" = contextvars.ContextVar(

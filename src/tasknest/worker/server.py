@@ -62,6 +62,7 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.validate = bool(os.environ.get("TASKNEST_VALIDATE")) if validate is None else validate
         self.lock = threading.Lock()
+        self._validate_pending = False
         self.state = WorkerState()
         self.data: MutableMapping[str, Any] = new_store(memory_limit)   # spills under a limit
         self.paused = False               # memory above the pause fraction: start no task
@@ -207,9 +208,19 @@ class Worker:
             elif kind == "drop":
                 self.data.pop(a[1], None)
                 self.frames_cache.pop(a[1], None)
-        if self.validate:
-            self.state.validate()
+        if self.validate and not self._validate_pending and self.loop is not None:
+            self._validate_pending = True      # once per loop tick, under the lock
+            self.loop.call_soon_threadsafe(self._validate_now)
         return done
+
+    def _validate_now(self) -> None:
+        with self.lock:
+            self._validate_pending = False
+            try:
+                self.state.validate()
+            except AssertionError:
+                log.critical("invariant violated: stopping", exc_info=True)
+                raise SystemExit(70) from None   # loud: a test must not miss it
 
     def _settle_record(self, key: str) -> tuple:
         t = self.state.tasks.get(key)

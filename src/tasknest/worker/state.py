@@ -345,6 +345,7 @@ class WorkerState:
             self.fetching.discard(key)
             self._set_erred(t, exception, traceback, kind, out)
             t.owned = False
+            self._release_inputs(t, out)   # a claim that waited: its inputs may go now
             self._maybe_drop(t, out)
         return out
 

@@ -1,0 +1,230 @@
+"""The command line: a scheduler and workers started as separate processes, as a user would.
+
+    python -m tasknest scheduler --port 0      first stdout line: address; stderr: token
+    python -m tasknest worker ADDRESS ...      first stdout line: its address, once registered
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from operator import getitem
+from pathlib import Path
+
+import pytest
+
+from tasknest import Client
+
+from conftest import wait_until
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+def download_and_convert_to_list(uri):
+    return [len(uri) * i for i in range(20)]
+
+
+def process_element(x):
+    return x * 2 + 1
+
+
+def aggregate(values):
+    return sum(values)
+
+
+def worker_pid(_):
+    return os.getpid()
+
+
+EXPECTED = aggregate([process_element(x) for x in download_and_convert_to_list("s3://data")])
+
+
+class Proc:
+    """A tasknest command in its own process; reads its first stdout line (the address)."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        full_env = {k: v for k, v in os.environ.items()
+                    if k not in ("TASKNEST_TOKEN", "TASKNEST_PARENT_PID")}
+        full_env["PYTHONPATH"] = os.pathsep.join(   # workers import this module's functions
+            [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])
+        full_env.update(env or {})
+        self.args = args
+        self.proc = subprocess.Popen([sys.executable, "-m", "tasknest", *args], env=full_env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.stderr = b""
+
+    def _read_until(self, stream, done, timeout: float) -> bytes:
+        sel = selectors.DefaultSelector()
+        sel.register(stream, selectors.EVENT_READ)
+        buf = b""
+        deadline = time.monotonic() + timeout
+        try:
+            while not done(buf):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{self.args[0]}: no output within {timeout} s; "
+                                         f"got {buf!r}")
+                if sel.select(remaining):
+                    chunk = os.read(stream.fileno(), 65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+        finally:
+            sel.close()
+        return buf
+
+    def first_line(self, timeout: float = 30) -> str:
+        out = self._read_until(self.proc.stdout, lambda b: b"\n" in b, timeout)
+        assert b"\n" in out, f"{self.args[0]} exited (code {self.proc.poll()}) " \
+                             f"without an address: {self.proc.stderr.read()!r}"
+        return out.split(b"\n", 1)[0].decode().strip()
+
+    def generated_token(self, timeout: float = 30) -> str:
+        err = self._read_until(self.proc.stderr, lambda b: b"token" in b and
+                               b.rstrip().count(b"\n") >= 2 and b.endswith(b"\n"), timeout)
+        self.stderr += err
+        return err.decode().strip().splitlines()[-1].strip()
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 20) -> int:
+        code = self.proc.wait(timeout)
+        self.stderr += self.proc.stderr.read()
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            stream.close()
+
+
+@pytest.fixture
+def procs():
+    """Every process a test starts is gone when it ends."""
+    started: list[Proc] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Proc:
+        p = Proc(*args, env=env)
+        started.append(p)
+        return p
+    yield start
+    for p in reversed(started):
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def cli_cluster():
+    """A scheduler with a generated token and two workers, each its own command."""
+    sched = Proc("scheduler", "--port", "0")
+    workers: list[Proc] = []
+    try:
+        address = sched.first_line()
+        token = sched.generated_token()
+        workers = [Proc("worker", address, "--nthreads", "1", "--name", f"w{i}",
+                        "--token", token) for i in (1, 2)]
+        worker_addresses = [w.first_line() for w in workers]
+        yield address, token, worker_addresses
+    finally:
+        for p in [*workers, sched]:
+            p.stop()
+
+
+@pytest.mark.timeout(60)
+def test_scheduler_prints_address_then_token(cli_cluster):
+    address, token, worker_addresses = cli_cluster
+    assert address.startswith("tcp://127.0.0.1:") and not address.endswith(":0")
+    assert len(token) >= 32 and " " not in token
+    assert all(w.startswith("tcp://127.0.0.1:") for w in worker_addresses)
+
+
+@pytest.mark.timeout(60)
+def test_seed_examples_on_command_line_cluster(cli_cluster):
+    address, token, worker_addresses = cli_cluster
+    with Client(address, token=token) as e:
+        e.wait_for_workers(2, timeout=20)
+        assert sorted(e.nthreads()) == sorted(worker_addresses)
+        assert {w["name"] for w in e.scheduler_info()} == {"w1", "w2"}
+        future = e.submit(download_and_convert_to_list, "s3://data")
+
+        # gather the data locally
+        data = future.result()
+        futures = e.map(process_element, data)
+        analysis = e.submit(aggregate, futures)
+        assert analysis.result() == EXPECTED
+
+        # submit tasks from client
+        n = e.submit(len, future)
+        n = n.result()
+        elements = [e.submit(getitem, future, i) for i in range(n)]
+        futures = e.map(process_element, elements)
+        analysis = e.submit(aggregate, futures)
+        assert analysis.result() == EXPECTED
+
+        pids = set(e.gather(e.map(worker_pid, range(20), pure=False)))
+        assert os.getpid() not in pids and len(pids) >= 1
+
+
+@pytest.mark.timeout(60)
+def test_token_from_the_environment(cli_cluster, monkeypatch):
+    address, token, _ = cli_cluster
+    monkeypatch.setenv("TASKNEST_TOKEN", token)
+    with Client(address) as c:
+        assert c.submit(aggregate, [1, 2]).result() == 3
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_scheduler_and_worker_stop_cleanly_on_signal(procs, sig):
+    sched = procs("scheduler", "--port", "0", "--token", "secret-for-this-test")
+    address = sched.first_line()
+    worker = procs("worker", address, "--nthreads", "1", "--name", "w1",
+                   env={"TASKNEST_TOKEN": "secret-for-this-test"})
+    worker.first_line()
+    with Client(address, token="secret-for-this-test") as c:
+        assert c.submit(aggregate, [1, 2, 3]).result() == 6
+        worker.signal(sig)
+        assert worker.wait() == 0, worker.stderr.decode()
+        wait_until(lambda: not c.scheduler_info(), 10,
+                   message="the scheduler forgets the stopped worker")
+    sched.signal(sig)
+    assert sched.wait() == 0, sched.stderr.decode()
+
+
+@pytest.mark.timeout(60)
+def test_worker_gives_up_on_a_vanished_scheduler_with_a_clear_message(procs):
+    sched = procs("scheduler", "--port", "0", "--token", "t0k3n")
+    address = sched.first_line()
+    worker = procs("worker", address, "--name", "w1", "--token", "t0k3n",
+                   "--reconnect-timeout", "2")
+    worker.first_line()
+    sched.proc.kill()                       # gone without a goodbye
+    t0 = time.monotonic()
+    code = worker.wait(timeout=30)
+    elapsed = time.monotonic() - t0
+    message = worker.stderr.decode()
+    assert code != 0
+    assert "unreachable" in message and address in message, message
+    assert 1.5 < elapsed < 20, elapsed      # it retried for about --reconnect-timeout
+
+
+@pytest.mark.timeout(60)
+def test_help_and_console_script():
+    out = subprocess.run([sys.executable, "-m", "tasknest", "scheduler", "--help"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "--port" in out.stdout
+    script = BIN / "tasknest"
+    assert script.exists(), f"the console script should be installed next to {sys.executable}"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    assert "scheduler" in out.stdout and "worker" in out.stdout
+    out = subprocess.run([str(script), "worker", "--help"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0 and "--reconnect-timeout" in out.stdout

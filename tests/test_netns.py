@@ -1,0 +1,177 @@
+"""Several hosts on one machine: network namespaces joined by a bridge; a link is cut mid-run.
+
+    host (this test: the client) ── veth ──┐
+    ns "sched": scheduler ──────── veth ───┤ bridge, in a namespace of its own
+    ns "a": worker A ───────────── veth ───┤
+    ns "b": worker B ───────────── veth ───┘
+
+Needs root and iproute2 (``ip``); CI runs as root. Every name carries a random
+suffix and every address is in 10.231.X.0/24 with a random X, so runs do not
+collide; the namespaces (and with them every veth) are removed even when the
+test fails.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tasknest import Client
+
+from conftest import wait_until
+
+
+def _can_make_namespaces() -> str:
+    if shutil.which("ip") is None:
+        return "iproute2's `ip` command is not installed (Debian package iproute2)"
+    if os.geteuid() != 0:
+        return "creating network namespaces needs root"
+    return ""
+
+
+pytestmark = pytest.mark.skipif(bool(_can_make_namespaces()), reason=_can_make_namespaces())
+
+
+def ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"`ip {' '.join(args)}` failed: {result.stderr.strip()}")
+
+
+class Network:
+    """A bridge namespace with a leg to the host and one per namespace in ``names``."""
+
+    def __init__(self, names: list[str]) -> None:
+        tag = f"{os.getpid() % 10000:04d}{random.randrange(100):02d}"
+        self.tag = tag
+        self.subnet = f"10.231.{random.randrange(1, 250)}"
+        self.bridge_ns = f"tnbr{tag}"
+        self.ns = {n: f"tn{n}{tag}" for n in names}
+        self.addr = {n: f"{self.subnet}.{i + 1}" for i, n in enumerate(names)}
+        self.host_addr = f"{self.subnet}.254"
+        self.legs: dict[str, str] = {}       # name -> its veth end on the bridge
+        self.host_if = f"tnh{tag}"
+
+    def up(self) -> "Network":
+        ip("netns", "add", self.bridge_ns)
+        ip("-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
+        ip("-n", self.bridge_ns, "link", "set", "br0", "up")
+        for i, (name, ns) in enumerate(self.ns.items()):
+            ip("netns", "add", ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+            inner, outer = f"tni{i}{self.tag}", f"tno{i}{self.tag}"
+            ip("link", "add", inner, "type", "veth", "peer", "name", outer)
+            ip("link", "set", inner, "netns", ns)
+            ip("link", "set", outer, "netns", self.bridge_ns)
+            ip("-n", ns, "link", "set", inner, "name", "eth0")
+            ip("-n", ns, "addr", "add", f"{self.addr[name]}/24", "dev", "eth0")
+            ip("-n", ns, "link", "set", "eth0", "up")
+            ip("-n", self.bridge_ns, "link", "set", outer, "master", "br0")
+            ip("-n", self.bridge_ns, "link", "set", outer, "up")
+            self.legs[name] = outer
+        # the host's leg: the only thing added outside our namespaces, gone with them
+        peer = f"tnp{self.tag}"
+        ip("link", "add", self.host_if, "type", "veth", "peer", "name", peer)
+        ip("link", "set", peer, "netns", self.bridge_ns)
+        ip("-n", self.bridge_ns, "link", "set", peer, "master", "br0")
+        ip("-n", self.bridge_ns, "link", "set", peer, "up")
+        ip("addr", "add", f"{self.host_addr}/24", "dev", self.host_if)
+        ip("link", "set", self.host_if, "up")
+        return self
+
+    def cut(self, name: str) -> None:
+        """Take ``name``'s link down: its packets vanish, nobody is told."""
+        ip("-n", self.bridge_ns, "link", "set", self.legs[name], "down")
+
+    def down(self) -> None:
+        errors = []
+        for ns in [*self.ns.values(), self.bridge_ns]:
+            # deleting a namespace deletes the veths in it, and so their peers
+            result = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True)
+            if result.returncode != 0 and "No such file" not in result.stderr:
+                errors.append(result.stderr.strip())
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+        if errors:
+            raise RuntimeError(f"could not remove test namespaces: {errors}")
+
+
+@pytest.fixture
+def network():
+    net = Network(["sched", "a", "b"])
+    try:
+        yield net.up()
+    finally:
+        net.down()
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert net.tag not in left, f"namespaces left behind: {left}"
+
+
+class Procs:
+    def __init__(self, network: Network, token: str) -> None:
+        self.network = network
+        self.env = dict(os.environ, TASKNEST_TOKEN=token, PYTHONPATH=os.pathsep.join(
+            p for p in sys.path if p and os.path.isdir(p)))
+        self.env.pop("TASKNEST_PARENT_PID", None)
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, *args: str) -> str:
+        cmd = ["ip", "netns", "exec", self.network.ns[name], sys.executable, "-m", "tasknest",
+               *args]
+        proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(proc)
+        line = proc.stdout.readline().decode().strip()
+        assert line, f"{name}: {' '.join(args)} exited during start-up with code {proc.wait()}"
+        return line
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def slow_inc(x):
+    time.sleep(0.05)
+    return x + 1, b"." * 100_000    # too big to travel inline: fetched from the worker
+
+
+def total(pairs):
+    return sum(x for x, _ in pairs)
+
+
+@pytest.mark.timeout(90)
+def test_cut_link_mid_run_still_gives_the_complete_result(network):
+    token = "netns-test-token"
+    procs = Procs(network, token)
+    try:
+        sched = procs.start("sched", "scheduler", "--host", network.addr["sched"],
+                            "--heartbeat-timeout", "3")
+        workers = {n: procs.start(n, "worker", sched, "--host", network.addr[n],
+                                  "--no-nanny") for n in ("a", "b")}
+        with Client(sched, token=token, timeout=20) as client:
+            client.wait_for_workers(2, timeout=30)
+            incs = client.map(slow_inc, range(120))
+            result = client.submit(total, incs)
+            wait_until(lambda: sum(f.done() for f in incs) >= 30, 30,
+                       message="a quarter of the tasks finished")
+            held_by_a = [k for k, who in client.who_has(incs).items() if workers["a"] in who]
+            network.cut("a")
+            t0 = time.monotonic()
+            assert result.result(timeout=60) == sum(range(1, 121))
+            print(f"\ncut worker A holding {len(held_by_a)} results; the sum came "
+                  f"{time.monotonic() - t0:.1f} s later")
+            assert held_by_a, "worker A held results when its link went down"
+            assert [w["address"] for w in client.scheduler_info()] == [workers["b"]]
+    finally:
+        procs.stop()
