@@ -118,7 +118,7 @@ def main() -> None:
         res["status"] = "ok"
     except NotSupported as e:
         res.update(status="n/a", error=str(e))
-    except BaseException as e:  # noqa: BLE001 - every failure must be reported
+    except BaseException as e:  # every failure must be reported
         res.update(status="failed", error=last_line(e))
         traceback.print_exc()
     print(RESULT_PREFIX + json.dumps(res), flush=True)

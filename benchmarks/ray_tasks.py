@@ -33,7 +33,7 @@ def _fib_tree(n: int) -> int:
 def _process_all(data: list[bytes]) -> int:
     elements = [ray.put(x) for x in data]  # Ray's scatter
     results = [score.remote(e) for e in elements]
-    return ray.get(total.remote(*results))  # type: ignore[no-any-return]
+    return ray.get(total.remote(*results))
 
 
 total = ray.remote(_total)

@@ -39,7 +39,7 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _kill_tree(proc: subprocess.Popen[str]) -> None:
+def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
     """Kill a driver that has not been reaped yet, with all it started.
 
     Ray's workers put themselves in process groups of their own, so killing
@@ -155,8 +155,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from benchmarks import report
 
+    args = argv if argv is not None else sys.argv[1:]
     meta = report.metadata(
-        command="python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        command="python -m benchmarks.run " + shlex.join(args),
         runs=a.runs, timeout=a.timeout, sampler=not a.no_sampler, systems=systems)
     json_path = Path(a.json)
     json_path.parent.mkdir(parents=True, exist_ok=True)

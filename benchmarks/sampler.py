@@ -152,7 +152,7 @@ def sample_until_stdin_closes(root: int, clf: Classifier, peaks_file: str) -> di
                 worker_rss += st.rss
                 seen_workers.add(pid)
         now_values = (threads, max_threads, workers, worker_rss / 2**20, all_rss / 2**20, len(tree))
-        for key, value in zip(PEAK_KEYS, now_values):
+        for key, value in zip(PEAK_KEYS, now_values, strict=True):
             peaks[key] = max(peaks[key], value)
         samples += 1
         if samples == 1:

@@ -47,7 +47,7 @@ class FuturesSystem:
         run = getattr(self.client, "run", None)  # dask's "run on every worker"
         try:
             pids = run(os.getpid) if run is not None else None
-        except Exception:  # noqa: BLE001 - only an aid to the sampler, never fatal
+        except Exception:  # only an aid to the sampler, never fatal
             return None
         return sorted(pids.values()) if isinstance(pids, dict) else None
 

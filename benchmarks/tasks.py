@@ -12,7 +12,8 @@ import functools
 import hashlib
 import importlib
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 ITEM_BYTES = 10 * 1024
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from benchmarks import tasks
 from benchmarks.systems import System
@@ -135,7 +135,8 @@ WORKLOADS: dict[str, Workload] = {
                  _process_all, (5_000,), 50, "items",
                  Column("elapsed_s", "s", ".2f"), False,
                  (Column("items_per_s", "items/s", ",.0f"),), group="process_all"),
-        Workload("process_all_gathered", "process_all, gathered: the same work after gathering the list to the driver",
+        Workload("process_all_gathered",
+                 "process_all, gathered: the same work after gathering the list to the driver",
                  _process_all_gathered, (5_000,), 50, "items",
                  Column("elapsed_s", "s", ".2f"), False,
                  (Column("items_per_s", "items/s", ",.0f"),), group="process_all"),

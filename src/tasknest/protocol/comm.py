@@ -355,8 +355,9 @@ def _detect_dead_peers(sock: Any) -> None:
 
 async def connect(address: str, token: str | bytes | None = None, timeout: float = 10.0,
                   ssl_context: ssl.SSLContext | None = None,
-                  max_frame: int = DEFAULT_MAX_FRAME) -> Comm:
-    """Connect and authenticate; retries refused connections until the timeout."""
+                  max_frame: int = DEFAULT_MAX_FRAME, retry: bool = True) -> Comm:
+    """Connect and authenticate; retries refused connections until the timeout
+    (unless ``retry=False``: a peer that refuses is gone, so fail at once)."""
     scheme, host, port = parse_address(address)
     if scheme == "tls" and ssl_context is None:
         raise ValueError(f"{address} is a tls:// address: pass TLS settings (security=...)")
@@ -396,6 +397,8 @@ async def connect(address: str, token: str | bytes | None = None, timeout: float
         except (OSError, asyncio.TimeoutError) as exc:
             if isinstance(exc, ssl.SSLError):
                 raise AuthenticationError(f"TLS handshake with {address} failed: {exc}") from exc
+            if not retry and isinstance(exc, ConnectionRefusedError):
+                raise ConnectError(f"{address} refused the connection: {exc}") from exc
             last = exc
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.5)

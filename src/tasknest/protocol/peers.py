@@ -37,7 +37,7 @@ class PeerPool:
         return await asyncio.shield(fut)
 
     async def _connect(self, address: str) -> Comm:
-        comm = await connect(address, self.token, timeout=self.timeout,
+        comm = await connect(address, self.token, timeout=self.timeout, retry=False,
                              ssl_context=self.ssl_context)
         comm.start(self._on_message)
         comm.on_close.append(self._on_close)

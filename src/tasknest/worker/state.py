@@ -278,6 +278,7 @@ class WorkerState:
 
     def _release_inputs(self, t: WTask, out: list[Action]) -> None:
         """Drop fetched copies that no local task needs any more."""
+        t.waiting_on.clear()           # it will not run here (any more)
         for dk in t.deps:
             d = self.tasks.get(dk)
             if d is None:
@@ -286,8 +287,8 @@ class WorkerState:
             self._maybe_drop(d, out)
 
     def _maybe_drop(self, d: WTask, out: list[Action]) -> None:
-        if d.owned or d.state in ("executing", "ready", "waiting", "fetching"):
-            return
+        if d.owned or d.state in ("executing", "cancelled", "ready", "waiting", "fetching"):
+            return                     # (a cancelled task still runs: it ends in finished/erred)
         if any(self.tasks[k].state in ("waiting", "ready", "executing")
                for k in d.dependents if k in self.tasks):
             return
