@@ -17,7 +17,6 @@ import json
 import os
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 
 import psutil
 
+from benchmarks import report
 from benchmarks.driver import RESULT_PREFIX, ROOT, with_root_on_path
 from benchmarks.systems import SYSTEMS
 from benchmarks.workloads import WORKLOADS, select
@@ -109,36 +109,12 @@ def run_one(system: str, workload: str, size: int, timeout: float,
     return res
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median of every metric and peak over the successful runs."""
-    ok = [r for r in runs if r["status"] == "ok"]
-    out: dict[str, Any] = {"runs": len(runs), "ok": len(ok),
-                           "statuses": [r["status"] for r in runs],
-                           "errors": sorted({r["error"] for r in runs if r.get("error")})}
-    if not ok:
-        out["status"] = runs[0]["status"] if len({r["status"] for r in runs}) == 1 else "failed"
-        partial = [r["peaks"] for r in runs if r.get("peaks")]
-        if partial:  # what the killed runs had reached: a lower bound
-            out["peaks"] = {k: max(p.get(k, 0) for p in partial) for k in partial[0]}
-            out["peaks_partial"] = True
-        return out
-    out["status"] = "ok"
-    for section in ("metrics", "peaks"):
-        keys = {k for r in ok for k in r.get(section, {})}
-        out[section] = {k: statistics.median(r[section][k] for r in ok if k in r.get(section, {}))
-                        for k in sorted(keys)}
-    out["start_s"] = statistics.median(r["start_s"] for r in ok)
-    other = [r["other_cpu_pct"] for r in ok if "other_cpu_pct" in r]
-    if other:
-        out["other_cpu_pct"] = statistics.median(other)
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated")
     ap.add_argument("--workloads", default=",".join(w for w in WORKLOADS if not WORKLOADS[w].group)
-                    + ",process_all")
+                    + ",process_all",
+                    help="comma-separated; process_all selects both of its variants")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="only the smallest size of each workload")
     ap.add_argument("--timeout", type=float, default=290.0, help="seconds per measurement")
@@ -152,8 +128,6 @@ def main(argv: list[str] | None = None) -> None:
         if s not in SYSTEMS:
             ap.error(f"unknown system {s!r}")
     workloads = select([w for w in a.workloads.split(",") if w])
-
-    from benchmarks import report
 
     args = argv if argv is not None else sys.argv[1:]
     meta = report.metadata(
@@ -182,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"{r['status']} {shown} ({r['wall_s']:.1f} s)", file=sys.stderr, flush=True)
         for s, runs in by_system.items():
             cells.append({"system": s, "workload": w.name, "size": size,
-                          "summary": summarize(runs), "runs": runs})
+                          "summary": report.summarize(runs), "runs": runs})
         # Saved after every workload, so an interrupted session keeps what it measured.
         json_path.write_text(json.dumps({"meta": meta, "cells": cells}, indent=1) + "\n")
 

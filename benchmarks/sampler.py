@@ -18,7 +18,8 @@ Which processes are workers: the pids the system named (``--worker-pids``);
 for Ray, the processes the raylet starts for tasks (``ray::<name>``, or
 ``default_worker.py`` before they retitle themselves), excluding Ray's agents;
 otherwise every descendant but multiprocessing helpers and a process whose
-command line names a scheduler and no worker.
+command line names a scheduler and no worker.  A would-be worker with a
+would-be worker child is a supervisor (a nanny) and is not counted.
 """
 
 from __future__ import annotations
@@ -72,10 +73,14 @@ def _read_all() -> dict[int, Stat]:
     return out
 
 
-def _descendants(root: int, stats: dict[int, Stat]) -> list[int]:
+def _children(stats: dict[int, Stat]) -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for pid, st in stats.items():
         children.setdefault(st.ppid, []).append(pid)
+    return children
+
+
+def _descendants(root: int, children: dict[int, list[int]]) -> list[int]:
     out, todo = [], [root]
     while todo:
         kids = children.get(todo.pop(), [])
@@ -138,19 +143,19 @@ def sample_until_stdin_closes(root: int, clf: Classifier, peaks_file: str) -> di
     deadline = time.monotonic()
     while True:
         stats = _read_all()
-        tree = [root] + [p for p in _descendants(root, stats) if p != me]
-        threads = max_threads = workers = worker_rss = all_rss = 0
-        for pid in tree:
-            st = stats.get(pid)
-            if st is None:
-                continue
-            all_rss += st.rss
-            if pid != root and clf.is_worker(pid, st.name):
-                threads += st.threads
-                max_threads = max(max_threads, st.threads)
-                workers += 1
-                worker_rss += st.rss
-                seen_workers.add(pid)
+        children = _children(stats)
+        tree = [p for p in [root, *_descendants(root, children)] if p != me and p in stats]
+        found = {p for p in tree[1:] if clf.is_worker(p, stats[p].name)}
+        # A supervisor (nanny) that looks like a worker is not one: keep the leaves.
+        found = {p for p in found if not any(c in found for c in children.get(p, ()))}
+        seen_workers |= found
+        threads = max_threads = worker_rss = 0
+        for pid in found:
+            threads += stats[pid].threads
+            max_threads = max(max_threads, stats[pid].threads)
+            worker_rss += stats[pid].rss
+        all_rss = sum(stats[p].rss for p in tree)
+        workers = len(found)
         now_values = (threads, max_threads, workers, worker_rss / 2**20, all_rss / 2**20, len(tree))
         for key, value in zip(PEAK_KEYS, now_values, strict=True):
             peaks[key] = max(peaks[key], value)

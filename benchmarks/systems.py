@@ -43,13 +43,14 @@ class FuturesSystem:
         assert self.client.submit(tasks.inc, -1, pure=False).result() == 0
 
     def worker_pids(self) -> list[int] | None:
-        """Worker pids when the system can name them; None lets the sampler guess."""
-        run = getattr(self.client, "run", None)  # dask's "run on every worker"
+        """Pids of the processes that run tasks (not nannies); None lets the sampler guess."""
         try:
-            pids = run(os.getpid) if run is not None else None
+            if self.name == "dask":  # dask runs its nannies inside the driver
+                return sorted(self.client.run(os.getpid).values())
+            info = self.client.scheduler_info()  # tasknest: a list of worker records
+            return sorted(int(w["pid"]) for w in info) or None
         except Exception:  # only an aid to the sampler, never fatal
             return None
-        return sorted(pids.values()) if isinstance(pids, dict) else None
 
     def close(self) -> None:
         if self.client is not None:

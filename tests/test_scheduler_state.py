@@ -1,6 +1,7 @@
-"""A socket-free cluster: one SchedulerState, WorkerStates and fake clients.
+"""SchedulerState, the scheduler's pure state machine: each transition, then random
+histories of a whole socket-free cluster, with ``validate()`` after every event.
 
-Messages travel through FIFO queues, one per connection and direction, as they
+The cluster is one SchedulerState, real WorkerStates and fake clients. Messages travel through FIFO queues, one per connection and direction, as they
 would over TCP; the caller decides which queue moves next, which task runs,
 finishes or fails, and when workers die. Each worker shell is mimicked closely
 enough that every event sequence is one a real cluster could produce:
@@ -10,19 +11,26 @@ enough that every event sequence is one a real cluster could produce:
   futures when they return (before ``task-finished``), and may keep some
   children alive inside their result (``inner``) until that value is dropped;
 * fetches complete from a live peer that holds the value, or fail;
-* a dead worker's unsent and undelivered messages are lost.
+* a dead worker's undelivered messages are lost, but for a few it sent last.
 
 ``validate()`` checks every state machine; ``drain()`` releases everything and
 runs the cluster to quiescence so leaks can be asserted.
 """
 from __future__ import annotations
 
+import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from tasknest.protocol import messages as m
 from tasknest.scheduler.state import SchedulerState
 from tasknest.worker.state import WorkerState
+
+pytestmark = pytest.mark.timeout(60)
 
 
 @dataclass
@@ -431,7 +439,6 @@ class Cluster:
 
 
 # == transitions, one at a time ===========================================================
-import pytest  # noqa: E402
 
 
 def sched(n_workers: int = 2, **kw) -> SchedulerState:
@@ -736,10 +743,34 @@ def test_claim_whose_dependency_erred_errs_instead_of_processing_forever():
 
 
 
+def test_claim_of_a_key_already_assigned_to_the_same_worker_is_kept():
+    # before: a client's submit and a task's claim of one pure key raced; the scheduler
+    # sent compute (a no-op: the claimed copy was queued) then claim-rejected, and the
+    # worker dropped its only copy: processing there forever
+    s = sched(n_workers=1)
+    do(s, "c-1", submit("pure"))
+    assert do(s, "w-1", m.Claim("pure", 1, b"", [], [0, 1, 1], 0)) == []
+    assert s.tasks["pure"].who_wants == {"c-1", "w-1"}
+    assert ops(do(s, "w-1", finished("pure"))) == [("c-1", "key-memory", "pure")]
+
+
+def test_claim_and_submit_of_one_pure_key_end_in_memory_on_one_worker():
+    c = Cluster()
+    cid = c.add_client()
+    wid = c.add_worker()
+    c.submit(cid, "parent", [])
+    c.step_all()
+    c.start_task(wid)
+    c.submit(cid, "pure", [])                     # both reach the scheduler together
+    c.claim(wid, "parent", "pure")
+    c.drain(release=False)
+    c.assert_consistent()
+    assert c.s.tasks["pure"].state == "memory"
+    c.drain()
+    c.assert_clean()
+
+
 # == random plausible histories =============================================================
-from hypothesis import HealthCheck, settings, strategies as st  # noqa: E402
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,  # noqa: E402
-                                 precondition, rule)
 
 PURE_KEYS = [f"pure-{i}" for i in range(4)]     # shared by clients and claims, no deps
 
@@ -915,9 +946,10 @@ class ClusterMachine(RuleBasedStateMachine):
 
 
 ClusterMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=60, deadline=None,
+    max_examples=200, stateful_step_count=60, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-test_random_cluster_histories = pytest.mark.timeout(120)(ClusterMachine.TestCase)
+# ~10 s alone; the timeout leaves room for a loaded machine
+test_random_cluster_histories = pytest.mark.timeout(300)(ClusterMachine.TestCase)
 
 
 # == the nested Fibonacci tree, with random interleavings ================================
@@ -925,7 +957,6 @@ def run_fib(seed: int, n: int = 6, n_workers: int = 2, kill_rate: float = 0.0) -
     """fib(n) with pure=False: each task claims fib(n-1) and fib(n-2), gathers them
     (helping inline or waiting), releases them and returns. Every choice of what
     moves next is drawn from ``seed``."""
-    import random
     rng = random.Random(seed)
     c = Cluster()
     cid = c.add_client()
@@ -993,7 +1024,7 @@ def run_fib(seed: int, n: int = 6, n_workers: int = 2, kill_rate: float = 0.0) -
     return c
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_nested_fib_leaves_nothing_behind():
     """Random delivery orders, steals, inline help and secedes: all clean at the end."""
     for seed in range(150):
@@ -1005,7 +1036,7 @@ def test_nested_fib_leaves_nothing_behind():
             raise AssertionError(f"seed {seed}: {exc}\n" + "\n".join(c.log[-60:])) from None
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_nested_fib_with_worker_deaths_leaves_nothing_behind():
     for seed in range(100):
         c = run_fib(seed, n=5, n_workers=3, kill_rate=0.01)

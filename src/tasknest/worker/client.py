@@ -82,7 +82,8 @@ class WorkerClient(Client):
         if t is None:
             return super()._impure_key(func, fbytes, abytes)
         t.impure += 1
-        digest = hashlib.blake2b(f"{t.key}\0{t.impure}\0".encode(), digest_size=16)
+        digest = hashlib.blake2b(f"{t.key}\0{t.attempt}\0{t.impure}\0".encode(),
+                                 digest_size=16)
         digest.update(fbytes)
         digest.update(abytes)
         return f"{_funcname(func)}-{digest.hexdigest()}"

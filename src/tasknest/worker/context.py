@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class TaskContext:
-    __slots__ = ("worker", "key", "depth", "seceded", "inline", "impure")
+    __slots__ = ("worker", "key", "depth", "seceded", "inline", "impure", "attempt")
 
     def __init__(self, worker: "Worker", key: str, depth: int, inline: int) -> None:
         self.worker = worker
@@ -26,6 +26,7 @@ class TaskContext:
         self.seceded = 0          # worker_client() nesting that told the scheduler
         self.inline = inline      # how many tasks this thread runs inline, nested
         self.impure = 0           # pure=False submissions so far (they name child keys)
+        self.attempt = 0          # retries left: a retried task gets fresh children
 
 
 current_task: "contextvars.ContextVar[TaskContext | None]" = contextvars.ContextVar(

@@ -395,6 +395,7 @@ class Worker:
         parent = current_task.get()
         depth = -task.priority[1] if len(task.priority) > 1 else 0
         ctx = TaskContext(self, task.key, depth, (parent.inline + 1) if inline and parent else 0)
+        ctx.attempt = task.retries
         try:
             func = loads_function(task.func)
             with self.lock:

@@ -444,8 +444,8 @@ class WorkerState:
                 assert key in self.executing, t
             if t.state == "fetching":
                 assert key in self.fetching, t
-        for key in self.executing:
-            assert self.tasks[key].state in ("executing", "cancelled") if key in self.tasks else True
+        for key in self.executing:     # a running task keeps its record until it ends
+            assert key in self.tasks and self.tasks[key].state in ("executing", "cancelled"), key
         queued = {k for _, k in self.ready}
         for key, t in self.tasks.items():
             if t.state == "ready":
