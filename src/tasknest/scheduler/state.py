@@ -20,88 +20,14 @@ holds futures (``^key``) and fire-and-forget (``@ff``).
 """
 from __future__ import annotations
 
-import heapq
 from typing import Any, Iterable
 
 from ..protocol import messages as m
-
-FIRE_AND_FORGET = "@ff"
-ALLOWED_FAILURES = 3
-STEAL_BATCH = 64
-STEAL_SCAN = 2048          # candidates looked at per steal round
-STEAL_DATA_LIMIT = 4096    # bytes of inputs a stolen task may need moved
+from .records import ALLOWED_FAILURES, FIRE_AND_FORGET, Task, WorkerInfo
+from .stealing import StealingMixin
 
 
-def _steal_order(ts: "Task") -> tuple:
-    p = ts.priority
-    return (p[1] if len(p) > 1 else 0, -(p[2] if len(p) > 2 else 0))
-
-
-class Task:
-    __slots__ = ("key", "func", "args", "deps", "priority", "retries", "restrict", "state",
-                 "waiting_on", "dependents", "who_has", "processing_on", "who_wants",
-                 "nbytes", "type", "value", "error", "suspicious", "inner", "scattered",
-                 "stealing", "running", "died_on", "started")
-
-    def __init__(self, key: str, func: bytes | None, args: bytes | None, deps: list[str],
-                 priority: list, retries: int = 0, restrict: list | None = None) -> None:
-        self.key = key
-        self.func = func
-        self.args = args
-        self.deps = deps
-        self.priority = priority
-        self.retries = retries
-        self.restrict = restrict
-        self.state = "released"
-        self.waiting_on: set[str] = set()
-        self.dependents: set[str] = set()
-        self.who_has: set[str] = set()
-        self.processing_on: str | None = None
-        self.who_wants: set[str] = set()
-        self.nbytes = 0
-        self.type = ""
-        self.value: list | None = None
-        self.error: tuple[list, str, str] | None = None     # exception frames, traceback, kind
-        self.suspicious = 0
-        self.inner: list[str] = []
-        self.scattered = False
-        self.stealing: str | None = None
-        self.running = False                                  # seceded, so surely started
-        self.started = False                                  # a steal found it running
-        self.died_on: list[str] = []                          # workers lost while it may have run
-
-    def __repr__(self) -> str:
-        return f"<Task {self.key} {self.state}>"
-
-
-class WorkerInfo:
-    __slots__ = ("id", "address", "name", "nthreads", "pid", "memory_limit", "processing",
-                 "has_what", "seceded", "idle", "last_seen", "memory")
-
-    def __init__(self, wid: str, address: str, name: str, nthreads: int, pid: int,
-                 memory_limit: int, now: float) -> None:
-        self.id = wid
-        self.address = address
-        self.name = name
-        self.nthreads = nthreads
-        self.pid = pid
-        self.memory_limit = memory_limit
-        self.processing: set[str] = set()
-        self.has_what: set[str] = set()
-        self.seceded = 0
-        self.idle = False
-        self.last_seen = now
-        self.memory = 0
-
-    @property
-    def slots(self) -> int:
-        return self.nthreads + self.seceded
-
-    def load(self) -> float:
-        return (len(self.processing) - self.seceded) / self.nthreads
-
-
-class SchedulerState:
+class SchedulerState(StealingMixin):
     def __init__(self, allowed_failures: int = ALLOWED_FAILURES, inline_limit: int = 64 * 1024) -> None:
         self.tasks: dict[str, Task] = {}
         self.workers: dict[str, WorkerInfo] = {}
@@ -611,36 +537,6 @@ class SchedulerState:
         ts.running = False
         ws.seceded -= 1
 
-    def _on_idle(self, wid: str, msg: m.Message) -> None:
-        ws = self.workers.get(wid)
-        if ws is not None:
-            ws.idle = True
-            self.idle.add(wid)
-            self._fruitless.pop(wid, None)
-            self._balance(ws)
-
-    def _on_steal_reply(self, wid: str, msg: m.Message) -> None:
-        key = msg.key  # type: ignore[attr-defined]
-        thief_id = self.steals.pop(key, None)
-        ts = self.tasks.get(key)
-        thief = self.workers.get(thief_id) if thief_id else None
-        if ts is not None and ts.stealing == thief_id:
-            ts.stealing = None
-        if ts is not None and ts.processing_on == wid:
-            if msg.ok:  # type: ignore[attr-defined]
-                self.workers[wid].processing.discard(key)
-                ts.processing_on = None
-                ts.state = "released"
-                if thief is not None:
-                    self._set_processing(ts, thief)
-                    self._send_compute(ts, thief)
-                else:
-                    self._assign(ts)
-            else:
-                ts.started = True         # never ask for it again
-        if thief is not None and thief.idle:
-            self._balance(thief)          # still nothing for it: try other tasks
-
     def _on_missing_data(self, wid: str, msg: m.Message) -> None:
         ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
         bad = next((w for w in self.workers.values() if w.address == msg.worker), None)  # type: ignore
@@ -832,44 +728,6 @@ class SchedulerState:
             self.clients.get(cid, set()).discard(ts.key)
 
     # == balancing ===========================================================================
-    def _balance(self, thief: WorkerInfo) -> None:
-        """An idle worker wants work: ask the busiest worker for unstarted tasks."""
-        if thief.id in self.steals.values():
-            return                        # wait for the answers to earlier requests
-        victims = [w for w in self.workers.values()
-                   if w is not thief and len(w.processing) - w.seceded > w.nthreads]
-        if not victims:
-            return
-        victim = max(victims, key=lambda w: len(w.processing) - w.seceded - w.nthreads)
-        excess = len(victim.processing) - victim.seceded - victim.nthreads
-        last = self._fruitless.get(thief.id)
-        if last is not None and last[0] == victim.id and len(victim.processing) < 2 * last[1] + 16:
-            return                        # nothing was stealable there a moment ago
-        self._fruitless.pop(thief.id, None)
-        candidates = []
-        tasks = self.tasks
-        for key in victim.processing:
-            ts = tasks[key]
-            if ts.running or ts.started or ts.stealing is not None or ts.waiting_on:
-                continue
-            if ts.restrict and thief not in self._candidates(ts):
-                continue
-            if ts.deps and sum(tasks[d].nbytes for d in ts.deps
-                               if thief.id not in tasks[d].who_has) > STEAL_DATA_LIMIT:
-                continue                  # its inputs would cost more to move than to wait
-            candidates.append(ts)
-            if len(candidates) >= STEAL_SCAN:
-                break
-        if not candidates:
-            self._fruitless[thief.id] = (victim.id, len(victim.processing))
-            return
-        n = min(STEAL_BATCH, max(1, excess // 2), len(candidates))
-        # shallowest first (the biggest subtrees), newest first among equals
-        for ts in heapq.nsmallest(n, candidates, key=_steal_order):
-            ts.stealing = thief.id
-            self.steals[ts.key] = thief.id
-            self._emit(victim.id, m.Steal(ts.key))
-
     # == invariants ===========================================================================
     def validate(self) -> None:
         for key, ts in self.tasks.items():

@@ -1,0 +1,69 @@
+"""The scheduler's records of tasks and workers (plain data, no behaviour)."""
+from __future__ import annotations
+
+FIRE_AND_FORGET = "@ff"      # the pseudo-client that holds fire-and-forget tasks
+ALLOWED_FAILURES = 3         # worker deaths a task may witness before KilledWorker
+
+
+class Task:
+    __slots__ = ("key", "func", "args", "deps", "priority", "retries", "restrict", "state",
+                 "waiting_on", "dependents", "who_has", "processing_on", "who_wants",
+                 "nbytes", "type", "value", "error", "suspicious", "inner", "scattered",
+                 "stealing", "running", "died_on", "started")
+
+    def __init__(self, key: str, func: bytes | None, args: bytes | None, deps: list[str],
+                 priority: list, retries: int = 0, restrict: list | None = None) -> None:
+        self.key = key
+        self.func = func
+        self.args = args
+        self.deps = deps
+        self.priority = priority
+        self.retries = retries
+        self.restrict = restrict
+        self.state = "released"
+        self.waiting_on: set[str] = set()
+        self.dependents: set[str] = set()
+        self.who_has: set[str] = set()
+        self.processing_on: str | None = None
+        self.who_wants: set[str] = set()
+        self.nbytes = 0
+        self.type = ""
+        self.value: list | None = None
+        self.error: tuple[list, str, str] | None = None     # exception frames, traceback, kind
+        self.suspicious = 0
+        self.inner: list[str] = []
+        self.scattered = False
+        self.stealing: str | None = None
+        self.running = False                                  # seceded, so surely started
+        self.started = False                                  # a steal found it running
+        self.died_on: list[str] = []                          # workers lost while it may have run
+
+    def __repr__(self) -> str:
+        return f"<Task {self.key} {self.state}>"
+
+
+class WorkerInfo:
+    __slots__ = ("id", "address", "name", "nthreads", "pid", "memory_limit", "processing",
+                 "has_what", "seceded", "idle", "last_seen", "memory")
+
+    def __init__(self, wid: str, address: str, name: str, nthreads: int, pid: int,
+                 memory_limit: int, now: float) -> None:
+        self.id = wid
+        self.address = address
+        self.name = name
+        self.nthreads = nthreads
+        self.pid = pid
+        self.memory_limit = memory_limit
+        self.processing: set[str] = set()
+        self.has_what: set[str] = set()
+        self.seceded = 0
+        self.idle = False
+        self.last_seen = now
+        self.memory = 0
+
+    @property
+    def slots(self) -> int:
+        return self.nthreads + self.seceded
+
+    def load(self) -> float:
+        return (len(self.processing) - self.seceded) / self.nthreads

@@ -1,0 +1,108 @@
+"""Work stealing: idle workers take unstarted tasks from the busiest one.
+
+A worker with a free slot and nothing ready says ``idle``; the scheduler asks the
+busiest worker for its shallowest unstarted tasks (the biggest subtrees). The
+victim answers each request truthfully (``steal-reply ok`` only if the task had
+not started), so a task never runs twice by accident; one found running is never
+asked for again. Mixed into SchedulerState, whose records it shares.
+"""
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING, Any
+
+from ..protocol import messages as m
+from .records import Task, WorkerInfo
+
+STEAL_BATCH = 64
+STEAL_SCAN = 2048          # candidates looked at per steal round
+STEAL_DATA_LIMIT = 4096    # bytes of inputs a stolen task may need moved
+
+
+def _steal_order(ts: "Task") -> tuple:
+    p = ts.priority
+    return (p[1] if len(p) > 1 else 0, -(p[2] if len(p) > 2 else 0))
+
+
+
+class StealingMixin:
+    if TYPE_CHECKING:
+        tasks: dict[str, Task]
+        workers: dict[str, WorkerInfo]
+        idle: set[str]
+        steals: dict[str, str]
+        _fruitless: dict[str, tuple[str, int]]
+
+        def _emit(self, target: str, msg: m.Message) -> None: ...
+        def _candidates(self, ts: Task) -> Any: ...
+        def _set_processing(self, ts: Task, ws: WorkerInfo) -> None: ...
+        def _send_compute(self, ts: Task, ws: WorkerInfo) -> None: ...
+        def _assign(self, ts: Task) -> None: ...
+
+    def _on_idle(self, wid: str, msg: m.Message) -> None:
+        ws = self.workers.get(wid)
+        if ws is not None:
+            ws.idle = True
+            self.idle.add(wid)
+            self._fruitless.pop(wid, None)
+            self._balance(ws)
+
+    def _on_steal_reply(self, wid: str, msg: m.Message) -> None:
+        key = msg.key  # type: ignore[attr-defined]
+        thief_id = self.steals.pop(key, None)
+        ts = self.tasks.get(key)
+        thief = self.workers.get(thief_id) if thief_id else None
+        if ts is not None and ts.stealing == thief_id:
+            ts.stealing = None
+        if ts is not None and ts.processing_on == wid:
+            if msg.ok:  # type: ignore[attr-defined]
+                self.workers[wid].processing.discard(key)
+                ts.processing_on = None
+                ts.state = "released"
+                if thief is not None:
+                    self._set_processing(ts, thief)
+                    self._send_compute(ts, thief)
+                else:
+                    self._assign(ts)
+            else:
+                ts.started = True         # never ask for it again
+        if thief is not None and thief.idle:
+            self._balance(thief)          # still nothing for it: try other tasks
+
+    def _balance(self, thief: WorkerInfo) -> None:
+        """An idle worker wants work: ask the busiest worker for unstarted tasks."""
+        if thief.id in self.steals.values():
+            return                        # wait for the answers to earlier requests
+        victims = [w for w in self.workers.values()
+                   if w is not thief and len(w.processing) - w.seceded > w.nthreads]
+        if not victims:
+            return
+        victim = max(victims, key=lambda w: len(w.processing) - w.seceded - w.nthreads)
+        excess = len(victim.processing) - victim.seceded - victim.nthreads
+        last = self._fruitless.get(thief.id)
+        if last is not None and last[0] == victim.id and len(victim.processing) < 2 * last[1] + 16:
+            return                        # nothing was stealable there a moment ago
+        self._fruitless.pop(thief.id, None)
+        candidates = []
+        tasks = self.tasks
+        for key in victim.processing:
+            ts = tasks[key]
+            if ts.running or ts.started or ts.stealing is not None or ts.waiting_on:
+                continue
+            if ts.restrict and thief not in self._candidates(ts):
+                continue
+            if ts.deps and sum(tasks[d].nbytes for d in ts.deps
+                               if thief.id not in tasks[d].who_has) > STEAL_DATA_LIMIT:
+                continue                  # its inputs would cost more to move than to wait
+            candidates.append(ts)
+            if len(candidates) >= STEAL_SCAN:
+                break
+        if not candidates:
+            self._fruitless[thief.id] = (victim.id, len(victim.processing))
+            return
+        n = min(STEAL_BATCH, max(1, excess // 2), len(candidates))
+        # shallowest first (the biggest subtrees), newest first among equals
+        for ts in heapq.nsmallest(n, candidates, key=_steal_order):
+            ts.stealing = thief.id
+            self.steals[ts.key] = thief.id
+            self._emit(victim.id, m.Steal(ts.key))
