@@ -271,7 +271,7 @@ class Worker:
                 if msg.value is not None and t is not None and t.state in (  # type: ignore
                         "remote", "fetching") and t.dependents:
                     # the value came along: no need to fetch it from a peer
-                    self._inline_arrival(t, msg.value)  # type: ignore[attr-defined]
+                    done = self._inline_arrival(t, msg.value)  # type: ignore[attr-defined]
                 else:
                     done = self.apply(st.key_memory(msg.key, msg.who_has))  # type: ignore
             self.client._handle(msg)
@@ -294,17 +294,14 @@ class Worker:
         if done:
             self.settle(done)
 
-    def _inline_arrival(self, t: Any, frames: list) -> None:
+    def _inline_arrival(self, t: Any, frames: list) -> list:
         """A small dependency's value arrived with key-memory (lock held)."""
         try:
             value = loads_value(frames)
         except SerializationError:
-            return
-        if t.state == "remote":
-            t.state = "fetching"
-            self.state.fetching.add(t.key)
+            return []
         self.data[t.key] = value
-        self.apply(self.state.fetched(t.key, sum(len(f) for f in frames)))
+        return self.apply(self.state.value_arrived(t.key, sum(len(f) for f in frames)))
 
     def _put_data(self, msg: Any) -> None:
         values, nbytes, keys = [], [], []

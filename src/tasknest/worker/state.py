@@ -313,6 +313,16 @@ class WorkerState:
         self._maybe_drop(t, out)
         return out
 
+    def value_arrived(self, key: str, nbytes: int) -> list[Action]:
+        """A dependency's value came with the scheduler's key-memory: no fetch needed."""
+        t = self.tasks.get(key)
+        if t is None or t.state not in ("remote", "fetching"):
+            return []
+        if t.state == "remote":
+            t.state = "fetching"
+            self.fetching.add(key)
+        return self.fetched(key, nbytes)
+
     def fetch_failed(self, key: str, address: str) -> list[Action]:
         out: list[Action] = []
         self.fetching.discard(key)
