@@ -60,6 +60,7 @@ class Scheduler:
         return self
 
     async def close(self) -> None:
+        self.closed.set()
         if self.listener is not None:
             self.listener.close()
         if self._ticker is not None:
@@ -120,7 +121,8 @@ class Scheduler:
         self.comms.pop(wid, None)
         ws = self.state.workers.get(wid)
         if ws is not None:
-            log.warning("worker %s left: %s", ws.address, reason)
+            (log.info if self.closed.is_set() or "closing" in reason else log.warning)(
+                "worker %s left: %s", ws.address, reason)
         self._do(self.state.remove_worker(wid, reason))
         self._check()
 
