@@ -68,7 +68,6 @@ class Scheduler:
         for comm in list(self.comms.values()):
             comm.send(m.Close("scheduler closing"))
             comm.close("scheduler closing")
-        self.closed.set()
 
     async def _tick(self) -> None:
         while True:
