@@ -28,7 +28,7 @@ from ..errors import (CallerError, ClosedClientError, CommClosedError, RemoteErr
 from ..protocol import messages as m
 from ..protocol.comm import Comm, connect
 from ..protocol.peers import PeerPool
-from ..protocol.serialize import dumps_call, dumps_function, dumps_value
+from ..protocol.serialize import dumps_call, dumps_function, dumps_value, nbytes
 from .future import Future, FutureState, error_from
 from .loop import get_runner
 
@@ -481,7 +481,7 @@ class Client:
 
         def settle() -> list[Future]:
             for f, v, fr in zip(futures, values, frames):
-                f._state.finish(type(v).__name__, sum(len(x) for x in fr), [], None, v)
+                f._state.finish(type(v).__name__, nbytes(fr), [], None, v)
             return futures
         if self.asynchronous:   # the request is a coroutine: settle once it is answered
             async def _after() -> list[Future]:
@@ -597,7 +597,8 @@ class Client:
 
     def _gather_sync(self, futures: list[Future], timeout: float | None = None,
                      errors: str = "raise") -> list:
-        self._check_usable()
+        if self.status == "new":     # an async client used before it was awaited
+            self._check()
         states = [f._state for f in futures]
         for _ in range(5):
             self._wait_states(states, timeout)
@@ -623,10 +624,6 @@ class Client:
                     "and pass the value instead")
             if other.status == "closed" and not f.done():
                 raise CallerError(f"{what} got future {f.key!r} of a closed client")
-
-    def _check_usable(self) -> None:
-        if self.status == "new":
-            self._check()
 
     def _raise_errors(self, futures: list[Future], errors: str) -> None:
         if errors == "raise":

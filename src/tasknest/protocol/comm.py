@@ -85,7 +85,6 @@ class Comm(asyncio.Protocol):
         self._draining = False
         self._seceding: dict[str, list] = {}     # key -> unsent secede, cancelled by a rejoin
         self._cancelled = 0
-        self.info: dict[str, Any] = {}
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

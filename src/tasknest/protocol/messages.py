@@ -13,7 +13,6 @@ from ..errors import ProtocolError
 
 NONE = type(None)
 OPT_STR = (str, NONE)
-OPT_LIST = (list, NONE)
 ANY = object
 
 

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 import threading
@@ -65,10 +64,6 @@ def loads_function(data: bytes) -> Callable:
             _loads_cache[data] = func
         _remember(func, data)
     return func
-
-
-def function_token(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 # -- arguments -------------------------------------------------------------------

@@ -61,9 +61,5 @@ class WorkerInfo:
         self.last_seen = now
         self.memory = 0
 
-    @property
-    def slots(self) -> int:
-        return self.nthreads + self.seceded
-
     def load(self) -> float:
         return (len(self.processing) - self.seceded) / self.nthreads

@@ -28,7 +28,7 @@ from ..errors import ProtocolError, SchedulerLostError, SerializationError
 from ..protocol import messages as m
 from ..protocol.comm import Comm, Listener, connect, listen
 from ..protocol.peers import PeerPool
-from ..protocol.serialize import dumps_value, loads_call, loads_function, loads_value
+from ..protocol.serialize import dumps_value, loads_call, loads_function, loads_value, nbytes
 from .client import WorkerClient
 from .context import TaskContext, current_task, reset_task, set_task
 from .pool import Pool
@@ -236,12 +236,12 @@ class Worker:
     def settle(self, done: list) -> None:
         """Settle the in-task client's futures (outside the lock: callbacks may run)."""
         states = self.client._states
-        for key, status, payload, nbytes in done:
+        for key, status, payload, size in done:
             st = states.get(key)
             if st is None or st.done():
                 continue
             if status == "memory":
-                st.finish(type(payload).__name__, nbytes, [self.address], None, payload)
+                st.finish(type(payload).__name__, size, [self.address], None, payload)
             elif status == "erred":
                 exc, tb, kind = payload
                 st.fail(error_from(exc, tb, kind), tb or None,
@@ -301,10 +301,10 @@ class Worker:
         except SerializationError:
             return []
         self.data[t.key] = value
-        return self.apply(self.state.value_arrived(t.key, sum(len(f) for f in frames)))
+        return self.apply(self.state.value_arrived(t.key, nbytes(frames)))
 
     def _put_data(self, msg: Any) -> None:
-        values, nbytes, keys = [], [], []
+        values, sizes, keys = [], [], []
         for key, frames in zip(msg.keys, msg.values):
             try:
                 values.append(loads_value(frames))
@@ -312,12 +312,12 @@ class Worker:
                 log.warning("cannot store scattered %s: %s", key, exc)
                 continue
             keys.append(key)
-            nbytes.append(sum(len(f) for f in frames))
+            sizes.append(nbytes(frames))
         with self.lock:
             for k, v in zip(keys, values):
                 self.data[k] = v
-            done = self.apply(self.state.put_data(keys, nbytes))
-        self.send(m.PutDataDone(msg.rid, keys, nbytes))
+            done = self.apply(self.state.put_data(keys, sizes))
+        self.send(m.PutDataDone(msg.rid, keys, sizes))
         self.settle(done)
 
     # -- peers --------------------------------------------------------------------------------
@@ -365,7 +365,7 @@ class Worker:
                 t = self.state.tasks.get(key)
                 if t is not None and t.state == "fetching":
                     self.data[key] = value
-                done = self.apply(self.state.fetched(key, sum(len(f) for f in frames)))  # type: ignore
+                done = self.apply(self.state.fetched(key, nbytes(frames)))  # type: ignore
         self.settle(done)
         self._tasks = [t for t in self._tasks if not t.done()]
 
@@ -438,15 +438,15 @@ class Worker:
         except SerializationError as exc:
             return self._failed(key, exc, "serialization",
                                 f"the result of {key} cannot be pickled: {exc}")
-        nbytes = sum(f.nbytes if isinstance(f, memoryview) else len(f) for f in frames)
+        size = nbytes(frames)
         inline = None
-        if nbytes <= INLINE_LIMIT:
+        if size <= INLINE_LIMIT:
             inline = [bytes(f) if isinstance(f, memoryview) else f for f in frames]
         with self.lock:
             self.data[key] = result
             if inline is not None:
                 self.frames_cache[key] = inline
-            done = self.apply(self.state.finished(key, nbytes, type(result).__name__, inline,
+            done = self.apply(self.state.finished(key, size, type(result).__name__, inline,
                                                   list(dict.fromkeys(inner))))
         self.settle(done)
 
