@@ -200,7 +200,9 @@ def render(meta: dict[str, Any], results: list[dict[str, Any]], existing: str = 
         "(dask: `LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`; "
         "Ray: `ray.init(num_cpus=2)`). Each measurement runs in a fresh driver process: the "
         "cluster is started (its start time is reported separately), one trivial task warms it, "
-        f"and only then the measured region starts. Figures are the median of {meta['runs']} "
+        "and only then the measured region starts. Before each measurement the runner waits "
+        f"(up to 30 s) until the whole machine's CPU use is under 10 %, so that no run pays for "
+        f"the previous one's winding down. Figures are the median of {meta['runs']} "
         f"runs. A run over {meta['timeout']:.0f} s is killed and reported as a timeout; a crash "
         f"or a wrong answer as failed. Resource sampler: {sampler}."
         + ("" if "tasknest" in systems else " tasknest was not part of this run."),

@@ -60,6 +60,21 @@ def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+QUIET_CPU = 10.0       # percent of the whole machine
+QUIET_WAIT = 30.0      # seconds at most
+
+
+def wait_quiet(limit: float = QUIET_CPU, deadline: float = QUIET_WAIT) -> float:
+    """Wait until the machine is idle, so that no measurement pays for the previous
+    one's stragglers (Ray's daemons and dask's nannies take seconds to wind down).
+    Returns the CPU percent last seen (above ``limit`` only if the deadline passed)."""
+    end = time.monotonic() + deadline
+    while True:
+        busy = psutil.cpu_percent(interval=0.3)
+        if busy < limit or time.monotonic() > end:
+            return busy
+
+
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "no output"
@@ -70,7 +85,8 @@ def run_one(system: str, workload: str, size: int, timeout: float,
     """One measurement in a fresh process; always returns a result record."""
     cmd = [sys.executable, "-m", "benchmarks.driver", "--system", system,
            "--workload", workload, "--size", str(size)]
-    base: dict[str, Any] = {"system": system, "workload": workload, "size": size}
+    base: dict[str, Any] = {"system": system, "workload": workload, "size": size,
+                            "idle_cpu_before": wait_quiet()}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
             tempfile.TemporaryDirectory() as tmp:
         peaks_file = os.path.join(tmp, "peaks.json")

@@ -388,9 +388,9 @@ class Client:
         if not isinstance(priority, (int, float)):
             raise CallerError(f"priority must be a number, got {priority!r}")
         fbytes = dumps_function(func)
-        abytes, deps = dumps_call(args, kwargs, Future)
-        if deps:
-            self._check_own(flatten_futures((args, kwargs)), "submit()")
+        abytes, deps, futures = dumps_call(args, kwargs, Future)
+        if futures:
+            self._check_own(futures, "submit()")
         if key is None:
             if pure:
                 digest = hashlib.blake2b(fbytes, digest_size=16)
@@ -585,9 +585,17 @@ class Client:
         except RuntimeError:
             return False
 
+    def _wake(self) -> None:
+        """About to wait: send what this process queued for the scheduler now."""
+        comm = self._comm
+        if comm is not None:
+            comm.wake()
+
     def _wait_states(self, states: list[FutureState], timeout: float | None) -> None:
         _check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
+        if any(st.status == "pending" for st in states):
+            self._wake()
         for st in states:
             if st.status != "pending":
                 continue

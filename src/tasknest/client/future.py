@@ -298,6 +298,7 @@ def wait(fs: Iterable[Future] | Future, timeout: float | None = None,
     if not satisfied():
         for f in fs:
             f.add_done_callback(poke)
+        _wake_clients(fs)
         with cond:
             while not satisfied():
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -311,6 +312,12 @@ def wait(fs: Iterable[Future] | Future, timeout: float | None = None,
     return DoneAndNotDone((done, set(fs) - done))
 
 
+def _wake_clients(futures: Iterable[Future]) -> None:
+    """About to wait on these: their clients send what they queued now."""
+    for client in {id(f.client): f.client for f in futures}.values():
+        client._wake()
+
+
 class as_completed:
     """Iterate over futures as they complete; ``add()`` more while iterating."""
 
@@ -321,12 +328,14 @@ class as_completed:
         self._cond = threading.Condition()
         self._done: list[Future] = []
         self._pending = 0
+        self._clients: dict[int, Any] = {}
         for f in futures:
             self.add(f)
 
     def add(self, future: Future) -> None:
         with self._cond:
             self._pending += 1
+            self._clients.setdefault(id(future.client), future.client)
         future.add_done_callback(self._on_done)
 
     def update(self, futures: Iterable[Future]) -> None:
@@ -352,6 +361,9 @@ class as_completed:
         with self._cond:
             if self._pending == 0:
                 raise StopIteration
+            if not self._done:
+                for client in list(self._clients.values()):
+                    client._wake()
             while not self._done:
                 self._cond.wait(1.0)
             future = self._done.pop(0)

@@ -73,12 +73,12 @@ class _ArgPickler(cloudpickle.Pickler):
     def __init__(self, file: io.BytesIO, future_type: type) -> None:
         super().__init__(file, protocol=5)
         self.future_type = future_type
-        self.deps: list[str] = []
+        self.futures: list[Any] = []
 
     def persistent_id(self, obj: Any) -> str | None:
         if type(obj) is self.future_type:
-            self.deps.append(obj.key)
-            return obj.key
+            self.futures.append(obj)
+            return obj.key  # type: ignore[no-any-return]
         return None
 
 
@@ -94,10 +94,12 @@ class _ArgUnpickler(pickle.Unpickler):
 _ATOMIC = frozenset({int, float, str, bytes, bool, type(None)})
 
 
-def dumps_call(args: tuple, kwargs: dict, future_type: type) -> tuple[bytes, list[str]]:
-    """Pickle a call's arguments as (args, kwargs-or-None) without ambiguity."""
+def dumps_call(args: tuple, kwargs: dict,
+               future_type: type) -> tuple[bytes, list[str], list[Any]]:
+    """Pickle a call's arguments as (args, kwargs-or-None) without ambiguity; also
+    returns the dependencies' keys and the futures met (found wherever they hide)."""
     if not kwargs and all(type(a) in _ATOMIC for a in args):
-        return pickle.dumps((args, None), protocol=5), []    # the common case, at C speed
+        return pickle.dumps((args, None), protocol=5), [], []  # the common case, at C speed
     buf = io.BytesIO()
     pickler = _ArgPickler(buf, future_type)
     try:
@@ -105,8 +107,9 @@ def dumps_call(args: tuple, kwargs: dict, future_type: type) -> tuple[bytes, lis
     except Exception as exc:
         raise SerializationError(
             f"cannot pickle the task's arguments: {type(exc).__name__}: {exc}") from exc
-    deps = pickler.deps
-    return buf.getvalue(), (list(dict.fromkeys(deps)) if len(deps) > 1 else deps)
+    futures = pickler.futures
+    deps = [f.key for f in futures]
+    return buf.getvalue(), (list(dict.fromkeys(deps)) if len(deps) > 1 else deps), futures
 
 
 def loads_call(data: bytes, values: dict[str, Any]) -> tuple[tuple, dict]:
@@ -138,6 +141,28 @@ def loads_value(frames: list) -> Any:
         return pickle.loads(frames[0], buffers=frames[1:])
     except Exception as exc:
         raise SerializationError(f"cannot unpickle value: {type(exc).__name__}: {exc}") from exc
+
+
+_SIZED = frozenset({bytes, bytearray, str})
+_NUMBERS = frozenset({int, float, bool, type(None)})
+
+
+def plain_nbytes(obj: Any) -> int | None:
+    """About the pickled size of a value made only of bytes, strings and numbers (or a
+    flat list/tuple of them), found at C speed; None for anything else. Such a value
+    certainly pickles, so a large one need not be pickled before it has to move."""
+    t = type(obj)
+    if t in _SIZED:
+        return len(obj)
+    if t in _NUMBERS:
+        return 9
+    if t is list or t is tuple:
+        types = set(map(type, obj))
+        if types <= _SIZED:
+            return sum(map(len, obj)) + 5 * len(obj)
+        if types <= _NUMBERS:
+            return 9 * len(obj)
+    return None
 
 
 def nbytes(frames: list) -> int:

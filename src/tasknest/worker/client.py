@@ -185,6 +185,7 @@ class WorkerClient(Client):
                                "await it instead")
         w = self.worker
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._wake()
         with w.lock:
             w.pool.block()
         try:

@@ -26,7 +26,8 @@ IDLE_TIMEOUT = 10.0
 class Pool:
     def __init__(self, nthreads: int, lock: threading.Lock, has_ready: Callable[[], bool],
                  run_one: Callable[[], bool], on_idle: Callable[[], None],
-                 name: str = "tasknest-task") -> None:
+                 name: str = "tasknest-task",
+                 before_wait: Callable[[], None] = lambda: None) -> None:
         self.nthreads = nthreads
         self.lock = lock
         self.cond = threading.Condition(lock)          # parked threads
@@ -35,6 +36,7 @@ class Pool:
         self.has_ready = has_ready
         self.run_one = run_one            # pops and runs one task; called WITH the lock held
         self.on_idle = on_idle
+        self.before_wait = before_wait    # a thread is about to wait: flush its messages
         self.name = name
         self.active = 0                    # threads holding a slot
         self.waiting = 0                   # idle threads parked on cond
@@ -81,6 +83,7 @@ class Pool:
                     if self.active < self.nthreads:
                         self.on_idle()
                     self.waiting += 1
+                    self.before_wait()
                     try:
                         while not self.handoffs and not self.closed:
                             if not self.cond.wait(IDLE_TIMEOUT) and not self.handoffs:
@@ -121,6 +124,8 @@ class Pool:
         if getattr(self._local, "mode", None) != "seceded":
             return False
         self.rejoining += 1
+        if self.active >= self.nthreads:
+            self.before_wait()
         try:
             while self.active >= self.nthreads and not self.closed:
                 self.rejoin_cond.wait()

@@ -28,7 +28,8 @@ from ..errors import ProtocolError, SchedulerLostError, SerializationError
 from ..protocol import messages as m
 from ..protocol.comm import Comm, Listener, connect, listen
 from ..protocol.peers import PeerPool
-from ..protocol.serialize import dumps_value, loads_call, loads_function, loads_value, nbytes
+from ..protocol.serialize import (dumps_value, loads_call, loads_function, loads_value, nbytes,
+                                  plain_nbytes)
 from .client import WorkerClient
 from .context import TaskContext, current_task, reset_task, set_task
 from .pool import Pool
@@ -68,8 +69,8 @@ class Worker:
         self.paused = False               # memory above the pause fraction: start no task
         self.frames_cache: dict[str, list] = {}
         self.pool = Pool(nthreads, self.lock, lambda: not self.paused and self.state.has_ready(),
-                         self._run_one,
-                         self._on_idle, name=f"tasknest-{self.name}")
+                         self._run_one, self._on_idle, name=f"tasknest-{self.name}",
+                         before_wait=self._wake)
         self.client = WorkerClient(self)
         self.comm: Comm | None = None
         self.listener: Listener | None = None
@@ -182,6 +183,11 @@ class Worker:
             self.send(m.Heartbeat(rss))
 
     # -- sending ------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        comm = self.comm
+        if comm is not None:
+            comm.wake()
+
     def send(self, msg: m.Message) -> None:
         comm = self.comm
         if comm is None:
@@ -432,16 +438,22 @@ class Worker:
         self._finished(key, result)
 
     def _finished(self, key: str, result: Any) -> None:
-        try:
-            with collect_inner() as inner:
-                frames = dumps_value(result)
-        except SerializationError as exc:
-            return self._failed(key, exc, "serialization",
-                                f"the result of {key} cannot be pickled: {exc}")
-        size = nbytes(frames)
         inline = None
-        if size <= INLINE_LIMIT:
-            inline = [bytes(f) if isinstance(f, memoryview) else f for f in frames]
+        inner: list[str] = []
+        size = plain_nbytes(result)
+        if size is None or size <= INLINE_LIMIT:
+            # pickled now: to travel inline, to find futures inside, or to fail here,
+            # where the error can still be the task's (large plain values wait until
+            # a peer asks for them)
+            try:
+                with collect_inner() as inner:
+                    frames = dumps_value(result)
+            except SerializationError as exc:
+                return self._failed(key, exc, "serialization",
+                                    f"the result of {key} cannot be pickled: {exc}")
+            size = nbytes(frames)
+            if size <= INLINE_LIMIT:
+                inline = [bytes(f) if isinstance(f, memoryview) else f for f in frames]
         with self.lock:
             self.data[key] = result
             if inline is not None:

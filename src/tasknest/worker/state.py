@@ -160,19 +160,36 @@ class WorkerState:
         return None
 
     def has_ready(self) -> bool:
+        return self._best_ready() is not None
+
+    def _best_ready(self) -> WTask | None:
+        """The ready task at the top of the heap (stale entries dropped), not popped."""
         heap = self.ready
         while heap:
             t = self.tasks.get(heap[0][1])
             if t is not None and t.state == "ready":
-                return True
+                return t
             heapq.heappop(heap)
-        return False
+        return None
 
     def helpable(self, keys: list[str]) -> WTask | None:
         """A ready task among ``keys`` or what they wait on, taken for running inline.
 
         Depth first and lazy: it stops at the first ready task, so waiting on an
         aggregate of thousands of queued inputs costs little per call."""
+        top = self._best_ready()
+        if top is not None:      # the usual case: the best ready task is a direct input
+            tasks = self.tasks
+            for key in keys:
+                w = tasks.get(key)
+                if key == top.key or (w is not None and w.state == "waiting"
+                                      and top.key in w.waiting_on):
+                    heapq.heappop(self.ready)
+                    top.state = "executing"
+                    self.executing.add(top.key)
+                    return top
+        # else search; a set emptied from the front is slow to scan again from its start,
+        # which is why the shortcut above comes first
         seen: set[str] = set()
         stack = [iter(keys)]
         while stack:
