@@ -39,12 +39,22 @@ def _latency(s: System, n: int) -> dict[str, float]:
     return {"median_ms": statistics.median(ms), "p99_ms": p99, "elapsed_s": sum(times)}
 
 
+REPEAT_UNTIL_S = 1.0   # a short region is repeated (on the same cluster) until this much
+MAX_REPS = 5           # time has passed, at most this often; the run reports the median
+
+
 def _timed(fn: Callable[[], object], expected: object) -> float:
-    t0 = time.perf_counter()
-    got = fn()
-    elapsed = time.perf_counter() - t0
-    _check(got, expected)
-    return elapsed
+    """Median time of ``fn()`` over its repetitions; each answer is checked outside
+    the timed region. Slow systems get one repetition, fast ones up to MAX_REPS:
+    a 0.1 s region on a shared machine is too noisy to stand alone."""
+    times: list[float] = []
+    while True:
+        t0 = time.perf_counter()
+        got = fn()
+        times.append(time.perf_counter() - t0)
+        _check(got, expected)
+        if sum(times) >= REPEAT_UNTIL_S or len(times) >= MAX_REPS:
+            return statistics.median(times)
 
 
 def _flat(s: System, n: int) -> dict[str, float]:
@@ -73,18 +83,12 @@ def _expected_process_all(n: int) -> int:
 
 
 def _process_all(s: System, n: int) -> dict[str, float]:
-    t0 = time.perf_counter()
-    got = s.process_all(n, SEED)
-    el = time.perf_counter() - t0
-    _check(got, _expected_process_all(n))  # outside the measured region
+    el = _timed(lambda: s.process_all(n, SEED), _expected_process_all(n))
     return {"elapsed_s": el, "items_per_s": n / el}
 
 
 def _process_all_gathered(s: System, n: int) -> dict[str, float]:
-    t0 = time.perf_counter()
-    got = s.process_all_gathered(n, SEED)
-    el = time.perf_counter() - t0
-    _check(got, _expected_process_all(n))
+    el = _timed(lambda: s.process_all_gathered(n, SEED), _expected_process_all(n))
     return {"elapsed_s": el, "items_per_s": n / el}
 
 

@@ -155,6 +155,7 @@ AddKeys = _define("AddKeys", "add-keys", keys=STRS, nbytes=INTS)
 MissingData = _define("MissingData", "missing-data", key=str, worker=str)
 PutDataDone = _define("PutDataDone", "put-data-done", rid=int, keys=STRS, nbytes=INTS)
 Heartbeat = _define("Heartbeat", "heartbeat", memory=int)
+Goodbye = _define("Goodbye", "goodbye", reason=str)      # leaving on purpose (not a crash)
 
 # -- scheduler -> worker -------------------------------------------------------
 Compute = _define("Compute", "compute", key=str, fid=int, args=bytes, deps=WHO_HAS, priority=NUMS,

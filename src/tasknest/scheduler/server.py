@@ -26,7 +26,7 @@ CLIENT_OPS = frozenset({"submit", "want", "release", "cancel", "fire-and-forget"
                         "query"})
 WORKER_OPS = CLIENT_OPS | {"task-finished", "task-erred", "claim", "secede", "rejoin", "idle",
                            "steal-reply", "add-keys", "missing-data", "put-data-done",
-                           "heartbeat"}
+                           "heartbeat", "goodbye"}
 
 
 class Scheduler:
@@ -46,6 +46,7 @@ class Scheduler:
         self.validate = bool(os.environ.get("TASKNEST_VALIDATE")) if validate is None else validate
         self._ticker: asyncio.Task | None = None
         self._validate_pending = False
+        self._leaving: dict[str, str] = {}     # worker id -> the reason it gave for leaving
         self.closed = asyncio.Event()
         self.address = ""
 
@@ -119,9 +120,10 @@ class Scheduler:
     def _worker_gone(self, wid: str, reason: str) -> None:
         self.comms.pop(wid, None)
         ws = self.state.workers.get(wid)
+        said = self._leaving.pop(wid, None)
         if ws is not None:
-            (log.info if self.closed.is_set() or "closing" in reason else log.warning)(
-                "worker %s left: %s", ws.address, reason)
+            (log.info if self.closed.is_set() or said is not None or "closing" in reason
+             else log.warning)("worker %s left: %s", ws.address, said or reason)
         self._do(self.state.remove_worker(wid, reason))
         self._check()
 
@@ -132,6 +134,9 @@ class Scheduler:
             raise ProtocolError(f"{op!r} is not allowed on this connection")
         if op == "heartbeat":
             self.state.heartbeat(source, time.monotonic(), msg.memory)  # type: ignore
+            return
+        if op == "goodbye":          # its connection closes next: say why, calmly
+            self._leaving[source] = msg.reason  # type: ignore[attr-defined]
             return
         ws = self.state.workers.get(source)
         if ws is not None:

@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import os
+import pickle
 import random
 import sys
 import threading
@@ -135,6 +136,7 @@ class Worker:
             t.cancel()
         self.pool.close()
         if self.comm is not None:
+            self.comm.send(m.Goodbye(reason[:200]))
             self.comm.close(reason)
         if self.listener is not None:
             self.listener.close()
@@ -401,14 +403,17 @@ class Worker:
         ctx.attempt = task.retries
         try:
             func = loads_function(task.func)
-            with self.lock:
-                values = {d: self.data[d] for d in task.deps}
+            if task.deps:
+                with self.lock:
+                    values = {d: self.data[d] for d in task.deps}
+            else:
+                values = {}
             args, kwargs = loads_call(task.args, values)
         except Exception as exc:
             return self._failed(task.key, exc, "serialization",
                                 f"cannot unpickle the function or arguments of {task.key}: "
                                 f"{type(exc).__name__}: {exc}")
-        if inspect.iscoroutinefunction(func):
+        if _is_async(func):
             self.loop.call_soon_threadsafe(  # type: ignore[union-attr]
                 lambda: self._tasks.append(asyncio.ensure_future(
                     self._run_async(task.key, ctx, func, args, kwargs))))
@@ -441,7 +446,11 @@ class Worker:
         inline = None
         inner: list[str] = []
         size = plain_nbytes(result)
-        if size is None or size <= INLINE_LIMIT:
+        if size is not None and size <= INLINE_LIMIT:
+            # plain values: no futures inside, no out-of-band buffers, cannot fail
+            inline = [pickle.dumps(result, protocol=5)]
+            size = len(inline[0])
+        elif size is None:
             # pickled now: to travel inline, to find futures inside, or to fail here,
             # where the error can still be the task's (large plain values wait until
             # a peer asks for them)
@@ -483,6 +492,23 @@ class Worker:
 
 
 _MISSING = object()
+_async_funcs: dict[Any, bool] = {}
+
+
+def _is_async(func: Any) -> bool:
+    """inspect.iscoroutinefunction, remembered per function (it is slow-ish)."""
+    try:
+        return _async_funcs[func]
+    except (KeyError, TypeError):
+        pass
+    result = inspect.iscoroutinefunction(func)
+    try:
+        if len(_async_funcs) > 4096:
+            _async_funcs.clear()
+        _async_funcs[func] = result
+    except TypeError:      # an unhashable callable
+        pass
+    return result
 
 
 def _route_to(address: str) -> str:
