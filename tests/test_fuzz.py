@@ -225,7 +225,7 @@ def test_a_fake_worker_reporting_unknown_keys_is_told_to_free_them(procs):
         assert peer.handshake(TOKEN.encode())
         peer.send(REGISTRATIONS["worker"])
         peer.recv_until("welcome")
-        peer.send_msgs([["task-finished", "ghost", 10, "int", None, []],
+        peer.send_msgs([["task-finished", "ghost", 10, "int", None, [], []],
                         ["task-erred", "ghost2", [], "tb", "exception"],
                         ["steal-reply", "ghost3", True], ["secede", "ghost4"],
                         ["rejoin", "ghost5"], ["missing-data", "ghost6", "tcp://x:1"],

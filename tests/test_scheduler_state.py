@@ -96,6 +96,10 @@ class Cluster:
         for a in actions:
             if a[0] == "send":
                 self.to_sched[w.id].append(a[1])
+            elif a[0] == "tell":
+                c = self.clients.get(a[1])
+                if c is not None:
+                    self._client_receives(c, a[2])
             elif a[0] == "fetch":
                 w.fetches.append((a[1], list(a[2])))
             elif a[0] == "drop":
@@ -215,7 +219,7 @@ class Cluster:
         op = msg.op
         if op == "compute":
             out = st.compute(msg.key, msg.fid, msg.args, msg.deps, msg.priority,  # type: ignore
-                             msg.retries)  # type: ignore[attr-defined]
+                             msg.retries, msg.notify)  # type: ignore[attr-defined]
         elif op == "free":
             out = st.free(msg.keys)  # type: ignore[attr-defined]
         elif op == "steal":
@@ -356,7 +360,8 @@ class Cluster:
         w.data.add(key)
         w.inner[key] = inner
         value = [b"v"] if len(key) % 2 else None      # small results travel inline
-        self._apply(w, w.state.finished(key, 1, "int", value, inner))
+        # every client is connected to every worker: results go to it directly
+        self._apply(w, w.state.finished(key, 1, "int", value, inner, set(self.clients)))
 
     def fail(self, wid: str, key: str, kind: str = "exception") -> None:
         w = self.workers[wid]
@@ -460,7 +465,7 @@ def submit(key: str, deps: list[str] | None = None, retries: int = 0, seq: int =
 
 
 def finished(key: str, value: list | None = None) -> m.Message:
-    return m.TaskFinished(key, 8, "int", value, [])
+    return m.TaskFinished(key, 8, "int", value, [], [])
 
 
 def erred(key: str, kind: str = "exception") -> m.Message:
@@ -474,7 +479,7 @@ def ops(out: list) -> list[tuple[str, str, str]]:
 def test_submit_sends_compute_to_a_worker():
     s = sched()
     out = do(s, "c-1", submit("a"))
-    assert len(out) == 1 and out[0][1] == m.Compute("a", 1, b"args", {}, [0, 0, 0], 0)
+    assert len(out) == 1 and out[0][1] == m.Compute("a", 1, b"args", {}, [0, 0, 0], 0, ["c-1"])
     assert s.tasks["a"].state == "processing" and s.tasks["a"].processing_on == out[0][0]
 
 
@@ -515,7 +520,7 @@ def test_dependencies_wait_then_run_with_who_has():
     out = do(s, wa, finished("a"))
     compute = [(t, msg) for t, msg in out if msg.op == "compute"]
     addr = s.workers[wa].address
-    assert compute == [(wa, m.Compute("b", 1, b"args", {"a": [addr]}, [0, 0, 0], 0))]
+    assert compute == [(wa, m.Compute("b", 1, b"args", {"a": [addr]}, [0, 0, 0], 0, ["c-1"]))]
 
 
 def test_dependency_result_is_kept_while_a_dependent_needs_it():
@@ -1045,3 +1050,21 @@ def test_nested_fib_with_worker_deaths_leaves_nothing_behind():
             c.assert_clean()
         except AssertionError as exc:
             raise AssertionError(f"seed {seed}: {exc}\n" + "\n".join(c.log[-60:])) from None
+
+
+def test_compute_names_the_waiting_clients_and_told_ones_are_not_told_twice():
+    s = sched()
+    s.add_client("c-2")
+    wid = do(s, "c-1", submit("a"))[0][0]
+    do(s, "c-2", m.Want(["a"]))
+    out = do(s, wid, m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"]))
+    assert ops(out) == [("c-2", "key-memory", "a")]     # c-1 heard from the worker
+
+
+def test_a_reminding_client_is_told_by_the_scheduler_whatever_the_worker_says():
+    s = sched()
+    wid = do(s, "c-1", submit("a"))[0][0]
+    assert do(s, "c-1", m.Remind(["a", "never-submitted"])) == []   # unknown keys: on their way
+    out = do(s, wid, m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"]))
+    assert ops(out) == [("c-1", "key-memory", "a")]
+    assert ops(do(s, "c-1", m.Remind(["a"]))) == [("c-1", "key-memory", "a")]

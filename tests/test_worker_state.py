@@ -55,7 +55,7 @@ def test_compute_without_deps_is_ready():
     assert ("ready",) in out and ws.tasks["a"].state == "ready"
     run(ws, "a")
     out = finish(ws, "a")
-    assert sent(out) == [m.TaskFinished("a", 8, "int", None, [])]
+    assert sent(out) == [m.TaskFinished("a", 8, "int", None, [], [])]
     assert ("done", "a") in out
     assert ws.tasks["a"].state == "memory" and ws.held_keys() == ["a"]
 
@@ -636,3 +636,23 @@ WorkerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 # ~7 s alone; the timeout leaves room for a loaded machine
 test_random_worker_histories = pytest.mark.timeout(300)(WorkerMachine.TestCase)
+
+
+def test_finished_tells_connected_waiting_clients_directly():
+    ws = WorkerState("tcp://127.0.0.1:9001")
+    ws.compute("a", 1, b"", {}, prio(0, 1), 0, ["c-1", "c-2"])
+    assert ws.pop_ready().key == "a"
+    out = ws.finished("a", 8, "int", [b"v"], [], {"c-1", "c-3"})   # c-2 is not connected
+    assert kinds(out, "tell") == [
+        ("tell", "c-1", m.KeyMemory("a", "int", 8, ["tcp://127.0.0.1:9001"], [b"v"]))]
+    assert sent(out) == [m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"])]
+    ws.validate()
+
+
+def test_claimed_children_tell_nobody_directly():
+    ws = WorkerState("tcp://127.0.0.1:9001")
+    ws.claim("child", b"f", b"", [], prio(1, 1), 0)
+    assert ws.pop_ready().key == "child"
+    out = ws.finished("child", 8, "int", None, [], {"c-1"})
+    assert not kinds(out, "tell")
+    assert sent(out, "task-finished")[0].notified == []

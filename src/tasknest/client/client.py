@@ -192,7 +192,8 @@ class Client:
         ssl_ctx = client_ssl_context(self._security, self.scheduler_address)
         comm = await connect(self.scheduler_address, self._token, timeout=self.timeout,
                              ssl_context=ssl_ctx)
-        self._peers = PeerPool(self.id, self._token, ssl_ctx, timeout=self.timeout)
+        self._peers = PeerPool(self.id, self._token, ssl_ctx, timeout=self.timeout,
+                               on_push=self._handle, on_lost=self._stream_lost)
         welcome = asyncio.get_running_loop().create_future()
         self._welcome = welcome
         comm.start(self._handle)
@@ -265,6 +266,16 @@ class Client:
                 fut.get_loop().call_soon_threadsafe(
                     lambda f=fut: f.done() or f.set_exception(error))
 
+    def _stream_lost(self, comm: Comm) -> None:
+        """A worker connection closed: a result it was to push may be lost with it, so
+        ask the scheduler again for everything still awaited (it then tells us itself)."""
+        if self.status != "running" or self._comm is None:
+            return
+        with self._lock:
+            pending = [k for k, st in self._states.items() if not st.done()]
+        if pending:
+            self._comm.send(m.Remind(pending))
+
     def _on_comm_closed(self, comm: Comm) -> None:
         if self.status == "running":
             self.status = "closed"
@@ -288,6 +299,9 @@ class Client:
             st = self._states.get(msg.key)  # type: ignore[attr-defined]
             if st is not None:
                 st.finish(msg.type, msg.nbytes, msg.who_has, msg.value)  # type: ignore
+            if msg.who_has and not self._worker_side:  # type: ignore[attr-defined]
+                # results from that worker will come straight from it from now on
+                self._peers.ensure(msg.who_has[0])  # type: ignore
         elif op == "key-erred":
             st = self._states.get(msg.key)  # type: ignore[attr-defined]
             if st is not None:

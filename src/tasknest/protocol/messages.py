@@ -127,6 +127,7 @@ DefineFunc = _define("DefineFunc", "define-func", fid=int, func=bytes)
 Submit = _define("Submit", "submit", key=str, fid=int, args=bytes, deps=STRS, priority=NUMS,
                  retries=int, workers=OPT_STRS)
 Want = _define("Want", "want", keys=STRS)                 # hold futures on existing keys
+Remind = _define("Remind", "remind", keys=STRS)           # report these (known ones) yourself
 Release = _define("Release", "release", keys=STRS)        # no future refers to these any more
 Cancel = _define("Cancel", "cancel", keys=STRS)
 FireAndForget = _define("FireAndForget", "fire-and-forget", keys=STRS)
@@ -142,8 +143,9 @@ KeyErred = _define("KeyErred", "key-erred", key=str, exception=FRAMES, traceback
 KeyCancelled = _define("KeyCancelled", "key-cancelled", key=str, reason=str)
 
 # -- worker -> scheduler -------------------------------------------------------
+# notified: the clients the worker told itself (over their own connection to it)
 TaskFinished = _define("TaskFinished", "task-finished", key=str, nbytes=int, type=str,
-                       value=OPT_FRAMES, inner=STRS)
+                       value=OPT_FRAMES, inner=STRS, notified=STRS)
 TaskErred = _define("TaskErred", "task-erred", key=str, exception=FRAMES, traceback=str, kind=str)
 Claim = _define("Claim", "claim", key=str, fid=int, args=bytes, deps=STRS, priority=NUMS,
                 retries=int)
@@ -158,8 +160,9 @@ Heartbeat = _define("Heartbeat", "heartbeat", memory=int)
 Goodbye = _define("Goodbye", "goodbye", reason=str)      # leaving on purpose (not a crash)
 
 # -- scheduler -> worker -------------------------------------------------------
+# notify: clients waiting for the result, to be told straight from the worker if connected
 Compute = _define("Compute", "compute", key=str, fid=int, args=bytes, deps=WHO_HAS, priority=NUMS,
-                  retries=int)
+                  retries=int, notify=STRS)
 Free = _define("Free", "free", keys=STRS)
 Steal = _define("Steal", "steal", key=str)
 ClaimRejected = _define("ClaimRejected", "claim-rejected", key=str)

@@ -1,13 +1,15 @@
-"""Direct data transfer: a connection pool with request ids, for GetData.
+"""Direct connections to workers: data transfer with request ids, and result pushes.
 
     worker/client ──get-data(rid, keys)──> peer worker
                   <──data(rid, {key: frames|None})──
+    client        <──key-memory──────────── worker (results it waits for, one hop)
 """
 from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any
+import time
+from typing import Any, Callable
 
 from ..errors import CommClosedError
 from . import messages as m
@@ -15,16 +17,38 @@ from .comm import Comm, connect
 
 
 class PeerPool:
+    RETRY_AFTER = 30.0     # seconds before ensure() tries a worker it could not reach
+
     def __init__(self, name: str, token: Any, ssl_context: ssl.SSLContext | None = None,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, on_push: Callable[[m.Message], Any] | None = None,
+                 on_lost: Callable[[Comm], Any] | None = None) -> None:
         self.name = name
         self.token = token
         self.ssl_context = ssl_context
         self.timeout = timeout
+        self.on_push = on_push        # messages a worker sends unasked (key-memory)
+        self.on_lost = on_lost        # a connection closed (pushes on it may be lost)
         self.comms: dict[str, Comm] = {}
         self.connecting: dict[str, asyncio.Future] = {}
         self.pending: dict[int, tuple[asyncio.Future, Comm]] = {}
+        self.unreachable: dict[str, float] = {}
         self.rid = 0
+        self.closed = False
+
+    def ensure(self, address: str) -> None:
+        """Open a connection to ``address`` in the background, if there is none."""
+        if address in self.comms or address in self.connecting or self.closed:
+            return
+        failed = self.unreachable.get(address)
+        if failed is not None and time.monotonic() - failed < self.RETRY_AFTER:
+            return
+        fut = self.connecting[address] = asyncio.ensure_future(self._connect(address))
+
+        def done(f: asyncio.Future) -> None:
+            self.connecting.pop(address, None)
+            if not f.cancelled() and f.exception() is not None:
+                self.unreachable[address] = time.monotonic()
+        fut.add_done_callback(done)
 
     async def _comm(self, address: str) -> Comm:
         comm = self.comms.get(address)
@@ -50,6 +74,8 @@ class PeerPool:
             entry = self.pending.pop(msg.rid, None)  # type: ignore[attr-defined]
             if entry is not None and not entry[0].done():
                 entry[0].set_result(msg.values)  # type: ignore[attr-defined]
+        elif msg.op == "key-memory" and self.on_push is not None:
+            self.on_push(msg)
 
     def _on_close(self, comm: Comm) -> None:
         for rid, (fut, c) in list(self.pending.items()):
@@ -60,6 +86,8 @@ class PeerPool:
         for addr, c in list(self.comms.items()):
             if c is comm:
                 del self.comms[addr]
+        if self.on_lost is not None and not self.closed:
+            self.on_lost(comm)
 
     async def get_data(self, address: str, keys: list[str]) -> dict[str, Any]:
         """{key: frames or None} from the worker at ``address``."""
@@ -71,6 +99,7 @@ class PeerPool:
         return await fut
 
     def close(self) -> None:
+        self.closed = True
         for comm in list(self.comms.values()):
             comm.close("peer pool closed")
         self.comms.clear()

@@ -23,7 +23,7 @@ from .state import SchedulerState
 log = logging.getLogger("tasknest.scheduler")
 
 CLIENT_OPS = frozenset({"submit", "want", "release", "cancel", "fire-and-forget", "scatter",
-                        "query"})
+                        "query", "remind"})
 WORKER_OPS = CLIENT_OPS | {"task-finished", "task-erred", "claim", "secede", "rejoin", "idle",
                            "steal-reply", "add-keys", "missing-data", "put-data-done",
                            "heartbeat", "goodbye"}

@@ -260,6 +260,18 @@ class SchedulerState(StealingMixin):
             else:
                 self._report(ts, cid)
 
+    def _on_remind(self, cid: str, msg: m.Message) -> None:
+        """The client lost a connection a worker would have told it a result through:
+        report the keys it waits on (those we know; the rest are still on their way)."""
+        for key in msg.keys:  # type: ignore[attr-defined]
+            ts = self.tasks.get(key)
+            if ts is None or cid not in ts.who_wants:
+                continue
+            if ts.state in ("memory", "erred"):
+                self._report(ts, cid)
+            else:
+                ts.tell.add(cid)
+
     def _on_release(self, cid: str, msg: m.Message) -> None:
         wants = self.clients.get(cid)
         for key in msg.keys:  # type: ignore[attr-defined]
@@ -467,12 +479,14 @@ class SchedulerState(StealingMixin):
                 if its is not None:
                     self._want(its, holder)
                     ts.inner.append(ik)
-        self._memory_reached(ts, wid)
+        self._memory_reached(ts, wid, msg.notified)  # type: ignore[attr-defined]
 
-    def _memory_reached(self, ts: Task, source: str) -> None:
+    def _memory_reached(self, ts: Task, source: str, notified: list[str] = ()) -> None:  # type: ignore[assignment]
         ff = FIRE_AND_FORGET in ts.who_wants
+        skip = set(notified) - ts.tell if notified else ()
+        ts.tell.clear()
         for cid in ts.who_wants:
-            if cid[0] in "cw" and cid != source:
+            if cid[0] in "cw" and cid != source and cid not in skip:
                 self._emit(cid, self._key_memory(ts, inline=True))
         for dk in list(ts.dependents):
             dts = self.tasks.get(dk)
@@ -638,7 +652,9 @@ class SchedulerState(StealingMixin):
     def _send_compute(self, ts: Task, ws: WorkerInfo) -> None:
         deps = {d: [self.workers[w].address for w in self.tasks[d].who_has]
                 for d in ts.deps} if ts.deps else {}
-        self._emit(ws.id, m.Compute(ts.key, ts.func, ts.args, deps, ts.priority, ts.retries))
+        notify = [c for c in ts.who_wants if c[:2] == "c-"]
+        self._emit(ws.id, m.Compute(ts.key, ts.func, ts.args, deps, ts.priority, ts.retries,
+                                    notify))
 
     def _add_replica(self, ts: Task, ws: WorkerInfo) -> None:
         ts.who_has.add(ws.id)

@@ -60,6 +60,9 @@ class WorkerClient(Client):
     def _send(self, msg: m.Message) -> None:
         self.worker.send(msg)
 
+    def _wake(self) -> None:
+        self.worker._wake()
+
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         if threading.get_ident() == self._loop_thread:
             raise RuntimeError("blocking call on the worker's event loop: in an async task, "

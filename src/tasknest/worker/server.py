@@ -69,6 +69,8 @@ class Worker:
         self.data: MutableMapping[str, Any] = new_store(memory_limit)   # spills under a limit
         self.paused = False               # memory above the pause fraction: start no task
         self.frames_cache: dict[str, list] = {}
+        self.client_comms: dict[str, Comm] = {}   # client id -> its connection to this worker
+        self._told: set[Comm] = set()             # client comms with messages from threads
         self.pool = Pool(nthreads, self.lock, lambda: not self.paused and self.state.has_ready(),
                          self._run_one, self._on_idle, name=f"tasknest-{self.name}",
                          before_wait=self._wake)
@@ -189,6 +191,12 @@ class Worker:
         comm = self.comm
         if comm is not None:
             comm.wake()
+        told = self._told
+        while told:
+            try:
+                told.pop().wake()
+            except KeyError:      # another thread took the last one
+                break
 
     def send(self, msg: m.Message) -> None:
         comm = self.comm
@@ -207,6 +215,8 @@ class Worker:
             kind = a[0]
             if kind == "send":
                 self.send(a[1])
+            elif kind == "tell":
+                self._tell(a[1], a[2])
             elif kind == "ready":
                 self.pool.notify()
             elif kind == "done":
@@ -263,7 +273,7 @@ class Worker:
         if op == "compute":
             with self.lock:
                 done = self.apply(st.compute(msg.key, msg.fid, msg.args, msg.deps,  # type: ignore
-                                             msg.priority, msg.retries))  # type: ignore
+                                             msg.priority, msg.retries, msg.notify))  # type: ignore
         elif op == "free":
             with self.lock:
                 done = self.apply(st.free(msg.keys))  # type: ignore[attr-defined]
@@ -333,9 +343,27 @@ class Worker:
         def handler(msg: m.Message) -> None:
             if msg.op == "get-data":
                 comm.send(m.Data(msg.rid, {k: self._frames(k) for k in msg.keys}))  # type: ignore
-            elif msg.op != "register-peer":
+            elif msg.op == "register-peer":
+                name = msg.name  # type: ignore[attr-defined]
+                if name.startswith("c-"):     # a client: results it waits for come this way
+                    self.client_comms[name] = comm
+                    comm.on_close.append(lambda c: self.client_comms.pop(name, None)
+                                         if self.client_comms.get(name) is c else None)
+            else:
                 raise ProtocolError(f"peers may only ask for data, not {msg.op!r}")
         comm.start(handler)
+
+    def _tell(self, cid: str, msg: m.Message) -> None:
+        """A result straight to a client connected here (if it still is: if not, the
+        client asks the scheduler again for everything it waits on)."""
+        comm = self.client_comms.get(cid)
+        if comm is None:
+            return
+        if threading.get_ident() == self.loop_thread:
+            comm.send(msg)
+        else:
+            comm.send_threadsafe(msg)
+            self._told.add(comm)
 
     def _frames(self, key: str) -> list | None:
         frames = self.frames_cache.get(key)
@@ -468,7 +496,7 @@ class Worker:
             if inline is not None:
                 self.frames_cache[key] = inline
             done = self.apply(self.state.finished(key, size, type(result).__name__, inline,
-                                                  list(dict.fromkeys(inner))))
+                                                  list(dict.fromkeys(inner)), self.client_comms))
         self.settle(done)
 
     def _failed(self, key: str, exc: BaseException, kind: str = "exception",

@@ -29,7 +29,8 @@ Action = tuple
 
 class WTask:
     __slots__ = ("key", "func", "args", "deps", "priority", "retries", "state", "waiting_on",
-                 "dependents", "claimed", "owned", "who_has", "nbytes", "error", "stolen")
+                 "dependents", "claimed", "owned", "who_has", "nbytes", "error", "stolen",
+                 "notify")
 
     def __init__(self, key: str, state: str) -> None:
         self.key = key
@@ -47,6 +48,7 @@ class WTask:
         self.nbytes = 0
         self.error: tuple[list, str, str] | None = None
         self.stolen = False
+        self.notify: list[str] = []   # clients to tell straight from here when it finishes
 
     def __repr__(self) -> str:
         return f"<WTask {self.key} {self.state}>"
@@ -72,7 +74,7 @@ class WorkerState:
 
     # == incoming work ===================================================================
     def compute(self, key: str, func: bytes, args: bytes, deps: dict[str, list[str]],
-                priority: list, retries: int) -> list[Action]:
+                priority: list, retries: int, notify: list[str] | None = None) -> list[Action]:
         """The scheduler assigned a task here."""
         out: list[Action] = []
         if self._erred:
@@ -83,11 +85,15 @@ class WorkerState:
         elif t.state in ("ready", "waiting", "executing", "memory"):
             if t.state == "memory" and t.owned is False:
                 t.owned = True
-                out.append(("send", m.TaskFinished(key, t.nbytes, "", None, [])))
+                out.append(("send", m.TaskFinished(key, t.nbytes, "", None, [], [])))
+            elif t.state != "memory":
+                t.notify = notify or []
             return out
         elif t.state == "cancelled":      # freed while running, wanted again: that run counts
             t.state = "executing"
+            t.notify = notify or []
             return out
+        t.notify = notify or []
         t.func, t.args, t.priority, t.retries = func, args, heap_priority(priority), retries
         t.deps = list(deps)
         t.claimed = False
@@ -212,7 +218,10 @@ class WorkerState:
         return None
 
     def finished(self, key: str, nbytes: int, type_name: str, inline: list | None,
-                 inner: list[str]) -> list[Action]:
+                 inner: list[str], connected: Any = ()) -> list[Action]:
+        """A task ran here. Clients in its ``notify`` list that are ``connected`` to
+        this worker are told directly (one hop instead of two through the scheduler),
+        and the scheduler hears whom it need not tell."""
         out: list[Action] = []
         if self._erred:
             self._reap(out)
@@ -228,7 +237,11 @@ class WorkerState:
         t.state = "memory"
         t.nbytes = nbytes
         t.owned = True
-        out.append(("send", m.TaskFinished(key, nbytes, type_name, inline, inner)))
+        notified = [c for c in t.notify if c in connected] if t.notify else []
+        for cid in notified:
+            out.append(("tell", cid, m.KeyMemory(key, type_name, nbytes, [self.address], inline)))
+        t.notify = []
+        out.append(("send", m.TaskFinished(key, nbytes, type_name, inline, inner, notified)))
         out.append(("done", key))
         self._dependency_arrived(t, out)
         self._release_inputs(t, out)
