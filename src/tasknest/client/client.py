@@ -370,6 +370,10 @@ class Client:
             comm = self._comm
             if comm is not None:
                 comm.send_threadsafe(m.Release([key]))
+                if not self._states:
+                    # the last future is gone: nothing else will carry this soon, and
+                    # what comes next (a new submit) should not wait behind it
+                    comm.wake()
 
     def _new_future(self, key: str) -> tuple[Future, bool]:
         with self._lock:

@@ -135,8 +135,11 @@ class Scheduler:
         if op == "heartbeat":
             self.state.heartbeat(source, time.monotonic(), msg.memory)  # type: ignore
             return
-        if op == "goodbye":          # its connection closes next: say why, calmly
+        if op == "goodbye":          # leaving on purpose: we close, so no reset races its words
             self._leaving[source] = msg.reason  # type: ignore[attr-defined]
+            comm = self.comms.get(source)
+            if comm is not None:
+                comm.close(f"worker left: {msg.reason}")  # type: ignore[attr-defined]
             return
         ws = self.state.workers.get(source)
         if ws is not None:

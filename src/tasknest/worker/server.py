@@ -40,6 +40,7 @@ from .state import WorkerState
 log = logging.getLogger("tasknest.worker")
 
 INLINE_LIMIT = 64 * 1024      # results up to this size travel with task-finished
+GOODBYE_WAIT = 2.0            # seconds a leaving worker waits for the scheduler to hang up
 
 
 class Worker:
@@ -137,9 +138,18 @@ class Worker:
         for t in self._tasks:
             t.cancel()
         self.pool.close()
-        if self.comm is not None:
-            self.comm.send(m.Goodbye(reason[:200]))
-            self.comm.close(reason)
+        comm = self.comm
+        if comm is not None and not comm.closed:
+            # say goodbye and let the scheduler close first: closing with its messages
+            # unread would reset the connection, and it would log a crash
+            gone = self.loop.create_future()  # type: ignore[union-attr]
+            comm.on_close.append(lambda _: gone.done() or gone.set_result(None))
+            comm.send(m.Goodbye(reason[:200]))
+            try:
+                await asyncio.wait_for(gone, GOODBYE_WAIT)
+            except asyncio.TimeoutError:
+                pass
+            comm.close(reason)
         if self.listener is not None:
             self.listener.close()
         if self.peers is not None:
@@ -188,15 +198,15 @@ class Worker:
 
     # -- sending ------------------------------------------------------------------------------
     def _wake(self) -> None:
-        comm = self.comm
-        if comm is not None:
-            comm.wake()
         told = self._told
-        while told:
+        while told:               # clients first: they wait on these results
             try:
                 told.pop().wake()
             except KeyError:      # another thread took the last one
                 break
+        comm = self.comm
+        if comm is not None:
+            comm.wake()
 
     def send(self, msg: m.Message) -> None:
         comm = self.comm
