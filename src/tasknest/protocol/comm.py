@@ -302,7 +302,12 @@ class Comm(asyncio.Protocol):
         """Send what other threads queued now (call it before waiting on a reply)."""
         if self._threadsafe and self._wake != "soon":
             self._wake = "soon"
-            self._call_threadsafe(self._drain_threadsafe)
+            self._call_threadsafe(self._drain_now)
+
+    def _drain_now(self) -> None:
+        """A thread waits on what it queued: write it in this loop iteration."""
+        self._drain_threadsafe()
+        self.flush()
 
     def _call_threadsafe(self, fn: Callable[[], Any]) -> None:
         try:
