@@ -190,8 +190,9 @@ class Client:
     async def _connect(self) -> None:
         from ..deploy.security import client_ssl_context
         ssl_ctx = client_ssl_context(self._security, self.scheduler_address)
+        # threadsafe: the user's thread writes its submits itself (no wait for the loop)
         comm = await connect(self.scheduler_address, self._token, timeout=self.timeout,
-                             ssl_context=ssl_ctx)
+                             ssl_context=ssl_ctx, threadsafe=not self.asynchronous)
         self._peers = PeerPool(self.id, self._token, ssl_ctx, timeout=self.timeout,
                                on_push=self._handle, on_lost=self._stream_lost)
         welcome = asyncio.get_running_loop().create_future()

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import logging
 import ssl
+import threading
 import time
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ import msgpack
 
 from ..errors import AuthenticationError, CommClosedError, ProtocolError
 from . import auth
+from .transport import open_connection
 from .messages import DefineFunc, Message, decode
 
 log = logging.getLogger("tasknest.comm")
@@ -84,6 +86,9 @@ class Comm(asyncio.Protocol):
         self._flush_scheduled = False
         self._threadsafe: collections.deque = collections.deque()
         self._wake: str | None = None     # None, "timer" or "soon": how the loop will drain
+        self._lock = threading.RLock()     # the outgoing frame (other threads may write it)
+        self._direct = False               # the transport takes writes from any thread
+        self._loop_thread = threading.get_ident()
         self._draining = False
         self._seceding: dict[str, list] = {}     # key -> unsent secede, cancelled by a rejoin
         self._cancelled = 0
@@ -91,6 +96,7 @@ class Comm(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._direct = getattr(transport, "threadsafe", False)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         sock = transport.get_extra_info("socket")
@@ -230,13 +236,22 @@ class Comm(asyncio.Protocol):
         return fid
 
     def send(self, msg: Message) -> None:
+        """Queue a message (event loop thread): it leaves with this tick's frame."""
         if self.closed:
             return
-        if self._threadsafe:     # messages queued earlier by other threads go first
-            self._drain_threadsafe()
-        self._enqueue(msg)
+        with self._lock:
+            if self._threadsafe:     # messages queued earlier by other threads go first
+                self._drain_queue()
+            self._enqueue(msg)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
 
     def _enqueue(self, msg: Message) -> None:
+        """Add a message to the outgoing frame (lock held)."""
         op = msg.op
         if op == "rejoin":
             secede = self._seceding.pop(msg.key, None)  # type: ignore[attr-defined]
@@ -257,12 +272,15 @@ class Comm(asyncio.Protocol):
             self._outbox.append(encoded)
             if op == "secede":
                 self._seceding[msg.key] = encoded  # type: ignore[attr-defined]
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._flush_scheduled = False
+        with self._lock:
+            self._write_outbox()
+
+    def _write_outbox(self) -> None:
+        """Encode and write the outgoing frame (lock held; on the loop's thread, or on
+        any thread if the transport allows it)."""
         if self.closed or not self._outbox:
             return
         out, self._outbox = self._outbox, []
@@ -299,15 +317,24 @@ class Comm(asyncio.Protocol):
             self.wake()
 
     def wake(self) -> None:
-        """Send what other threads queued now (call it before waiting on a reply)."""
-        if self._threadsafe and self._wake != "soon":
+        """Send what other threads queued now (call it before waiting on a reply).
+        With a transport any thread may write to, the caller writes the frame itself."""
+        if not self._threadsafe or self.closed:
+            return
+        if self._direct and threading.get_ident() != self._loop_thread:
+            with self._lock:
+                self._drain_queue()
+                self._write_outbox()
+        elif self._wake != "soon":
             self._wake = "soon"
             self._call_threadsafe(self._drain_now)
 
     def _drain_now(self) -> None:
         """A thread waits on what it queued: write it in this loop iteration."""
-        self._drain_threadsafe()
-        self.flush()
+        self._wake = None
+        with self._lock:
+            self._drain_queue()
+            self._write_outbox()
 
     def _call_threadsafe(self, fn: Callable[[], Any]) -> None:
         try:
@@ -320,6 +347,13 @@ class Comm(asyncio.Protocol):
 
     def _drain_threadsafe(self) -> None:
         self._wake = None
+        with self._lock:
+            self._drain_queue()
+        if self._outbox:
+            self._schedule_flush()
+
+    def _drain_queue(self) -> None:
+        """Move other threads' messages into the outgoing frame (lock held)."""
         if self._draining:       # re-entered (a __del__ during encoding): the outer loop goes on
             return
         self._draining = True
@@ -384,9 +418,11 @@ def _detect_dead_peers(sock: Any) -> None:
 
 async def connect(address: str, token: str | bytes | None = None, timeout: float = 10.0,
                   ssl_context: ssl.SSLContext | None = None,
-                  max_frame: int = DEFAULT_MAX_FRAME, retry: bool = True) -> Comm:
+                  max_frame: int = DEFAULT_MAX_FRAME, retry: bool = True,
+                  threadsafe: bool = False) -> Comm:
     """Connect and authenticate; retries refused connections until the timeout
-    (unless ``retry=False``: a peer that refuses is gone, so fail at once)."""
+    (unless ``retry=False``: a peer that refuses is gone, so fail at once).
+    ``threadsafe``: other threads write their frames themselves (plain TCP only)."""
     scheme, host, port = parse_address(address)
     if scheme == "tls" and ssl_context is None:
         raise ValueError(f"{address} is a tls:// address: pass TLS settings (security=...)")
@@ -402,9 +438,13 @@ async def connect(address: str, token: str | bytes | None = None, timeout: float
         if remaining <= 0:
             raise ConnectError(f"could not connect to {address} within {timeout:g} s: {last}")
         try:
-            _, comm = await asyncio.wait_for(loop.create_connection(
-                lambda: Comm(key, server_side=False, max_frame=max_frame), host, port,
-                ssl=ssl_context, server_hostname=host if ssl_context else None), remaining)
+            comm = Comm(key, server_side=False, max_frame=max_frame)
+            if threadsafe and ssl_context is None:
+                await asyncio.wait_for(open_connection(loop, comm, host, port), remaining)
+            else:
+                await asyncio.wait_for(loop.create_connection(
+                    lambda: comm, host, port, ssl=ssl_context,
+                    server_hostname=host if ssl_context else None), remaining)
             try:
                 await asyncio.wait_for(asyncio.shield(comm.ready), max(remaining, 0.5))
             except asyncio.TimeoutError:
