@@ -81,12 +81,12 @@ def _last_line(text: str) -> str:
 
 
 def run_one(system: str, workload: str, size: int, timeout: float,
-            sampler: bool = True) -> dict[str, Any]:
+            sampler: bool = True, quiet_wait: float = QUIET_WAIT) -> dict[str, Any]:
     """One measurement in a fresh process; always returns a result record."""
     cmd = [sys.executable, "-m", "benchmarks.driver", "--system", system,
            "--workload", workload, "--size", str(size)]
     base: dict[str, Any] = {"system": system, "workload": workload, "size": size,
-                            "idle_cpu_before": wait_quiet()}
+                            "idle_cpu_before": wait_quiet(deadline=quiet_wait)}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
             tempfile.TemporaryDirectory() as tmp:
         peaks_file = os.path.join(tmp, "peaks.json")

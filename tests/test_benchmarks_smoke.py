@@ -29,7 +29,17 @@ def test_sizes_match_quick_mode() -> None:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("workload", sorted(SMALLEST))
 def test_workload_smallest_size(workload: str) -> None:
-    result = run_one("tasknest", workload, SMALLEST[workload], timeout=100)
+    result = run_one("tasknest", workload, SMALLEST[workload], timeout=100, quiet_wait=2)
     assert result["status"] == "ok", result.get("error")
     assert result["metrics"]
     assert result["peaks"]["workers"] >= 1
+
+
+@pytest.mark.timeout(120)
+def test_round_trip_timeline() -> None:
+    import subprocess
+    out = subprocess.run([sys.executable, "-m", "benchmarks.timeline", "--round-trips", "30"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "**round trip**" in out.stdout
+    assert "network: worker to client" in out.stdout
