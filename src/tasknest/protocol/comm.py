@@ -314,7 +314,9 @@ class Comm(asyncio.Protocol):
             self._wake = "timer"
             self._call_threadsafe(self._arm)
         elif len(q) >= BATCH_MAX and self._wake == "timer":
-            self.wake()
+            # a full batch: the loop writes it while this thread goes on
+            self._wake = "soon"
+            self._call_threadsafe(self._drain_now)
 
     def wake(self) -> None:
         """Send what other threads queued now (call it before waiting on a reply).
