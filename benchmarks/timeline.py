@@ -158,7 +158,7 @@ def analyse(directory: str, client_pid: int, starts: list[int]) -> dict[str, Any
             "total_us": statistics.median(sum(w) for w in walks)}
 
 
-def run(round_trips: int) -> dict[str, Any]:
+def run(round_trips: int, warm: int = 200, workers: int = 1) -> dict[str, Any]:
     here = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as marks, tempfile.TemporaryDirectory() as site:
         Path(site, "sitecustomize.py").write_text(SITECUSTOMIZE)
@@ -169,9 +169,9 @@ def run(round_trips: int) -> dict[str, Any]:
         from tasknest import Client, LocalCluster
 
         from benchmarks import tasks
-        with LocalCluster(n_workers=1, threads_per_worker=1) as cluster, \
+        with LocalCluster(n_workers=workers, threads_per_worker=1) as cluster, \
                 Client(cluster) as client:
-            for i in range(200):                     # warm up
+            for i in range(warm):                    # warm up
                 client.submit(tasks.inc, i).result()
             _marks.clear()
             starts = []
@@ -189,9 +189,12 @@ def run(round_trips: int) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--round-trips", type=int, default=300)
+    p.add_argument("--warm", type=int, default=200, help="round trips before measuring")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (1 thread each)")
     a = p.parse_args()
-    res = run(a.round_trips)
-    print(f"{res['followed']} of {res['round_trips']} round trips on one worker process; "
+    res = run(a.round_trips, a.warm, a.workers)
+    print(f"{res['followed']} of {res['round_trips']} round trips on {a.workers} worker "
+          f"process(es) after {a.warm} to warm up; "
           "median microseconds per step:\n")
     print("| step | µs |")
     print("|---|---:|")
