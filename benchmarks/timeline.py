@@ -95,7 +95,7 @@ if os.environ.get({ENV!r}):
 # the critical path: (name, process, event) in order; each step runs from the previous
 # point to the first such event after it
 PATH = [
-    ("client: submit() to frame written (pickling, key, hand-off to the event loop)",
+    ("client: submit() to frame written (pickle, key, encode; the user's thread writes)",
      "client", "frame written"),
     ("network: client to scheduler (loopback TCP, reader wakes up)", "scheduler", "frame read"),
     ("scheduler: frame read to frame written (decode, state machine, encode)",
