@@ -28,7 +28,8 @@ TOKEN = auth.new_token()
 @pytest.fixture(scope="module")
 def procs(tmp_path_factory):
     with ProcCluster(tmp_path_factory.mktemp("logs"), TOKEN, n_workers=1,
-                     scheduler_args=("--max-frame-size", "1MiB")) as pc:
+                     scheduler_args=("--max-frame-size", "1MiB"),
+                     worker_args=("--max-frame-size", "1MiB")) as pc:
         yield pc
 
 
@@ -133,6 +134,20 @@ def test_oversized_frames_close_only_that_connection(procs):
             peer.close()
     wait_until(lambda: "exceeds the limit of 1048576" in procs.log(), 10,
                message="the scheduler logs the oversized frame")
+    assert runs_tasks(procs.address)
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_refuses_oversized_frames_from_peers(procs):
+    peer = RawPeer(procs.worker_addresses[0])
+    try:
+        assert peer.handshake(TOKEN.encode())
+        peer.send((2 << 20).to_bytes(8, "little"))
+        assert peer.closed_by_server() is not None
+    finally:
+        peer.close()
+    wait_until(lambda: "exceeds the limit of 1048576" in procs.log("worker-0"), 10,
+               message="the worker logs the oversized frame")
     assert runs_tasks(procs.address)
 
 

@@ -155,7 +155,7 @@ async def _worker_main(args: argparse.Namespace) -> int:
     worker = Worker(args.address, nthreads=args.nthreads, name=args.name, host=args.host,
                     port=args.port, token=_token(args), security=security,
                     memory_limit=parse_size(args.memory_limit),
-                    reconnect_timeout=args.reconnect_timeout)
+                    reconnect_timeout=args.reconnect_timeout, max_frame=args.max_frame_size)
     try:
         await worker.start()
     except AuthenticationError as exc:
@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     pw.add_argument("--reconnect-timeout", type=float, default=60.0,
                     help="seconds to keep trying a lost scheduler before exiting")
     pw.add_argument("--no-nanny", action="store_true", help="run without a supervisor")
+    pw.add_argument("--max-frame-size", default="1GiB", type=_positive_size,
+                    help="largest message frame accepted from a peer, e.g. 64MiB")
     pw.add_argument("--insecure", action="store_true", help="connect without a token")
     _common(pw)
 

@@ -114,7 +114,9 @@ class LocalCluster:
         name = name or f"local-{len(self.worker_procs)}"
         cmd = [sys.executable, "-m", "tasknest", "worker", self.scheduler_address,
                "--nthreads", str(self.threads_per_worker), "--name", name,
-               "--host", self.host, *self._tls_args(), *self.worker_args]
+               "--host", self.host, *self._tls_args(),
+               *(["--max-frame-size", str(self.max_frame)] if self.max_frame else []),
+               *self.worker_args]
         if self.memory_limit:
             cmd += ["--memory-limit", str(self.memory_limit)]
         if not self.nanny:
@@ -144,7 +146,8 @@ class LocalCluster:
             self.scheduler_address = sched.address
             for i in range(self.n_workers):
                 w = Worker(sched.address, self.threads_per_worker, f"local-{i}", self.host,
-                           token=self.token, security=security)
+                           token=self.token, security=security,
+                           max_frame=self.max_frame or None)
                 await w.start()
                 self._inproc.append(w)
         runner.run(start(), self.timeout)

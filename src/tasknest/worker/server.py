@@ -48,10 +48,11 @@ class Worker:
                  host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  security: Any = None, memory_limit: int = 0,
                  reconnect_timeout: float = 60.0, heartbeat_interval: float = 1.0,
-                 validate: bool | None = None) -> None:
+                 validate: bool | None = None, max_frame: int | None = None) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, got {nthreads}")
         self.scheduler_address = scheduler_address
+        self.max_frame = max_frame            # largest frame a peer may send us
         self.nthreads = nthreads
         self.name = name or f"worker-{os.getpid()}"
         self.host = host
@@ -94,8 +95,9 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         scheme = "tls" if self.ssl_context is not None else "tcp"
+        kwargs = {"max_frame": self.max_frame} if self.max_frame else {}
         self.listener = await listen(f"{scheme}://{self.host}:{self.port}", self._on_peer,
-                                     self.token, self.ssl_context)
+                                     self.token, self.ssl_context, **kwargs)
         self.address = self.listener.address
         if self.host in ("0.0.0.0", "::", ""):          # advertise an address peers can reach
             self.address = self.address.replace(
