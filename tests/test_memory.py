@@ -90,3 +90,44 @@ def test_spill_directory_is_removed_when_the_store_closes():
     assert os.path.isdir(path)
     store.close()
     assert not os.path.exists(path)
+
+
+def hold_memory_until(path: str, limit: int) -> str:
+    """Sit at about 90% of ``limit`` (above the pause mark, below the restart one)."""
+    import psutil
+    rss = psutil.Process().memory_info().rss
+    hoard = b"x" * max(0, int(0.9 * limit) - rss)     # touched pages: resident
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.01)   # a task polling a file: what is under test is the worker
+    return f"held {len(hoard) // MB} MB"
+
+
+def where_am_i(_: int) -> str:
+    return get_worker().address
+
+
+def paused(client: Client) -> dict:
+    return {w["address"]: w["paused"] for w in client.scheduler_info()}
+
+
+@pytest.mark.timeout(90)
+def test_a_paused_worker_gets_no_new_tasks_until_it_resumes(tmp_path):
+    limit = 400 * MB
+    go = str(tmp_path / "go")
+    # two threads each: the paused worker still has a free slot the scheduler could fill
+    with LocalCluster(n_workers=2, threads_per_worker=2, nanny=True,
+                      memory_limit=limit) as cluster, Client(cluster) as client:
+        a, b = sorted(paused(client))
+        hog = client.submit(hold_memory_until, go, limit, workers=[a], pure=False)
+        from conftest import wait_until
+        wait_until(lambda: paused(client)[a], 30, message="the scheduler hears the worker paused")
+        assert not paused(client)[b]
+        places = client.gather(client.map(where_am_i, range(20), pure=False), timeout=30)
+        assert set(places) == {b}, "new tasks went to the worker that cannot start them"
+        open(go, "w").close()
+        assert hog.result(timeout=30).startswith("held")
+        del hog
+        wait_until(lambda: not paused(client)[a], 30, message="the worker resumes")

@@ -53,6 +53,7 @@ class SimWorker:
         self.data: set[str] = set()                  # values the shell holds
         self.inner: dict[str, list[str]] = {}        # value -> futures inside it
         self.settled: set[str] = set()               # futures of the in-task client now done
+        self.paused = False                          # memory high: starts no new task
 
 
 class SimClient:
@@ -270,6 +271,8 @@ class Cluster:
     # -- tasks on workers ----------------------------------------------------------------
     def start_task(self, wid: str) -> str | None:
         w = self.workers[wid]
+        if w.paused:
+            return None
         t = w.state.pop_ready()
         if t is None:
             return None
@@ -374,7 +377,13 @@ class Cluster:
     def idle(self, wid: str) -> None:
         """The pool has a free slot (tasks may run: a blocked gather lends its slot)."""
         w = self.workers[wid]
-        self._apply(w, w.state.idle(True))
+        self._apply(w, w.state.idle(not w.paused))
+
+    def toggle_pause(self, wid: str) -> None:
+        w = self.workers[wid]
+        w.paused = not w.paused
+        self.log.append(f"{wid} {'pauses' if w.paused else 'resumes'}")
+        self.to_sched[wid].append(m.Paused(w.paused))
 
     # -- quiescence ----------------------------------------------------------------------
     def step_all(self) -> bool:
@@ -404,6 +413,9 @@ class Cluster:
     def drain(self, release: bool = True, max_rounds: int = 500) -> None:
         if not self.workers:
             self.add_worker()
+        for wid, w in self.workers.items():     # memory falls again: all resume
+            if w.paused:
+                self.toggle_pause(wid)
         for _ in range(max_rounds):
             if release:
                 for c in self.clients.values():
@@ -878,14 +890,15 @@ class ClusterMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), what=st.sampled_from(
         ["start"] * 3 + ["claim"] * 4 + ["help"] * 2 + ["finish"] * 3 + [
-            "secede_or_rejoin", "fail", "idle", "fetch", "scatter_here"]))
+            "secede_or_rejoin", "fail", "idle", "fetch", "scatter_here", "pause"]))
     def task(self, data: st.DataObject, what: str) -> None:
         c = self.c
         if not c.workers:
             return
-        if what in ("start", "idle"):
+        if what in ("start", "idle", "pause"):
             wid = data.draw(st.sampled_from(sorted(c.workers)))
-            c.start_task(wid) if what == "start" else c.idle(wid)
+            (c.start_task if what == "start" else c.idle if what == "idle"
+             else c.toggle_pause)(wid)
         elif what == "fetch":
             wids = sorted(w for w, sw in c.workers.items() if sw.fetches)
             if wids:
@@ -1068,3 +1081,26 @@ def test_a_reminding_client_is_told_by_the_scheduler_whatever_the_worker_says():
     out = do(s, wid, m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"]))
     assert ops(out) == [("c-1", "key-memory", "a")]
     assert ops(do(s, "c-1", m.Remind(["a"]))) == [("c-1", "key-memory", "a")]
+
+
+def test_a_paused_worker_gets_no_new_task_while_another_can_take_it():
+    s = sched()
+    do(s, "w-1", m.Paused(True))
+    assert [t for t, _ in do(s, "c-1", submit("a"))] == ["w-2"]
+    assert [t for t, _ in do(s, "c-1", submit("b"))] == ["w-2"]
+    do(s, "w-2", m.Paused(True))              # all paused: it queues somewhere anyway
+    assert len(do(s, "c-1", submit("c"))) == 1
+    do(s, "w-1", m.Idle())                    # a paused worker's idle is not believed
+    assert "w-1" not in s.idle
+
+
+def test_idle_workers_take_unstarted_tasks_of_a_paused_one():
+    s = sched()
+    do(s, "w-2", m.Paused(True))
+    do(s, "c-1", submit("a"))                  # on w-1, which has a slot for it
+    do(s, "w-2", m.Paused(False))
+    do(s, "w-2", m.Idle())                     # nothing to take: w-1 will start it
+    assert s.steals == {}
+    out = do(s, "w-1", m.Paused(True))         # now w-1 will not (unless it already did:
+    assert ops(out) == [("w-1", "steal", "a")]  # its steal-reply says which)
+    assert s.workers["w-1"].paused and "w-1" not in s.idle

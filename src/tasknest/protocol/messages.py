@@ -158,6 +158,7 @@ MissingData = _define("MissingData", "missing-data", key=str, worker=str)
 PutDataDone = _define("PutDataDone", "put-data-done", rid=int, keys=STRS, nbytes=INTS)
 Heartbeat = _define("Heartbeat", "heartbeat", memory=int)
 Goodbye = _define("Goodbye", "goodbye", reason=str)      # leaving on purpose (not a crash)
+Paused = _define("Paused", "paused", paused=bool)          # memory high: no new task starts
 
 # -- scheduler -> worker -------------------------------------------------------
 # notify: clients waiting for the result, to be told straight from the worker if connected

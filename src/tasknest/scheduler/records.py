@@ -45,7 +45,7 @@ class Task:
 
 class WorkerInfo:
     __slots__ = ("id", "address", "name", "nthreads", "pid", "memory_limit", "processing",
-                 "has_what", "seceded", "idle", "last_seen", "memory")
+                 "has_what", "seceded", "idle", "last_seen", "memory", "paused")
 
     def __init__(self, wid: str, address: str, name: str, nthreads: int, pid: int,
                  memory_limit: int, now: float) -> None:
@@ -61,6 +61,7 @@ class WorkerInfo:
         self.idle = False
         self.last_seen = now
         self.memory = 0
+        self.paused = False          # above its memory mark: it starts no new task
 
     def load(self) -> float:
         return (len(self.processing) - self.seceded) / self.nthreads

@@ -26,7 +26,7 @@ CLIENT_OPS = frozenset({"submit", "want", "release", "cancel", "fire-and-forget"
                         "query", "remind"})
 WORKER_OPS = CLIENT_OPS | {"task-finished", "task-erred", "claim", "secede", "rejoin", "idle",
                            "steal-reply", "add-keys", "missing-data", "put-data-done",
-                           "heartbeat", "goodbye"}
+                           "heartbeat", "goodbye", "paused"}
 
 
 class Scheduler:

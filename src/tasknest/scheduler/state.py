@@ -319,7 +319,8 @@ class SchedulerState(StealingMixin):
         elif what == "workers":
             value = [{"id": w.id, "address": w.address, "name": w.name, "nthreads": w.nthreads,
                       "pid": w.pid, "memory_limit": w.memory_limit, "memory": w.memory,
-                      "processing": len(w.processing), "keys": len(w.has_what)}
+                      "processing": len(w.processing), "keys": len(w.has_what),
+                      "paused": w.paused}
                      for w in self.workers.values()]
         elif what == "processing":
             value = {w.address: sorted(w.processing) for w in self.workers.values()}
@@ -630,6 +631,8 @@ class SchedulerState(StealingMixin):
             self.unrunnable[ts.key] = ts
             return
         self.unrunnable.pop(ts.key, None)
+        if len(workers) > 1:         # a paused worker would only queue it
+            workers = [w for w in workers if not w.paused] or workers
         if len(workers) == 1:
             best = next(iter(workers))
         elif ts.deps:

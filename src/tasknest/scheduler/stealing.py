@@ -25,6 +25,11 @@ def _steal_order(ts: "Task") -> tuple:
 
 
 
+def _slots(ws: WorkerInfo) -> int:
+    """Tasks a worker will start soon: none while it is paused."""
+    return 0 if ws.paused else ws.nthreads
+
+
 class StealingMixin:
     if TYPE_CHECKING:
         tasks: dict[str, Task]
@@ -41,11 +46,24 @@ class StealingMixin:
 
     def _on_idle(self, wid: str, msg: m.Message) -> None:
         ws = self.workers.get(wid)
-        if ws is not None:
+        if ws is not None and not ws.paused:
             ws.idle = True
             self.idle.add(wid)
             self._fruitless.pop(wid, None)
             self._balance(ws)
+
+    def _on_paused(self, wid: str, msg: m.Message) -> None:
+        """A worker's memory is high (or fine again): while paused it gets no new
+        task, and idle workers may take every unstarted task it holds."""
+        ws = self.workers.get(wid)
+        if ws is None:
+            return
+        ws.paused = msg.paused  # type: ignore[attr-defined]
+        if ws.paused:
+            ws.idle = False
+            self.idle.discard(wid)
+            for thief_id in list(self.idle):
+                self._balance(self.workers[thief_id])
 
     def _on_steal_reply(self, wid: str, msg: m.Message) -> None:
         key = msg.key  # type: ignore[attr-defined]
@@ -74,11 +92,11 @@ class StealingMixin:
         if thief.id in self.steals.values():
             return                        # wait for the answers to earlier requests
         victims = [w for w in self.workers.values()
-                   if w is not thief and len(w.processing) - w.seceded > w.nthreads]
+                   if w is not thief and len(w.processing) - w.seceded > _slots(w)]
         if not victims:
             return
-        victim = max(victims, key=lambda w: len(w.processing) - w.seceded - w.nthreads)
-        excess = len(victim.processing) - victim.seceded - victim.nthreads
+        victim = max(victims, key=lambda w: len(w.processing) - w.seceded - _slots(w))
+        excess = len(victim.processing) - victim.seceded - _slots(victim)
         last = self._fruitless.get(thief.id)
         if last is not None and last[0] == victim.id and len(victim.processing) < 2 * last[1] + 16:
             return                        # nothing was stealable there a moment ago

@@ -120,6 +120,8 @@ class Worker:
             held = self.state.held_keys()
         comm.send(m.RegisterWorker(self.name, self.address, self.nthreads, os.getpid(),
                                    self.memory_limit, held, __version__))
+        if self.paused:
+            comm.send(m.Paused(True))
         self.comm = comm
         msg = await asyncio.wait_for(welcome, timeout)
         self.id = msg.id
@@ -433,7 +435,7 @@ class Worker:
         return True
 
     def _on_idle(self) -> None:
-        self.apply(self.state.idle(True))
+        self.apply(self.state.idle(not self.paused))   # paused: it would not run the work
 
     def execute(self, task: Any, inline: bool = False) -> None:
         """Run one task (already marked executing) on this thread and report it."""

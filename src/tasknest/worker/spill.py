@@ -24,6 +24,8 @@ import cloudpickle
 import psutil
 import zict
 
+from ..protocol import messages as m
+
 log = logging.getLogger("tasknest.worker")
 
 SPILL_FRACTION = 0.6     # of the memory limit: results above this go to disk
@@ -154,13 +156,17 @@ async def watch_memory(worker: Any) -> None:
                 continue
             if high and not worker.paused:
                 worker.paused = True
+                worker.send(m.Paused(True))
                 log.warning("worker %s paused: memory %d bytes is above %d%% of its limit "
                             "(%d bytes); no new task starts until it falls", worker.address,
                             rss, PAUSE_FRACTION * 100, limit)
             elif not high and worker.paused:
                 with worker.lock:
                     worker.paused = False
+                    worker.send(m.Paused(False))
                     worker.pool.notify()
+                    if worker.pool.active < worker.pool.nthreads:
+                        worker.apply(worker.state.idle(True))   # nothing queued: say so
                 log.warning("worker %s resumed: memory %d bytes", worker.address, rss)
     finally:
         if isinstance(store, SpillBuffer):
