@@ -338,10 +338,7 @@ class Client:
         comm = self._comm
         if comm is None:
             raise ClosedClientError("the client is not connected")
-        if threading.get_ident() == self._loop_thread:
-            comm.send(msg)
-        else:
-            comm.send_threadsafe(msg)
+        comm.send_any(msg)
 
     def _acquire(self, key: str, inform: bool = True) -> FutureState:
         with self._lock:

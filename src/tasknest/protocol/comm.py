@@ -300,6 +300,13 @@ class Comm(asyncio.Protocol):
         else:                             # no copy of large ones
             self.transport.writelines([header, payload])  # type: ignore[union-attr]
 
+    def send_any(self, msg: Message) -> None:
+        """send() on the event loop's thread, send_threadsafe() on any other."""
+        if threading.get_ident() == self._loop_thread:
+            self.send(msg)
+        else:
+            self.send_threadsafe(msg)
+
     # -- sending from other threads ---------------------------------------------
     # A thread's messages wait up to BATCH_WINDOW (or BATCH_MAX messages) to go out
     # together, unless the thread calls wake() because it is about to wait: a task

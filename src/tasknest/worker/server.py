@@ -214,12 +214,8 @@ class Worker:
 
     def send(self, msg: m.Message) -> None:
         comm = self.comm
-        if comm is None:
-            return
-        if threading.get_ident() == self.loop_thread:
-            comm.send(msg)
-        else:
-            comm.send_threadsafe(msg)
+        if comm is not None:
+            comm.send_any(msg)
 
     # -- actions (lock held) ------------------------------------------------------------------
     def apply(self, actions: list) -> list:
@@ -371,13 +367,9 @@ class Worker:
         """A result straight to a client connected here (if it still is: if not, the
         client asks the scheduler again for everything it waits on)."""
         comm = self.client_comms.get(cid)
-        if comm is None:
-            return
-        if threading.get_ident() == self.loop_thread:
-            comm.send(msg)
-        else:
-            comm.send_threadsafe(msg)
-            self._told.add(comm)
+        if comm is not None:
+            comm.send_any(msg)
+            self._told.add(comm)     # woken with the scheduler's comm when the thread waits
 
     def _frames(self, key: str) -> list | None:
         frames = self.frames_cache.get(key)
