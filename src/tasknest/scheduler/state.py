@@ -34,6 +34,7 @@ class SchedulerState(StealingMixin):
         self.clients: dict[str, set[str]] = {FIRE_AND_FORGET: set()}
         self.unrunnable: dict[str, Task] = {}            # ready, but no (allowed) worker
         self.idle: set[str] = set()                      # workers that asked for work
+        self.paused: set[str] = set()                    # workers paused for memory
         self.steals: dict[str, str] = {}                 # key -> thief, while asked
         self._fruitless: dict[str, tuple[str, int]] = {} # thief -> (victim, its size) at a vain scan
         self.allowed_failures = allowed_failures
@@ -103,6 +104,7 @@ class SchedulerState(StealingMixin):
     def remove_worker(self, wid: str, reason: str = "worker lost") -> list:
         ws = self.workers.pop(wid, None)
         self.idle.discard(wid)
+        self.paused.discard(wid)
         self._fruitless.pop(wid, None)
         if ws is None:
             return self._flush()
@@ -631,7 +633,7 @@ class SchedulerState(StealingMixin):
             self.unrunnable[ts.key] = ts
             return
         self.unrunnable.pop(ts.key, None)
-        if len(workers) > 1:         # a paused worker would only queue it
+        if self.paused and len(workers) > 1:    # a paused worker would only queue it
             workers = [w for w in workers if not w.paused] or workers
         if len(workers) == 1:
             best = next(iter(workers))
@@ -655,7 +657,7 @@ class SchedulerState(StealingMixin):
     def _send_compute(self, ts: Task, ws: WorkerInfo) -> None:
         deps = {d: [self.workers[w].address for w in self.tasks[d].who_has]
                 for d in ts.deps} if ts.deps else {}
-        notify = [c for c in ts.who_wants if c[:2] == "c-"]
+        notify = [c for c in ts.who_wants if c[0] == "c"]   # users' clients (c-...)
         self._emit(ws.id, m.Compute(ts.key, ts.func, ts.args, deps, ts.priority, ts.retries,
                                     notify))
 
@@ -779,6 +781,7 @@ class SchedulerState(StealingMixin):
         for cid, keys in self.clients.items():
             for key in keys:
                 assert key in self.tasks and cid in self.tasks[key].who_wants, (cid, key)
+        assert self.paused == {w for w, ws in self.workers.items() if ws.paused}, self.paused
         for wid, ws in self.workers.items():
             running = 0
             for key in ws.processing:

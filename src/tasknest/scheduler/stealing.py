@@ -35,6 +35,7 @@ class StealingMixin:
         tasks: dict[str, Task]
         workers: dict[str, WorkerInfo]
         idle: set[str]
+        paused: set[str]
         steals: dict[str, str]
         _fruitless: dict[str, tuple[str, int]]
 
@@ -59,6 +60,7 @@ class StealingMixin:
         if ws is None:
             return
         ws.paused = msg.paused  # type: ignore[attr-defined]
+        (self.paused.add if ws.paused else self.paused.discard)(wid)
         if ws.paused:
             ws.idle = False
             self.idle.discard(wid)
