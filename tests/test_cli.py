@@ -11,12 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-from operator import getitem
 from pathlib import Path
 
 import pytest
 
 from tasknest import Client
+from tasknest.demo import aggregate, expected, seed_options
 
 from conftest import wait_until
 
@@ -24,23 +24,8 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 
 
-def download_and_convert_to_list(uri):
-    return [len(uri) * i for i in range(20)]
-
-
-def process_element(x):
-    return x * 2 + 1
-
-
-def aggregate(values):
-    return sum(values)
-
-
 def worker_pid(_):
     return os.getpid()
-
-
-EXPECTED = aggregate([process_element(x) for x in download_and_convert_to_list("s3://data")])
 
 
 class Proc:
@@ -152,21 +137,8 @@ def test_seed_examples_on_command_line_cluster(cli_cluster):
         e.wait_for_workers(2, timeout=20)
         assert sorted(e.nthreads()) == sorted(worker_addresses)
         assert {w["name"] for w in e.scheduler_info()} == {"w1", "w2"}
-        future = e.submit(download_and_convert_to_list, "s3://data")
-
-        # gather the data locally
-        data = future.result()
-        futures = e.map(process_element, data)
-        analysis = e.submit(aggregate, futures)
-        assert analysis.result() == EXPECTED
-
-        # submit tasks from client
-        n = e.submit(len, future)
-        n = n.result()
-        elements = [e.submit(getitem, future, i) for i in range(n)]
-        futures = e.map(process_element, elements)
-        analysis = e.submit(aggregate, futures)
-        assert analysis.result() == EXPECTED
+        results = seed_options(e, "s3://data")
+        assert len(results) == 3 and set(results.values()) == {expected("s3://data")}, results
 
         pids = set(e.gather(e.map(worker_pid, range(20), pure=False)))
         assert os.getpid() not in pids and len(pids) >= 1

@@ -8,39 +8,19 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from operator import getitem
 from pathlib import Path
 
 import pytest
 
 from tasknest import Client, Executor, get_worker, local_executor, worker_client
+from tasknest.demo import aggregate, download_and_convert_to_list, expected, process_element, \
+    seed_options
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FIB_100 = 354224848179261915075
 
 
-def download_and_convert_to_list(uri):
-    return [len(uri) * i for i in range(20)]
-
-
-def process_element(x):
-    return x * 2 + 1
-
-
-def aggregate(values):
-    return sum(values)
-
-
-EXPECTED = aggregate([process_element(x) for x in download_and_convert_to_list("s3://data")])
-
-
-def process_all(data):
-    with worker_client() as e:
-        elements = e.scatter(data)
-        futures = e.map(process_element, elements)
-        analysis = e.submit(aggregate, futures)
-        result = analysis.result()
-    return result
+EXPECTED = expected("s3://data")
 
 
 def process_all_where(data):
@@ -123,26 +103,9 @@ def test_seed_examples_on_an_embedded_cluster(tmp_path):
     e = Client()
     try:
         assert len(e.scheduler_info()) >= 1
-        future = e.submit(download_and_convert_to_list, "s3://data")
-
-        # gather the data locally
-        data = future.result()
-        assert isinstance(data, list)
-        futures = e.map(process_element, data)
-        analysis = e.submit(aggregate, futures)
-        assert analysis.result() == EXPECTED
-
-        # submit tasks from client
-        n = e.submit(len, future)
-        n = n.result()
-        elements = [e.submit(getitem, future, i) for i in range(n)]
-        futures = e.map(process_element, elements)
-        analysis = e.submit(aggregate, futures)
-        assert analysis.result() == EXPECTED
-
-        # submit tasks from worker
-        analysis = e.submit(process_all, data)
-        assert analysis.result() == EXPECTED
+        assert isinstance(e.submit(download_and_convert_to_list, "s3://data").result(), list)
+        results = seed_options(e, "s3://data")      # gather locally, from client, from worker
+        assert len(results) == 3 and set(results.values()) == {EXPECTED}, results
 
         # the extended example, with deduplicated keys
         check_fib_100(e, fib, str(tmp_path / "fib.txt"))

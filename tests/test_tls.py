@@ -2,7 +2,6 @@
 plain TCP, a foreign certificate or a missing client certificate get nowhere."""
 from __future__ import annotations
 
-from operator import getitem
 
 import pytest
 
@@ -10,8 +9,7 @@ pytest.importorskip("cryptography", reason="temporary certificates need the 'tls
 
 from rawpeer import RawPeer, evil_frames  # noqa: E402
 from tasknest import Client, LocalCluster  # noqa: E402
-from tasknest.demo import aggregate, download_and_convert_to_list, fib, process_all, \
-    process_element  # noqa: E402
+from tasknest.demo import expected, fib, seed_options  # noqa: E402
 from tasknest.deploy.security import Security  # noqa: E402
 from tasknest.errors import AuthenticationError  # noqa: E402
 from tasknest.protocol.comm import ConnectError  # noqa: E402
@@ -29,19 +27,8 @@ def test_seed_examples_over_tls(tls_cluster):
     with Client(tls_cluster) as e:
         workers = e.scheduler_info()
         assert len(workers) == 2 and all(w["address"].startswith("tls://") for w in workers)
-        expected = aggregate([process_element(x) for x in download_and_convert_to_list("x://d")])
-
-        future = e.submit(download_and_convert_to_list, "x://d")
-        data = future.result()                                 # gather the data locally
-        analysis = e.submit(aggregate, e.map(process_element, data))
-        assert analysis.result() == expected
-
-        n = e.submit(len, future).result()                     # submit tasks from the client
-        elements = [e.submit(getitem, future, i) for i in range(n)]
-        analysis = e.submit(aggregate, e.map(process_element, elements))
-        assert analysis.result() == expected
-
-        assert e.submit(process_all, data).result() == expected   # tasks from a task
+        results = seed_options(e, "x://d")          # the seed's three ways, tasks from tasks too
+        assert len(results) == 3 and set(results.values()) == {expected("x://d")}, results
         assert e.submit(fib, 100).result() == 354224848179261915075
         # results fetched from workers over TLS too (not only inline in messages)
         big = e.submit(bytes, 1 << 20)

@@ -27,6 +27,31 @@ def process_all(data: list[int]) -> int:
         return analysis.result()
 
 
+def expected(uri: str) -> int:
+    """The answer all three ways must give, computed here."""
+    return aggregate([process_element(x) for x in download_and_convert_to_list(uri)])
+
+
+def seed_options(e: Client, uri: str) -> dict[str, int]:
+    """The seed's three ways to process data that a task produced, each one's answer."""
+    future = e.submit(download_and_convert_to_list, uri)
+    out = {}
+    data = future.result()                              # 1. gather the data locally
+    futures = e.map(process_element, data)
+    analysis = e.submit(aggregate, futures)
+    out["gather the data locally"] = analysis.result()
+
+    n = e.submit(len, future).result()                  # 2. submit tasks from client
+    elements = [e.submit(getitem, future, i) for i in range(n)]
+    futures = e.map(process_element, elements)
+    analysis = e.submit(aggregate, futures)
+    out["submit tasks from client"] = analysis.result()
+
+    analysis = e.submit(process_all, data)              # 3. submit tasks from a worker
+    out["submit tasks from worker"] = analysis.result()
+    return out
+
+
 def fib(n: int) -> int:
     if n < 2:
         return n
@@ -42,25 +67,9 @@ def main() -> int:
     with Client() as e:
         print(f"cluster: {len(e.scheduler_info())} workers, started in "
               f"{time.perf_counter() - t0:.2f} s")
-        expected = aggregate([process_element(x) for x in download_and_convert_to_list("x://d")])
-
-        future = e.submit(download_and_convert_to_list, "x://d")
-        data = future.result()                          # 1. gather the data locally
-        futures = e.map(process_element, data)
-        analysis = e.submit(aggregate, futures)
-        print("gather the data locally:  ", analysis.result())
-        assert analysis.result() == expected
-
-        n = e.submit(len, future).result()              # 2. submit tasks from client
-        elements = [e.submit(getitem, future, i) for i in range(n)]
-        futures = e.map(process_element, elements)
-        analysis = e.submit(aggregate, futures)
-        print("submit tasks from client: ", analysis.result())
-        assert analysis.result() == expected
-
-        analysis = e.submit(process_all, data)           # 3. submit tasks from a worker
-        print("submit tasks from worker: ", analysis.result())
-        assert analysis.result() == expected
+        for way, result in seed_options(e, "x://d").items():
+            print(f"{way + ':':26} {result}")
+            assert result == expected("x://d")
 
         t1 = time.perf_counter()
         future = e.submit(fib, 100)
