@@ -220,7 +220,7 @@ class Cluster:
         op = msg.op
         if op == "compute":
             out = st.compute(msg.key, msg.fid, msg.args, msg.deps, msg.priority,  # type: ignore
-                             msg.retries, msg.notify)  # type: ignore[attr-defined]
+                             msg.retries, msg.notify, msg.attempt)  # type: ignore[attr-defined]
         elif op == "free":
             out = st.free(msg.keys)  # type: ignore[attr-defined]
         elif op == "steal":
@@ -477,11 +477,11 @@ def submit(key: str, deps: list[str] | None = None, retries: int = 0, seq: int =
 
 
 def finished(key: str, value: list | None = None) -> m.Message:
-    return m.TaskFinished(key, 8, "int", value, [], [])
+    return m.TaskFinished(key, 8, "int", value, [], [], 0)
 
 
 def erred(key: str, kind: str = "exception") -> m.Message:
-    return m.TaskErred(key, [b"exc"], "Traceback", kind)
+    return m.TaskErred(key, [b"exc"], "Traceback", kind, 0)
 
 
 def ops(out: list) -> list[tuple[str, str, str]]:
@@ -491,7 +491,7 @@ def ops(out: list) -> list[tuple[str, str, str]]:
 def test_submit_sends_compute_to_a_worker():
     s = sched()
     out = do(s, "c-1", submit("a"))
-    assert len(out) == 1 and out[0][1] == m.Compute("a", 1, b"args", {}, [0, 0, 0], 0, ["c-1"])
+    assert len(out) == 1 and out[0][1] == m.Compute("a", 1, b"args", {}, [0, 0, 0], 0, ["c-1"], 1)
     assert s.tasks["a"].state == "processing" and s.tasks["a"].processing_on == out[0][0]
 
 
@@ -532,7 +532,7 @@ def test_dependencies_wait_then_run_with_who_has():
     out = do(s, wa, finished("a"))
     compute = [(t, msg) for t, msg in out if msg.op == "compute"]
     addr = s.workers[wa].address
-    assert compute == [(wa, m.Compute("b", 1, b"args", {"a": [addr]}, [0, 0, 0], 0, ["c-1"]))]
+    assert compute == [(wa, m.Compute("b", 1, b"args", {"a": [addr]}, [0, 0, 0], 0, ["c-1"], 2))]
 
 
 def test_dependency_result_is_kept_while_a_dependent_needs_it():
@@ -1070,7 +1070,7 @@ def test_compute_names_the_waiting_clients_and_told_ones_are_not_told_twice():
     s.add_client("c-2")
     wid = do(s, "c-1", submit("a"))[0][0]
     do(s, "c-2", m.Want(["a"]))
-    out = do(s, wid, m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"]))
+    out = do(s, wid, m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"], 0))
     assert ops(out) == [("c-2", "key-memory", "a")]     # c-1 heard from the worker
 
 
@@ -1078,7 +1078,7 @@ def test_a_reminding_client_is_told_by_the_scheduler_whatever_the_worker_says():
     s = sched()
     wid = do(s, "c-1", submit("a"))[0][0]
     assert do(s, "c-1", m.Remind(["a", "never-submitted"])) == []   # unknown keys: on their way
-    out = do(s, wid, m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"]))
+    out = do(s, wid, m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"], 0))
     assert ops(out) == [("c-1", "key-memory", "a")]
     assert ops(do(s, "c-1", m.Remind(["a"]))) == [("c-1", "key-memory", "a")]
 
@@ -1104,3 +1104,34 @@ def test_idle_workers_take_unstarted_tasks_of_a_paused_one():
     out = do(s, "w-1", m.Paused(True))         # now w-1 will not (unless it already did:
     assert ops(out) == [("w-1", "steal", "a")]  # its steal-reply says which)
     assert s.workers["w-1"].paused and "w-1" not in s.idle
+
+
+def test_a_late_report_of_a_released_run_is_not_taken_for_the_resubmitted_one():
+    # The worker tells the client straight away; the client releases the key and submits
+    # it again before the scheduler reads the worker's report. That report (and its
+    # "c-1 was told") belongs to the released run, whose result the worker is freeing.
+    s = sched()
+    first = do(s, "c-1", submit("a"))
+    w1, attempt1 = first[0][0], first[0][1].attempt
+    assert do(s, "c-1", m.Release(["a"])) == [(w1, m.Free(["a"]))]
+    second = do(s, "c-1", submit("a"))
+    w2, attempt2 = second[0][0], second[0][1].attempt
+    assert second[0][1].op == "compute" and attempt2 != attempt1
+    late = m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"], attempt1)
+    assert do(s, w1, late) == []
+    ts = s.tasks["a"]
+    assert ts.state == "processing" and ts.processing_on == w2 and not ts.who_has
+    # the new run's report counts, and the client hears of it
+    out = do(s, w2, m.TaskFinished("a", 8, "int", [b"v"], [], [], attempt2))
+    assert ops(out) == [("c-1", "key-memory", "a")]
+    assert s.tasks["a"].who_has == {w2}
+
+
+def test_a_late_error_of_a_released_run_does_not_err_the_resubmitted_one():
+    s = sched()
+    first = do(s, "c-1", submit("a"))
+    w1, attempt1 = first[0][0], first[0][1].attempt
+    do(s, "c-1", m.Release(["a"]))
+    do(s, "c-1", submit("a"))
+    assert do(s, w1, m.TaskErred("a", [b"exc"], "Traceback", "exception", attempt1)) == []
+    assert s.tasks["a"].state == "processing"

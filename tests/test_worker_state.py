@@ -55,7 +55,7 @@ def test_compute_without_deps_is_ready():
     assert ("ready",) in out and ws.tasks["a"].state == "ready"
     run(ws, "a")
     out = finish(ws, "a")
-    assert sent(out) == [m.TaskFinished("a", 8, "int", None, [], [])]
+    assert sent(out) == [m.TaskFinished("a", 8, "int", None, [], [], 0)]
     assert ("done", "a") in out
     assert ws.tasks["a"].state == "memory" and ws.held_keys() == ["a"]
 
@@ -142,7 +142,7 @@ def test_erred_with_retries_runs_again_then_reports():
     run(ws, "a")
     out = ws.erred("a", [b"e"], "tb", "exception")
     ws.validate()
-    assert sent(out) == [m.TaskErred("a", [b"e"], "tb", "exception")]
+    assert sent(out) == [m.TaskErred("a", [b"e"], "tb", "exception", 0)]
     assert ("done", "a") in out and ws.tasks["a"].state == "erred"
 
 
@@ -645,7 +645,7 @@ def test_finished_tells_connected_waiting_clients_directly():
     out = ws.finished("a", 8, "int", [b"v"], [], {"c-1", "c-3"})   # c-2 is not connected
     assert kinds(out, "tell") == [
         ("tell", "c-1", m.KeyMemory("a", "int", 8, ["tcp://127.0.0.1:9001"], [b"v"]))]
-    assert sent(out) == [m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"])]
+    assert sent(out) == [m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"], 0)]
     ws.validate()
 
 

@@ -144,9 +144,12 @@ KeyCancelled = _define("KeyCancelled", "key-cancelled", key=str, reason=str)
 
 # -- worker -> scheduler -------------------------------------------------------
 # notified: the clients the worker told itself (over their own connection to it)
+# attempt: the number of the compute this answers (0: a task claimed here), so that the
+# report of a run the scheduler has released since is never taken for a newer one's
 TaskFinished = _define("TaskFinished", "task-finished", key=str, nbytes=int, type=str,
-                       value=OPT_FRAMES, inner=STRS, notified=STRS)
-TaskErred = _define("TaskErred", "task-erred", key=str, exception=FRAMES, traceback=str, kind=str)
+                       value=OPT_FRAMES, inner=STRS, notified=STRS, attempt=int)
+TaskErred = _define("TaskErred", "task-erred", key=str, exception=FRAMES, traceback=str, kind=str,
+                    attempt=int)
 Claim = _define("Claim", "claim", key=str, fid=int, args=bytes, deps=STRS, priority=NUMS,
                 retries=int)
 Secede = _define("Secede", "secede", key=str)
@@ -162,8 +165,9 @@ Paused = _define("Paused", "paused", paused=bool)          # memory high: no new
 
 # -- scheduler -> worker -------------------------------------------------------
 # notify: clients waiting for the result, to be told straight from the worker if connected
+# attempt: numbers each assignment; the worker's report carries it back
 Compute = _define("Compute", "compute", key=str, fid=int, args=bytes, deps=WHO_HAS, priority=NUMS,
-                  retries=int, notify=STRS)
+                  retries=int, notify=STRS, attempt=int)
 Free = _define("Free", "free", keys=STRS)
 Steal = _define("Steal", "steal", key=str)
 ClaimRejected = _define("ClaimRejected", "claim-rejected", key=str)

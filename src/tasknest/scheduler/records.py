@@ -9,7 +9,7 @@ class Task:
     __slots__ = ("key", "func", "args", "deps", "priority", "retries", "restrict", "state",
                  "waiting_on", "dependents", "who_has", "processing_on", "who_wants",
                  "nbytes", "type", "value", "error", "suspicious", "inner", "scattered",
-                 "stealing", "running", "died_on", "started", "tell")
+                 "stealing", "running", "died_on", "started", "tell", "attempt")
 
     def __init__(self, key: str, func: bytes | None, args: bytes | None, deps: list[str],
                  priority: list, retries: int = 0, restrict: list | None = None) -> None:
@@ -36,6 +36,7 @@ class Task:
         self.stealing: str | None = None
         self.running = False                                  # seceded, so surely started
         self.started = False                                  # a steal found it running
+        self.attempt = 0          # number of the compute in force (0: claimed by its worker)
         self.died_on: list[str] = []                          # workers lost while it may have run
         self.tell: set[str] = set()   # clients that asked again: told by the scheduler, always
 

@@ -43,6 +43,7 @@ class SchedulerState(StealingMixin):
         self._scatters: dict[int, list] = {}  # put-data rid -> [client, rid, pending, keys, error]
         self._rid = 0
         self._rr = 0
+        self._attempts = 0        # computes sent so far: each is numbered
         self.orphans: dict[str, set[str]] = {}    # holder -> rerun parents (see _hold_orphans)
         self._handlers = {op: getattr(self, "_on_" + op.replace("-", "_"))
                           for op in m.CATALOGUE if hasattr(self, "_on_" + op.replace("-", "_"))}
@@ -436,6 +437,7 @@ class SchedulerState(StealingMixin):
                 return
         ts.waiting_on = {d for d in ts.deps if self.tasks[d].state != "memory"}
         self._set_processing(ts, ws)
+        ts.attempt = 0
         if self.idle:
             for thief_id in list(self.idle):
                 if thief_id != wid:
@@ -457,6 +459,8 @@ class SchedulerState(StealingMixin):
             return
         if ts is None or ts.state == "erred":
             self._emit(wid, m.Free([key]))
+            return
+        if _stale(ts, msg):
             return
         ts.nbytes, ts.type = msg.nbytes, msg.type  # type: ignore[attr-defined]
         if msg.value is not None and ts.nbytes <= self.inline_limit:  # type: ignore
@@ -507,7 +511,7 @@ class SchedulerState(StealingMixin):
 
     def _on_task_erred(self, wid: str, msg: m.Message) -> None:
         ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
-        if ts is None or ts.state in ("memory", "erred"):
+        if ts is None or ts.state in ("memory", "erred") or _stale(ts, msg):
             return
         self._err(ts, msg.exception, msg.traceback, msg.kind)  # type: ignore[attr-defined]
 
@@ -658,8 +662,10 @@ class SchedulerState(StealingMixin):
         deps = {d: [self.workers[w].address for w in self.tasks[d].who_has]
                 for d in ts.deps} if ts.deps else {}
         notify = [c for c in ts.who_wants if c[0] == "c"]   # users' clients (c-...)
+        self._attempts += 1
+        ts.attempt = self._attempts
         self._emit(ws.id, m.Compute(ts.key, ts.func, ts.args, deps, ts.priority, ts.retries,
-                                    notify))
+                                    notify, ts.attempt))
 
     def _add_replica(self, ts: Task, ws: WorkerInfo) -> None:
         ts.who_has.add(ws.id)
@@ -791,3 +797,11 @@ class SchedulerState(StealingMixin):
             assert running == ws.seceded, (wid, running, ws.seceded)
             for key in ws.has_what:
                 assert wid in self.tasks[key].who_has, (wid, key)
+
+
+def _stale(ts: Task, msg: m.Message) -> bool:
+    """A report of a compute that is no longer in force: the scheduler released that run
+    (and told its worker to free it) and the key has been submitted and assigned anew
+    since. Its result is about to be dropped, and whom it says it told were waiting for
+    the old run: taking it would lose the new one's result."""
+    return msg.attempt != 0 and msg.attempt != ts.attempt  # type: ignore[attr-defined]

@@ -283,7 +283,8 @@ class Worker:
         if op == "compute":
             with self.lock:
                 done = self.apply(st.compute(msg.key, msg.fid, msg.args, msg.deps,  # type: ignore
-                                             msg.priority, msg.retries, msg.notify))  # type: ignore
+                                             msg.priority, msg.retries, msg.notify,  # type: ignore
+                                             msg.attempt))  # type: ignore[attr-defined]
         elif op == "free":
             with self.lock:
                 done = self.apply(st.free(msg.keys))  # type: ignore[attr-defined]

@@ -30,7 +30,7 @@ Action = tuple
 class WTask:
     __slots__ = ("key", "func", "args", "deps", "priority", "retries", "state", "waiting_on",
                  "dependents", "claimed", "owned", "who_has", "nbytes", "error", "stolen",
-                 "notify")
+                 "notify", "attempt")
 
     def __init__(self, key: str, state: str) -> None:
         self.key = key
@@ -49,6 +49,7 @@ class WTask:
         self.error: tuple[list, str, str] | None = None
         self.stolen = False
         self.notify: list[str] = []   # clients to tell straight from here when it finishes
+        self.attempt = 0              # the scheduler's compute this run answers (0: claimed)
 
     def __repr__(self) -> str:
         return f"<WTask {self.key} {self.state}>"
@@ -74,8 +75,9 @@ class WorkerState:
 
     # == incoming work ===================================================================
     def compute(self, key: str, func: bytes, args: bytes, deps: dict[str, list[str]],
-                priority: list, retries: int, notify: list[str] | None = None) -> list[Action]:
-        """The scheduler assigned a task here."""
+                priority: list, retries: int, notify: list[str] | None = None,
+                attempt: int = 0) -> list[Action]:
+        """The scheduler assigned a task here (its ``attempt``-th assignment)."""
         out: list[Action] = []
         if self._erred:
             self._reap(out)
@@ -85,15 +87,18 @@ class WorkerState:
         elif t.state in ("ready", "waiting", "executing", "memory"):
             if t.state == "memory" and t.owned is False:
                 t.owned = True
-                out.append(("send", m.TaskFinished(key, t.nbytes, "", None, [], [])))
+                out.append(("send", m.TaskFinished(key, t.nbytes, "", None, [], [], attempt)))
             elif t.state != "memory":
                 t.notify = notify or []
+                t.attempt = attempt      # the one run there is answers the newest compute
             return out
         elif t.state == "cancelled":      # freed while running, wanted again: that run counts
             t.state = "executing"
             t.notify = notify or []
+            t.attempt = attempt
             return out
         t.notify = notify or []
+        t.attempt = attempt
         t.func, t.args, t.priority, t.retries = func, args, heap_priority(priority), retries
         t.deps = list(deps)
         t.claimed = False
@@ -110,7 +115,7 @@ class WorkerState:
             self._reap(out)
         t = self.tasks.get(key)
         if t is not None and t.state == "cancelled":   # still running: that run counts again
-            t.state, t.claimed, t.owned = "executing", True, True
+            t.state, t.claimed, t.owned, t.attempt = "executing", True, True, 0
             return out
         t = self.tasks[key] = WTask(key, "new")
         t.func, t.args, t.deps, t.priority, t.retries = func, args, deps, heap_priority(priority), retries
@@ -241,7 +246,8 @@ class WorkerState:
         for cid in notified:
             out.append(("tell", cid, m.KeyMemory(key, type_name, nbytes, [self.address], inline)))
         t.notify = []
-        out.append(("send", m.TaskFinished(key, nbytes, type_name, inline, inner, notified)))
+        out.append(("send", m.TaskFinished(key, nbytes, type_name, inline, inner, notified,
+                                           t.attempt)))
         out.append(("done", key))
         self._dependency_arrived(t, out)
         self._release_inputs(t, out)
@@ -263,7 +269,7 @@ class WorkerState:
             t.retries -= 1
             self._make_ready(t, out)
             return out
-        out.append(("send", m.TaskErred(key, exception, traceback, kind)))
+        out.append(("send", m.TaskErred(key, exception, traceback, kind, t.attempt)))
         self._set_erred(t, exception, traceback, kind, out)
         self._release_inputs(t, out)
         return out
