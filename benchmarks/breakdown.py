@@ -14,12 +14,15 @@ import argparse
 import collections
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
 RATE = 250          # samples per second
+# the py-spy of this environment (the bench extra installs it beside the interpreter)
+PY_SPY = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or "py-spy"
 
 IDLE_FUNCS = {"LoopRunner._run", "_run", "run_forever", "_run_once", "select", "poll",
               "Condition.wait", "Event.wait", "Thread.join", "wait", "_wait_for_tstate_lock"}
@@ -72,7 +75,7 @@ def run(workload: str, seconds: float) -> dict:
         pids = {"client": os.getpid(), "scheduler": cluster.scheduler_proc.pid,
                 "worker": client.scheduler_info()[0]["pid"]}     # the worker, not its nanny
         spies = {name: subprocess.Popen(
-            ["py-spy", "record", "-p", str(pid), "-r", str(RATE), "-f", "raw", "--nonblocking",
+            [PY_SPY, "record", "-p", str(pid), "-r", str(RATE), "-f", "raw", "--nonblocking",
              "-o", os.path.join(tmp, f"{name}.txt"), "-d", str(int(seconds) + 2)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name, pid in pids.items()}
         time.sleep(0.5)                    # let the samplers attach before measuring

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import ssl
 import threading
 import time
@@ -87,7 +88,9 @@ class Comm(asyncio.Protocol):
         self._threadsafe: collections.deque = collections.deque()
         self._wake: str | None = None     # None, "timer" or "soon": how the loop will drain
         self._lock = threading.RLock()     # the outgoing frame (other threads may write it)
-        self._direct = False               # the transport takes writes from any thread
+        self._direct = False               # other threads write their frames themselves
+        self._fd = -1                      # ... straight to this socket (plain TCP) ...
+        self._tail: list = []              # ... unless bytes are waiting for the loop
         self._loop_thread = threading.get_ident()
         self._draining = False
         self._seceding: dict[str, list] = {}     # key -> unsent secede, cancelled by a rejoin
@@ -96,10 +99,14 @@ class Comm(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._direct = getattr(transport, "threadsafe", False)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         sock = transport.get_extra_info("socket")
+        if getattr(transport, "threadsafe", False):
+            self._direct = True
+        elif sock is not None and transport.get_extra_info("sslcontext") is None:
+            self._direct = True
+            self._fd = sock.fileno()
         if sock is not None:
             try:
                 import socket
@@ -295,10 +302,50 @@ class Comm(asyncio.Protocol):
             log.error("cannot encode a frame for %s: %s", self.peer, exc)
             return
         header = len(payload).to_bytes(_HEADER, "little")
-        if len(payload) < 65536:          # one system call for small frames
-            self.transport.write(header + payload)  # type: ignore[union-attr]
-        else:                             # no copy of large ones
-            self.transport.writelines([header, payload])  # type: ignore[union-attr]
+        # one system call for small frames, no copy of large ones
+        chunks = [header + payload] if len(payload) < 65536 else [header, payload]
+        if self._fd >= 0 and (self._tail or threading.get_ident() != self._loop_thread):
+            self._write_direct(chunks)
+        else:
+            self.transport.writelines(chunks)  # type: ignore[union-attr]
+
+    # A thread other than the loop's writes its frame to the socket itself (no wake-up
+    # of the loop, no wait for the GIL it holds) while the loop's transport has nothing
+    # unsent; otherwise, and for what the kernel does not take at once, the bytes
+    # queue in ``_tail`` and the loop hands them to its transport, in order. All
+    # writes hold ``_lock``, so the two never interleave.
+    def _write_direct(self, chunks: list) -> None:
+        transport = self.transport
+        # a closing transport's descriptor may be closed, and its number reused, at any
+        # moment: only the loop may still write to it
+        if not self._tail and threading.get_ident() != self._loop_thread \
+                and not transport.is_closing() \
+                and not transport.get_write_buffer_size():  # type: ignore[union-attr]
+            try:
+                n = os.writev(self._fd, chunks)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:       # the loop's transport will meet the error and report it
+                n = 0
+            rest = []
+            for c in chunks:
+                if n >= len(c):
+                    n -= len(c)
+                else:
+                    rest.append(memoryview(c)[n:] if n else c)
+                    n = 0
+            if not rest:
+                return
+            chunks = rest
+        if not self._tail:
+            self._call_threadsafe(self._write_tail)
+        self._tail.extend(chunks)
+
+    def _write_tail(self) -> None:
+        with self._lock:
+            tail, self._tail = self._tail, []
+            if tail and not self.closed and not self.transport.is_closing():  # type: ignore
+                self.transport.writelines(tail)  # type: ignore[union-attr]
 
     def send_any(self, msg: Message) -> None:
         """send() on the event loop's thread, send_threadsafe() on any other."""
@@ -314,9 +361,13 @@ class Comm(asyncio.Protocol):
     # from itself for every message, and the peer gets fewer, larger frames.
     # Every drain clears ``_wake`` *before* it empties the queue and every sender
     # appends *before* it looks at ``_wake``, so no message is ever left behind.
-    def send_threadsafe(self, msg: Message) -> None:
+    def send_threadsafe(self, msg: Message, arm: bool = True) -> None:
+        """Queue from another thread. ``arm=False``: the caller calls wake() next, so the
+        loop is not woken to time the batch."""
         q = self._threadsafe
         q.append(msg)
+        if not arm:
+            return
         if self._wake is None:
             self._wake = "timer"
             self._call_threadsafe(self._arm)
@@ -325,12 +376,13 @@ class Comm(asyncio.Protocol):
             self._wake = "soon"
             self._call_threadsafe(self._drain_now)
 
-    def wake(self) -> None:
+    def wake(self, here: bool = True) -> None:
         """Send what other threads queued now (call it before waiting on a reply).
-        With a transport any thread may write to, the caller writes the frame itself."""
+        On plain TCP the caller writes the frame itself, unless ``here=False``: a thread
+        with work to do next lets the loop encode and write it, on the other core."""
         if not self._threadsafe or self.closed:
             return
-        if self._direct and threading.get_ident() != self._loop_thread:
+        if here and self._direct and threading.get_ident() != self._loop_thread:
             with self._lock:
                 self._drain_queue()
                 self._write_outbox()
@@ -389,6 +441,8 @@ class Comm(asyncio.Protocol):
                 self._drain_threadsafe()
             if self._outbox and self._authed:
                 self.flush()
+            if self._tail:
+                self._write_tail()
             self.transport.close()
         self._closed(reason)
 

@@ -61,7 +61,9 @@ class WorkerClient(Client):
         self.worker.send(msg)
 
     def _wake(self) -> None:
-        self.worker._wake()
+        # a task about to wait on its children: its frames are written by the loop, so
+        # that the thread gets on with running whatever it can meanwhile
+        self.worker._wake(here=False)
 
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         if threading.get_ident() == self._loop_thread:
@@ -188,9 +190,9 @@ class WorkerClient(Client):
                                "await it instead")
         w = self.worker
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._wake()
         with w.lock:
             w.pool.block()
+        self._wake()         # after block(): what it says (idle) leaves with the rest
         try:
             for st in states:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())

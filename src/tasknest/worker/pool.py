@@ -35,7 +35,7 @@ class Pool:
         self.rejoining = 0
         self.has_ready = has_ready
         self.run_one = run_one            # pops and runs one task; called WITH the lock held
-        self.on_idle = on_idle
+        self.on_idle = on_idle            # lock held; the thread flushes its messages next
         self.before_wait = before_wait    # a thread is about to wait: flush its messages
         self.name = name
         self.active = 0                    # threads holding a slot

@@ -201,32 +201,35 @@ class Worker:
             self.send(m.Heartbeat(rss))
 
     # -- sending ------------------------------------------------------------------------------
-    def _wake(self) -> None:
+    def _wake(self, here: bool = True) -> None:
+        """Send what task threads queued. ``here``: this thread has nothing else to do
+        (it parks, or its result is the last thing ready) and writes the frames itself."""
         told = self._told
         while told:               # clients first: they wait on these results
             try:
-                told.pop().wake()
+                told.pop().wake(here)
             except KeyError:      # another thread took the last one
                 break
         comm = self.comm
         if comm is not None:
-            comm.wake()
+            comm.wake(here)
 
-    def send(self, msg: m.Message) -> None:
+    def send(self, msg: m.Message, now: bool = False) -> None:
         comm = self.comm
         if comm is not None:
-            comm.send_any(msg)
+            _queue(comm, msg, now)
 
     # -- actions (lock held) ------------------------------------------------------------------
-    def apply(self, actions: list) -> list:
-        """Carry out state actions; returns settle records to pass to settle() unlocked."""
+    def apply(self, actions: list, now: bool = False) -> list:
+        """Carry out state actions; returns settle records to pass to settle() unlocked.
+        ``now``: a task thread that calls _wake() next writes the messages itself."""
         done = []
         for a in actions:
             kind = a[0]
             if kind == "send":
-                self.send(a[1])
+                self.send(a[1], now)
             elif kind == "tell":
-                self._tell(a[1], a[2])
+                self._tell(a[1], a[2], now)
             elif kind == "ready":
                 self.pool.notify()
             elif kind == "done":
@@ -364,12 +367,12 @@ class Worker:
                 raise ProtocolError(f"peers may only ask for data, not {msg.op!r}")
         comm.start(handler)
 
-    def _tell(self, cid: str, msg: m.Message) -> None:
+    def _tell(self, cid: str, msg: m.Message, now: bool = False) -> None:
         """A result straight to a client connected here (if it still is: if not, the
         client asks the scheduler again for everything it waits on)."""
         comm = self.client_comms.get(cid)
         if comm is not None:
-            comm.send_any(msg)
+            _queue(comm, msg, now)
             self._told.add(comm)     # woken with the scheduler's comm when the thread waits
 
     def _frames(self, key: str) -> list | None:
@@ -428,7 +431,9 @@ class Worker:
         return True
 
     def _on_idle(self) -> None:
-        self.apply(self.state.idle(not self.paused))   # paused: it would not run the work
+        """Pool, lock held: a thread parks or blocks, and flushes its messages next."""
+        now = threading.get_ident() != self.loop_thread
+        self.apply(self.state.idle(not self.paused), now)  # paused: it would not run the work
 
     def execute(self, task: Any, inline: bool = False) -> None:
         """Run one task (already marked executing) on this thread and report it."""
@@ -502,9 +507,15 @@ class Worker:
             self.data[key] = result
             if inline is not None:
                 self.frames_cache[key] = inline
-            done = self.apply(self.state.finished(key, size, type(result).__name__, inline,
-                                                  list(dict.fromkeys(inner)), self.client_comms))
+            actions = self.state.finished(key, size, type(result).__name__, inline,
+                                          list(dict.fromkeys(inner)), self.client_comms)
+            # nothing else to run: the result leaves now, written by this thread, rather
+            # than batched until the thread parks or the batch's timer fires
+            now = not self.state.has_ready() and threading.get_ident() != self.loop_thread
+            done = self.apply(actions, now)
         self.settle(done)
+        if now:
+            self._wake()
 
     def _failed(self, key: str, exc: BaseException, kind: str = "exception",
                 message: str | None = None) -> None:
@@ -524,6 +535,13 @@ class Worker:
         with self.lock:
             done = self.apply(self.state.erred(key, frames, tb, kind))
         self.settle(done)
+
+
+def _queue(comm: Comm, msg: m.Message, now: bool) -> None:
+    if now:
+        comm.send_threadsafe(msg, arm=False)
+    else:
+        comm.send_any(msg)
 
 
 _MISSING = object()
