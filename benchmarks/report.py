@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from benchmarks.calibrate import calibrate
 from benchmarks.sampler import PEAK_KEYS
 from benchmarks.systems import SYSTEMS
 from benchmarks.workloads import WORKLOADS, Workload
@@ -45,6 +46,18 @@ def _version(pkg: str) -> str:
         return "not installed"
 
 
+def _calibration_rows(cal: dict[str, float] | None) -> list[str]:
+    """What this machine's speed was measured at (``benchmarks.calibrate``): figures from
+    two machines compare only as far as these agree."""
+    if not cal:
+        return []
+    return [f"| Python speed: empty loop of 2,000,000 iterations | {cal['python_loop_ms']:.0f} ms |",
+            f"| wake-up: one byte to another process and back (loopback TCP) | "
+            f"{cal['process_pingpong_us']:.0f} µs |",
+            f"| wake-up: a hand-off to another thread and back (Condition) | "
+            f"{cal['thread_pingpong_us']:.0f} µs |"]
+
+
 def metadata(**extra: Any) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -54,6 +67,7 @@ def metadata(**extra: Any) -> dict[str, Any]:
             "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "python": f"{platform.python_implementation()} {platform.python_version()}",
             "os": platform.platform(terse=True),
+            "calibration": calibrate(),
         },
         "versions": {p: _version(p) for p in PACKAGES},
         **extra,
@@ -237,6 +251,7 @@ def render(meta: dict[str, Any], results: list[dict[str, Any]], existing: str = 
         f"| RAM | {m['ram_gib']} GiB |",
         f"| Python | {m['python']} |",
         f"| OS | {m['os']} |",
+        *_calibration_rows(m.get("calibration")),
         "",
         "## Versions",
         "",

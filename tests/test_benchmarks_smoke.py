@@ -43,3 +43,13 @@ def test_round_trip_timeline() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "**round trip**" in out.stdout
     assert "network: worker to client" in out.stdout
+
+
+@pytest.mark.timeout(60)
+def test_calibration_measures_this_machine_and_the_report_shows_it() -> None:
+    from benchmarks import calibrate, report
+    cal = calibrate.calibrate()
+    assert set(cal) == {"python_loop_ms", "process_pingpong_us", "thread_pingpong_us"}
+    assert all(v > 0 for v in cal.values()), cal
+    rows = report._calibration_rows(cal)
+    assert len(rows) == 3 and f"{cal['python_loop_ms']:.0f} ms" in rows[0]
