@@ -104,7 +104,7 @@ PATH = [
     ("worker: frame read to task thread running (decode, queue, thread wakes, GIL)",
      "worker", "task thread starts"),
     ("worker: task thread runs the task (unpickle, call)", "worker", "task returned"),
-    ("worker: task returned to frame written (pickle result, hand-off to the loop)",
+    ("worker: task returned to frame written (pickle result; the task thread writes)",
      "worker", "frame written"),
     ("network: worker to client (the result, straight)", "client", "frame read"),
     ("client: frame read to future settled (decode, settle)", "client", "future settled"),
