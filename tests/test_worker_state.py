@@ -656,3 +656,16 @@ def test_claimed_children_tell_nobody_directly():
     out = ws.finished("child", 8, "int", None, [], {"c-1"})
     assert not kinds(out, "tell")
     assert sent(out, "task-finished")[0].notified == []
+
+
+def test_a_result_holding_futures_goes_through_the_scheduler():
+    """The client asks for the inner futures' keys as it unpickles the result; told
+    directly, it could ask before the scheduler read this worker's claims of them."""
+    ws = WorkerState("tcp://127.0.0.1:9001")
+    ws.compute("parent", 1, b"", {}, prio(0, 1), 0, ["c-1"])
+    assert ws.pop_ready().key == "parent"
+    ws.claim("child", b"f", b"", [], prio(1, 1), 0)
+    out = ws.finished("parent", 8, "dict", [b"v"], ["child"], {"c-1"})
+    assert not kinds(out, "tell")
+    assert sent(out, "task-finished")[0].notified == []
+    ws.validate()

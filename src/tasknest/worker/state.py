@@ -226,7 +226,8 @@ class WorkerState:
                  inner: list[str], connected: Any = ()) -> list[Action]:
         """A task ran here. Clients in its ``notify`` list that are ``connected`` to
         this worker are told directly (one hop instead of two through the scheduler),
-        and the scheduler hears whom it need not tell."""
+        and the scheduler hears whom it need not tell. ``inner``: keys of futures
+        inside the result."""
         out: list[Action] = []
         if self._erred:
             self._reap(out)
@@ -242,7 +243,10 @@ class WorkerState:
         t.state = "memory"
         t.nbytes = nbytes
         t.owned = True
-        notified = [c for c in t.notify if c in connected] if t.notify else []
+        # a result holding futures goes through the scheduler: the client asks for those
+        # futures' keys as it unpickles them, and the scheduler must have read this
+        # worker's claims of them (sent before this report) by then
+        notified = [c for c in t.notify if c in connected] if t.notify and not inner else []
         for cid in notified:
             out.append(("tell", cid, m.KeyMemory(key, type_name, nbytes, [self.address], inline)))
         t.notify = []
