@@ -1,6 +1,6 @@
 """Wall-clock timeline of one round trip (``submit(inc, i).result()``), hop by hop.
 
-    python -m benchmarks.timeline [--round-trips 300]
+    python -m benchmarks.timeline [--round-trips 300] [--scheduled]
 
 CPU profiles (``benchmarks.breakdown``) cannot explain a latency: most of a round
 trip is spent waiting for a packet, a wake-up or the GIL. So every process of a
@@ -9,8 +9,9 @@ the machine-wide monotonic clock, and the round trips are lined up afterwards.
 The marks are installed from outside (a ``sitecustomize`` on PYTHONPATH wraps
 methods); tasknest itself carries no tracing code.
 
-The report follows the critical path: client, scheduler, worker, and the
-result straight back to the client.
+The report follows the critical path: the task straight from the client to a
+worker (or, with ``--scheduled``, through the scheduler) and the result straight
+back to the client.
 """
 from __future__ import annotations
 
@@ -93,8 +94,24 @@ if os.environ.get({ENV!r}):
 
 
 # the critical path: (name, process, event) in order; each step runs from the previous
-# point to the first such event after it
-PATH = [
+# point to the first such event after it. A round trip of a dependency-free task goes
+# straight from the client to a worker it is connected to (placed); with ``workers=``
+# it goes through the scheduler.
+PLACED_PATH = [
+    ("client: submit() to frame written (pickle, key, encode; the user's thread writes)",
+     "client", "frame written"),
+    ("network: client to worker (loopback TCP, reader wakes up)", "worker", "frame read"),
+    ("worker: frame read to task thread running (decode, queue, thread wakes, GIL)",
+     "worker", "task thread starts"),
+    ("worker: task thread runs the task (unpickle, call)", "worker", "task returned"),
+    ("worker: task returned to frame written (pickle result; the task thread writes)",
+     "worker", "frame written"),
+    ("network: worker to client (the result, straight)", "client", "frame read"),
+    ("client: frame read to future settled (decode, settle)", "client", "future settled"),
+    ("client: settled to result() returning (user thread wakes, GIL)",
+     "client", "result() returns"),
+]
+SCHEDULED_PATH = [
     ("client: submit() to frame written (pickle, key, encode; the user's thread writes)",
      "client", "frame written"),
     ("network: client to scheduler (loopback TCP, reader wakes up)", "scheduler", "frame read"),
@@ -113,13 +130,13 @@ PATH = [
 ]
 
 
-def _walk(seg: list[tuple[int, str, str]]) -> list[float] | None:
-    """Times of each step of PATH in one round trip, or None if it took another path."""
+def _walk(seg: list[tuple[int, str, str]], path: list) -> list[float] | None:
+    """Times of each step of ``path`` in one round trip, or None if it took another."""
     t = next((x[0] for x in seg if x[1:] == ("client", "submit")), None)
     if t is None:
         return None
     out = []
-    for _, proc, event in PATH:
+    for _, proc, event in path:
         nxt = next((x[0] for x in seg if x[0] >= t and x[1] == proc and x[2] == event), None)
         if nxt is None:
             return None
@@ -128,7 +145,8 @@ def _walk(seg: list[tuple[int, str, str]]) -> list[float] | None:
     return out
 
 
-def analyse(directory: str, client_pid: int, starts: list[int]) -> dict[str, Any]:
+def analyse(directory: str, client_pid: int, starts: list[int],
+            path: list = PLACED_PATH) -> dict[str, Any]:
     events: list[tuple[int, str, str]] = []
     for f in Path(directory).glob("*.txt"):
         pid = f.stem
@@ -148,17 +166,18 @@ def analyse(directory: str, client_pid: int, starts: list[int]) -> dict[str, Any
         while t >= bounds[i + 1]:
             i += 1
         segments[i].append((t, roles.get(pid, "scheduler"), label))
-    walks = [w for w in map(_walk, segments) if w is not None]
+    walks = [w for w in (_walk(seg, path) for seg in segments) if w is not None]
     if not walks:
         raise RuntimeError("no round trip followed the expected path: has the code moved "
                            "away from the points in POINTS?")
     steps = [{"step": name, "us": statistics.median(w[k] for w in walks)}
-             for k, (name, _, _) in enumerate(PATH)]
+             for k, (name, _, _) in enumerate(path)]
     return {"round_trips": len(segments), "followed": len(walks), "steps": steps,
             "total_us": statistics.median(sum(w) for w in walks)}
 
 
-def run(round_trips: int, warm: int = 200, workers: int = 1) -> dict[str, Any]:
+def run(round_trips: int, warm: int = 200, workers: int = 1,
+        scheduled: bool = False) -> dict[str, Any]:
     here = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as marks, tempfile.TemporaryDirectory() as site:
         Path(site, "sitecustomize.py").write_text(SITECUSTOMIZE)
@@ -171,19 +190,21 @@ def run(round_trips: int, warm: int = 200, workers: int = 1) -> dict[str, Any]:
         from benchmarks import tasks
         with LocalCluster(n_workers=workers, threads_per_worker=1) as cluster, \
                 Client(cluster) as client:
+            # through the scheduler: restricted to the workers (all of them)
+            where = [w["address"] for w in client.scheduler_info()] if scheduled else None
             for i in range(warm):                    # warm up
-                client.submit(tasks.inc, i).result()
+                client.submit(tasks.inc, i, workers=where).result()
             _marks.clear()
             starts = []
             for i in range(round_trips):
                 starts.append(time.perf_counter_ns())
                 mark("start")
-                assert client.submit(tasks.inc, i).result() == i + 1
+                assert client.submit(tasks.inc, i, workers=where).result() == i + 1
         # the cluster's processes wrote their marks as they exited
         Path(marks, f"{os.getpid()}.txt").write_text(
             "".join(f"{t} {label}\n" for t, label in _marks))
         _marks.clear()
-        return analyse(marks, os.getpid(), starts)
+        return analyse(marks, os.getpid(), starts, SCHEDULED_PATH if scheduled else PLACED_PATH)
 
 
 def main() -> None:
@@ -191,10 +212,13 @@ def main() -> None:
     p.add_argument("--round-trips", type=int, default=300)
     p.add_argument("--warm", type=int, default=200, help="round trips before measuring")
     p.add_argument("--workers", type=int, default=1, help="worker processes (1 thread each)")
+    p.add_argument("--scheduled", action="store_true",
+                   help="through the scheduler (workers= given) instead of placed")
     a = p.parse_args()
-    res = run(a.round_trips, a.warm, a.workers)
-    print(f"{res['followed']} of {res['round_trips']} round trips on {a.workers} worker "
-          f"process(es) after {a.warm} to warm up; "
+    res = run(a.round_trips, a.warm, a.workers, a.scheduled)
+    print(f"{res['followed']} of {res['round_trips']} round trips "
+          f"({'through the scheduler' if a.scheduled else 'placed on a worker'}) on "
+          f"{a.workers} worker process(es) after {a.warm} to warm up; "
           "median microseconds per step:\n")
     print("| step | µs |")
     print("|---|---:|")

@@ -11,7 +11,11 @@ enough that every event sequence is one a real cluster could produce:
   futures when they return (before ``task-finished``), and may keep some
   children alive inside their result (``inner``) until that value is dropped;
 * fetches complete from a live peer that holds the value, or fail;
-* a dead worker's undelivered messages are lost, but for a few it sent last.
+* a dead worker's undelivered messages are lost, but for a few it sent last;
+* clients place tasks straight on workers over a lane of their own (its FIFO
+  queue), tell the scheduler after (``placed``, with the result's size when the
+  result came first), and remind the scheduler when a lane breaks;
+* queries wait for a sync with every worker.
 
 ``validate()`` checks every state machine; ``drain()`` releases everything and
 runs the cluster to quiescence so leaks can be asserted.
@@ -63,6 +67,8 @@ class SimClient:
         self.pending_scatter: dict[int, list[str]] = {}
         self.rid = 0
         self.events: list[m.Message] = []
+        self.placed: dict[str, tuple[str, m.Message]] = {}   # key -> (worker, its ``placed``)
+        self.queries: set[int] = set()                        # rids not answered yet
 
 
 class Cluster:
@@ -71,6 +77,8 @@ class Cluster:
         self.workers: dict[str, SimWorker] = {}
         self.clients: dict[str, SimClient] = {}
         self.to_sched: dict[str, deque[m.Message]] = {}
+        self.lanes: dict[tuple[str, str], deque[m.Message]] = {}   # (client, worker) -> places
+        self.spawners: dict[str, set[str]] = {}    # task -> the tasks that submitted it
         self.n = 0
         self.seq = 0
         self.log: list[str] = []
@@ -90,8 +98,13 @@ class Cluster:
 
     def _client_receives(self, c: SimClient, msg: m.Message) -> None:
         c.events.append(msg)
-        if msg.op == "reply" and msg.rid in c.pending_scatter:  # type: ignore[attr-defined]
-            c.pending_scatter.pop(msg.rid)  # type: ignore[attr-defined]
+        if msg.op == "reply":
+            c.pending_scatter.pop(msg.rid, None)  # type: ignore[attr-defined]
+            c.queries.discard(msg.rid)  # type: ignore[attr-defined]
+        elif msg.op in ("key-memory", "key-erred", "key-cancelled"):
+            placed = c.placed.pop(msg.key, None)  # type: ignore[attr-defined]
+            if placed is not None and msg.op == "key-memory":   # as Client._placed_done
+                placed[1].type, placed[1].nbytes = msg.type, msg.nbytes  # type: ignore
 
     def _apply(self, w: SimWorker, actions: list) -> None:
         for a in actions:
@@ -129,10 +142,15 @@ class Cluster:
         self._route(self.s.add_client(cid))
         return cid
 
-    def remove_client(self, cid: str) -> None:
-        self.log.append(f"remove_client {cid}")
+    def remove_client(self, cid: str, lanes_arrive: bool = True) -> None:
+        self.log.append(f"remove_client {cid} lanes_arrive={lanes_arrive}")
+        # what the client sent before it went still arrives (its places only perhaps:
+        # written, or not yet), then the close
+        for (c, wid) in [lane for lane in self.lanes if lane[0] == cid]:
+            while lanes_arrive and self.lanes[(c, wid)]:
+                self.deliver_lane(c, wid)
+            del self.lanes[(c, wid)]
         del self.clients[cid]
-        # what the client sent before it went still arrives, then the close
         while self.to_sched[cid]:
             self._route(self.s.handle(cid, self.to_sched[cid].popleft()))
         del self.to_sched[cid]
@@ -152,6 +170,8 @@ class Cluster:
         self.log.append(f"kill_worker {wid} after {last_words} more messages")
         for _ in range(min(last_words, len(self.to_sched[wid]))):
             self.deliver_to_scheduler(wid)
+        for (cid, w) in [lane for lane in self.lanes if lane[1] == wid]:
+            self._lane_broke(cid, w)
         del self.workers[wid]
         del self.to_sched[wid]
         self._route(self.s.remove_worker(wid, "killed in a test"))
@@ -165,12 +185,57 @@ class Cluster:
             self.seq += 1
             self.to_sched[cid].append(m.Submit(key, 1, b"", deps, [0, 0, self.seq], retries, None))
 
+    def place(self, cid: str, wid: str, key: str) -> None:
+        """The client places a dependency-free task straight on a worker."""
+        self.log.append(f"place {cid} {key} on {wid}")
+        c = self.clients[cid]
+        c.refs[key] += 1
+        if c.refs[key] == 1:
+            self.seq += 1
+            address = self.workers[wid].address
+            record = m.Placed(key, 1, b"", [0, 0, self.seq], 0, address, self.seq, -1, "")
+            c.placed[key] = (wid, record)
+            self.to_sched[cid].append(record)
+            self.lanes.setdefault((cid, wid), deque()).append(
+                m.Place(key, 1, b"", [0, 0, self.seq], 0, self.seq))
+
+    def deliver_lane(self, cid: str, wid: str) -> None:
+        msg = self.lanes[(cid, wid)].popleft()
+        self.log.append(f"{wid} <- lane {cid}: {msg!r}")
+        w = self.workers[wid]
+        self._apply(w, w.state.place(msg.key, msg.fid, msg.args, msg.priority,  # type: ignore
+                                     msg.retries, cid, msg.seq))  # type: ignore[attr-defined]
+
+    def break_lane(self, cid: str, wid: str) -> None:
+        """The client's connection to a worker closes (both stay): places on it are lost."""
+        self.log.append(f"lane {cid} -> {wid} breaks")
+        self._lane_broke(cid, wid)
+
+    def _lane_broke(self, cid: str, wid: str) -> None:
+        self.lanes.pop((cid, wid), None)
+        c = self.clients.get(cid)
+        if c is None:
+            return
+        for key, (w, _) in list(c.placed.items()):      # as Client._stream_lost
+            if w == wid:
+                del c.placed[key]
+        self.to_sched[cid].append(m.LaneLost(self.workers[wid].address))
+        if c.refs:
+            self.to_sched[cid].append(m.Remind(sorted(c.refs)))
+
+    def query(self, cid: str, what: str) -> None:
+        c = self.clients[cid]
+        c.rid += 1
+        c.queries.add(c.rid)
+        self.to_sched[cid].append(m.Query(c.rid, what, None))
+
     def release(self, cid: str, key: str) -> None:
         self.log.append(f"release {cid} {key}")
         c = self.clients[cid]
         c.refs[key] -= 1
         if not c.refs[key]:
             del c.refs[key]
+            c.placed.pop(key, None)
             self.to_sched[cid].append(m.Release([key]))
 
     def want(self, cid: str, key: str) -> None:
@@ -248,6 +313,14 @@ class Cluster:
             w.data.update(keys)
             out = st.put_data(keys, [1] * len(keys))
             out.append(("send", m.PutDataDone(msg.rid, keys, [1] * len(keys))))  # type: ignore
+        elif op == "confirm":
+            out = st.confirm(msg.key, msg.client, msg.seq, msg.attempt)  # type: ignore
+        elif op == "client-gone":
+            out = st.client_gone(msg.client)  # type: ignore[attr-defined]
+        elif op == "withdraw":
+            out = st.withdraw(msg.client, msg.upto)  # type: ignore[attr-defined]
+        elif op == "sync":
+            out = [("send", m.Synced(msg.rid))]  # type: ignore[attr-defined]
         else:
             out = []
         self._apply(w, out)
@@ -295,6 +368,7 @@ class Cluster:
         """Task ``key`` on ``wid`` submits ``child`` (as WorkerClient._submit_key does)."""
         w = self.workers[wid]
         self.log.append(f"{wid} {key} submits {child} deps={deps}")
+        self.spawners.setdefault(child, set()).add(key)
         w.running[key].children.append(child)
         w.refs[child] += 1
         if w.refs[child] > 1:
@@ -334,6 +408,17 @@ class Cluster:
         out = [key]
         while w.running[out[-1]].parent is not None:
             out.append(w.running[out[-1]].parent)  # type: ignore[arg-type]
+        return out
+
+    def ancestry(self, wid: str, key: str) -> set[str]:
+        """The task, those it runs inline for, and every task that spawned one of them."""
+        out: set[str] = set()
+        todo = self.stack(wid, key)
+        while todo:
+            k = todo.pop()
+            if k not in out:
+                out.add(k)
+                todo.extend(self.spawners.get(k, ()))
         return out
 
     def finishable(self, wid: str) -> list[str]:
@@ -389,6 +474,10 @@ class Cluster:
     def step_all(self) -> bool:
         """One round of everything that can move without a new decision."""
         moved = False
+        for lane in list(self.lanes):
+            while self.lanes.get(lane):
+                self.deliver_lane(*lane)
+                moved = True
         for source in list(self.to_sched):
             while self.to_sched.get(source):
                 self.deliver_to_scheduler(source)
@@ -422,11 +511,13 @@ class Cluster:
                     for k in self.releasable(c.id):
                         while c.refs.get(k):
                             self.release(c.id, k)
-            if not self.step_all() and not any(c.pending_scatter for c in self.clients.values()):
+            if not self.step_all() and not any(c.pending_scatter or c.queries
+                                               for c in self.clients.values()):
                 return
-        pending = {c.id: c.pending_scatter for c in self.clients.values() if c.pending_scatter}
-        raise AssertionError(f"the cluster did not settle: scatters waiting {pending}, "
-                             f"tasks {self.s.tasks}")
+        pending = {c.id: (c.pending_scatter, c.queries) for c in self.clients.values()
+                   if c.pending_scatter or c.queries}
+        raise AssertionError(f"the cluster did not settle: scatters and queries waiting "
+                             f"{pending}, tasks {self.s.tasks}")
 
     def assert_consistent(self) -> None:
         """At rest, the scheduler's picture matches what each worker holds and runs."""
@@ -451,6 +542,8 @@ class Cluster:
             assert not keys, (cid, keys)
         for wid, w in self.workers.items():
             assert not w.state.tasks, f"{wid} keeps {w.state.snapshot()}"
+            assert not w.state.places and not w.state.early, \
+                (wid, w.state.places, w.state.early)
             assert not w.data, f"{wid} keeps values {w.data}"
             assert not w.refs, f"{wid} holds futures {w.refs}"
 
@@ -821,7 +914,8 @@ class ClusterMachine(RuleBasedStateMachine):
         if what == "add_client" and len(c.clients) < 3:
             c.add_client()
         elif what == "remove_client" and len(c.clients) > 1:
-            c.remove_client(data.draw(st.sampled_from(sorted(c.clients))))
+            c.remove_client(data.draw(st.sampled_from(sorted(c.clients))),
+                            data.draw(st.booleans()))
         elif what == "add_worker" and len(c.workers) < 4:
             c.add_worker()
         elif what == "kill_worker" and c.workers and data.draw(st.booleans()):
@@ -829,12 +923,24 @@ class ClusterMachine(RuleBasedStateMachine):
                           data.draw(st.integers(0, 3)))
 
     # -- clients -------------------------------------------------------------------------
-    @rule(data=st.data(), what=st.sampled_from(["submit"] * 4 + ["release"] * 3 + [
-        "cancel", "fire_and_forget", "scatter", "want"]))
+    @rule(data=st.data(), what=st.sampled_from(["submit"] * 4 + ["release"] * 3 + ["place"] * 3
+                                               + ["cancel", "fire_and_forget", "scatter", "want",
+                                                  "break_lane", "query"]))
     def client(self, data: st.DataObject, what: str) -> None:
         c = self.c
         cid = data.draw(st.sampled_from(sorted(c.clients)))
-        if what == "submit":
+        if what == "place":
+            if c.workers:
+                key = data.draw(st.sampled_from(PURE_KEYS)) if data.draw(st.booleans()) \
+                    else self._fresh("p")
+                c.place(cid, data.draw(st.sampled_from(sorted(c.workers))), key)
+        elif what == "break_lane":
+            lanes = sorted(lane for lane in c.lanes if lane[0] == cid)
+            if lanes:
+                c.break_lane(*data.draw(st.sampled_from(lanes)))
+        elif what == "query":
+            c.query(cid, data.draw(st.sampled_from(["who_has", "has_what", "workers"])))
+        elif what == "submit":
             if data.draw(st.booleans()):
                 key, deps = data.draw(st.sampled_from(PURE_KEYS)), []
             else:
@@ -865,6 +971,12 @@ class ClusterMachine(RuleBasedStateMachine):
             self.c.deliver_to_scheduler(data.draw(st.sampled_from(sources)))
 
     @rule(data=st.data())
+    def deliver_lane(self, data: st.DataObject) -> None:
+        lanes = sorted(lane for lane, q in self.c.lanes.items() if q)
+        if lanes:
+            self.c.deliver_lane(*data.draw(st.sampled_from(lanes)))
+
+    @rule(data=st.data())
     def deliver_to_worker(self, data: st.DataObject) -> None:
         wids = sorted(w for w, sw in self.c.workers.items() if sw.inbox)
         if wids:
@@ -874,7 +986,11 @@ class ClusterMachine(RuleBasedStateMachine):
     def deliver_everything(self) -> None:
         """Every queue empties (in a fixed order): the system catches up."""
         c = self.c
-        while any(c.to_sched.values()) or any(w.inbox for w in c.workers.values()):
+        while any(c.to_sched.values()) or any(w.inbox for w in c.workers.values()) \
+                or any(c.lanes.values()):
+            for lane in sorted(c.lanes):
+                while c.lanes[lane]:
+                    c.deliver_lane(*lane)
             for source in sorted(c.to_sched):
                 while c.to_sched[source]:
                     c.deliver_to_scheduler(source)
@@ -911,8 +1027,10 @@ class ClusterMachine(RuleBasedStateMachine):
                 return
             wid, key = pair
             if data.draw(st.booleans()):
-                # a pure call never (even indirectly) calls itself: pure-i only calls pure-j, j > i
-                lowest = max((PURE_KEYS.index(k) + 1 for k in c.stack(wid, key)
+                # a pure call never (even indirectly) calls itself: pure-i only calls pure-j,
+                # j > i, from anywhere below it (else futures to each other in their results
+                # hold both forever: a cycle that, like any, no reference count frees)
+                lowest = max((PURE_KEYS.index(k) + 1 for k in c.ancestry(wid, key)
                               if k in PURE_KEYS), default=0)
                 if lowest >= len(PURE_KEYS):
                     return
@@ -957,10 +1075,13 @@ class ClusterMachine(RuleBasedStateMachine):
         self.c.validate()
 
     def teardown(self) -> None:
-        self.c.drain(release=False)
-        self.c.assert_consistent()
-        self.c.drain()
-        self.c.assert_clean()
+        try:
+            self.c.drain(release=False)
+            self.c.assert_consistent()
+            self.c.drain()
+            self.c.assert_clean()
+        except AssertionError as exc:       # what happened, for the shrunk example
+            raise AssertionError(f"{exc}\n" + "\n".join(self.c.log[-80:])) from None
 
 
 ClusterMachine.TestCase.settings = settings(
@@ -1135,3 +1256,94 @@ def test_a_late_error_of_a_released_run_does_not_err_the_resubmitted_one():
     do(s, "c-1", submit("a"))
     assert do(s, w1, m.TaskErred("a", [b"exc"], "Traceback", "exception", attempt1)) == []
     assert s.tasks["a"].state == "processing"
+
+
+# == placed tasks ============================================================================
+def placed(key: str, worker: int = 1, seq: int = 1, nbytes: int = -1) -> m.Message:
+    return m.Placed(key, 1, b"args", [0, 0, seq], 0, f"tcp://127.0.0.1:{9000 + worker}", seq,
+                    nbytes, "int" if nbytes >= 0 else "")
+
+
+def test_a_placed_task_is_processing_where_the_client_put_it_and_is_confirmed_there():
+    s = sched()
+    out = do(s, "c-1", placed("a", worker=2))
+    attempt = s.tasks["a"].attempt
+    assert out == [("w-2", m.Confirm("a", "c-1", 1, attempt))] and attempt > 0
+    assert s.tasks["a"].processing_on == "w-2" and s.tasks["a"].who_wants == {"c-1"}
+    out = do(s, "w-2", m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"], attempt))
+    assert out == [] and s.tasks["a"].who_has == {"w-2"}     # the client heard already
+
+
+def test_a_placed_task_whose_result_came_first_is_in_memory_there_at_once():
+    s = sched()
+    s.add_client("c-2")
+    do(s, "c-2", m.Want(["x"]))      # (unknown: c-2 hears it is lost; it asks again below)
+    out = do(s, "c-1", placed("a", worker=1, nbytes=8))
+    assert s.tasks["a"].state == "memory" and s.tasks["a"].who_has == {"w-1"}
+    assert ops(out) == [("w-1", "confirm", "a")]
+    assert ops(do(s, "c-2", m.Want(["a"]))) == [("c-2", "key-memory", "a")]
+
+
+def test_a_placed_key_known_elsewhere_drops_the_copy_and_one_counted_there_keeps_it():
+    s = sched()
+    wid = do(s, "c-1", submit("a"))[0][0]
+    other = 3 - int(wid[2:])
+    s.add_client("c-2")
+    out = do(s, "c-2", placed("a", worker=other))
+    assert out == [(f"w-{other}", m.Confirm("a", "c-2", 1, -1))]
+    out = do(s, "c-2", placed("a", worker=int(wid[2:]), seq=2))
+    assert out == [(wid, m.Confirm("a", "c-2", 2, s.tasks["a"].attempt))]
+    assert s.tasks["a"].who_wants == {"c-1", "c-2"}
+
+
+def test_a_task_placed_on_a_worker_that_left_runs_the_usual_way():
+    s = sched()
+    out = do(s, "c-1", placed("a", worker=7))
+    assert [op for _, op, _ in ops(out)] == ["compute"]
+
+
+def test_a_lost_lane_sends_what_was_placed_there_the_usual_way():
+    s = sched()
+    do(s, "c-1", placed("a", worker=1, seq=3))
+    first = s.tasks["a"].attempt
+    out = do(s, "c-1", m.LaneLost("tcp://127.0.0.1:9001"))
+    assert ops(out) == [("w-1", "compute", "a"), ("w-1", "withdraw", "")]
+    assert out[1][1] == m.Withdraw("c-1", 3) and s.tasks["a"].attempt > first
+
+
+def test_not_here_reruns_the_placed_task_if_that_run_is_still_the_one():
+    s = sched()
+    do(s, "c-1", placed("a", worker=1))
+    attempt = s.tasks["a"].attempt
+    assert do(s, "w-1", m.NotHere("a", attempt - 1)) == []        # an older run: ignored
+    out = do(s, "w-1", m.NotHere("a", attempt))
+    assert [op for _, op, _ in ops(out)] == ["compute"] and s.tasks["a"].attempt > attempt
+
+
+def test_the_client_leaving_tells_workers_its_places_are_over():
+    s = sched()
+    do(s, "c-1", placed("a", worker=1))
+    out = s.remove_client("c-1")
+    assert ("w-1", m.ClientGone("c-1")) in out and ("w-2", m.ClientGone("c-1")) in out
+
+
+def test_a_stale_report_from_a_worker_no_longer_running_the_task_frees_its_copy():
+    s = sched()
+    do(s, "c-1", placed("a", worker=1))
+    first = s.tasks["a"].attempt
+    do(s, "w-1", m.Paused(True))
+    do(s, "w-1", m.NotHere("a", first))                 # it runs on w-2 now
+    assert s.tasks["a"].processing_on == "w-2"
+    out = do(s, "w-1", m.TaskFinished("a", 8, "int", None, [], [], first))
+    assert out == [("w-1", m.Free(["a"]))]
+
+
+def test_where_queries_wait_for_every_worker_to_sync():
+    s = sched()
+    out = do(s, "c-1", m.Query(5, "who_has", None))
+    assert sorted(ops(out)) == [("w-1", "sync", ""), ("w-2", "sync", "")]
+    rid = out[0][1].rid
+    assert do(s, "w-1", m.Synced(rid)) == []
+    out = s.remove_worker("w-2")           # a worker that dies answers no more
+    assert out == [("c-1", m.Reply(5, {}, None))]
+    assert ops(do(s, "c-1", m.Query(6, "workers", None))) == [("c-1", "reply", "")]

@@ -124,6 +124,7 @@ class Client:
         self._address = address
         self._cluster_kwargs = cluster_kwargs
         self._peers: PeerPool | None = None
+        self._placed: dict[str, m.Message] = {}   # key -> its ``placed``, until the result
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         if cluster_kwargs and address is not None:
@@ -267,13 +268,18 @@ class Client:
                 fut.get_loop().call_soon_threadsafe(
                     lambda f=fut: f.done() or f.set_exception(error))
 
-    def _stream_lost(self, comm: Comm) -> None:
+    def _stream_lost(self, address: str) -> None:
         """A worker connection closed: a result it was to push may be lost with it, so
-        ask the scheduler again for everything still awaited (it then tells us itself)."""
+        ask the scheduler again for everything still awaited (it then tells us itself),
+        and have it send what we placed there the usual way."""
         if self.status != "running" or self._comm is None:
             return
         with self._lock:
             pending = [k for k, st in self._states.items() if not st.done()]
+            for key, record in list(self._placed.items()):
+                if record.worker == address:  # type: ignore[attr-defined]
+                    del self._placed[key]
+        self._comm.send(m.LaneLost(address))
         if pending:
             self._comm.send(m.Remind(pending))
 
@@ -296,6 +302,8 @@ class Client:
     # -- messages from the scheduler (loop thread) ----------------------------------------
     def _handle(self, msg: m.Message) -> None:
         op = msg.op
+        if self._placed and op in ("key-memory", "key-erred", "key-cancelled"):
+            self._placed_done(msg)
         if op == "key-memory":
             st = self._states.get(msg.key)  # type: ignore[attr-defined]
             if st is not None:
@@ -362,16 +370,13 @@ class Client:
                 return
             self._refs.pop(key, None)
             self._states.pop(key, None)
+            self._placed.pop(key, None)
         if self.status == "running":
             # always through the thread-safe queue: this may run inside a garbage
             # collection that interrupted a send on the loop thread
             comm = self._comm
             if comm is not None:
                 comm.send_threadsafe(m.Release([key]))
-                if not self._states:
-                    # the last future is gone: nothing else will carry this soon, and
-                    # what comes next (a new submit) should not wait behind it
-                    comm.wake()
 
     def _new_future(self, key: str) -> tuple[Future, bool]:
         with self._lock:
@@ -441,8 +446,47 @@ class Client:
                     priority: list, retries: int, workers: list | None) -> Future:
         fut, new = self._new_future(key)
         if new:
-            self._send(m.Submit(key, fbytes, abytes, deps, priority, retries, workers))
+            lane = None if deps or workers is not None else self._lane()
+            if lane is None:
+                self._send(m.Submit(key, fbytes, abytes, deps, priority, retries, workers))
+            else:
+                self._place(key, fbytes, abytes, priority, retries, *lane)
         return fut
+
+    # -- placed tasks: straight to a worker, the scheduler hears afterwards ---------------
+    # A dependency-free task goes straight to a worker this client is connected to and
+    # has no placed task pending on: one hop there and one back, the scheduler out of the
+    # way. The scheduler gets the recipe lazily (``placed``, with the result's size if it
+    # came by then) and confirms the worker's copy; the client's later messages about
+    # the key follow that one, so the scheduler never hears of the key out of order.
+    def _lane(self) -> tuple[str, Comm] | None:
+        peers = self._peers
+        if peers is None or not peers.comms:
+            return None
+        with self._lock:
+            busy = {p.worker for p in self._placed.values()}  # type: ignore[attr-defined]
+        for addr, comm in list(peers.comms.items()):
+            if addr not in busy and not comm.closed:
+                return addr, comm
+        return None
+
+    def _place(self, key: str, fbytes: bytes, abytes: bytes, priority: list, retries: int,
+               addr: str, comm: Comm) -> None:
+        seq = priority[2]            # unique in this process
+        record = m.Placed(key, fbytes, abytes, priority, retries, addr, seq, -1, "")
+        with self._lock:
+            self._placed[key] = record
+        self._send(record)
+        # the task leaves now: the worker starts on it while this thread goes on
+        comm.send_now(m.Place(key, fbytes, abytes, priority, retries, seq))
+
+    def _placed_done(self, msg: m.Message) -> None:
+        with self._lock:
+            record = self._placed.pop(msg.key, None)  # type: ignore[attr-defined]
+        if record is not None and msg.op == "key-memory":
+            # if the record has not left yet, the scheduler learns where the result is
+            record.type = msg.type  # type: ignore[attr-defined]
+            record.nbytes = msg.nbytes  # type: ignore[attr-defined]
 
     def map(self, func: Callable, *iterables: Iterable, key: Any = None, pure: bool = True,
             workers: Any = None, retries: int = 0, priority: int = 0, **kwargs: Any) -> list[Future]:

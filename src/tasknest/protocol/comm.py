@@ -31,10 +31,13 @@ log = logging.getLogger("tasknest.comm")
 DEFAULT_MAX_FRAME = 1 << 30          # 1 GiB
 HANDSHAKE_TIMEOUT = 10.0
 _HEADER = 8
-_FUNC_OPS = frozenset({"submit", "claim", "compute"})   # carry a function by number
+_FUNC_OPS = frozenset({"submit", "claim", "compute", "place", "placed"})  # a function by number
 _MERGE_OPS = frozenset({"release", "free", "want"})      # adjacent ones merge their key lists
 BATCH_WINDOW = 0.002     # seconds a message from another thread may wait for company
 BATCH_MAX = 256          # ... or this many messages
+# bookkeeping nobody waits on: it leaves with the batch's timer (or with the next message
+# someone does wait on), never in a frame of its own when a thread is about to wait
+LAZY_OPS = frozenset({"placed", "release", "idle"})
 
 
 class ConnectError(CommClosedError, TimeoutError):
@@ -87,6 +90,7 @@ class Comm(asyncio.Protocol):
         self._flush_scheduled = False
         self._threadsafe: collections.deque = collections.deque()
         self._wake: str | None = None     # None, "timer" or "soon": how the loop will drain
+        self._urgent = False               # the queue holds a message someone waits on
         self._lock = threading.RLock()     # the outgoing frame (other threads may write it)
         self._direct = False               # other threads write their frames themselves
         self._fd = -1                      # ... straight to this socket (plain TCP) ...
@@ -347,6 +351,15 @@ class Comm(asyncio.Protocol):
             if tail and not self.closed and not self.transport.is_closing():  # type: ignore
                 self.transport.writelines(tail)  # type: ignore[union-attr]
 
+    def send_now(self, msg: Message) -> None:
+        """Send at once from any thread: another thread writes the frame itself (plain
+        TCP) or has the loop write it in its next iteration."""
+        if threading.get_ident() == self._loop_thread:
+            self.send(msg)
+        else:
+            self.send_threadsafe(msg, arm=False)
+            self.wake()
+
     def send_any(self, msg: Message) -> None:
         """send() on the event loop's thread, send_threadsafe() on any other."""
         if threading.get_ident() == self._loop_thread:
@@ -363,9 +376,13 @@ class Comm(asyncio.Protocol):
     # appends *before* it looks at ``_wake``, so no message is ever left behind.
     def send_threadsafe(self, msg: Message, arm: bool = True) -> None:
         """Queue from another thread. ``arm=False``: the caller calls wake() next, so the
-        loop is not woken to time the batch."""
+        loop is not woken to time the batch (lazy messages arm it all the same)."""
         q = self._threadsafe
         q.append(msg)
+        if msg.op in LAZY_OPS:
+            arm = True
+        else:
+            self._urgent = True
         if not arm:
             return
         if self._wake is None:
@@ -380,8 +397,8 @@ class Comm(asyncio.Protocol):
         """Send what other threads queued now (call it before waiting on a reply).
         On plain TCP the caller writes the frame itself, unless ``here=False``: a thread
         with work to do next lets the loop encode and write it, on the other core."""
-        if not self._threadsafe or self.closed:
-            return
+        if not self._urgent or not self._threadsafe or self.closed:
+            return              # nothing or only lazy messages: the batch's timer sends them
         if here and self._direct and threading.get_ident() != self._loop_thread:
             with self._lock:
                 self._drain_queue()
@@ -418,6 +435,7 @@ class Comm(asyncio.Protocol):
         if self._draining:       # re-entered (a __del__ during encoding): the outer loop goes on
             return
         self._draining = True
+        self._urgent = False      # before the queue empties: a message queued meanwhile re-sets it
         try:
             q = self._threadsafe
             while q:

@@ -136,6 +136,14 @@ Scatter = _define("Scatter", "scatter", rid=int, keys=STRS, values=FRAMES_LIST, 
 Query = _define("Query", "query", rid=int, what=str, arg=ANY)
 Reply = _define("Reply", "reply", rid=int, value=ANY, error=OPT_STR)
 
+# a task a client placed straight on a worker (see docs/architecture.md, "Placed tasks"):
+# the recipe for the scheduler, sent lazily; nbytes/type are filled in (nbytes >= 0) if the
+# result has reached the client by the time the message leaves
+Placed = _define("Placed", "placed", key=str, fid=int, args=bytes, priority=NUMS, retries=int,
+                 worker=str, seq=int, nbytes=int, type=str)
+# the client's connection to that worker broke: the places it carried may never arrive
+LaneLost = _define("LaneLost", "lane-lost", worker=str)
+
 # -- scheduler -> client --------------------------------------------------------
 KeyMemory = _define("KeyMemory", "key-memory", key=str, type=str, nbytes=int, who_has=STRS,
                     value=OPT_FRAMES)
@@ -162,6 +170,8 @@ PutDataDone = _define("PutDataDone", "put-data-done", rid=int, keys=STRS, nbytes
 Heartbeat = _define("Heartbeat", "heartbeat", memory=int)
 Goodbye = _define("Goodbye", "goodbye", reason=str)      # leaving on purpose (not a crash)
 Paused = _define("Paused", "paused", paused=bool)          # memory high: no new task starts
+Synced = _define("Synced", "synced", rid=int)     # everything sent before this has left
+NotHere = _define("NotHere", "not-here", key=str, attempt=int)  # that compute never came
 
 # -- scheduler -> worker -------------------------------------------------------
 # notify: clients waiting for the result, to be told straight from the worker if connected
@@ -173,6 +183,16 @@ Steal = _define("Steal", "steal", key=str)
 ClaimRejected = _define("ClaimRejected", "claim-rejected", key=str)
 PutData = _define("PutData", "put-data", rid=int, keys=STRS, values=FRAMES_LIST)
 Close = _define("Close", "close", reason=str)
+Sync = _define("Sync", "sync", rid=int)           # answer ``synced`` after what you sent
+# the scheduler's answer to a client's ``placed``: attempt >= 0: your copy is the task, as
+# that compute (report it as such); -1: drop your copy (the task lives elsewhere)
+Confirm = _define("Confirm", "confirm", key=str, client=str, seq=int, attempt=int)
+ClientGone = _define("ClientGone", "client-gone", client=str)   # its unconfirmed places go
+Withdraw = _define("Withdraw", "withdraw", client=str, upto=int)  # its places <= upto came
+
+# -- client -> worker, straight: a task to run here (the scheduler hears by ``placed``) --
+Place = _define("Place", "place", key=str, fid=int, args=bytes, priority=NUMS, retries=int,
+                seq=int)
 
 # -- peer data transfer (worker <-> worker, client -> worker) -------------------
 GetData = _define("GetData", "get-data", rid=int, keys=STRS)

@@ -2,7 +2,8 @@
 
     worker/client ──get-data(rid, keys)──> peer worker
                   <──data(rid, {key: frames|None})──
-    client        <──key-memory──────────── worker (results it waits for, one hop)
+    client        ──place──────────────────> worker (a task, straight)
+                  <──key-memory/key-erred── worker (results it waits for, one hop)
 """
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ class PeerPool:
 
     def __init__(self, name: str, token: Any, ssl_context: ssl.SSLContext | None = None,
                  timeout: float = 10.0, on_push: Callable[[m.Message], Any] | None = None,
-                 on_lost: Callable[[Comm], Any] | None = None) -> None:
+                 on_lost: Callable[[str], Any] | None = None) -> None:
         self.name = name
         self.token = token
         self.ssl_context = ssl_context
         self.timeout = timeout
         self.on_push = on_push        # messages a worker sends unasked (key-memory)
-        self.on_lost = on_lost        # a connection closed (pushes on it may be lost)
+        self.on_lost = on_lost        # a connection closed (pushes on it may be lost): its address
         self.comms: dict[str, Comm] = {}
         self.connecting: dict[str, asyncio.Future] = {}
         self.pending: dict[int, tuple[asyncio.Future, Comm]] = {}
@@ -74,7 +75,7 @@ class PeerPool:
             entry = self.pending.pop(msg.rid, None)  # type: ignore[attr-defined]
             if entry is not None and not entry[0].done():
                 entry[0].set_result(msg.values)  # type: ignore[attr-defined]
-        elif msg.op == "key-memory" and self.on_push is not None:
+        elif msg.op in ("key-memory", "key-erred") and self.on_push is not None:
             self.on_push(msg)
 
     def _on_close(self, comm: Comm) -> None:
@@ -83,11 +84,13 @@ class PeerPool:
                 del self.pending[rid]
                 if not fut.done():
                     fut.set_exception(CommClosedError(f"peer closed: {comm.close_reason}"))
+        address = None
         for addr, c in list(self.comms.items()):
             if c is comm:
                 del self.comms[addr]
-        if self.on_lost is not None and not self.closed:
-            self.on_lost(comm)
+                address = addr
+        if self.on_lost is not None and not self.closed and address is not None:
+            self.on_lost(address)
 
     async def get_data(self, address: str, keys: list[str]) -> dict[str, Any]:
         """{key: frames or None} from the worker at ``address``."""

@@ -18,6 +18,7 @@ class InvariantsMixin:
         clients: dict[str, set[str]]
         unrunnable: dict[str, Task]
         paused: set[str]
+        addresses: dict[str, str]
 
     def validate(self) -> None:
         """Raise AssertionError if the records contradict each other."""
@@ -52,6 +53,8 @@ class InvariantsMixin:
             for key in keys:
                 assert key in self.tasks and cid in self.tasks[key].who_wants, (cid, key)
         assert self.paused == {w for w, ws in self.workers.items() if ws.paused}, self.paused
+        assert self.addresses == {ws.address: wid for wid, ws in self.workers.items()}, \
+            self.addresses
         for wid, ws in self.workers.items():
             running = 0
             for key in ws.processing:

@@ -9,7 +9,7 @@ class Task:
     __slots__ = ("key", "func", "args", "deps", "priority", "retries", "restrict", "state",
                  "waiting_on", "dependents", "who_has", "processing_on", "who_wants",
                  "nbytes", "type", "value", "error", "suspicious", "inner", "scattered",
-                 "stealing", "running", "died_on", "started", "tell", "attempt")
+                 "stealing", "running", "died_on", "started", "tell", "attempt", "placed")
 
     def __init__(self, key: str, func: bytes | None, args: bytes | None, deps: list[str],
                  priority: list, retries: int = 0, restrict: list | None = None) -> None:
@@ -37,6 +37,7 @@ class Task:
         self.running = False                                  # seceded, so surely started
         self.started = False                                  # a steal found it running
         self.attempt = 0          # number of the compute in force (0: claimed by its worker)
+        self.placed: tuple | None = None   # (client, attempt) that confirmed a placed copy
         self.died_on: list[str] = []                          # workers lost while it may have run
         self.tell: set[str] = set()   # clients that asked again: told by the scheduler, always
 

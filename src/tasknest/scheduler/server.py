@@ -23,10 +23,10 @@ from .state import SchedulerState
 log = logging.getLogger("tasknest.scheduler")
 
 CLIENT_OPS = frozenset({"submit", "want", "release", "cancel", "fire-and-forget", "scatter",
-                        "query", "remind"})
-WORKER_OPS = CLIENT_OPS | {"task-finished", "task-erred", "claim", "secede", "rejoin", "idle",
+                        "query", "remind", "placed", "lane-lost"})
+WORKER_OPS = (CLIENT_OPS - {"placed", "lane-lost"}) | {"task-finished", "task-erred", "claim", "secede", "rejoin", "idle",
                            "steal-reply", "add-keys", "missing-data", "put-data-done",
-                           "heartbeat", "goodbye", "paused"}
+                           "heartbeat", "goodbye", "paused", "synced", "not-here"}
 
 
 class Scheduler:

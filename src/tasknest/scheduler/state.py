@@ -25,10 +25,12 @@ from typing import Any, Iterable
 from ..protocol import messages as m
 from .records import ALLOWED_FAILURES, FIRE_AND_FORGET, Task, WorkerInfo
 from .invariants import InvariantsMixin
+from .queries import QueriesMixin
+from .scatter import ScatterMixin
 from .stealing import StealingMixin
 
 
-class SchedulerState(StealingMixin, InvariantsMixin):
+class SchedulerState(StealingMixin, ScatterMixin, QueriesMixin, InvariantsMixin):
     def __init__(self, allowed_failures: int = ALLOWED_FAILURES, inline_limit: int = 64 * 1024) -> None:
         self.tasks: dict[str, Task] = {}
         self.workers: dict[str, WorkerInfo] = {}
@@ -42,10 +44,13 @@ class SchedulerState(StealingMixin, InvariantsMixin):
         self.inline_limit = inline_limit
         self.out: list[tuple[str, m.Message]] = []
         self._scatters: dict[int, list] = {}  # put-data rid -> [client, rid, pending, keys, error]
+        self._syncs: dict[int, list] = {}     # sync rid -> [client, query, workers pending]
         self._rid = 0
         self._rr = 0
         self._attempts = 0        # computes sent so far: each is numbered
         self.orphans: dict[str, set[str]] = {}    # holder -> rerun parents (see _hold_orphans)
+        self.addresses: dict[str, str] = {}       # worker address -> id
+        self.placers: dict[str, int] = {}         # client -> highest seq of its placed tasks
         self._handlers = {op: getattr(self, "_on_" + op.replace("-", "_"))
                           for op in m.CATALOGUE if hasattr(self, "_on_" + op.replace("-", "_"))}
 
@@ -74,6 +79,9 @@ class SchedulerState(StealingMixin, InvariantsMixin):
 
     def remove_client(self, cid: str) -> list:
         self._drop_client(cid)
+        self.placers.pop(cid, None)
+        for wid in self.workers:     # places it made that we never heard of go (the
+            self._emit(wid, m.ClientGone(cid))   # confirms of the others went before)
         return self._flush()
 
     def _drop_client(self, cid: str) -> None:
@@ -87,6 +95,7 @@ class SchedulerState(StealingMixin, InvariantsMixin):
                    memory_limit: int, keys: Iterable[str], now: float) -> list:
         ws = WorkerInfo(wid, address, name, nthreads, pid, memory_limit, now)
         self.workers[wid] = ws
+        self.addresses[address] = wid
         ws.idle = True                 # a new worker has nothing to do until told
         self.idle.add(wid)
         self.clients.setdefault(wid, set())
@@ -110,6 +119,11 @@ class SchedulerState(StealingMixin, InvariantsMixin):
         self._fruitless.pop(wid, None)
         if ws is None:
             return self._flush()
+        if self.addresses.get(ws.address) == wid:   # (a restarted worker may share it)
+            del self.addresses[ws.address]
+            for other in self.workers.values():
+                if other.address == ws.address:
+                    self.addresses[ws.address] = other.id
         killed, lost = [], []
         started = self._maybe_started(ws)
         for key in ws.processing:
@@ -134,13 +148,8 @@ class SchedulerState(StealingMixin, InvariantsMixin):
                 ts.stealing = None
         self.steals = {k: t for k, t in self.steals.items()
                        if t != wid and k not in ws.processing}
-        for srid, entry in list(self._scatters.items()):
-            if wid in entry[2]:               # its put-data-done will never come
-                entry[2].discard(wid)
-                entry[4] = f"worker {ws.address} died during the scatter ({reason})"
-                if not entry[2]:
-                    del self._scatters[srid]
-                    self._emit(entry[0], m.Reply(entry[1], None, entry[4]))
+        self._scatter_lost(ws, reason)
+        self._sync_lost(wid)
         for ts in killed:
             self._err(ts, [], f"task {ts.key} was running on {ts.suspicious} workers that died "
                               f"({', '.join(ts.died_on)}; the last: {reason})", "killed")
@@ -230,13 +239,16 @@ class SchedulerState(StealingMixin, InvariantsMixin):
         return ts
 
     def _on_submit(self, cid: str, msg: m.Message) -> None:
-        key = msg.key  # type: ignore[attr-defined]
+        self._submitted(cid, msg.key, msg.fid, msg.args, msg.deps, msg.priority,  # type: ignore
+                        msg.retries, msg.workers)  # type: ignore[attr-defined]
+
+    def _submitted(self, cid: str, key: str, func: bytes, args: bytes, deps: list[str],
+                   priority: list, retries: int, restrict: list | None) -> None:
         ts = self.tasks.get(key)
         if ts is None:
-            ts = self._new_task(key, msg.fid, msg.args, msg.deps, msg.priority,  # type: ignore
-                                msg.retries, msg.workers)  # type: ignore[attr-defined]
+            ts = self._new_task(key, func, args, deps, priority, retries, restrict)
             if ts is None:
-                missing = [d for d in msg.deps if d not in self.tasks]  # type: ignore
+                missing = [d for d in deps if d not in self.tasks]
                 self._emit(cid, m.KeyErred(key, [], f"dependencies {missing} of {key} are "
                                            "unknown to the scheduler (released?)", "lost"))
                 return
@@ -246,10 +258,48 @@ class SchedulerState(StealingMixin, InvariantsMixin):
         self._want(ts, cid)
         if ts.state == "released":
             if ts.func is None:
-                ts.func, ts.args = msg.fid, msg.args  # type: ignore[attr-defined]
+                ts.func, ts.args = func, args
             self._recompute(ts)
         else:
             self._report(ts, cid)
+
+    def _on_placed(self, cid: str, msg: m.Message) -> None:
+        """The client placed a dependency-free task straight on a worker, which runs it
+        and holds its report until we confirm (or drop) that copy. Every ``placed`` gets
+        exactly one ``confirm``; the client's later messages about the key come after
+        this one, so the scheduler is never surprised by them."""
+        key = msg.key  # type: ignore[attr-defined]
+        wid = self.addresses.get(msg.worker)  # type: ignore[attr-defined]
+        if wid is None:          # that worker is gone: its copy went with it
+            self._submitted(cid, key, msg.fid, msg.args, [], msg.priority,  # type: ignore
+                            msg.retries, None)  # type: ignore[attr-defined]
+            return
+        ws = self.workers[wid]
+        self.placers[cid] = max(self.placers.get(cid, 0), msg.seq)  # type: ignore[attr-defined]
+        ts = self.tasks.get(key)
+        if ts is not None and ts.state != "released":
+            self._want(ts, cid)
+            # the copy there is the one we count, or it goes (the task lives elsewhere)
+            here = ts.processing_on == wid or wid in ts.who_has
+            self._emit(wid, m.Confirm(key, cid, msg.seq,  # type: ignore[attr-defined]
+                                      ts.attempt if here else -1))
+            self._report(ts, cid)
+            return
+        if ts is None:
+            ts = self.tasks[key] = Task(key, msg.fid, msg.args, [], msg.priority,  # type: ignore
+                                        msg.retries)  # type: ignore[attr-defined]
+        elif ts.func is None:
+            ts.func, ts.args = msg.fid, msg.args  # type: ignore[attr-defined]
+        self._want(ts, cid)
+        self._set_processing(ts, ws)
+        self._attempts += 1
+        ts.attempt = self._attempts
+        ts.placed = (cid, ts.attempt)
+        self._emit(wid, m.Confirm(key, cid, msg.seq, ts.attempt))  # type: ignore[attr-defined]
+        if msg.nbytes >= 0:      # the result reached the client already: it is there
+            self._task_done(ts, ws, msg.nbytes, msg.type, None, [], [cid])  # type: ignore
+        elif self.idle:
+            self._offer(wid)
 
     def _on_want(self, cid: str, msg: m.Message) -> None:
         for key in msg.keys:  # type: ignore[attr-defined]
@@ -273,8 +323,24 @@ class SchedulerState(StealingMixin, InvariantsMixin):
                 continue
             if ts.state in ("memory", "erred"):
                 self._report(ts, cid)
-            else:
-                ts.tell.add(cid)
+                continue
+            ts.tell.add(cid)
+
+    def _on_lane_lost(self, cid: str, msg: m.Message) -> None:
+        """The client's connection to a worker broke: tasks it placed there may never
+        have arrived. Those still counted as its placed copies there go the usual way
+        (a worker that has the copy adopts the compute), and the worker forgets the
+        confirms it keeps for places that will never come (any later place has a
+        higher seq)."""
+        wid = self.addresses.get(msg.worker)  # type: ignore[attr-defined]
+        if wid is None or cid not in self.placers:
+            return                       # that worker is gone (its tasks went on), or none
+        ws = self.workers[wid]
+        for key in list(ws.processing):
+            ts = self.tasks[key]
+            if ts.placed == (cid, ts.attempt):
+                self._send_compute(ts, ws)
+        self._emit(wid, m.Withdraw(cid, self.placers[cid]))
 
     def _on_release(self, cid: str, msg: m.Message) -> None:
         wants = self.clients.get(cid)
@@ -309,97 +375,6 @@ class SchedulerState(StealingMixin, InvariantsMixin):
             self.clients.get(cid, set()).discard(ts.key)
         ts.who_wants.clear()
         self._maybe_release(ts)
-
-    def _on_query(self, cid: str, msg: m.Message) -> None:
-        what, arg, rid = msg.what, msg.arg, msg.rid  # type: ignore[attr-defined]
-        error = None
-        value: Any = None
-        if what == "who_has":
-            keys = arg if isinstance(arg, list) else list(self.tasks)
-            value = {k: sorted(self.workers[w].address for w in self.tasks[k].who_has)
-                     for k in keys if k in self.tasks}
-        elif what == "has_what":
-            value = {w.address: sorted(w.has_what) for w in self.workers.values()}
-        elif what == "workers":
-            value = [{"id": w.id, "address": w.address, "name": w.name, "nthreads": w.nthreads,
-                      "pid": w.pid, "memory_limit": w.memory_limit, "memory": w.memory,
-                      "processing": len(w.processing), "keys": len(w.has_what),
-                      "paused": w.paused}
-                     for w in self.workers.values()]
-        elif what == "processing":
-            value = {w.address: sorted(w.processing) for w in self.workers.values()}
-        elif what == "tasks":
-            value = {k: t.state for k, t in self.tasks.items()}
-        else:
-            error = f"unknown query {what!r}"
-        self._emit(cid, m.Reply(rid, value, error))
-
-    def _on_scatter(self, cid: str, msg: m.Message) -> None:
-        keys, values, rid = msg.keys, msg.values, msg.rid  # type: ignore[attr-defined]
-        workers = [w for w in self.workers.values()
-                   if not msg.workers or w.address in msg.workers or w.name in msg.workers]  # type: ignore
-        if not workers:
-            self._emit(cid, m.Reply(rid, None, "no workers to scatter to"))
-            return
-        busy = [k for k in keys if k in self.tasks
-                and self.tasks[k].state in ("waiting", "processing", "erred")]
-        if busy:
-            self._emit(cid, m.Reply(rid, None, f"scatter: keys {busy[:3]} already name tasks "
-                                               "that are not finished"))
-            return
-        if len(keys) != len(values):
-            self._emit(cid, m.Reply(rid, None, "scatter: keys and values differ in length"))
-            return
-        plan: dict[str, list[int]] = {}
-        if msg.broadcast:  # type: ignore[attr-defined]
-            for w in workers:
-                plan[w.id] = list(range(len(keys)))
-        else:
-            workers.sort(key=lambda w: len(w.has_what))
-            for i in range(len(keys)):
-                plan.setdefault(workers[(self._rr + i) % len(workers)].id, []).append(i)
-            self._rr += len(keys)
-        self._rid += 1
-        self._scatters[self._rid] = [cid, rid, set(plan), keys, None]
-        for wid, idx in plan.items():
-            self._emit(wid, m.PutData(self._rid, [keys[i] for i in idx], [values[i] for i in idx]))
-
-    def _on_put_data_done(self, wid: str, msg: m.Message) -> None:
-        entry = self._scatters.get(msg.rid)  # type: ignore[attr-defined]
-        ws = self.workers.get(wid)
-        if entry is None or ws is None:
-            return
-        cid, rid, pending, keys, error = entry
-        # a client that left meanwhile wants nothing: the data is freed as it lands
-        self._add_scattered(ws, msg.keys, msg.nbytes,  # type: ignore[attr-defined]
-                            cid if cid in self.clients else None)
-        pending.discard(wid)
-        if not pending:
-            del self._scatters[msg.rid]  # type: ignore[attr-defined]
-            if cid in self.clients:
-                self._emit(cid, m.Reply(rid, None if error else keys, error))
-
-    def _on_add_keys(self, wid: str, msg: m.Message) -> None:
-        ws = self.workers.get(wid)
-        if ws is not None:
-            self._add_scattered(ws, msg.keys, msg.nbytes, wid)  # type: ignore[attr-defined]
-
-    def _add_scattered(self, ws: WorkerInfo, keys: list, nbytes: list, cid: str | None) -> None:
-        for key, nb in zip(keys, nbytes):
-            ts = self.tasks.get(key)
-            if ts is None:
-                ts = self.tasks[key] = Task(key, None, None, [], [0, 0, 0])
-                ts.scattered = True
-            elif ts.state in ("waiting", "processing", "erred"):
-                self._emit(ws.id, m.Free([key]))    # a task owns this key: drop the data
-                continue
-            ts.nbytes = nb
-            if cid is not None:
-                self._want(ts, cid)
-            self._add_replica(ts, ws)
-            if ts.state != "memory":
-                ts.state = "memory"
-                self._memory_reached(ts, ws.id)
 
     # == workers =======================================================================
     def _on_claim(self, wid: str, msg: m.Message) -> None:
@@ -440,9 +415,7 @@ class SchedulerState(StealingMixin, InvariantsMixin):
         self._set_processing(ts, ws)
         ts.attempt = 0
         if self.idle:
-            for thief_id in list(self.idle):
-                if thief_id != wid:
-                    self._balance(self.workers[thief_id])
+            self._offer(wid)
         for dk in ts.deps:
             dts = self.tasks[dk]
             if dts.state == "memory" and wid not in dts.who_has:
@@ -451,6 +424,12 @@ class SchedulerState(StealingMixin, InvariantsMixin):
                 self._emit(wid, self._key_erred(dts))
             elif dts.state == "released":
                 self._recompute(dts)
+
+    def _offer(self, wid: str) -> None:
+        """A worker took on new work: idle workers may steal some of it."""
+        for thief_id in list(self.idle):
+            if thief_id != wid:
+                self._balance(self.workers[thief_id])
 
     def _on_task_finished(self, wid: str, msg: m.Message) -> None:
         key = msg.key  # type: ignore[attr-defined]
@@ -462,10 +441,22 @@ class SchedulerState(StealingMixin, InvariantsMixin):
             self._emit(wid, m.Free([key]))
             return
         if _stale(ts, msg):
+            if ts.processing_on != wid and wid not in ts.who_has:
+                # (a run there we counted once, then gave to another worker: its value
+                # is nobody's. A run released there was freed already, and the worker
+                # may run the key anew as we asked: a second free would cancel that.)
+                self._emit(wid, m.Free([key]))
             return
-        ts.nbytes, ts.type = msg.nbytes, msg.type  # type: ignore[attr-defined]
-        if msg.value is not None and ts.nbytes <= self.inline_limit:  # type: ignore
-            ts.value = msg.value  # type: ignore[attr-defined]
+        self._task_done(ts, ws, msg.nbytes, msg.type, msg.value, msg.inner,  # type: ignore
+                        msg.notified)  # type: ignore[attr-defined]
+
+    def _task_done(self, ts: Task, ws: WorkerInfo, nbytes: int, type_name: str,
+                   value: list | None, inner: list[str], notified: list[str]) -> None:
+        """A worker holds the task's result."""
+        key, wid = ts.key, ws.id
+        ts.nbytes, ts.type = nbytes, type_name
+        if value is not None and nbytes <= self.inline_limit:
+            ts.value = value
         self._add_replica(ts, ws)
         if ts.state == "memory":
             return
@@ -479,15 +470,15 @@ class SchedulerState(StealingMixin, InvariantsMixin):
         ts.state = "memory"
         ts.waiting_on.clear()
         self.unrunnable.pop(key, None)
-        if msg.inner:  # type: ignore[attr-defined]
+        if inner:
             holder = "^" + key
             self.clients[holder] = set()
-            for ik in msg.inner:  # type: ignore[attr-defined]
+            for ik in inner:
                 its = self.tasks.get(ik)
                 if its is not None:
                     self._want(its, holder)
                     ts.inner.append(ik)
-        self._memory_reached(ts, wid, msg.notified)  # type: ignore[attr-defined]
+        self._memory_reached(ts, wid, notified)
 
     def _memory_reached(self, ts: Task, source: str, notified: list[str] = ()) -> None:  # type: ignore[assignment]
         ff = FIRE_AND_FORGET in ts.who_wants
@@ -509,6 +500,21 @@ class SchedulerState(StealingMixin, InvariantsMixin):
         if ff:
             self._unwant(ts, FIRE_AND_FORGET)
         self._maybe_release(ts)
+
+    def _on_not_here(self, wid: str, msg: m.Message) -> None:
+        """A copy a client placed there, which we counted as this compute, never
+        arrived (or is gone): if that is still the task's run, run it elsewhere."""
+        ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
+        if ts is not None and ts.state == "processing" and ts.processing_on == wid \
+                and ts.attempt == msg.attempt:  # type: ignore[attr-defined]
+            self.workers[wid].processing.discard(ts.key)
+            if ts.running:
+                self.workers[wid].seceded -= 1
+            ts.processing_on = None
+            ts.running = False
+            ts.stealing = None
+            ts.state = "released"
+            self._recompute(ts)
 
     def _on_task_erred(self, wid: str, msg: m.Message) -> None:
         ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]

@@ -37,6 +37,7 @@ class WorkerClient(Client):
         self._lock = threading.RLock()
         self._states: dict[str, FutureState] = {}
         self._refs: dict[str, int] = {}
+        self._placed: dict = {}          # (tasks submit through claims, never place)
         self._replies: dict[int, asyncio.Future] = {}
         self._rid = 0
         self._cluster = None
@@ -105,13 +106,15 @@ class WorkerClient(Client):
             return fut
         with w.lock:
             t = w.state.tasks.get(key)
-            if t is not None and t.state not in ("erred", "cancelled"):
+            if t is not None and t.state not in ("erred", "cancelled") and t.attempt != -1:
                 w.send(m.Want([key]))
                 done = w.settle_from_state([key])
-            else:
+            else:       # (a copy a client placed here, uncounted yet, is claimed too)
                 locations = {d: self._states[d].who_has for d in deps if d in self._states}
                 done = w.apply(w.state.claim(key, fbytes, abytes, deps, priority, retries,
                                              locations))
+                if t is not None:
+                    done += w.settle_from_state([key])
         w.settle(done)
         return fut
 

@@ -297,6 +297,18 @@ class Worker:
         elif op == "claim-rejected":
             with self.lock:
                 done = self.apply(st.claim_rejected(msg.key))  # type: ignore[attr-defined]
+        elif op == "confirm":
+            with self.lock:
+                done = self.apply(st.confirm(msg.key, msg.client, msg.seq,  # type: ignore
+                                             msg.attempt))  # type: ignore[attr-defined]
+        elif op == "sync":       # (send() puts what task threads queued first)
+            self.send(m.Synced(msg.rid))  # type: ignore[attr-defined]
+        elif op == "withdraw":
+            with self.lock:
+                done = self.apply(st.withdraw(msg.client, msg.upto))  # type: ignore[attr-defined]
+        elif op == "client-gone":
+            with self.lock:
+                done = self.apply(st.client_gone(msg.client))  # type: ignore[attr-defined]
         elif op == "key-memory":
             with self.lock:
                 t = st.tasks.get(msg.key)  # type: ignore[attr-defined]
@@ -354,17 +366,29 @@ class Worker:
 
     # -- peers --------------------------------------------------------------------------------
     def _on_peer(self, comm: Comm) -> None:
+        client = ""                       # the client at the other end, once it says so
+
         def handler(msg: m.Message) -> None:
+            nonlocal client
             if msg.op == "get-data":
                 comm.send(m.Data(msg.rid, {k: self._frames(k) for k in msg.keys}))  # type: ignore
-            elif msg.op == "register-peer":
+            elif msg.op == "place" and client:
+                with self.lock:
+                    done = self.apply(self.state.place(
+                        msg.key, msg.fid, msg.args, msg.priority, msg.retries,  # type: ignore
+                        client, msg.seq))  # type: ignore[attr-defined]
+                if done:
+                    self.settle(done)
+            elif msg.op == "register-peer" and not client:
                 name = msg.name  # type: ignore[attr-defined]
                 if name.startswith("c-"):     # a client: results it waits for come this way
+                    client = name
                     self.client_comms[name] = comm
                     comm.on_close.append(lambda c: self.client_comms.pop(name, None)
                                          if self.client_comms.get(name) is c else None)
             else:
-                raise ProtocolError(f"peers may only ask for data, not {msg.op!r}")
+                raise ProtocolError(f"peers may only ask for data (and clients place tasks), "
+                                    f"not {msg.op!r}")
         comm.start(handler)
 
     def _tell(self, cid: str, msg: m.Message, now: bool = False) -> None:
@@ -533,7 +557,7 @@ class Worker:
             except Exception:
                 frames = dumps_value(RuntimeError(f"{type(exc).__name__}: {exc}"))
         with self.lock:
-            done = self.apply(self.state.erred(key, frames, tb, kind))
+            done = self.apply(self.state.erred(key, frames, tb, kind, self.client_comms))
         self.settle(done)
 
 

@@ -14,6 +14,12 @@ Key states::
     remote: computed elsewhere (stolen, or claimed first by another worker)
     fetching --> memory (a copy, kept while local tasks need it)
 
+A task a client *placed* here runs at once. The scheduler answers each client's
+``placed`` with one ``confirm`` (matched by (client, seq), whichever arrives
+first). Until then the record lists the place among its ``placers``: the copy
+stays (a ``free`` on its way belongs to an older life of the key), and if the
+scheduler has never counted this copy (``attempt`` -1) its report is ``held``.
+
 The shell holds the values (``data``); this class holds the bookkeeping. It is
 not thread-safe: the shell calls it under one lock.
 """
@@ -30,7 +36,7 @@ Action = tuple
 class WTask:
     __slots__ = ("key", "func", "args", "deps", "priority", "retries", "state", "waiting_on",
                  "dependents", "claimed", "owned", "who_has", "nbytes", "error", "stolen",
-                 "notify", "attempt")
+                 "notify", "attempt", "placers", "held", "type")
 
     def __init__(self, key: str, state: str) -> None:
         self.key = key
@@ -50,6 +56,9 @@ class WTask:
         self.stolen = False
         self.notify: list[str] = []   # clients to tell straight from here when it finishes
         self.attempt = 0              # the scheduler's compute this run answers (0: claimed)
+        self.placers: tuple = ()      # (client, seq) of places awaiting their confirm
+        self.held: m.Message | None = None   # the report of an uncounted copy (attempt -1)
+        self.type = ""
 
     def __repr__(self) -> str:
         return f"<WTask {self.key} {self.state}>"
@@ -72,6 +81,8 @@ class WorkerState:
         self.fetching: set[str] = set()
         self.idle_reported = False
         self._erred: list[str] = []    # erred records to forget at the next event
+        self.places: dict[tuple[str, int], str] = {}   # (client, seq) -> key: awaiting confirm
+        self.early: dict[tuple[str, int], tuple[str, int]] = {}   # confirms before their place
 
     # == incoming work ===================================================================
     def compute(self, key: str, func: bytes, args: bytes, deps: dict[str, list[str]],
@@ -84,18 +95,11 @@ class WorkerState:
         t = self.tasks.get(key)
         if t is None:
             t = self.tasks[key] = WTask(key, "new")
-        elif t.state in ("ready", "waiting", "executing", "memory"):
-            if t.state == "memory" and t.owned is False:
-                t.owned = True
-                out.append(("send", m.TaskFinished(key, t.nbytes, "", None, [], [], attempt)))
-            elif t.state != "memory":
-                t.notify = notify or []
-                t.attempt = attempt      # the one run there is answers the newest compute
-            return out
-        elif t.state == "cancelled":      # freed while running, wanted again: that run counts
-            t.state = "executing"
-            t.notify = notify or []
-            t.attempt = attempt
+        elif t.state not in ("remote", "fetching"):
+            # the one run there is (a cancelled one resumes) answers the newest compute
+            self._adopt(t, attempt, out)
+            if notify and t.state != "memory":
+                t.notify = list(dict.fromkeys(t.notify + notify))
             return out
         t.notify = notify or []
         t.attempt = attempt
@@ -117,12 +121,145 @@ class WorkerState:
         if t is not None and t.state == "cancelled":   # still running: that run counts again
             t.state, t.claimed, t.owned, t.attempt = "executing", True, True, 0
             return out
+        if t is not None and t.attempt == -1 and t.state in (
+                "ready", "waiting", "executing", "memory", "erred"):
+            t.claimed = True      # a client's placed copy the scheduler may not know yet:
+            return out            # it hears of it from here too (the claim)
         t = self.tasks[key] = WTask(key, "new")
         t.func, t.args, t.deps, t.priority, t.retries = func, args, deps, heap_priority(priority), retries
         t.claimed = True
         t.owned = True
         self._resolve_deps(t, {d: (locations or {}).get(d, []) for d in deps}, out)
         return out
+
+    def place(self, key: str, func: bytes, args: bytes, priority: list, retries: int,
+              client: str, seq: int) -> list[Action]:
+        """A client placed a dependency-free task straight here (see ``confirm``)."""
+        out: list[Action] = []
+        if self._erred:
+            self._reap(out)
+        pk = (client, seq)
+        early = self.early.pop(pk, None)
+        if early is not None and early[1] < 0:
+            return out                 # the scheduler has it run elsewhere, and tells them
+        t = self.tasks.get(key)
+        if t is not None and t.state in ("remote", "fetching"):    # computed elsewhere
+            if early is None:
+                self.places[pk] = key
+            else:
+                self._counted_here(key, early[1], out)
+            return out
+        if t is None:
+            t = self.tasks[key] = WTask(key, "new")
+            t.func, t.args, t.priority, t.retries = func, args, heap_priority(priority), retries
+            t.stolen = t.claimed = False
+            t.attempt = -1             # a copy the scheduler has not counted (yet)
+            t.owned = True
+            self._resolve_deps(t, {}, out)
+        elif t.state == "cancelled":   # freed while it ran, and wanted again: that run counts
+            t.state = "executing"
+            t.attempt = -1
+            t.owned = True
+        elif t.state == "memory":
+            out.append(("tell", client, m.KeyMemory(key, t.type, t.nbytes, [self.address],
+                                                   None)))
+        if t.state in ("ready", "waiting", "executing") and client not in t.notify:
+            t.notify.append(client)
+        if early is None:
+            self.places[pk] = key
+            t.placers += (pk,)
+        else:
+            self._counted_here(key, early[1], out)
+        return out
+
+    def confirm(self, key: str, client: str, seq: int, attempt: int) -> list[Action]:
+        """The scheduler's answer to a client's ``placed``: the copy here is the task, as
+        compute ``attempt`` (report it so), or, if negative, it is not (the task lives
+        elsewhere, or nowhere): a copy nobody counts then goes."""
+        out: list[Action] = []
+        if self._erred:
+            self._reap(out)
+        pk = (client, seq)
+        if self.places.pop(pk, None) is None:     # the place is still on its way
+            self.early[pk] = (key, attempt)
+            return out
+        t = self.tasks.get(key)
+        if t is not None and pk in t.placers:
+            t.placers = tuple(p for p in t.placers if p != pk)
+        if attempt >= 0:
+            self._counted_here(key, attempt, out)
+        elif t is not None and not t.placers and t.attempt == -1:
+            self._drop_placed(t, out)
+        return out
+
+    def _counted_here(self, key: str, attempt: int, out: list[Action]) -> None:
+        """The scheduler counts a run of ``key`` here as compute ``attempt``."""
+        t = self.tasks.get(key)
+        if t is None or t.state in ("remote", "fetching"):
+            # but none runs here (a copy of its value at most): run it elsewhere
+            out.append(("send", m.NotHere(key, attempt)))
+        else:
+            self._adopt(t, attempt, out)
+
+    def _adopt(self, t: WTask, attempt: int, out: list[Action]) -> None:
+        """The scheduler counts the run here as its compute ``attempt``."""
+        t.attempt = attempt
+        if t.state == "cancelled":        # freed while it ran, wanted again: that run counts
+            t.state = "executing"
+        if t.state in ("memory", "erred"):
+            msg = t.held
+            if msg is None:               # reported before, as another compute: again
+                msg = m.TaskFinished(t.key, t.nbytes, t.type, None, [], [], attempt) \
+                    if t.state == "memory" else m.TaskErred(t.key, *t.error, attempt)  # type: ignore[misc]
+            msg.attempt = attempt  # type: ignore[attr-defined]
+            out.append(("send", msg))
+            t.held = None
+        t.owned = t.state != "erred"
+
+    def _drop_placed(self, t: WTask, out: list[Action]) -> None:
+        """A placed copy nobody counts: forget it (a run ends first)."""
+        t.held = None
+        t.owned = False
+        if t.state == "executing":
+            t.state = "cancelled"
+        elif t.state in ("ready", "waiting"):
+            t.state = "remote"
+            self._release_inputs(t, out)
+            self._maybe_drop(t, out)
+        elif t.state == "memory":
+            self._maybe_drop(t, out)
+
+    def withdraw(self, client: str, upto: int) -> list[Action]:
+        """The client's connection here broke: its places up to seq ``upto`` that have
+        not arrived never will, so the confirms kept for them are void (the scheduler
+        sent their tasks by ``compute`` since)."""
+        for pk in [pk for pk in self.early if pk[0] == client and pk[1] <= upto]:
+            del self.early[pk]
+        return []
+
+    def client_gone(self, client: str) -> list[Action]:
+        """A client left: its places the scheduler never heard of will never be confirmed."""
+        out: list[Action] = []
+        for pk in [pk for pk in self.places if pk[0] == client]:
+            t = self.tasks.get(self.places.pop(pk))
+            if t is not None and pk in t.placers:
+                t.placers = tuple(p for p in t.placers if p != pk)
+                if not t.placers and t.attempt == -1:
+                    self._drop_placed(t, out)
+        for pk in [pk for pk in self.early if pk[0] == client]:
+            key, attempt = self.early.pop(pk)
+            if attempt >= 0:        # counted here, but it never came (a record of the key
+                out.append(("send", m.NotHere(key, attempt)))   # is another run's)
+        return out
+
+    def _early_run(self, key: str) -> tuple[str, int] | None:
+        """A place of ``key`` confirmed as a compute, that has not arrived: the
+        scheduler's next word on the key is about that run, not a record here."""
+        if self.early:
+            for pk, (k, attempt) in self.early.items():
+                if k == key and attempt >= 0:
+                    return pk
+        return None
 
     def _resolve_deps(self, t: WTask, deps: dict[str, list[str]], out: list[Action]) -> None:
         t.waiting_on = set()
@@ -242,22 +379,27 @@ class WorkerState:
             return out
         t.state = "memory"
         t.nbytes = nbytes
+        t.type = type_name
         t.owned = True
         # a result holding futures goes through the scheduler: the client asks for those
         # futures' keys as it unpickles them, and the scheduler must have read this
         # worker's claims of them (sent before this report) by then
         notified = [c for c in t.notify if c in connected] if t.notify and not inner else []
+        t.notify = []
+        report = m.TaskFinished(key, nbytes, type_name, inline, inner, notified, t.attempt)
+        if t.attempt == -1:
+            t.held = report                  # until the scheduler counts the placed copy
+        else:     # queued before the clients hear: a ``sync`` after that finds it sent
+            out.append(("send", report))
         for cid in notified:
             out.append(("tell", cid, m.KeyMemory(key, type_name, nbytes, [self.address], inline)))
-        t.notify = []
-        out.append(("send", m.TaskFinished(key, nbytes, type_name, inline, inner, notified,
-                                           t.attempt)))
         out.append(("done", key))
         self._dependency_arrived(t, out)
         self._release_inputs(t, out)
         return out
 
-    def erred(self, key: str, exception: list, traceback: str, kind: str) -> list[Action]:
+    def erred(self, key: str, exception: list, traceback: str, kind: str,
+              connected: Any = ()) -> list[Action]:
         out: list[Action] = []
         if self._erred:
             self._reap(out)
@@ -273,7 +415,15 @@ class WorkerState:
             t.retries -= 1
             self._make_ready(t, out)
             return out
-        out.append(("send", m.TaskErred(key, exception, traceback, kind, t.attempt)))
+        report = m.TaskErred(key, exception, traceback, kind, t.attempt)
+        if t.attempt == -1:                  # tell the placing client, hold the report
+            for cid in t.notify:
+                if cid in connected:
+                    out.append(("tell", cid, m.KeyErred(key, exception, traceback, kind)))
+            t.held = report
+        else:
+            out.append(("send", report))
+        t.notify = []
         self._set_erred(t, exception, traceback, kind, out)
         self._release_inputs(t, out)
         return out
@@ -300,6 +450,9 @@ class WorkerState:
         for key in keys:
             t = self.tasks.get(key)
             if t is None or t.state != "erred":
+                continue
+            if t.held is not None:        # its report waits for the confirm: keep it till then
+                self._erred.append(key)
                 continue
             del self.tasks[key]
             for dk in t.deps:
@@ -421,8 +574,15 @@ class WorkerState:
         if self._erred:
             self._reap(out)
         for key in keys:
+            pk = self._early_run(key)
+            if pk is not None:    # that run (still on its way) is not wanted any more
+                self.early[pk] = (key, -1)
+                continue
             t = self.tasks.get(key)
             if t is None:
+                continue
+            if t.placers:         # a client counts on this copy: it stays, uncounted by the
+                t.attempt = -1    # scheduler now, till the confirm says whether it counts
                 continue
             if t.state == "executing":
                 t.state = "cancelled"     # its result is dropped when it finishes
@@ -438,7 +598,8 @@ class WorkerState:
 
     def steal(self, key: str) -> list[Action]:
         t = self.tasks.get(key)
-        ok = t is not None and t.state == "ready"
+        ok = t is not None and t.state == "ready" and not t.placers \
+            and self._early_run(key) is None
         out: list[Action] = [("send", m.StealReply(key, ok))]
         if ok:
             t.state = "remote"            # computed elsewhere now; local dependents wait for it
@@ -453,7 +614,9 @@ class WorkerState:
         """Another worker claimed this pure key first; wait for its result instead."""
         out: list[Action] = []
         t = self.tasks.get(key)
-        if t is not None and t.state in ("ready", "waiting"):
+        if t is not None and t.placers:     # a client placed it too: its confirm says
+            t.claimed = False                # whether the copy stays
+        elif t is not None and t.state in ("ready", "waiting"):
             t.state = "remote"
             t.owned = False
             t.claimed = False
@@ -494,6 +657,10 @@ class WorkerState:
                 assert key in self.executing, t
             if t.state == "fetching":
                 assert key in self.fetching, t
+            for pk in t.placers:
+                assert self.places.get(pk) == key, (t, pk)
+            if t.held is not None:
+                assert t.attempt == -1 and t.state in ("memory", "erred"), t
         for key in self.executing:     # a running task keeps its record until it ends
             assert key in self.tasks and self.tasks[key].state in ("executing", "cancelled"), key
         queued = {k for _, k in self.ready}
