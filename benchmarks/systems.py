@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 from typing import Any
 
 from benchmarks import tasks
@@ -51,6 +52,14 @@ class FuturesSystem:
             return sorted(int(w["pid"]) for w in info) or None
         except Exception:  # only an aid to the sampler, never fatal
             return None
+
+    def quiesce(self, timeout: float = 30.0) -> None:
+        """Wait until the workers hold no result (earlier repetitions' are released)."""
+        deadline = time.monotonic() + timeout
+        while any(self.client.has_what().values()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} still holds results after {timeout} s")
+            time.sleep(0.005)
 
     def close(self) -> None:
         if self.client is not None:
@@ -101,6 +110,9 @@ class RaySystem:
 
     def worker_pids(self) -> list[int] | None:
         return None  # Ray starts workers on demand; the sampler finds them
+
+    def quiesce(self) -> None:
+        """Nothing to wait for: Ray does not share results between identical calls."""
 
     def close(self) -> None:
         self.ray.shutdown()

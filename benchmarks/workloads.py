@@ -43,12 +43,15 @@ REPEAT_UNTIL_S = 1.0   # a short region is repeated (on the same cluster) until 
 MAX_REPS = 5           # time has passed, at most this often; the run reports the median
 
 
-def _timed(fn: Callable[[], object], expected: object) -> float:
+def _timed(s: System, fn: Callable[[], object], expected: object) -> float:
     """Median time of ``fn()`` over its repetitions; each answer is checked outside
     the timed region. Slow systems get one repetition, fast ones up to MAX_REPS:
-    a 0.1 s region on a shared machine is too noisy to stand alone."""
+    a 0.1 s region on a shared machine is too noisy to stand alone. Each repetition
+    starts on a cluster that holds nothing (waited for outside the timed region):
+    a pure call repeated must be computed again, not found in memory."""
     times: list[float] = []
     while True:
+        s.quiesce()
         t0 = time.perf_counter()
         got = fn()
         times.append(time.perf_counter() - t0)
@@ -58,23 +61,23 @@ def _timed(fn: Callable[[], object], expected: object) -> float:
 
 
 def _flat(s: System, n: int) -> dict[str, float]:
-    el = _timed(lambda: s.flat(n), list(range(1, n + 1)))
+    el = _timed(s, lambda: s.flat(n), list(range(1, n + 1)))
     return {"tasks_per_s": n / el, "elapsed_s": el}
 
 
 def _fanout(s: System, n: int) -> dict[str, float]:
-    el = _timed(lambda: s.fanout(n), n * (n + 1) // 2)
+    el = _timed(s, lambda: s.fanout(n), n * (n + 1) // 2)
     return {"children_per_s": n / el, "elapsed_s": el}
 
 
 def _fib_tree(s: System, n: int) -> dict[str, float]:
-    el = _timed(lambda: s.fib_tree(n), tasks.fib(n))
+    el = _timed(s, lambda: s.fib_tree(n), tasks.fib(n))
     count = tasks.fib_calls(n)
     return {"tasks": count, "tasks_per_s": count / el, "elapsed_s": el}
 
 
 def _fib_dedup(s: System, n: int) -> dict[str, float]:
-    el = _timed(lambda: s.fib_dedup(n), tasks.fib(n))
+    el = _timed(s, lambda: s.fib_dedup(n), tasks.fib(n))
     return {"elapsed_ms": el * 1e3}
 
 
@@ -83,12 +86,12 @@ def _expected_process_all(n: int) -> int:
 
 
 def _process_all(s: System, n: int) -> dict[str, float]:
-    el = _timed(lambda: s.process_all(n, SEED), _expected_process_all(n))
+    el = _timed(s, lambda: s.process_all(n, SEED), _expected_process_all(n))
     return {"elapsed_s": el, "items_per_s": n / el}
 
 
 def _process_all_gathered(s: System, n: int) -> dict[str, float]:
-    el = _timed(lambda: s.process_all_gathered(n, SEED), _expected_process_all(n))
+    el = _timed(s, lambda: s.process_all_gathered(n, SEED), _expected_process_all(n))
     return {"elapsed_s": el, "items_per_s": n / el}
 
 
