@@ -219,3 +219,17 @@ def test_futures_made_in_tasks_outlive_them(client):
 def test_get_worker_outside_a_task_is_a_clear_error():
     with pytest.raises(ValueError, match="inside a task"):
         get_worker()
+
+
+def map_inc(n):
+    with worker_client() as c:
+        return sum(c.gather(c.map(inc, range(n))))
+
+
+@pytest.mark.timeout(120)
+def test_the_same_pure_fan_out_back_to_back(client):
+    """Each run's children are released as it returns; the next run asks for the same pure
+    keys while those releases are still on their way (the scheduler may forget a key
+    between a worker's release and its want: the waiting future then claims it anew)."""
+    for _ in range(30):
+        assert client.submit(map_inc, 300, pure=False).result(timeout=30) == 300 * 301 // 2

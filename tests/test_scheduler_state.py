@@ -57,6 +57,7 @@ class SimWorker:
         self.data: set[str] = set()                  # values the shell holds
         self.inner: dict[str, list[str]] = {}        # value -> futures inside it
         self.settled: set[str] = set()               # futures of the in-task client now done
+        self.recipes: dict[str, list[str]] = {}      # keys it asked for by want: their deps
         self.paused = False                          # memory high: starts no new task
 
 
@@ -292,7 +293,13 @@ class Cluster:
             out = st.steal(msg.key)  # type: ignore[attr-defined]
         elif op == "claim-rejected":
             out = st.claim_rejected(msg.key)  # type: ignore[attr-defined]
+        elif op == "unknown":        # as WorkerClient._unknown: claim it anew if still waited on
+            deps = w.recipes.pop(msg.key, None)  # type: ignore[attr-defined]
+            if deps is not None and w.refs.get(msg.key) and msg.key not in w.settled:  # type: ignore
+                self._claim(w, msg.key, deps)  # type: ignore[attr-defined]
+            out = []
         elif op == "key-memory":
+            w.recipes.pop(msg.key, None)  # type: ignore[attr-defined]
             w.settled.add(msg.key)  # type: ignore[attr-defined]
             t = st.tasks.get(msg.key)  # type: ignore[attr-defined]
             if msg.value is not None and t is not None and t.state in (  # type: ignore
@@ -306,6 +313,7 @@ class Cluster:
             else:
                 out = st.key_memory(msg.key, msg.who_has)  # type: ignore[attr-defined]
         elif op == "key-erred":
+            w.recipes.pop(msg.key, None)  # type: ignore[attr-defined]
             w.settled.add(msg.key)  # type: ignore[attr-defined]
             out = st.key_erred(msg.key, msg.exception, msg.traceback, msg.kind)  # type: ignore
         elif op == "put-data":
@@ -374,11 +382,17 @@ class Cluster:
         if w.refs[child] > 1:
             return
         t = w.state.tasks.get(child)
-        if t is not None and t.state not in ("erred", "cancelled"):
+        if t is not None and t.state not in ("erred", "cancelled") and t.attempt != -1:
+            w.recipes[child] = list(deps)
             self.to_sched[wid].append(m.Want([child]))
+            if t.state == "memory":
+                w.settled.add(child)
             return
+        self._claim(w, child, list(deps))
+
+    def _claim(self, w: SimWorker, child: str, deps: list[str]) -> None:
         self.seq += 1
-        self._apply(w, w.state.claim(child, 1, b"", list(deps), [0, 1, self.seq], 0, {}))
+        self._apply(w, w.state.claim(child, 1, b"", deps, [0, 1, self.seq], 0, {}))
 
     def scatter_here(self, wid: str, key: str, data_key: str) -> None:
         """Task ``key`` scatters from inside: the data stays on its worker."""
@@ -431,6 +445,7 @@ class Cluster:
         w.refs[key] -= 1
         if not w.refs[key]:
             del w.refs[key]
+            w.recipes.pop(key, None)
             self.to_sched[w.id].append(m.Release([key]))
 
     def finish(self, wid: str, key: str, n_inner: int = 0, rejoin: bool = True) -> None:
@@ -1347,3 +1362,44 @@ def test_where_queries_wait_for_every_worker_to_sync():
     out = s.remove_worker("w-2")           # a worker that dies answers no more
     assert out == [("c-1", m.Reply(5, {}, None))]
     assert ops(do(s, "c-1", m.Query(6, "workers", None))) == [("c-1", "reply", "")]
+
+
+def test_a_workers_want_of_a_forgotten_key_is_answered_unknown_a_clients_lost():
+    # the worker's own release went first: the scheduler forgot the key; its in-task
+    # client claims it anew if it still waits (a stale answer is dropped there)
+    s = sched()
+    assert do(s, "w-1", m.Want(["gone"])) == [("w-1", m.Unknown("gone"))]
+    out = do(s, "c-1", m.Want(["gone"]))
+    assert ops(out) == [("c-1", "key-erred", "gone")] and out[0][1].kind == "lost"
+
+
+def test_a_want_answered_unknown_claims_the_task_anew_if_its_future_still_waits():
+    c = Cluster()
+    cid = c.add_client()
+    wid = c.add_worker()
+    c.submit(cid, "parent", [])
+    c.step_all()
+    c.start_task(wid)
+    c.claim(wid, "parent", "child")
+    c.start_task(wid)                     # the child runs (on another thread)
+    while c.to_sched[wid]:
+        c.deliver_to_scheduler(wid)       # the claim reaches the scheduler
+    w = c.workers[wid]
+    assert w.state.tasks["child"].state == "executing"
+    w.running["parent"].children.remove("child")
+    c._worker_release(w, "child")         # released: the release is on its way
+    c.claim(wid, "parent", "child")       # still running here: wanted, not claimed
+    assert c.to_sched[wid][-1] == m.Want(["child"]) and "child" not in w.settled
+    while c.to_sched[wid]:
+        c.deliver_to_scheduler(wid)       # release (the scheduler frees it), then want
+    c.deliver_to_worker(wid)              # free: the run here is cancelled
+    c.deliver_to_worker(wid)              # unknown: the waiting future claims it anew
+    assert w.state.tasks["child"].state == "executing" and w.state.tasks["child"].claimed
+    assert isinstance(c.to_sched[wid][-1], m.Claim)
+    c.finish(wid, "child")
+    assert "child" in w.settled           # the parent's future has its value
+    while c.to_sched[wid]:
+        c.deliver_to_scheduler(wid)
+    assert c.s.tasks["child"].state == "memory"
+    c.drain()
+    c.assert_clean()

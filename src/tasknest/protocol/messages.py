@@ -184,6 +184,7 @@ ClaimRejected = _define("ClaimRejected", "claim-rejected", key=str)
 PutData = _define("PutData", "put-data", rid=int, keys=STRS, values=FRAMES_LIST)
 Close = _define("Close", "close", reason=str)
 Sync = _define("Sync", "sync", rid=int)           # answer ``synced`` after what you sent
+Unknown = _define("Unknown", "unknown", key=str)  # a worker wanted a key we do not know
 # the scheduler's answer to a client's ``placed``: attempt >= 0: your copy is the task, as
 # that compute (report it as such); -1: drop your copy (the task lives elsewhere)
 Confirm = _define("Confirm", "confirm", key=str, client=str, seq=int, attempt=int)

@@ -305,8 +305,10 @@ class SchedulerState(StealingMixin, ScatterMixin, QueriesMixin, InvariantsMixin)
         for key in msg.keys:  # type: ignore[attr-defined]
             ts = self.tasks.get(key)
             if ts is None:
-                self._emit(cid, m.KeyErred(key, [], f"{key} is unknown to the scheduler "
-                                           "(it was released or never existed)", "lost"))
+                # (a worker's in-task client claims it anew if its future still waits)
+                self._emit(cid, m.Unknown(key) if cid[0] == "w" else m.KeyErred(
+                    key, [], f"{key} is unknown to the scheduler (it was released or never "
+                    "existed)", "lost"))
                 continue
             self._want(ts, cid)
             if ts.state == "released":

@@ -38,6 +38,7 @@ class WorkerClient(Client):
         self._states: dict[str, FutureState] = {}
         self._refs: dict[str, int] = {}
         self._placed: dict = {}          # (tasks submit through claims, never place)
+        self._recipes: dict[str, tuple] = {}   # keys asked for by ``want``: how to claim them
         self._replies: dict[int, asyncio.Future] = {}
         self._rid = 0
         self._cluster = None
@@ -107,16 +108,45 @@ class WorkerClient(Client):
         with w.lock:
             t = w.state.tasks.get(key)
             if t is not None and t.state not in ("erred", "cancelled") and t.attempt != -1:
+                # here already: want it. (A release of it from here may be on its way and
+                # the scheduler forget it first: then it says so, and we claim it anew.)
+                self._recipes[key] = (fbytes, abytes, deps, priority, retries)
                 w.send(m.Want([key]))
                 done = w.settle_from_state([key])
             else:       # (a copy a client placed here, uncounted yet, is claimed too)
-                locations = {d: self._states[d].who_has for d in deps if d in self._states}
-                done = w.apply(w.state.claim(key, fbytes, abytes, deps, priority, retries,
-                                             locations))
+                done = self._claim(key, fbytes, abytes, deps, priority, retries)
                 if t is not None:
                     done += w.settle_from_state([key])
         w.settle(done)
         return fut
+
+    def _claim(self, key: str, fbytes: bytes, abytes: bytes, deps: list[str], priority: list,
+               retries: int) -> list:
+        """Queue a task here and tell the scheduler (worker lock held)."""
+        w = self.worker
+        locations = {d: self._states[d].who_has for d in deps if d in self._states}
+        return w.apply(w.state.claim(key, fbytes, abytes, deps, priority, retries, locations))
+
+    def _handle(self, msg: m.Message) -> None:
+        if self._recipes and msg.op in ("key-memory", "key-erred", "key-cancelled"):
+            self._recipes.pop(msg.key, None)  # type: ignore[attr-defined]
+        super()._handle(msg)
+
+    def _unknown(self, key: str) -> None:
+        """The scheduler forgot ``key`` before our want reached it (a release of ours
+        went first; its free reached us before this answer, so what was here is gone).
+        A future still waiting claims the task anew; a stale answer is dropped."""
+        recipe = self._recipes.pop(key, None)
+        st = self._states.get(key)
+        if recipe is not None and st is not None and not st.done():
+            w = self.worker
+            with w.lock:
+                done = self._claim(key, *recipe)
+            w.settle(done)
+
+    def _release(self, key: str) -> None:
+        self._recipes.pop(key, None)
+        super()._release(key)
 
     def scatter(self, data: Any, broadcast: bool = False, workers: Any = None,
                 timeout: float | None = None) -> Any:

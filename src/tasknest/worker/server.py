@@ -328,6 +328,8 @@ class Worker:
             self._put_data(msg)
         elif op in ("key-cancelled", "reply"):
             self.client._handle(msg)
+        elif op == "unknown":
+            self.client._unknown(msg.key)  # type: ignore[attr-defined]
         elif op == "welcome":
             if not self._welcome.done():
                 self._welcome.set_result(msg)
