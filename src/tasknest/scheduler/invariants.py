@@ -19,6 +19,7 @@ class InvariantsMixin:
         unrunnable: dict[str, Task]
         paused: set[str]
         addresses: dict[str, str]
+        steals: dict[str, tuple[str, str]]
 
     def validate(self) -> None:
         """Raise AssertionError if the records contradict each other."""
@@ -64,3 +65,4 @@ class InvariantsMixin:
             assert running == ws.seceded, (wid, running, ws.seceded)
             for key in ws.has_what:
                 assert wid in self.tasks[key].who_has, (wid, key)
+            assert ws.asked == sum(1 for t, _ in self.steals.values() if t == wid), (wid, ws.asked)

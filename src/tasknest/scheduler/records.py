@@ -47,7 +47,7 @@ class Task:
 
 class WorkerInfo:
     __slots__ = ("id", "address", "name", "nthreads", "pid", "memory_limit", "processing",
-                 "has_what", "seceded", "idle", "last_seen", "memory", "paused")
+                 "has_what", "seceded", "idle", "last_seen", "memory", "paused", "asked")
 
     def __init__(self, wid: str, address: str, name: str, nthreads: int, pid: int,
                  memory_limit: int, now: float) -> None:
@@ -64,6 +64,7 @@ class WorkerInfo:
         self.last_seen = now
         self.memory = 0
         self.paused = False          # above its memory mark: it starts no new task
+        self.asked = 0               # steal requests on its behalf awaiting their answer
 
     def load(self) -> float:
         return (len(self.processing) - self.seceded) / self.nthreads

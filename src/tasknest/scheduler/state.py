@@ -38,7 +38,7 @@ class SchedulerState(StealingMixin, ScatterMixin, QueriesMixin, InvariantsMixin)
         self.unrunnable: dict[str, Task] = {}            # ready, but no (allowed) worker
         self.idle: set[str] = set()                      # workers that asked for work
         self.paused: set[str] = set()                    # workers paused for memory
-        self.steals: dict[str, str] = {}                 # key -> thief, while asked
+        self.steals: dict[str, tuple[str, str]] = {}     # key -> (thief, victim), while asked
         self._fruitless: dict[str, tuple[str, int]] = {} # thief -> (victim, its size) at a vain scan
         self.allowed_failures = allowed_failures
         self.inline_limit = inline_limit
@@ -146,8 +146,11 @@ class SchedulerState(StealingMixin, ScatterMixin, QueriesMixin, InvariantsMixin)
         for ts in self.tasks.values():
             if ts.stealing == wid:
                 ts.stealing = None
-        self.steals = {k: t for k, t in self.steals.items()
-                       if t != wid and k not in ws.processing}
+        for key, (thief, victim) in list(self.steals.items()):   # no answer will come
+            if wid in (thief, victim):
+                del self.steals[key]
+                if thief in self.workers:
+                    self.workers[thief].asked -= 1
         self._scatter_lost(ws, reason)
         self._sync_lost(wid)
         for ts in killed:

@@ -36,7 +36,7 @@ class StealingMixin:
         workers: dict[str, WorkerInfo]
         idle: set[str]
         paused: set[str]
-        steals: dict[str, str]
+        steals: dict[str, tuple[str, str]]
         _fruitless: dict[str, tuple[str, int]]
 
         def _emit(self, target: str, msg: m.Message) -> None: ...
@@ -69,9 +69,11 @@ class StealingMixin:
 
     def _on_steal_reply(self, wid: str, msg: m.Message) -> None:
         key = msg.key  # type: ignore[attr-defined]
-        thief_id = self.steals.pop(key, None)
+        thief_id = self.steals.pop(key, (None, None))[0]
         ts = self.tasks.get(key)
         thief = self.workers.get(thief_id) if thief_id else None
+        if thief is not None:
+            thief.asked -= 1
         if ts is not None and ts.stealing == thief_id:
             ts.stealing = None
         if ts is not None and ts.processing_on == wid:
@@ -91,7 +93,7 @@ class StealingMixin:
 
     def _balance(self, thief: WorkerInfo) -> None:
         """An idle worker wants work: ask the busiest worker for unstarted tasks."""
-        if thief.id in self.steals.values():
+        if thief.asked:
             return                        # wait for the answers to earlier requests
         victims = [w for w in self.workers.values()
                    if w is not thief and len(w.processing) - w.seceded > _slots(w)]
@@ -124,5 +126,9 @@ class StealingMixin:
         # shallowest first (the biggest subtrees), newest first among equals
         for ts in heapq.nsmallest(n, candidates, key=_steal_order):
             ts.stealing = thief.id
-            self.steals[ts.key] = thief.id
+            earlier = self.steals.get(ts.key)      # (asked of an earlier life of the key)
+            if earlier is not None and earlier[0] in self.workers:
+                self.workers[earlier[0]].asked -= 1
+            self.steals[ts.key] = (thief.id, victim.id)
+            thief.asked += 1
             self._emit(victim.id, m.Steal(ts.key))
