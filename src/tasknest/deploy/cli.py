@@ -108,11 +108,15 @@ async def _watch_parent(stop: Any) -> None:
             return
 
 
-def _on_signals(stop: Any) -> None:
+def _on_signals(stop: Any) -> list[asyncio.Future]:
+    """Stop on SIGINT/SIGTERM; the list gets the stopping tasks, for main to await (a
+    loop closed under one still running would complain)."""
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Future] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda s=sig: asyncio.ensure_future(
-            stop(f"received {signal.Signals(s).name}")))
+        loop.add_signal_handler(sig, lambda s=sig: stopping.append(asyncio.ensure_future(
+            stop(f"received {signal.Signals(s).name}"))))
+    return stopping
 
 
 # -- scheduler ---------------------------------------------------------------------------------
@@ -139,10 +143,11 @@ async def _scheduler_main(args: argparse.Namespace) -> int:
     async def stop(reason: str) -> None:
         log.info("scheduler stopping: %s", reason)
         await sched.close()
-    _on_signals(stop)
+    stopping = _on_signals(stop)
     watcher = asyncio.ensure_future(_watch_parent(stop))
     await sched.closed.wait()
     watcher.cancel()
+    await asyncio.gather(*stopping, return_exceptions=True)
     return 0
 
 
@@ -169,10 +174,11 @@ async def _worker_main(args: argparse.Namespace) -> int:
     async def stop(reason: str) -> None:
         log.info("worker stopping: %s", reason)
         await worker.close(reason)
-    _on_signals(stop)
+    stopping = _on_signals(stop)
     watcher = asyncio.ensure_future(_watch_parent(stop))
     await worker.finished.wait()
     watcher.cancel()
+    await asyncio.gather(*stopping, return_exceptions=True)
     if "unreachable" in worker.exit_reason:
         print(f"tasknest worker: {worker.exit_reason}", file=sys.stderr)
         return 3

@@ -15,7 +15,9 @@ All methods except ``start``/``close`` are called with ``lock`` held.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from typing import Callable
 
 log = logging.getLogger("tasknest.worker")
@@ -27,7 +29,9 @@ class Pool:
     def __init__(self, nthreads: int, lock: threading.Lock, has_ready: Callable[[], bool],
                  run_one: Callable[[], bool], on_idle: Callable[[], None],
                  name: str = "tasknest-task",
-                 before_wait: Callable[[], None] = lambda: None) -> None:
+                 before_wait: Callable[[], None] = lambda: None,
+                 spin_for: Callable[[], float] = lambda: 0.0,
+                 work_hint: Callable[[], bool] = lambda: False) -> None:
         self.nthreads = nthreads
         self.lock = lock
         self.cond = threading.Condition(lock)          # parked threads
@@ -37,6 +41,8 @@ class Pool:
         self.run_one = run_one            # pops and runs one task; called WITH the lock held
         self.on_idle = on_idle            # lock held; the thread flushes its messages next
         self.before_wait = before_wait    # a thread is about to wait: flush its messages
+        self.spin_for = spin_for          # lock held: seconds to wait awake before parking
+        self.work_hint = work_hint        # no lock: work may be ready (checked under it next)
         self.name = name
         self.active = 0                    # threads holding a slot
         self.waiting = 0                   # idle threads parked on cond
@@ -79,6 +85,8 @@ class Pool:
                             return            # a seceded task ended: this thread leaves
                         continue
                     # nothing to run (or over-subscribed): give the slot back and park
+                    if self.active <= self.nthreads and self._spin():
+                        continue
                     self._release_slot()
                     if self.active < self.nthreads:
                         self.on_idle()
@@ -95,6 +103,23 @@ class Pool:
                     self.handoffs -= 1
             finally:
                 self.threads -= 1
+
+    def _spin(self) -> bool:
+        """Lock held. Wait awake a moment, keeping the slot, when work is about to come
+        (a client placing tasks one after another): no wake-up when it comes. The
+        thread yields its core, the lock and the GIL between looks. True if work came."""
+        duration = self.spin_for()
+        if duration <= 0:
+            return False
+        self.before_wait()
+        self.lock.release()
+        try:
+            end = time.perf_counter() + duration
+            while not self.work_hint() and not self.closed and time.perf_counter() < end:
+                os.sched_yield()
+        finally:
+            self.lock.acquire()
+        return not self.closed and self.has_ready()
 
     # -- tasks that wait -------------------------------------------------------------------
     def block(self) -> None:

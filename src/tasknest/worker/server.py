@@ -41,6 +41,8 @@ log = logging.getLogger("tasknest.worker")
 
 INLINE_LIMIT = 64 * 1024      # results up to this size travel with task-finished
 GOODBYE_WAIT = 2.0            # seconds a leaving worker waits for the scheduler to hang up
+SPIN = 0.0005                 # seconds a thread out of work waits awake for a placed task
+PLACING = 0.01                # ... if a client placed one this recently
 
 
 class Worker:
@@ -73,9 +75,11 @@ class Worker:
         self.frames_cache: dict[str, list] = {}
         self.client_comms: dict[str, Comm] = {}   # client id -> its connection to this worker
         self._told: set[Comm] = set()             # client comms with messages from threads
+        self._placed_at = -1.0            # when a client last placed a task here
         self.pool = Pool(nthreads, self.lock, lambda: not self.paused and self.state.has_ready(),
                          self._run_one, self._on_idle, name=f"tasknest-{self.name}",
-                         before_wait=self._wake)
+                         before_wait=self._wake, spin_for=self._spin_for,
+                         work_hint=lambda: bool(self.state.ready))
         self.client = WorkerClient(self)
         self.comm: Comm | None = None
         self.listener: Listener | None = None
@@ -375,6 +379,7 @@ class Worker:
             if msg.op == "get-data":
                 comm.send(m.Data(msg.rid, {k: self._frames(k) for k in msg.keys}))  # type: ignore
             elif msg.op == "place" and client:
+                self._placed_at = time.perf_counter()
                 with self.lock:
                     done = self.apply(self.state.place(
                         msg.key, msg.fid, msg.args, msg.priority, msg.retries,  # type: ignore
@@ -455,6 +460,11 @@ class Worker:
         finally:
             self.lock.acquire()
         return True
+
+    def _spin_for(self) -> float:
+        """A client placing tasks one after another sends the next within about a round
+        trip of a result: a thread out of work waits awake that long before parking."""
+        return SPIN if time.perf_counter() - self._placed_at < PLACING else 0.0
 
     def _on_idle(self) -> None:
         """Pool, lock held: a thread parks or blocks, and flushes its messages next."""
