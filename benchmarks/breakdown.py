@@ -1,6 +1,6 @@
 """Per-hop cost breakdown: CPU microseconds per task in the client, the scheduler and a worker.
 
-    python -m benchmarks.breakdown [--workload flat|fib] [--seconds 5]
+    python -m benchmarks.breakdown [--workload flat|fib|fanout|latency] [--seconds 5]
 
 Runs a workload repeatedly on a LocalCluster (2 workers x 1 thread) while py-spy
 samples the client, the scheduler and one worker process, then turns the
@@ -28,6 +28,7 @@ IDLE_FUNCS = {"LoopRunner._run", "_run", "run_forever", "_run_once", "select", "
               "Condition.wait", "Event.wait", "Thread.join", "wait", "_wait_for_tstate_lock"}
 LAYERS = [          # first match wins, tested against the file of a frame
     ("user code", ("benchmarks/tasks.py",)),
+    ("waiting awake", ("Pool._spin", "Client._spin")),
     ("protocol", ("protocol/comm.py", "protocol/messages.py", "protocol/peers.py", "msgpack",
                   "<string>")),
     ("serialization", ("protocol/serialize.py", "pickle", "cloudpickle", "copyreg")),
@@ -46,9 +47,9 @@ def classify(frames: list[str]) -> str:
     if func in IDLE_FUNCS or file.endswith(("selectors.py", "threading.py")):
         return "idle"
     for frame in reversed(frames):   # a C or library leaf is charged to its nearest caller
-        file = _split(frame)[1]
+        func, file = _split(frame)
         for layer, needles in LAYERS:
-            if any(n in file for n in needles):
+            if any(n in file or n == func for n in needles):
                 return layer
     return "other"
 
@@ -84,6 +85,13 @@ def run(workload: str, seconds: float) -> dict:
             if workload == "flat":
                 client.gather(client.map(tasks.inc, range(10_000)))
                 ntasks += 10_000
+            elif workload == "fanout":
+                client.submit(tasks.fanout, 2000, "tasknest", pure=False).result()
+                ntasks += 2000
+            elif workload == "latency":      # per round trip
+                for i in range(1000):
+                    client.submit(tasks.inc, ntasks + i).result()
+                ntasks += 1000
             else:
                 client.submit(tasks.fib_tree, 15, "tasknest", pure=False).result()
                 ntasks += 1973
@@ -100,12 +108,13 @@ def run(workload: str, seconds: float) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workload", choices=["flat", "fib"], default="flat")
+    p.add_argument("--workload", choices=["flat", "fib", "fanout", "latency"], default="flat")
     p.add_argument("--seconds", type=float, default=5.0)
     args = p.parse_args()
     res = run(args.workload, args.seconds)
     print(json.dumps(res, indent=1))
-    layers = ["protocol", "serialization", "state machine", "shell", "user code", "other", "total"]
+    layers = ["protocol", "serialization", "state machine", "shell", "user code",
+              "waiting awake", "other", "total"]
     print(f"\n{res['workload']}: {res['tasks']} tasks, {res['tasks_per_s']:.0f} tasks/s "
           "(with py-spy attached)\n")
     print("| process | " + " | ".join(layers) + " |")

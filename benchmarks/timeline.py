@@ -100,15 +100,17 @@ if os.environ.get({ENV!r}):
 PLACED_PATH = [
     ("client: submit() to frame written (pickle, key, encode; the user's thread writes)",
      "client", "frame written"),
-    ("network: client to worker (loopback TCP, reader wakes up)", "worker", "frame read"),
-    ("worker: frame read to task thread running (decode, queue, thread wakes, GIL)",
+    ("network: client to worker (loopback TCP, the worker's loop wakes up)", "worker",
+     "frame read"),
+    ("worker: frame read to task thread running (decode, queue; a thread awake takes it)",
      "worker", "task thread starts"),
     ("worker: task thread runs the task (unpickle, call)", "worker", "task returned"),
     ("worker: task returned to frame written (pickle result; the task thread writes)",
      "worker", "frame written"),
-    ("network: worker to client (the result, straight)", "client", "frame read"),
+    ("network: worker to client (the result, straight; the client's loop wakes up)",
+     "client", "frame read"),
     ("client: frame read to future settled (decode, settle)", "client", "future settled"),
-    ("client: settled to result() returning (user thread wakes, GIL)",
+    ("client: settled to result() returning (the user's thread, awake, sees it)",
      "client", "result() returns"),
 ]
 SCHEDULED_PATH = [
