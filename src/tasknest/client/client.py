@@ -16,7 +16,6 @@ import contextvars
 import hashlib
 import itertools
 import logging
-import os
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from ..protocol.peers import PeerPool
 from ..protocol.serialize import dumps_call, dumps_function, dumps_value, nbytes
 from .future import Future, FutureState, error_from
 from .loop import get_runner
+from .placing import PlacingMixin
 
 log = logging.getLogger("tasknest.client")
 
@@ -41,7 +41,6 @@ _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
 current_client: "contextvars.ContextVar[Client | None]" = contextvars.ContextVar(
     "tasknest_client", default=None)
 _seq = itertools.count()
-SPIN = 0.0005      # seconds a thread waits awake for a placed task's result
 _unique = itertools.count()
 _PREFIX = uuid.uuid4().hex[:16]          # per process: counters below it never collide
 
@@ -99,7 +98,7 @@ def _rebuild(obj: Any, values: dict[str, Any]) -> Any:
     return obj
 
 
-class Client:
+class Client(PlacingMixin):
     """A connection to a tasknest cluster. ``Executor`` is the same class."""
 
     _worker_side = False
@@ -455,41 +454,6 @@ class Client:
                 self._place(key, fbytes, abytes, priority, retries, *lane)
         return fut
 
-    # -- placed tasks: straight to a worker, the scheduler hears afterwards ---------------
-    # A dependency-free task goes straight to a worker this client is connected to and
-    # has no placed task pending on: one hop there and one back, the scheduler out of the
-    # way. The scheduler gets the recipe lazily (``placed``, with the result's size if it
-    # came by then) and confirms the worker's copy; the client's later messages about
-    # the key follow that one, so the scheduler never hears of the key out of order.
-    def _lane(self) -> tuple[str, Comm] | None:
-        peers = self._peers
-        if peers is None or not peers.comms:
-            return None
-        with self._lock:
-            busy = {p.worker for p in self._placed.values()}  # type: ignore[attr-defined]
-        for addr, comm in list(peers.comms.items()):
-            if addr not in busy and not comm.closed:
-                return addr, comm
-        return None
-
-    def _place(self, key: str, fbytes: bytes, abytes: bytes, priority: list, retries: int,
-               addr: str, comm: Comm) -> None:
-        seq = priority[2]            # unique in this process
-        record = m.Placed(key, fbytes, abytes, priority, retries, addr, seq, -1, "")
-        with self._lock:
-            self._placed[key] = record
-        self._send(record)
-        # the task leaves now: the worker starts on it while this thread goes on
-        comm.send_now(m.Place(key, fbytes, abytes, priority, retries, seq))
-
-    def _placed_done(self, msg: m.Message) -> None:
-        with self._lock:
-            record = self._placed.pop(msg.key, None)  # type: ignore[attr-defined]
-        if record is not None and msg.op == "key-memory":
-            # if the record has not left yet, the scheduler learns where the result is
-            record.type = msg.type  # type: ignore[attr-defined]
-            record.nbytes = msg.nbytes  # type: ignore[attr-defined]
-
     def map(self, func: Callable, *iterables: Iterable, key: Any = None, pure: bool = True,
             workers: Any = None, retries: int = 0, priority: int = 0, **kwargs: Any) -> list[Future]:
         """submit() for each element (zip of several iterables)."""
@@ -652,15 +616,6 @@ class Client:
         comm = self._comm
         if comm is not None:
             comm.wake()
-
-    def _spin(self, st: FutureState) -> None:
-        """Wait awake a moment for a placed task's result, which comes in about a round
-        trip: a thread put to sleep costs a wake-up (tens of microseconds) to come back.
-        The thread yields its core and the GIL between looks."""
-        self._wake()
-        end = time.perf_counter() + SPIN
-        while st.status == "pending" and time.perf_counter() < end:
-            os.sched_yield()
 
     def _wait_states(self, states: list[FutureState], timeout: float | None) -> None:
         _check_timeout(timeout)

@@ -25,12 +25,13 @@ from typing import Any, Iterable
 from ..protocol import messages as m
 from .records import ALLOWED_FAILURES, FIRE_AND_FORGET, Task, WorkerInfo
 from .invariants import InvariantsMixin
+from .placing import PlacingMixin
 from .queries import QueriesMixin
 from .scatter import ScatterMixin
 from .stealing import StealingMixin
 
 
-class SchedulerState(StealingMixin, ScatterMixin, QueriesMixin, InvariantsMixin):
+class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, InvariantsMixin):
     def __init__(self, allowed_failures: int = ALLOWED_FAILURES, inline_limit: int = 64 * 1024) -> None:
         self.tasks: dict[str, Task] = {}
         self.workers: dict[str, WorkerInfo] = {}
@@ -266,44 +267,6 @@ class SchedulerState(StealingMixin, ScatterMixin, QueriesMixin, InvariantsMixin)
         else:
             self._report(ts, cid)
 
-    def _on_placed(self, cid: str, msg: m.Message) -> None:
-        """The client placed a dependency-free task straight on a worker, which runs it
-        and holds its report until we confirm (or drop) that copy. Every ``placed`` gets
-        exactly one ``confirm``; the client's later messages about the key come after
-        this one, so the scheduler is never surprised by them."""
-        key = msg.key  # type: ignore[attr-defined]
-        wid = self.addresses.get(msg.worker)  # type: ignore[attr-defined]
-        if wid is None:          # that worker is gone: its copy went with it
-            self._submitted(cid, key, msg.fid, msg.args, [], msg.priority,  # type: ignore
-                            msg.retries, None)  # type: ignore[attr-defined]
-            return
-        ws = self.workers[wid]
-        self.placers[cid] = max(self.placers.get(cid, 0), msg.seq)  # type: ignore[attr-defined]
-        ts = self.tasks.get(key)
-        if ts is not None and ts.state != "released":
-            self._want(ts, cid)
-            # the copy there is the one we count, or it goes (the task lives elsewhere)
-            here = ts.processing_on == wid or wid in ts.who_has
-            self._emit(wid, m.Confirm(key, cid, msg.seq,  # type: ignore[attr-defined]
-                                      ts.attempt if here else -1))
-            self._report(ts, cid)
-            return
-        if ts is None:
-            ts = self.tasks[key] = Task(key, msg.fid, msg.args, [], msg.priority,  # type: ignore
-                                        msg.retries)  # type: ignore[attr-defined]
-        elif ts.func is None:
-            ts.func, ts.args = msg.fid, msg.args  # type: ignore[attr-defined]
-        self._want(ts, cid)
-        self._set_processing(ts, ws)
-        self._attempts += 1
-        ts.attempt = self._attempts
-        ts.placed = (cid, ts.attempt)
-        self._emit(wid, m.Confirm(key, cid, msg.seq, ts.attempt))  # type: ignore[attr-defined]
-        if msg.nbytes >= 0:      # the result reached the client already: it is there
-            self._task_done(ts, ws, msg.nbytes, msg.type, None, [], [cid])  # type: ignore
-        elif self.idle:
-            self._offer(wid)
-
     def _on_want(self, cid: str, msg: m.Message) -> None:
         for key in msg.keys:  # type: ignore[attr-defined]
             ts = self.tasks.get(key)
@@ -330,22 +293,6 @@ class SchedulerState(StealingMixin, ScatterMixin, QueriesMixin, InvariantsMixin)
                 self._report(ts, cid)
                 continue
             ts.tell.add(cid)
-
-    def _on_lane_lost(self, cid: str, msg: m.Message) -> None:
-        """The client's connection to a worker broke: tasks it placed there may never
-        have arrived. Those still counted as its placed copies there go the usual way
-        (a worker that has the copy adopts the compute), and the worker forgets the
-        confirms it keeps for places that will never come (any later place has a
-        higher seq)."""
-        wid = self.addresses.get(msg.worker)  # type: ignore[attr-defined]
-        if wid is None or cid not in self.placers:
-            return                       # that worker is gone (its tasks went on), or none
-        ws = self.workers[wid]
-        for key in list(ws.processing):
-            ts = self.tasks[key]
-            if ts.placed == (cid, ts.attempt):
-                self._send_compute(ts, ws)
-        self._emit(wid, m.Withdraw(cid, self.placers[cid]))
 
     def _on_release(self, cid: str, msg: m.Message) -> None:
         wants = self.clients.get(cid)
@@ -505,21 +452,6 @@ class SchedulerState(StealingMixin, ScatterMixin, QueriesMixin, InvariantsMixin)
         if ff:
             self._unwant(ts, FIRE_AND_FORGET)
         self._maybe_release(ts)
-
-    def _on_not_here(self, wid: str, msg: m.Message) -> None:
-        """A copy a client placed there, which we counted as this compute, never
-        arrived (or is gone): if that is still the task's run, run it elsewhere."""
-        ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
-        if ts is not None and ts.state == "processing" and ts.processing_on == wid \
-                and ts.attempt == msg.attempt:  # type: ignore[attr-defined]
-            self.workers[wid].processing.discard(ts.key)
-            if ts.running:
-                self.workers[wid].seceded -= 1
-            ts.processing_on = None
-            ts.running = False
-            ts.stealing = None
-            ts.state = "released"
-            self._recompute(ts)
 
     def _on_task_erred(self, wid: str, msg: m.Message) -> None:
         ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 Methods take one event and return actions, a list of tuples:
 
     ("send", msg)            a message for the scheduler
+    ("tell", client, msg)    a message for a client connected here (results, straight)
     ("fetch", key, addrs)    fetch a dependency from peers
     ("ready",)               tasks became ready: wake the pool
     ("done", key)            key reached memory or erred here: wake local futures
@@ -14,11 +15,8 @@ Key states::
     remote: computed elsewhere (stolen, or claimed first by another worker)
     fetching --> memory (a copy, kept while local tasks need it)
 
-A task a client *placed* here runs at once. The scheduler answers each client's
-``placed`` with one ``confirm`` (matched by (client, seq), whichever arrives
-first). Until then the record lists the place among its ``placers``: the copy
-stays (a ``free`` on its way belongs to an older life of the key), and if the
-scheduler has never counted this copy (``attempt`` -1) its report is ``held``.
+A task a client *placed* here runs at once; placing.py has how the scheduler
+confirms that copy.
 
 The shell holds the values (``data``); this class holds the bookkeeping. It is
 not thread-safe: the shell calls it under one lock.
@@ -29,50 +27,11 @@ import heapq
 from typing import Any
 
 from ..protocol import messages as m
-
-Action = tuple
-
-
-class WTask:
-    __slots__ = ("key", "func", "args", "deps", "priority", "retries", "state", "waiting_on",
-                 "dependents", "claimed", "owned", "who_has", "nbytes", "error", "stolen",
-                 "notify", "attempt", "placers", "held", "type")
-
-    def __init__(self, key: str, state: str) -> None:
-        self.key = key
-        self.state = state
-        self.func: bytes | None = None
-        self.args: bytes | None = None
-        self.deps: list[str] = []
-        self.priority: tuple = ()
-        self.retries = 0
-        self.waiting_on: set[str] = set()
-        self.dependents: set[str] = set()
-        self.claimed = False
-        self.owned = False            # the scheduler counts this worker as holding it
-        self.who_has: list[str] = []
-        self.nbytes = 0
-        self.error: tuple[list, str, str] | None = None
-        self.stolen = False
-        self.notify: list[str] = []   # clients to tell straight from here when it finishes
-        self.attempt = 0              # the scheduler's compute this run answers (0: claimed)
-        self.placers: tuple = ()      # (client, seq) of places awaiting their confirm
-        self.held: m.Message | None = None   # the report of an uncounted copy (attempt -1)
-        self.type = ""
-
-    def __repr__(self) -> str:
-        return f"<WTask {self.key} {self.state}>"
+from .placing import PlacingMixin
+from .records import Action, WTask, heap_priority
 
 
-def heap_priority(priority: list) -> tuple:
-    """User priority first (higher first), then depth (deeper first), then FIFO."""
-    if len(priority) == 3:
-        return (-priority[0], -priority[1], priority[2])
-    user, depth, seq = (list(priority) + [0, 0, 0])[:3]
-    return (-user, -depth, seq)
-
-
-class WorkerState:
+class WorkerState(PlacingMixin):
     def __init__(self, address: str = "") -> None:
         self.address = address
         self.tasks: dict[str, WTask] = {}
@@ -132,75 +91,6 @@ class WorkerState:
         self._resolve_deps(t, {d: (locations or {}).get(d, []) for d in deps}, out)
         return out
 
-    def place(self, key: str, func: bytes, args: bytes, priority: list, retries: int,
-              client: str, seq: int) -> list[Action]:
-        """A client placed a dependency-free task straight here (see ``confirm``)."""
-        out: list[Action] = []
-        if self._erred:
-            self._reap(out)
-        pk = (client, seq)
-        early = self.early.pop(pk, None)
-        if early is not None and early[1] < 0:
-            return out                 # the scheduler has it run elsewhere, and tells them
-        t = self.tasks.get(key)
-        if t is not None and t.state in ("remote", "fetching"):    # computed elsewhere
-            if early is None:
-                self.places[pk] = key
-            else:
-                self._counted_here(key, early[1], out)
-            return out
-        if t is None:
-            t = self.tasks[key] = WTask(key, "new")
-            t.func, t.args, t.priority, t.retries = func, args, heap_priority(priority), retries
-            t.stolen = t.claimed = False
-            t.attempt = -1             # a copy the scheduler has not counted (yet)
-            t.owned = True
-            self._resolve_deps(t, {}, out)
-        elif t.state == "cancelled":   # freed while it ran, and wanted again: that run counts
-            t.state = "executing"
-            t.attempt = -1
-            t.owned = True
-        elif t.state == "memory":
-            out.append(("tell", client, m.KeyMemory(key, t.type, t.nbytes, [self.address],
-                                                   None)))
-        if t.state in ("ready", "waiting", "executing") and client not in t.notify:
-            t.notify.append(client)
-        if early is None:
-            self.places[pk] = key
-            t.placers += (pk,)
-        else:
-            self._counted_here(key, early[1], out)
-        return out
-
-    def confirm(self, key: str, client: str, seq: int, attempt: int) -> list[Action]:
-        """The scheduler's answer to a client's ``placed``: the copy here is the task, as
-        compute ``attempt`` (report it so), or, if negative, it is not (the task lives
-        elsewhere, or nowhere): a copy nobody counts then goes."""
-        out: list[Action] = []
-        if self._erred:
-            self._reap(out)
-        pk = (client, seq)
-        if self.places.pop(pk, None) is None:     # the place is still on its way
-            self.early[pk] = (key, attempt)
-            return out
-        t = self.tasks.get(key)
-        if t is not None and pk in t.placers:
-            t.placers = tuple(p for p in t.placers if p != pk)
-        if attempt >= 0:
-            self._counted_here(key, attempt, out)
-        elif t is not None and not t.placers and t.attempt == -1:
-            self._drop_placed(t, out)
-        return out
-
-    def _counted_here(self, key: str, attempt: int, out: list[Action]) -> None:
-        """The scheduler counts a run of ``key`` here as compute ``attempt``."""
-        t = self.tasks.get(key)
-        if t is None or t.state in ("remote", "fetching"):
-            # but none runs here (a copy of its value at most): run it elsewhere
-            out.append(("send", m.NotHere(key, attempt)))
-        else:
-            self._adopt(t, attempt, out)
-
     def _adopt(self, t: WTask, attempt: int, out: list[Action]) -> None:
         """The scheduler counts the run here as its compute ``attempt``."""
         t.attempt = attempt
@@ -215,51 +105,6 @@ class WorkerState:
             out.append(("send", msg))
             t.held = None
         t.owned = t.state != "erred"
-
-    def _drop_placed(self, t: WTask, out: list[Action]) -> None:
-        """A placed copy nobody counts: forget it (a run ends first)."""
-        t.held = None
-        t.owned = False
-        if t.state == "executing":
-            t.state = "cancelled"
-        elif t.state in ("ready", "waiting"):
-            t.state = "remote"
-            self._release_inputs(t, out)
-            self._maybe_drop(t, out)
-        elif t.state == "memory":
-            self._maybe_drop(t, out)
-
-    def withdraw(self, client: str, upto: int) -> list[Action]:
-        """The client's connection here broke: its places up to seq ``upto`` that have
-        not arrived never will, so the confirms kept for them are void (the scheduler
-        sent their tasks by ``compute`` since)."""
-        for pk in [pk for pk in self.early if pk[0] == client and pk[1] <= upto]:
-            del self.early[pk]
-        return []
-
-    def client_gone(self, client: str) -> list[Action]:
-        """A client left: its places the scheduler never heard of will never be confirmed."""
-        out: list[Action] = []
-        for pk in [pk for pk in self.places if pk[0] == client]:
-            t = self.tasks.get(self.places.pop(pk))
-            if t is not None and pk in t.placers:
-                t.placers = tuple(p for p in t.placers if p != pk)
-                if not t.placers and t.attempt == -1:
-                    self._drop_placed(t, out)
-        for pk in [pk for pk in self.early if pk[0] == client]:
-            key, attempt = self.early.pop(pk)
-            if attempt >= 0:        # counted here, but it never came (a record of the key
-                out.append(("send", m.NotHere(key, attempt)))   # is another run's)
-        return out
-
-    def _early_run(self, key: str) -> tuple[str, int] | None:
-        """A place of ``key`` confirmed as a compute, that has not arrived: the
-        scheduler's next word on the key is about that run, not a record here."""
-        if self.early:
-            for pk, (k, attempt) in self.early.items():
-                if k == key and attempt >= 0:
-                    return pk
-        return None
 
     def _resolve_deps(self, t: WTask, deps: dict[str, list[str]], out: list[Action]) -> None:
         t.waiting_on = set()

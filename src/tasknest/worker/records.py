@@ -1,0 +1,45 @@
+"""The worker's record of a key (plain data, no behaviour), and its ready-queue order."""
+from __future__ import annotations
+
+from ..protocol import messages as m
+
+Action = tuple
+
+
+class WTask:
+    __slots__ = ("key", "func", "args", "deps", "priority", "retries", "state", "waiting_on",
+                 "dependents", "claimed", "owned", "who_has", "nbytes", "error", "stolen",
+                 "notify", "attempt", "placers", "held", "type")
+
+    def __init__(self, key: str, state: str) -> None:
+        self.key = key
+        self.state = state
+        self.func: bytes | None = None
+        self.args: bytes | None = None
+        self.deps: list[str] = []
+        self.priority: tuple = ()
+        self.retries = 0
+        self.waiting_on: set[str] = set()
+        self.dependents: set[str] = set()
+        self.claimed = False
+        self.owned = False            # the scheduler counts this worker as holding it
+        self.who_has: list[str] = []
+        self.nbytes = 0
+        self.error: tuple[list, str, str] | None = None
+        self.stolen = False
+        self.notify: list[str] = []   # clients to tell straight from here when it finishes
+        self.attempt = 0              # the scheduler's compute this run answers (0: claimed)
+        self.placers: tuple = ()      # (client, seq) of places awaiting their confirm
+        self.held: m.Message | None = None   # the report of an uncounted copy (attempt -1)
+        self.type = ""
+
+    def __repr__(self) -> str:
+        return f"<WTask {self.key} {self.state}>"
+
+
+def heap_priority(priority: list) -> tuple:
+    """User priority first (higher first), then depth (deeper first), then FIFO."""
+    if len(priority) == 3:
+        return (-priority[0], -priority[1], priority[2])
+    user, depth, seq = (list(priority) + [0, 0, 0])[:3]
+    return (-user, -depth, seq)
