@@ -117,7 +117,7 @@ class Client(PlacingMixin):
         self._replies: dict[int, asyncio.Future] = {}
         self._rid = 0
         self._comm: Comm | None = None
-        self._cluster = None
+        self._cluster: Any = None          # a LocalCluster, or what gave the address
         self._owns_cluster = False
         self._security = security
         self._token = token
@@ -264,10 +264,12 @@ class Client(PlacingMixin):
             replies, self._replies = self._replies, {}
         for st in states:
             st.fail(error, None)
+        def fail(f: asyncio.Future) -> None:
+            if not f.done():
+                f.set_exception(error)
         for fut in replies.values():
             if not fut.done():
-                fut.get_loop().call_soon_threadsafe(
-                    lambda f=fut: f.done() or f.set_exception(error))
+                fut.get_loop().call_soon_threadsafe(fail, fut)
 
     def _stream_lost(self, address: str) -> None:
         """A worker connection closed: a result it was to push may be lost with it, so
@@ -383,7 +385,7 @@ class Client(PlacingMixin):
         with self._lock:
             st = self._states.get(key)
             new = st is None
-            if new:
+            if st is None:
                 st = self._states[key] = FutureState()
                 self._refs[key] = 1
             else:

@@ -83,6 +83,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _run(main: Any) -> int:
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
         loop = uvloop.new_event_loop()
@@ -113,9 +114,10 @@ def _on_signals(stop: Any) -> list[asyncio.Future]:
     loop closed under one still running would complain)."""
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Future] = []
+    def on_signal(sig: int) -> None:
+        stopping.append(asyncio.ensure_future(stop(f"received {signal.Signals(sig).name}")))
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda s=sig: stopping.append(asyncio.ensure_future(
-            stop(f"received {signal.Signals(s).name}"))))
+        loop.add_signal_handler(sig, on_signal, sig)
     return stopping
 
 

@@ -320,11 +320,11 @@ class Comm(asyncio.Protocol):
     # writes hold ``_lock``, so the two never interleave.
     def _write_direct(self, chunks: list) -> None:
         transport = self.transport
+        assert transport is not None
         # a closing transport's descriptor may be closed, and its number reused, at any
         # moment: only the loop may still write to it
         if not self._tail and threading.get_ident() != self._loop_thread \
-                and not transport.is_closing() \
-                and not transport.get_write_buffer_size():  # type: ignore[union-attr]
+                and not transport.is_closing() and not transport.get_write_buffer_size():
             try:
                 n = os.writev(self._fd, chunks)
             except (BlockingIOError, InterruptedError):
@@ -557,7 +557,7 @@ async def connect(address: str, token: str | bytes | None = None, timeout: float
 class Listener:
     """A server socket whose authenticated comms are handed to ``on_comm``."""
 
-    def __init__(self, server: asyncio.AbstractServer, scheme: str, host: str) -> None:
+    def __init__(self, server: asyncio.Server, scheme: str, host: str) -> None:
         self.server = server
         sock = server.sockets[0]
         port = sock.getsockname()[1]

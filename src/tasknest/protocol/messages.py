@@ -78,7 +78,7 @@ class Message:
 CATALOGUE: dict[str, type[Message]] = {}
 
 
-def _define(_cls_name: str, _op: str, **fields: Any) -> type[Message]:
+def _define(_cls_name: str, _op: str, **fields: Any) -> Any:
     """Make a message class with generated (fast) __init__, encode and decode."""
     names = tuple(fields)
     types = tuple(fields.values())

@@ -15,7 +15,7 @@ import io
 import pickle
 import threading
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import cloudpickle
 
@@ -78,7 +78,7 @@ class _ArgPickler(cloudpickle.Pickler):
     def persistent_id(self, obj: Any) -> str | None:
         if type(obj) is self.future_type:
             self.futures.append(obj)
-            return obj.key  # type: ignore[no-any-return]
+            return cast(str, cast(Any, obj).key)
         return None
 
 

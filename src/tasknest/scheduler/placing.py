@@ -72,7 +72,7 @@ class PlacingMixin:
         ts.attempt = self._attempts
         ts.placed = (cid, ts.attempt)
         self._emit(wid, m.Confirm(key, cid, msg.seq, ts.attempt))  # type: ignore[attr-defined]
-        if msg.nbytes >= 0:      # the result reached the client already: it is there
+        if msg.nbytes >= 0:  # type: ignore[attr-defined] # the result reached the client already
             self._task_done(ts, ws, msg.nbytes, msg.type, None, [], [cid])  # type: ignore
         elif self.idle:
             self._offer(wid)

@@ -125,7 +125,8 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             for other in self.workers.values():
                 if other.address == ws.address:
                     self.addresses[ws.address] = other.id
-        killed, lost = [], []
+        killed: list[Task] = []
+        lost: list[Task] = []
         started = self._maybe_started(ws)
         for key in ws.processing:
             ts = self.tasks[key]

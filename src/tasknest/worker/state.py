@@ -97,11 +97,11 @@ class WorkerState(PlacingMixin):
         if t.state == "cancelled":        # freed while it ran, wanted again: that run counts
             t.state = "executing"
         if t.state in ("memory", "erred"):
-            msg = t.held
+            msg: Any = t.held
             if msg is None:               # reported before, as another compute: again
                 msg = m.TaskFinished(t.key, t.nbytes, t.type, None, [], [], attempt) \
                     if t.state == "memory" else m.TaskErred(t.key, *t.error, attempt)  # type: ignore[misc]
-            msg.attempt = attempt  # type: ignore[attr-defined]
+            msg.attempt = attempt
             out.append(("send", msg))
             t.held = None
         t.owned = t.state != "erred"
@@ -116,7 +116,7 @@ class WorkerState(PlacingMixin):
             if d.state == "memory":
                 continue
             if d.state == "erred":
-                self._set_erred(t, *d.error, out)  # type: ignore[misc]
+                self._set_erred(t, *d.error, out)  # type: ignore[misc,call-arg]
                 return
             t.waiting_on.add(dk)
             if addrs and d.state == "remote":
@@ -446,7 +446,7 @@ class WorkerState(PlacingMixin):
         ok = t is not None and t.state == "ready" and not t.placers \
             and self._early_run(key) is None
         out: list[Action] = [("send", m.StealReply(key, ok))]
-        if ok:
+        if ok and t is not None:
             t.state = "remote"            # computed elsewhere now; local dependents wait for it
             t.owned = False
             t.stolen = True
