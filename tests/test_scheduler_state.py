@@ -1403,3 +1403,25 @@ def test_a_want_answered_unknown_claims_the_task_anew_if_its_future_still_waits(
     assert c.s.tasks["child"].state == "memory"
     c.drain()
     c.assert_clean()
+
+
+def test_a_result_computed_again_holds_its_own_inner_futures_not_the_lost_ones():
+    # before: the second result's holder replaced the first's set, and the futures the
+    # lost result held stayed wanted by it forever
+    s = sched()
+    first = do(s, "c-1", submit("t"))[0]
+    wid, other = first[0], "w-2" if first[0] == "w-1" else "w-1"
+    do(s, wid, m.Claim("k-old", 1, b"", [], [0, 1, 1], 0))
+    do(s, wid, m.TaskFinished("t", 8, "dict", None, ["k-old"], [], first[1].attempt))
+    do(s, wid, m.Release(["k-old"]))          # only the result holds it now
+    assert s.tasks["k-old"].who_wants == {"^t"}
+    out = s.remove_worker(wid)                # t's result (and k-old) lost: t runs again
+    s.validate()
+    again = next(msg for _, msg in out if msg.op == "compute" and msg.key == "t")
+    do(s, other, m.Claim("k-new", 1, b"", [], [0, 1, 2], 0))
+    do(s, other, m.TaskFinished("t", 8, "dict", None, ["k-new"], [], again.attempt))
+    assert s.tasks["k-new"].who_wants == {"^t", other}
+    assert "k-old" not in s.tasks or "^t" not in s.tasks["k-old"].who_wants
+    do(s, other, m.Release(["k-new"]))
+    do(s, "c-1", m.Release(["t"]))
+    assert s.tasks == {}

@@ -423,15 +423,28 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         ts.state = "memory"
         ts.waiting_on.clear()
         self.unrunnable.pop(key, None)
-        if inner:
-            holder = "^" + key
-            self.clients[holder] = set()
-            for ik in inner:
-                its = self.tasks.get(ik)
-                if its is not None:
-                    self._want(its, holder)
-                    ts.inner.append(ik)
+        if inner or ts.inner:
+            self._hold_inner(ts, inner)
         self._memory_reached(ts, wid, notified)
+
+    def _hold_inner(self, ts: Task, inner: list[str]) -> None:
+        """The task's result holds these futures (``^key`` wants them). A result
+        computed again (the first was lost) holds its own: the first one's go."""
+        holder = "^" + ts.key
+        before, ts.inner = ts.inner, []
+        self.clients.setdefault(holder, set())
+        for ik in inner:
+            its = self.tasks.get(ik)
+            if its is not None:
+                self._want(its, holder)
+                ts.inner.append(ik)
+        for ik in before:
+            its = self.tasks.get(ik)
+            if its is not None and ik not in ts.inner:
+                self._unwant(its, holder)
+                self._maybe_release(its)
+        if not ts.inner:
+            self.clients.pop(holder, None)
 
     def _memory_reached(self, ts: Task, source: str, notified: list[str] = ()) -> None:  # type: ignore[assignment]
         ff = FIRE_AND_FORGET in ts.who_wants
