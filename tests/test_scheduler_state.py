@@ -289,15 +289,14 @@ class Cluster:
                              msg.retries, msg.notify, msg.attempt)  # type: ignore[attr-defined]
         elif op == "free":
             out = st.free(msg.keys)  # type: ignore[attr-defined]
+            for key in msg.keys:  # type: ignore[attr-defined]
+                out += self._claim_again(w, key)
         elif op == "steal":
             out = st.steal(msg.key)  # type: ignore[attr-defined]
         elif op == "claim-rejected":
             out = st.claim_rejected(msg.key)  # type: ignore[attr-defined]
-        elif op == "unknown":        # as WorkerClient._unknown: claim it anew if still waited on
-            deps = w.recipes.pop(msg.key, None)  # type: ignore[attr-defined]
-            if deps is not None and w.refs.get(msg.key) and msg.key not in w.settled:  # type: ignore
-                self._claim(w, msg.key, deps)  # type: ignore[attr-defined]
-            out = []
+        elif op == "unknown":
+            out = self._claim_again(w, msg.key)  # type: ignore[attr-defined]
         elif op == "key-memory":
             w.recipes.pop(msg.key, None)  # type: ignore[attr-defined]
             w.settled.add(msg.key)  # type: ignore[attr-defined]
@@ -381,9 +380,10 @@ class Cluster:
         w.refs[child] += 1
         if w.refs[child] > 1:
             return
+        w.settled.discard(child)             # a new future
+        w.recipes[child] = list(deps)
         t = w.state.tasks.get(child)
         if t is not None and t.state not in ("erred", "cancelled") and t.attempt != -1:
-            w.recipes[child] = list(deps)
             self.to_sched[wid].append(m.Want([child]))
             if t.state == "memory":
                 w.settled.add(child)
@@ -391,8 +391,21 @@ class Cluster:
         self._claim(w, child, list(deps))
 
     def _claim(self, w: SimWorker, child: str, deps: list[str]) -> None:
+        self._apply(w, self._claim_actions(w, child, deps))
+
+    def _claim_actions(self, w: SimWorker, child: str, deps: list[str]) -> list:
         self.seq += 1
-        self._apply(w, w.state.claim(child, 1, b"", deps, [0, 1, self.seq], 0, {}))
+        return w.state.claim(child, 1, b"", deps, [0, 1, self.seq], 0, {})
+
+    def _claim_again(self, w: SimWorker, key: str) -> list:
+        """As WorkerClient._claim_again: a future still waiting on a key the scheduler
+        dropped (the record here is gone, or its run cancelled) claims it anew."""
+        t = w.state.tasks.get(key)
+        if key in w.recipes and w.refs.get(key) and key not in w.settled and (
+                t is None or t.state == "cancelled"):
+            self.log.append(f"{w.id} claims {key} again")
+            return self._claim_actions(w, key, w.recipes[key])
+        return []
 
     def scatter_here(self, wid: str, key: str, data_key: str) -> None:
         """Task ``key`` scatters from inside: the data stays on its worker."""
@@ -1425,3 +1438,36 @@ def test_a_result_computed_again_holds_its_own_inner_futures_not_the_lost_ones()
     do(s, other, m.Release(["k-new"]))
     do(s, "c-1", m.Release(["t"]))
     assert s.tasks == {}
+
+
+def test_a_claim_crossing_the_free_of_an_earlier_life_of_its_key_is_made_again():
+    # before: the worker dropped the record its own claim needed, and the scheduler
+    # waited for it there forever (found by the random histories)
+    c = Cluster()
+    cid = c.add_client()
+    wid = c.add_worker()
+    c.submit(cid, "parent", [])
+    c.step_all()
+    c.start_task(wid)
+    c.submit(cid, "pure", [])
+    c.release(cid, "pure")                  # the client lets go at once...
+    c.claim(wid, "parent", "pure")          # ...while a task here submits the same call
+    while c.to_sched[cid]:
+        c.deliver_to_scheduler(cid)         # compute, then free, of the client's life
+    while c.to_sched[wid]:
+        c.deliver_to_scheduler(wid)         # the worker's claim: a new life, here
+    w = c.workers[wid]
+    while w.inbox:
+        c.deliver_to_worker(wid)            # compute, free: the waiting future claims again
+    assert w.state.tasks["pure"].claimed and isinstance(c.to_sched[wid][-1], m.Claim)
+    while c.to_sched[wid]:
+        c.deliver_to_scheduler(wid)
+    assert c.s.tasks["pure"].processing_on == wid
+    assert c.start_task(wid) == "pure"
+    c.finish(wid, "pure")
+    assert "pure" in w.settled               # the task's future has its value
+    while c.to_sched[wid]:
+        c.deliver_to_scheduler(wid)
+    assert c.s.tasks["pure"].state == "memory"
+    c.drain()
+    c.assert_clean()

@@ -38,7 +38,7 @@ class WorkerClient(Client):
         self._states: dict[str, FutureState] = {}
         self._refs: dict[str, int] = {}
         self._placed: dict = {}          # (tasks submit through claims, never place)
-        self._recipes: dict[str, tuple] = {}   # keys asked for by ``want``: how to claim them
+        self._recipes: dict[str, tuple] = {}   # keys our futures wait on: how to claim them
         self._replies: dict[int, asyncio.Future] = {}
         self._rid = 0
         self._cluster = None
@@ -106,11 +106,10 @@ class WorkerClient(Client):
             w.send(m.Submit(key, fbytes, abytes, deps, priority, retries, workers))
             return fut
         with w.lock:
+            self._recipes[key] = (fbytes, abytes, deps, priority, retries)
             t = w.state.tasks.get(key)
             if t is not None and t.state not in ("erred", "cancelled") and t.attempt != -1:
-                # here already: want it. (A release of it from here may be on its way and
-                # the scheduler forget it first: then it says so, and we claim it anew.)
-                self._recipes[key] = (fbytes, abytes, deps, priority, retries)
+                # here already: want it
                 w.send(m.Want([key]))
                 done = w.settle_from_state([key])
             else:       # (a copy a client placed here, uncounted yet, is claimed too)
@@ -132,17 +131,34 @@ class WorkerClient(Client):
             self._recipes.pop(msg.key, None)  # type: ignore[attr-defined]
         super()._handle(msg)
 
+    # The scheduler may drop a key our future waits on before it reads our want or
+    # claim of it: a release of ours went first (it then answers ``unknown``), or it
+    # freed an earlier life of the key here (a client submitted it, then let go). Its
+    # free reaches us before anything it says after, so the record here is gone (or a
+    # run of it cancelled) by then: a future still waiting claims the task anew.
     def _unknown(self, key: str) -> None:
-        """The scheduler forgot ``key`` before our want reached it (a release of ours
-        went first; its free reached us before this answer, so what was here is gone).
-        A future still waiting claims the task anew; a stale answer is dropped."""
-        recipe = self._recipes.pop(key, None)
+        w = self.worker
+        with w.lock:
+            done = self._claim_again(key)
+        w.settle(done)
+
+    def _freed(self, keys: list[str]) -> list:
+        """The scheduler freed these here (worker lock held)."""
+        done: list = []
+        if self._recipes:
+            for key in keys:
+                if key in self._recipes:
+                    done += self._claim_again(key)
+        return done
+
+    def _claim_again(self, key: str) -> list:
+        recipe = self._recipes.get(key)
         st = self._states.get(key)
-        if recipe is not None and st is not None and not st.done():
-            w = self.worker
-            with w.lock:
-                done = self._claim(key, *recipe)
-            w.settle(done)
+        t = self.worker.state.tasks.get(key)
+        if recipe is None or st is None or st.done() or (t is not None
+                                                         and t.state != "cancelled"):
+            return []           # nobody waits, or it runs here (a stale answer)
+        return self._claim(key, *recipe)
 
     def _release(self, key: str) -> None:
         self._recipes.pop(key, None)

@@ -295,6 +295,7 @@ class Worker:
         elif op == "free":
             with self.lock:
                 done = self.apply(st.free(msg.keys))  # type: ignore[attr-defined]
+                done += self.client._freed(msg.keys)  # type: ignore[attr-defined]
         elif op == "steal":
             with self.lock:
                 done = self.apply(st.steal(msg.key))  # type: ignore[attr-defined]
