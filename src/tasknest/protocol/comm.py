@@ -141,8 +141,13 @@ class Comm(asyncio.Protocol):
             end = _HEADER + n
             if len(buf) < end:
                 return
-            payload = bytes(buf[_HEADER:end])
-            del buf[:end]
+            if end == len(buf):     # the frame is all there is (large ones are): no copy
+                payload: Any = memoryview(buf)[_HEADER:]
+                buf = self._buf = bytearray()
+            else:
+                with memoryview(buf) as view:
+                    payload = bytes(view[_HEADER:end])
+                del buf[:end]
             self._frame(payload)
             if self.closed:
                 return
@@ -188,7 +193,7 @@ class Comm(asyncio.Protocol):
             self.abort("handshake timed out")
 
     # -- receiving -----------------------------------------------------------------
-    def _frame(self, payload: bytes) -> None:
+    def _frame(self, payload: bytes | memoryview) -> None:
         try:
             raw = msgpack.unpackb(payload, raw=False, use_list=True)
             if type(raw) is not list:

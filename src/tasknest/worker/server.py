@@ -91,7 +91,7 @@ class Worker:
         self.closing = False
         self.finished = asyncio.Event()
         self.exit_reason = ""
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Future] = set()   # background coroutines, to cancel at close
         self._process = psutil.Process()
 
     # -- life cycle ------------------------------------------------------------------------
@@ -109,9 +109,9 @@ class Worker:
         self.state.address = self.address
         self.peers = PeerPool(self.name, self.token, self.peer_ssl)
         await self._connect(self.reconnect_timeout)
-        self._tasks.append(asyncio.ensure_future(self._heartbeat()))
+        self._spawn(self._heartbeat())
         if self.memory_limit:
-            self._tasks.append(asyncio.ensure_future(watch_memory(self)))
+            self._spawn(watch_memory(self))
         return self
 
     async def _connect(self, timeout: float) -> None:
@@ -143,7 +143,7 @@ class Worker:
             return
         self.closing = True
         self.exit_reason = reason
-        for t in self._tasks:
+        for t in list(self._tasks):
             t.cancel()
         self.pool.close()
         comm = self.comm
@@ -175,7 +175,7 @@ class Worker:
             self.frames_cache.clear()
         self.client._fail_pending(SchedulerLostError(
             f"lost the scheduler at {self.scheduler_address}: {comm.close_reason}"))
-        self._tasks.append(asyncio.ensure_future(self._reconnect()))
+        self._spawn(self._reconnect())
 
     async def _reconnect(self) -> None:
         deadline = time.monotonic() + self.reconnect_timeout
@@ -194,6 +194,12 @@ class Worker:
                 log.error(msg)
                 await self.close(msg)
                 return
+
+    def _spawn(self, coro: Any) -> None:
+        """Run a coroutine in the background (loop thread), cancelled at close."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _heartbeat(self) -> None:
         while not self.closing:
@@ -228,6 +234,7 @@ class Worker:
         """Carry out state actions; returns settle records to pass to settle() unlocked.
         ``now``: a task thread that calls _wake() next writes the messages itself."""
         done = []
+        fetches: dict[str, list[str]] = {}
         for a in actions:
             kind = a[0]
             if kind == "send":
@@ -238,11 +245,13 @@ class Worker:
                 self.pool.notify()
             elif kind == "done":
                 done.append(self._settle_record(a[1]))
-            elif kind == "fetch":
-                self._start_fetch(a[1], a[2])
+            elif kind == "fetch":      # one request per peer for what it asks of it
+                fetches.setdefault(random.choice(a[2]), []).append(a[1])
             elif kind == "drop":
                 self.data.pop(a[1], None)
                 self.frames_cache.pop(a[1], None)
+        for address, keys in fetches.items():
+            self._start_fetch(address, keys)
         if self.validate and not self._validate_pending and self.loop is not None:
             self._validate_pending = True      # once per loop tick, under the lock
             self.loop.call_soon_threadsafe(self._validate_now)
@@ -416,36 +425,39 @@ class Worker:
             return None
         return dumps_value(value)
 
-    def _start_fetch(self, key: str, addresses: list[str]) -> None:
+    def _start_fetch(self, address: str, keys: list[str]) -> None:
         if threading.get_ident() == self.loop_thread:
-            self._tasks.append(asyncio.ensure_future(self._fetch(key, addresses)))
+            self._spawn(self._fetch(address, keys))
         else:
             self.loop.call_soon_threadsafe(  # type: ignore[union-attr]
-                lambda: self._tasks.append(asyncio.ensure_future(self._fetch(key, addresses))))
+                lambda: self._spawn(self._fetch(address, keys)))
 
-    async def _fetch(self, key: str, addresses: list[str]) -> None:
-        addr = random.choice(addresses)
-        frames = None
+    async def _fetch(self, address: str, keys: list[str]) -> None:
+        got: dict[str, Any] = {}
         try:
-            frames = (await self.peers.get_data(addr, [key])).get(key)  # type: ignore
+            got = await self.peers.get_data(address, keys)  # type: ignore[union-attr]
         except Exception as exc:
-            log.info("fetching %s from %s failed: %s", key, addr, exc)
-        value: Any = _MISSING
-        if frames is not None:
-            try:
-                value = loads_value(frames)
-            except SerializationError as exc:
-                log.warning("cannot unpickle %s from %s: %s", key, addr, exc)
+            log.info("fetching %d keys from %s failed: %s", len(keys), address, exc)
+        values: dict[str, Any] = {}
+        for key in keys:
+            frames = got.get(key)
+            if frames is not None:
+                try:
+                    values[key] = (loads_value(frames), nbytes(frames))
+                except SerializationError as exc:
+                    log.warning("cannot unpickle %s from %s: %s", key, address, exc)
+        done: list = []
         with self.lock:
-            if value is _MISSING:
-                done = self.apply(self.state.fetch_failed(key, addr))
-            else:
+            for key in keys:
+                if key not in values:
+                    done += self.apply(self.state.fetch_failed(key, address))
+                    continue
+                value, size = values[key]
                 t = self.state.tasks.get(key)
                 if t is not None and t.state == "fetching":
                     self.data[key] = value
-                done = self.apply(self.state.fetched(key, nbytes(frames)))  # type: ignore
+                done += self.apply(self.state.fetched(key, size))
         self.settle(done)
-        self._tasks = [t for t in self._tasks if not t.done()]
 
     # -- running tasks ------------------------------------------------------------------------
     def _run_one(self) -> bool:
@@ -492,8 +504,7 @@ class Worker:
                                 f"{type(exc).__name__}: {exc}")
         if _is_async(func):
             self.loop.call_soon_threadsafe(  # type: ignore[union-attr]
-                lambda: self._tasks.append(asyncio.ensure_future(
-                    self._run_async(task.key, ctx, func, args, kwargs))))
+                lambda: self._spawn(self._run_async(task.key, ctx, func, args, kwargs)))
             return
         tokens = set_task(ctx)
         try:
