@@ -82,7 +82,24 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default=os.environ.get("TASKNEST_LOG_LEVEL", "WARNING"))
 
 
+GC_THRESHOLD = 20_000    # allocations between collections of the youngest generation
+
+
+def _tune_gc() -> None:
+    """For the scheduler and workers (never a user's process): their records and
+    messages are containers that hold strings, not each other, so the cyclic
+    collector finds little, yet by default it walks the young objects every 700
+    allocations, and a scheduler allocates several per task (a flat map ran 15-25%
+    faster without that). Collect 30 times less often, and leave what start-up made
+    (modules, classes) out of full collections."""
+    import gc
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 10, 10)
+
+
 def _run(main: Any) -> int:
+    _tune_gc()
     loop: asyncio.AbstractEventLoop
     try:
         import uvloop
