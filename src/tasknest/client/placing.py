@@ -37,8 +37,8 @@ class PlacingMixin:
     def _lane(self) -> tuple[str, Comm] | None:
         """A worker to place a task on: connected, none of our placed tasks pending there."""
         peers = self._peers
-        if peers is None or not peers.comms:
-            return None
+        if peers is None or len(self._placed) >= len(peers.comms):
+            return None               # (in a map, after the first few: every lane is busy)
         with self._lock:
             busy = {p.worker for p in self._placed.values()}  # type: ignore[attr-defined]
         for addr, comm in list(peers.comms.items()):
@@ -57,6 +57,8 @@ class PlacingMixin:
         comm.send_now(m.Place(key, fbytes, abytes, priority, retries, seq))
 
     def _placed_done(self, msg: m.Message) -> None:
+        if msg.key not in self._placed:  # type: ignore[attr-defined]
+            return
         with self._lock:
             record = self._placed.pop(msg.key, None)  # type: ignore[attr-defined]
         if record is not None and msg.op == "key-memory":
