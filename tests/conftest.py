@@ -26,6 +26,16 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         time.sleep(interval)
 
 
+def wait_for_file(path: str) -> int:
+    """A task that runs until ``path`` exists (with a deadline); returns its pid."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.005)   # the task polls: the situation under test, not a test's sync
+    return os.getpid()
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """Two worker processes with one thread each, as in the benchmarks."""

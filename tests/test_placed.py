@@ -7,14 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import psutil
 import pytest
 
 from tasknest import Client, LocalCluster
 
-from conftest import wait_until
+from conftest import wait_for_file, wait_until
 
 
 def inc(x: int) -> int:
@@ -23,15 +22,6 @@ def inc(x: int) -> int:
 
 def boom(x: int) -> int:
     raise ValueError(f"boom {x}")
-
-
-def wait_for_file(path: str) -> int:
-    deadline = time.monotonic() + 30
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.005)   # the task polls: the situation under test, not a test's sync
-    return os.getpid()
 
 
 def counting_places(client: Client) -> list[str]:
@@ -137,7 +127,8 @@ CLIENT_THAT_DIES = textwrap.dedent("""
     import os, sys
     from tasknest import Client
     sys.path.insert(0, {tests!r})
-    from test_placed import inc, wait_for_file
+    from conftest import wait_for_file
+    from test_placed import inc
     with Client({address!r}, token={token!r}) as c:
         while len(c._peers.comms) < 2:
             c.gather(c.map(inc, range(20), pure=False))

@@ -892,13 +892,19 @@ def test_claim_of_a_key_already_assigned_to_the_same_worker_is_kept():
     assert ops(do(s, "w-1", finished("pure"))) == [("c-1", "key-memory", "pure")]
 
 
-def test_claim_and_submit_of_one_pure_key_end_in_memory_on_one_worker():
+def parent_running() -> tuple[Cluster, str, str]:
+    """A cluster of one client and one worker, running the client's task ``parent``."""
     c = Cluster()
     cid = c.add_client()
     wid = c.add_worker()
     c.submit(cid, "parent", [])
     c.step_all()
     c.start_task(wid)
+    return c, cid, wid
+
+
+def test_claim_and_submit_of_one_pure_key_end_in_memory_on_one_worker():
+    c, cid, wid = parent_running()
     c.submit(cid, "pure", [])                     # both reach the scheduler together
     c.claim(wid, "parent", "pure")
     c.drain(release=False)
@@ -1387,12 +1393,7 @@ def test_a_workers_want_of_a_forgotten_key_is_answered_unknown_a_clients_lost():
 
 
 def test_a_want_answered_unknown_claims_the_task_anew_if_its_future_still_waits():
-    c = Cluster()
-    cid = c.add_client()
-    wid = c.add_worker()
-    c.submit(cid, "parent", [])
-    c.step_all()
-    c.start_task(wid)
+    c, cid, wid = parent_running()
     c.claim(wid, "parent", "child")
     c.start_task(wid)                     # the child runs (on another thread)
     while c.to_sched[wid]:
@@ -1443,12 +1444,7 @@ def test_a_result_computed_again_holds_its_own_inner_futures_not_the_lost_ones()
 def test_a_claim_crossing_the_free_of_an_earlier_life_of_its_key_is_made_again():
     # before: the worker dropped the record its own claim needed, and the scheduler
     # waited for it there forever (found by the random histories)
-    c = Cluster()
-    cid = c.add_client()
-    wid = c.add_worker()
-    c.submit(cid, "parent", [])
-    c.step_all()
-    c.start_task(wid)
+    c, cid, wid = parent_running()
     c.submit(cid, "pure", [])
     c.release(cid, "pure")                  # the client lets go at once...
     c.claim(wid, "parent", "pure")          # ...while a task here submits the same call
