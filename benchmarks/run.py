@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = argv if argv is not None else sys.argv[1:]
     meta = report.metadata(
-        command=" ".join(["python -m benchmarks.run", *map(shlex.quote, args)]),
+        command=shlex.join(["python", "-m", "benchmarks.run", *args]),
         runs=a.runs, timeout=a.timeout, sampler=not a.no_sampler, systems=systems)
     json_path = Path(a.json)
     json_path.parent.mkdir(parents=True, exist_ok=True)

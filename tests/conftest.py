@@ -26,9 +26,9 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         time.sleep(interval)
 
 
-def wait_for_file(path: str) -> int:
+def wait_for_file(path: str, timeout: float = 30.0) -> int:
     """A task that runs until ``path`` exists (with a deadline); returns its pid."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         if time.monotonic() > deadline:
             raise TimeoutError(path)

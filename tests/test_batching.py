@@ -6,13 +6,13 @@ cases no wait follows: the batch must still leave on its own.
 """
 from __future__ import annotations
 
-import os
-import time
 
 import pytest
 
 from tasknest import fire_and_forget, get_client
 from tasknest.protocol.serialize import dumps_value, loads_value, plain_nbytes
+
+from conftest import wait_for_file
 
 
 def _touch(path: str) -> str:
@@ -26,11 +26,7 @@ def _parent_that_never_waits_on_tasknest(path: str) -> str:
     # outside tasknest: only the other worker can run it, which it can only do
     # once the claim has reached the scheduler (so the batch left unprompted).
     fire_and_forget(get_client().submit(_touch, path, pure=False))
-    deadline = time.monotonic() + 20
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError("the child never ran")
-        time.sleep(0.005)   # a task polling for a file: the situation under test
+    wait_for_file(path, timeout=20)   # polling a file: the situation under test
     return "ok"
 
 

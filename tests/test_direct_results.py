@@ -2,7 +2,6 @@
 through the scheduler), and a lost worker connection loses no result."""
 from __future__ import annotations
 
-
 import pytest
 
 from conftest import wait_for_file, wait_until

@@ -10,14 +10,13 @@ import os
 import pickle
 import re
 import threading
-import time
 
 import pytest
 
 from tasknest import (ALL_COMPLETED, FIRST_COMPLETED, Future, FutureCancelledError,
                       as_completed, fire_and_forget, wait, worker_client)
 
-from conftest import wait_until
+from conftest import wait_for_file, wait_until
 
 
 def inc(x):
@@ -28,14 +27,10 @@ def add(x, y):
     return x + y
 
 
-def wait_for_file(path, value="opened"):
-    """Block this task until the test creates ``path``."""
-    deadline = time.monotonic() + 30
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} never appeared")
-        time.sleep(0.005)
-    return value
+def opened_after(path):
+    """Block this task until the test creates ``path``; a str result."""
+    wait_for_file(path)
+    return "opened"
 
 
 def write_file(_ready, path):
@@ -67,11 +62,11 @@ class Gate:
 @pytest.mark.timeout(30)
 def test_result_timeout_done_status_type_and_repr(client, tmp_path):
     gate = Gate(tmp_path)
-    f = client.submit(wait_for_file, gate.path)
+    f = client.submit(opened_after, gate.path)
     with pytest.raises(TimeoutError):
         f.result(timeout=0.1)
     assert not f.done() and f.status == "pending"
-    assert re.fullmatch(r"<Future: status: pending, key: wait_for_file-[0-9a-f]{32}>", repr(f))
+    assert re.fullmatch(r"<Future: status: pending, key: opened_after-[0-9a-f]{32}>", repr(f))
     gate.open()
     assert f.result(timeout=20) == "opened"
     assert f.done() and f.status == "finished" and f.type == "str"
@@ -83,7 +78,7 @@ def test_result_timeout_done_status_type_and_repr(client, tmp_path):
 @pytest.mark.timeout(30)
 def test_cancel_a_waiting_future(client, tmp_path):
     gate = Gate(tmp_path)
-    blocker = client.submit(wait_for_file, gate.path)
+    blocker = client.submit(opened_after, gate.path)
     dependent = client.submit(inc, blocker)   # a str + 1 would fail: it must never run
     assert dependent.cancel()
     wait_until(dependent.cancelled, 10, message="the future reports cancelled")
@@ -105,7 +100,7 @@ def test_add_done_callback(client, tmp_path):
         called.append(fut)
         event.set()
 
-    f = client.submit(wait_for_file, gate.path)
+    f = client.submit(opened_after, gate.path)
     f.add_done_callback(callback)
     assert not called
     gate.open()
@@ -124,7 +119,7 @@ def test_wait_all_first_and_timeout(client, tmp_path):
     assert wait(futures, return_when=ALL_COMPLETED).done == set(futures)
 
     gate = Gate(tmp_path)
-    slow = client.submit(wait_for_file, gate.path)
+    slow = client.submit(opened_after, gate.path)
     fast = client.submit(inc, 100)
     done, not_done = wait([slow, fast], return_when=FIRST_COMPLETED)
     assert fast in done and slow in not_done
@@ -155,7 +150,7 @@ def test_as_completed(client):
 @pytest.mark.timeout(30)
 def test_fire_and_forget_runs_without_a_kept_future(client, tmp_path):
     gate = Gate(tmp_path)
-    blocker = client.submit(wait_for_file, gate.path)
+    blocker = client.submit(opened_after, gate.path)
     out = str(tmp_path / "written.txt")
     f = client.submit(write_file, blocker, out)
     fire_and_forget(f)

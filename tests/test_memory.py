@@ -10,6 +10,8 @@ import pytest
 from tasknest import Client, LocalCluster, get_worker
 from tasknest.worker.spill import SpillBuffer
 
+from conftest import wait_for_file
+
 MB = 1 << 20
 
 
@@ -97,11 +99,7 @@ def hold_memory_until(path: str, limit: int) -> str:
     import psutil
     rss = psutil.Process().memory_info().rss
     hoard = b"x" * max(0, int(0.9 * limit) - rss)     # touched pages: resident
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.01)   # a task polling a file: what is under test is the worker
+    wait_for_file(path, timeout=60)   # what is under test is the worker
     return f"held {len(hoard) // MB} MB"
 
 

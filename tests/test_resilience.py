@@ -19,7 +19,7 @@ import pytest
 from tasknest import Client, LocalCluster, worker_client
 from tasknest.errors import KilledWorker, LostError, SchedulerLostError
 
-from conftest import wait_until
+from conftest import wait_for_file, wait_until
 
 
 def slow_square(x):
@@ -29,11 +29,7 @@ def slow_square(x):
 
 def wait_for_gate(gate: str) -> None:
     """Block (with a deadline) until the chaos thread has killed workers twice."""
-    deadline = time.monotonic() + 60
-    while not os.path.exists(gate):
-        if time.monotonic() > deadline:
-            raise TimeoutError("the chaos thread did not kill two workers within 60 s")
-        time.sleep(0.05)
+    wait_for_file(gate, timeout=60)
 
 
 def square_after_kills(x, gate):
