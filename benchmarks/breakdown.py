@@ -74,7 +74,7 @@ def run(workload: str, seconds: float) -> dict:
     with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as client:
         client.submit(tasks.inc, 0).result()
         pids = {"client": os.getpid(), "scheduler": cluster.scheduler_proc.pid,
-                "worker": client.scheduler_info()[0]["pid"]}     # the worker, not its nanny
+                "worker": list(client.scheduler_info(-1)["workers"].values())[0]["pid"]}     # the worker, not its nanny
         spies = {name: subprocess.Popen(
             [PY_SPY, "record", "-p", str(pid), "-r", str(RATE), "-f", "raw", "--nonblocking",
              "-o", os.path.join(tmp, f"{name}.txt"), "-d", str(int(seconds) + 2)],

@@ -48,7 +48,7 @@ class FuturesSystem:
         try:
             if self.name == "dask":  # dask runs its nannies inside the driver
                 return sorted(self.client.run(os.getpid).values())
-            info = self.client.scheduler_info()  # tasknest: a list of worker records
+            info = list(self.client.scheduler_info(-1)["workers"].values())  # tasknest: a list of worker records
             return sorted(int(w["pid"]) for w in info) or None
         except Exception:  # only an aid to the sampler, never fatal
             return None

@@ -193,7 +193,7 @@ def run(round_trips: int, warm: int = 200, workers: int = 1,
         with LocalCluster(n_workers=workers, threads_per_worker=1) as cluster, \
                 Client(cluster) as client:
             # through the scheduler: restricted to the workers (all of them)
-            where = [w["address"] for w in client.scheduler_info()] if scheduled else None
+            where = [w["address"] for w in list(client.scheduler_info(-1)["workers"].values())] if scheduled else None
             for i in range(warm):                    # warm up
                 client.submit(tasks.inc, i, workers=where).result()
             _marks.clear()

@@ -48,7 +48,7 @@ def peak_threads(pid: int, stop: threading.Event, out: list[int]) -> None:
 
 def tree(client: Client, n: int, repeats: int = 3) -> tuple[float, int]:
     """Best wall time of fib(n) over a few runs, and the peak thread count of a worker."""
-    pid = client.scheduler_info()[0]["pid"]
+    pid = list(client.scheduler_info(-1)["workers"].values())[0]["pid"]
     stop, peak = threading.Event(), [0]
     sampler = threading.Thread(target=peak_threads, args=(pid, stop, peak), daemon=True)
     sampler.start()

@@ -56,8 +56,9 @@ def test_other_bad_arguments_name_the_argument(client):
 @pytest.mark.parametrize("timeout", [-1, -0.5, "soon"])
 def test_negative_or_non_numeric_timeout(client, cluster, timeout):
     fut = client.submit(inc, 1)
-    message = r"timeout must be None or a non-negative number of seconds, got " + \
-        __import__("re").escape(repr(timeout))
+    message = (r"timeout must be None or a non-negative number of seconds, got " +
+               __import__("re").escape(repr(timeout))) if not isinstance(timeout, str) else \
+        r"timeout 'soon' is not a duration: use seconds or a string such as '10 ms'"
     with pytest.raises(CallerError, match=message):
         fut.result(timeout=timeout)
     with pytest.raises(CallerError, match=message):

@@ -136,7 +136,7 @@ def test_seed_examples_on_command_line_cluster(cli_cluster):
     with Client(address, token=token) as e:
         e.wait_for_workers(2, timeout=20)
         assert sorted(e.nthreads()) == sorted(worker_addresses)
-        assert {w["name"] for w in e.scheduler_info()} == {"w1", "w2"}
+        assert {w["name"] for w in list(e.scheduler_info(-1)["workers"].values())} == {"w1", "w2"}
         results = seed_options(e, "s3://data")
         assert len(results) == 3 and set(results.values()) == {expected("s3://data")}, results
 
@@ -164,7 +164,7 @@ def test_scheduler_and_worker_stop_cleanly_on_signal(procs, sig):
         assert c.submit(aggregate, [1, 2, 3]).result() == 6
         worker.signal(sig)
         assert worker.wait() == 0, worker.stderr.decode()
-        wait_until(lambda: not c.scheduler_info(), 10,
+        wait_until(lambda: not list(c.scheduler_info(-1)["workers"].values()), 10,
                    message="the scheduler forgets the stopped worker")
     sched.signal(sig)
     assert sched.wait() == 0, sched.stderr.decode()

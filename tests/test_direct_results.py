@@ -41,5 +41,5 @@ def test_a_lost_worker_connection_loses_no_result(client, tmp_path):
                                               for c in list(peers.comms.values())])
     wait_until(lambda: address not in peers.comms, 10, message="the stream is closed")
     open(path, "w").close()
-    assert f.result(timeout=20) in {w["pid"] for w in client.scheduler_info()}
+    assert f.result(timeout=20) in {w["pid"] for w in list(client.scheduler_info(-1)["workers"].values())}
     assert client.submit(inc, 41).result(timeout=10) == 42

@@ -69,7 +69,7 @@ def test_result_timeout_done_status_type_and_repr(client, tmp_path):
     assert re.fullmatch(r"<Future: status: pending, key: opened_after-[0-9a-f]{32}>", repr(f))
     gate.open()
     assert f.result(timeout=20) == "opened"
-    assert f.done() and f.status == "finished" and f.type == "str"
+    assert f.done() and f.status == "finished" and f.type is str
     g = client.submit(inc, 1)
     g.result()
     assert re.fullmatch(r"<Future: status: finished, type: int, key: inc-[0-9a-f]{32}>", repr(g))

@@ -32,10 +32,10 @@ def test_nanny_restarts_a_worker_above_its_memory_limit(tmp_path):
     limit = 300 * MB
     with LocalCluster(n_workers=1, nanny=True, memory_limit=limit) as cluster, \
             Client(cluster) as client:
-        [before] = [w["pid"] for w in client.scheduler_info()]
+        [before] = [w["pid"] for w in list(client.scheduler_info(-1)["workers"].values())]
         future = client.submit(hog_once, str(tmp_path / "started"), limit, pure=False)
         assert future.result(timeout=60) == "finished after a restart"
-        [after] = [w["pid"] for w in client.scheduler_info()]
+        [after] = [w["pid"] for w in list(client.scheduler_info(-1)["workers"].values())]
         assert after != before
         # the restarted worker runs further work as usual
         assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6
@@ -108,7 +108,7 @@ def where_am_i(_: int) -> str:
 
 
 def paused(client: Client) -> dict:
-    return {w["address"]: w["paused"] for w in client.scheduler_info()}
+    return {w["address"]: w["paused"] for w in list(client.scheduler_info(-1)["workers"].values())}
 
 
 @pytest.mark.timeout(90)

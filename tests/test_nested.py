@@ -152,7 +152,7 @@ def big():
 @pytest.mark.timeout(60)
 def test_fib15_every_call_a_task_on_one_thread_with_bounded_threads(one_worker, tmp_path):
     path = str(tmp_path / "calls.txt")
-    (info,) = one_worker.scheduler_info()
+    (info,) = list(one_worker.scheduler_info(-1)["workers"].values())
     assert info["nthreads"] == 1
     with ThreadSampler(info["pid"]) as sampler:
         t0 = time.perf_counter()
@@ -168,7 +168,7 @@ def test_fib15_every_call_a_task_on_one_thread_with_bounded_threads(one_worker, 
 
 @pytest.mark.timeout(60)
 def test_fib18_every_call_a_task_on_two_workers(big):
-    assert len(big.scheduler_info()) == 2
+    assert len(list(big.scheduler_info(-1)["workers"].values())) == 2
     t0 = time.perf_counter()
     assert big.submit(fib_tasks, 18, pure=False).result() == fib_value(18) == 2584
     print(f"\nfib(18), {n_calls(18):,} tasks on 2 workers: {time.perf_counter() - t0:.2f} s")

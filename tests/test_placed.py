@@ -100,7 +100,7 @@ def test_a_broken_lane_loses_no_placed_task(client, tmp_path):
 
 
 def _workers(client: Client) -> list[psutil.Process]:
-    return [psutil.Process(w["pid"]) for w in client.scheduler_info()]
+    return [psutil.Process(w["pid"]) for w in list(client.scheduler_info(-1)["workers"].values())]
 
 
 @pytest.mark.timeout(120)
@@ -113,10 +113,10 @@ def test_a_task_placed_on_a_worker_that_dies_runs_again_elsewhere(tmp_path):
         assert placed == [f.key]
         victim = next(p for p in _workers(client)
                       if f.key in client.processing().get(
-                          next(w["address"] for w in client.scheduler_info()
+                          next(w["address"] for w in list(client.scheduler_info(-1)["workers"].values())
                                if w["pid"] == p.pid), []))
         victim.kill()
-        wait_until(lambda: victim.pid not in {w["pid"] for w in client.scheduler_info()}, 20,
+        wait_until(lambda: victim.pid not in {w["pid"] for w in list(client.scheduler_info(-1)["workers"].values())}, 20,
                    message="the scheduler notices the dead worker")
         open(gate, "w").close()
         assert f.result(timeout=30) != victim.pid

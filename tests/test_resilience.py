@@ -124,7 +124,7 @@ def nanny_cluster():
 @pytest.fixture
 def nclient(nanny_cluster):
     with Client(nanny_cluster) as c:
-        wait_until(lambda: len(c.scheduler_info()) == 3, 20,
+        wait_until(lambda: len(list(c.scheduler_info(-1)["workers"].values())) == 3, 20,
                    message="every nanny has its worker connected")
         yield c
 
@@ -197,7 +197,7 @@ def make_bytes(n):
 
 def kill_worker_at(client, address: str) -> None:
     """SIGKILL the worker process listening at ``address`` (its nanny restarts it)."""
-    pid = next(w["pid"] for w in client.scheduler_info() if w["address"] == address)
+    pid = next(w["pid"] for w in list(client.scheduler_info(-1)["workers"].values()) if w["address"] == address)
     psutil.Process(pid).kill()
 
 
@@ -265,7 +265,7 @@ def test_scheduler_loss_fails_waiting_futures_and_workers_rejoin_a_restarted_one
         first_line(worker)
         with Client(address, token=token) as client:
             future = client.submit(sleep_then, 1, 20, pure=False)
-            wait_until(lambda: any(w["processing"] for w in client.scheduler_info()), 20,
+            wait_until(lambda: any(w["processing"] for w in list(client.scheduler_info(-1)["workers"].values())), 20,
                        message="the task started")
             sched.kill()
             sched.wait()
@@ -324,7 +324,7 @@ def test_rerun_parent_reuses_children_that_finished_elsewhere(nclient, tmp_path)
     future = nclient.submit(parent, n, log_dir, pure=False)
     wait_until(lambda: len(runs(log_dir)) >= n // 2, 30, message="half of the children ran")
     [home] = [a for a, keys in nclient.processing().items() if future.key in keys]
-    pid = next(w["pid"] for w in nclient.scheduler_info() if w["address"] == home)
+    pid = next(w["pid"] for w in list(nclient.scheduler_info(-1)["workers"].values()) if w["address"] == home)
     held = nclient.who_has()
     psutil.Process(pid).kill()
     killed_at = time.monotonic_ns()

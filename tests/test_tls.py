@@ -25,7 +25,7 @@ def tls_cluster():
 def test_seed_examples_over_tls(tls_cluster):
     assert tls_cluster.scheduler_address.startswith("tls://127.0.0.1:")
     with Client(tls_cluster) as e:
-        workers = e.scheduler_info()
+        workers = list(e.scheduler_info(-1)["workers"].values())
         assert len(workers) == 2 and all(w["address"].startswith("tls://") for w in workers)
         results = seed_options(e, "x://d")          # the seed's three ways, tasks from tasks too
         assert len(results) == 3 and set(results.values()) == {expected("x://d")}, results

@@ -65,7 +65,7 @@ def fib(n: int) -> int:
 def main() -> int:
     t0 = time.perf_counter()
     with Client() as e:
-        print(f"cluster: {len(e.scheduler_info())} workers, started in "
+        print(f"cluster: {len(list(e.scheduler_info(-1)['workers'].values()))} workers, started in "
               f"{time.perf_counter() - t0:.2f} s")
         for way, result in seed_options(e, "x://d").items():
             print(f"{way + ':':26} {result}")

@@ -12,6 +12,10 @@ class CallerError(TasknestError, ValueError, TypeError):
     A ValueError and a TypeError at once, so code written for either catches it."""
 
 
+class BlockingCallError(CallerError, RuntimeError):
+    """A blocking call on an event loop's thread (in an async task: await it instead)."""
+
+
 class ClosedClientError(CallerError):
     """An operation was attempted on a client that is closed."""
 

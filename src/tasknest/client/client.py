@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import contextvars
 import hashlib
 import itertools
@@ -20,16 +21,18 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Iterator
 from typing import Any, Callable, Iterable
 
 from .. import __version__
-from ..errors import (CallerError, ClosedClientError, CommClosedError, RemoteError,
-                      SchedulerLostError)
+from ..errors import (CallerError, ClosedClientError, CommClosedError, FutureCancelledError,
+                      RemoteError, SchedulerLostError)
 from ..protocol import messages as m
 from ..protocol.comm import Comm, connect
 from ..protocol.peers import PeerPool
 from ..protocol.serialize import dumps_call, dumps_function, dumps_value, nbytes
-from .future import Future, FutureState, error_from
+from ..timeouts import parse_timeout
+from .future import Future, FutureState, describe_type, error_from
 from .loop import get_runner
 from .placing import PlacingMixin
 
@@ -65,10 +68,26 @@ def _funcname(fn: Callable) -> str:
     return "lambda" if name == "<lambda>" else name
 
 
-def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-        raise CallerError(f"timeout must be None or a non-negative number of seconds, "
-                          f"got {timeout!r}")
+def _check_timeout(timeout: Any) -> float | None:
+    """The timeout in seconds (dask's strings too); CallerError if it is none."""
+    return parse_timeout(timeout)
+
+
+def _data_key(value: Any, frames: list, hashed: bool) -> str:
+    """A scattered value's key: by its content (equal data, same key) or fresh."""
+    name = type(value).__name__
+    if not hashed:
+        return f"{name}-{unique_token()}"
+    digest = hashlib.blake2b(digest_size=16)
+    for frame in frames:
+        digest.update(frame)
+    return f"{name}-{digest.hexdigest()}"
+
+
+def _unsupported(**options: Any) -> None:
+    for name, value in options.items():
+        if value:
+            raise CallerError(f"{name}= is not supported by this version of tasknest")
 
 
 def flatten_futures(obj: Any) -> list[Future]:
@@ -86,15 +105,21 @@ def flatten_futures(obj: Any) -> list[Future]:
     return out
 
 
+_SKIP = object()
+
+
 def _rebuild(obj: Any, values: dict[str, Any]) -> Any:
+    """``obj`` with each future replaced by its value; a value ``_SKIP`` leaves the
+    future out of its container (``gather(errors="skip")``)."""
     if isinstance(obj, Future):
         return values[obj.key]
     if isinstance(obj, (list, tuple, set, frozenset)):
-        items = [_rebuild(x, values) for x in obj]
+        items = [v for v in (_rebuild(x, values) for x in obj) if v is not _SKIP]
         return items if type(obj) is list else type(obj)(items) if type(obj) in (
             tuple, set, frozenset) else type(obj)(*items) if hasattr(obj, "_fields") else items
     if isinstance(obj, dict):
-        return type(obj)((k, _rebuild(v, values)) for k, v in obj.items())
+        pairs = ((k, _rebuild(v, values)) for k, v in obj.items())
+        return type(obj)((k, v) for k, v in pairs if v is not _SKIP)
     return obj
 
 
@@ -103,10 +128,14 @@ class Client(PlacingMixin):
 
     _worker_side = False
 
-    def __init__(self, address: Any = None, timeout: float = 10.0, asynchronous: bool = False,
-                 token: str | None = None, security: Any = None, name: str | None = None,
-                 set_as_default: bool = True, **cluster_kwargs: Any) -> None:
-        _check_timeout(timeout)
+    def __init__(self, address: Any = None, timeout: float | str = 10.0,
+                 asynchronous: bool = False, token: str | None = None, security: Any = None,
+                 name: str | None = None, set_as_default: bool = True,
+                 **cluster_kwargs: Any) -> None:
+        seconds = _check_timeout(timeout)
+        if seconds is None:
+            raise CallerError("the client's timeout must be a number of seconds, not None")
+        timeout = seconds
         self.id = f"c-{name or 'client'}-{uuid.uuid4().hex[:12]}"
         self.asynchronous = asynchronous
         self.timeout = timeout
@@ -126,6 +155,7 @@ class Client(PlacingMixin):
         self._cluster_kwargs = cluster_kwargs
         self._peers: PeerPool | None = None
         self._placed: dict[str, m.Message] = {}   # key -> its ``placed``, until the result
+        self._info: dict = {}                       # what the scheduler said at welcome
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         if cluster_kwargs and address is not None:
@@ -336,6 +366,7 @@ class Client(PlacingMixin):
                 else:
                     fut.set_result(msg.value)  # type: ignore[attr-defined]
         elif op == "welcome":
+            self._info = msg.info  # type: ignore[attr-defined]
             if not self._welcome.done():
                 self._welcome.set_result(msg)
         elif op == "refused":
@@ -365,8 +396,10 @@ class Client(PlacingMixin):
             self._send(m.Want([key]))
         return st
 
-    def _release(self, key: str) -> None:
+    def _release(self, key: str, state: FutureState | None = None) -> None:
         with self._lock:
+            if state is not None and self._states.get(key) is not state:
+                return          # a future of an earlier life of the key (cancelled)
             n = self._refs.get(key, 0) - 1
             if n > 0:
                 self._refs[key] = n
@@ -391,26 +424,52 @@ class Client(PlacingMixin):
             else:
                 self._refs[key] += 1
         fut = Future.__new__(Future)
-        fut.key, fut.client, fut._state = key, self, st
+        fut.key, fut.client, fut._state, fut._held = key, self, st, True
         return fut, new
 
     # -- submitting -------------------------------------------------------------------------
     def _depth(self) -> int:
         return 0
 
-    def submit(self, func: Callable, *args: Any, key: str | None = None, pure: bool = True,
-               workers: Any = None, retries: int = 0, priority: int = 0, **kwargs: Any) -> Future:
-        """Run ``func(*args, **kwargs)`` on the cluster; returns a Future."""
+    def submit(self, func: Callable, *args: Any, key: str | None = None,
+               workers: Any = None, resources: dict | None = None, retries: int | None = 0,
+               priority: int = 0, fifo_timeout: Any = "100 ms",
+               allow_other_workers: bool = False, actor: bool = False, actors: bool = False,
+               pure: bool = True, **kwargs: Any) -> Future:
+        """Run ``func(*args, **kwargs)`` on the cluster.
+
+        Args:
+            func: any picklable callable (cloudpickle pickles lambdas and closures).
+            *args, **kwargs: its arguments; futures among them are waited for and
+                replaced by their values on the worker.
+            key: the task's name; by default ``funcname-<hash of the call>`` when
+                ``pure``, so equal calls share one task, else a fresh one.
+            workers: an address, a name or a list of them the task must run on.
+            retries: times to rerun the task if it raises.
+            priority: higher runs first among tasks ready at once.
+            pure: False gives every call its own task.
+            resources, allow_other_workers, fifo_timeout, actor, actors: dask's names,
+                taken so that they never reach ``func`` as keywords.
+
+        Returns:
+            a Future.
+
+        Raises:
+            CallerError: bad arguments; FutureCancelledError: an argument is a
+            cancelled future; ClosedClientError: the client is closed.
+        """
         self._check()
         if not callable(func):
             raise CallerError(f"submit() needs a callable as its first argument, got "
                               f"{type(func).__name__} {func!r:.60}")
         if key is not None and (not isinstance(key, str) or not key):
             raise CallerError(f"key must be a non-empty string, got {key!r}")
+        retries = 0 if retries is None else retries
         if not isinstance(retries, int) or retries < 0:
             raise CallerError(f"retries must be a non-negative integer, got {retries!r}")
         if not isinstance(priority, (int, float)):
             raise CallerError(f"priority must be a number, got {priority!r}")
+        _unsupported(resources=resources, actor=actor, actors=actors)
         fbytes = dumps_function(func)
         abytes, deps, futures = dumps_call(args, kwargs, Future)
         if futures:
@@ -456,36 +515,88 @@ class Client(PlacingMixin):
                 self._place(key, fbytes, abytes, priority, retries, *lane)
         return fut
 
-    def map(self, func: Callable, *iterables: Iterable, key: Any = None, pure: bool = True,
-            workers: Any = None, retries: int = 0, priority: int = 0, **kwargs: Any) -> list[Future]:
-        """submit() for each element (zip of several iterables)."""
+    def map(self, func: Callable, *iterables: Iterable, key: Any = None,
+            workers: Any = None, resources: dict | None = None, retries: int | None = 0,
+            priority: int = 0, fifo_timeout: Any = "100 ms", allow_other_workers: bool = False,
+            actor: bool = False, actors: bool = False, pure: bool = True,
+            batch_size: int | None = None, **kwargs: Any) -> list[Future]:
+        """submit() for each element of the iterables (zipped, like the built-in map).
+
+        Args:
+            key: a list of keys, one per element, or a string prefix: keys are then
+                ``prefix-<hash>`` (``prefix-<fresh token>`` when not ``pure``).
+            batch_size: send the tasks this many at a time (all at once by default).
+            the others: as for submit(); ``kwargs`` go to every call.
+
+        Returns:
+            a list of Futures, in the order of the elements.
+        """
         self._check()
         if not callable(func):
             raise CallerError(f"map() needs a callable as its first argument, got {func!r:.60}")
         if not iterables:
             raise CallerError("map() needs at least one iterable")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise CallerError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if key is not None and not isinstance(key, (str, list, tuple)):
+            raise CallerError(f"key must be a prefix string or a list of keys, got {key!r:.60}")
         items = list(zip(*iterables))
         keys = key if isinstance(key, (list, tuple)) else None
         if keys is not None and len(keys) != len(items):
             raise CallerError(f"map() got {len(keys)} keys for {len(items)} items")
-        return [self.submit(func, *args, key=keys[i] if keys else None, pure=pure,
-                            workers=workers, retries=retries, priority=priority, **kwargs)
-                for i, args in enumerate(items)]
+        prefix = key if isinstance(key, str) else None
+        options = dict(workers=workers, resources=resources, retries=retries,
+                       priority=priority, allow_other_workers=allow_other_workers,
+                       actor=actor, actors=actors)
+        out = []
+        for i, args in enumerate(items):
+            k = keys[i] if keys else None
+            if prefix is not None:
+                k = self._prefixed_key(prefix, func, args, kwargs, pure)
+            out.append(self.submit(func, *args, key=k, pure=pure, **options, **kwargs))
+            if batch_size is not None and (i + 1) % batch_size == 0:
+                self._wake()
+        return out
+
+    @staticmethod
+    def _prefixed_key(prefix: str, func: Callable, args: tuple, kwargs: dict,
+                      pure: bool) -> str:
+        if not pure:
+            return f"{prefix}-{unique_token()}"
+        digest = hashlib.blake2b(dumps_function(func), digest_size=16)
+        digest.update(dumps_call(args, kwargs, Future)[0])
+        return f"{prefix}-{digest.hexdigest()}"
 
     def scatter(self, data: Any, broadcast: bool = False, workers: Any = None,
-                timeout: float | None = None) -> Any:
-        """Send local data to the workers; returns futures of the same shape."""
+                timeout: float | str | None = None, hash: bool = True,
+                direct: bool | None = None) -> Any:
+        """Send local data to the workers; returns futures in the data's shape.
+
+        Args:
+            data: a list, tuple, set, frozenset, namedtuple or dict (one future per
+                element or value, in the same type), a range or iterator (a list of
+                futures), or any other object (one future).
+            broadcast: a copy on every worker.
+            workers: the workers to put the data on.
+            hash: equal values get equal keys (``typename-<hash>``); False: fresh keys.
+            direct: accepted for dask compatibility (data always goes straight).
+
+        Raises:
+            CallerError: bad arguments; SerializationError: a value cannot be pickled.
+        """
         self._check()
-        _check_timeout(timeout)
+        timeout = _check_timeout(timeout)
+        if isinstance(data, range) or isinstance(data, Iterator):
+            data = list(data)
         if isinstance(data, dict):
             keys, values = [str(k) for k in data], list(data.values())
-        elif isinstance(data, (list, tuple, set, frozenset)):
-            values = list(data)
-            keys = [f"{type(v).__name__}-{unique_token()}" for v in values]
+            frames = [dumps_value(v) for v in values]
         else:
-            values = [data]
-            keys = [f"{type(data).__name__}-{unique_token()}"]
-        futures = self._scatter(keys, values, broadcast, self._workers_arg(workers), timeout)
+            values = list(data) if isinstance(data, (list, tuple, set, frozenset)) else [data]
+            frames = [dumps_value(v) for v in values]
+            keys = [_data_key(v, fr, hash) for v, fr in zip(values, frames)]
+        futures = self._scatter(keys, values, broadcast, self._workers_arg(workers), timeout,
+                                frames)
         if self.asynchronous:   # _scatter gave a coroutine: shape its futures once awaited
             async def _shaped(pending: Any = futures) -> Any:
                 return self._scatter_shape(data, await pending)
@@ -495,21 +606,22 @@ class Client(PlacingMixin):
     @staticmethod
     def _scatter_shape(data: Any, futures: list[Future]) -> Any:
         if isinstance(data, dict):
-            return dict(zip(data, futures))
+            return type(data)(zip(data, futures))
+        if isinstance(data, tuple) and hasattr(data, "_fields"):      # a namedtuple
+            return type(data)(*futures)  # type: ignore[arg-type]
         if isinstance(data, (list, tuple, set, frozenset)):
-            return futures if isinstance(data, list) else type(data)(futures) \
-                if isinstance(data, tuple) else futures
+            return futures if type(data) is list else type(data)(futures)
         return futures[0]
 
     def _scatter(self, keys: list[str], values: list, broadcast: bool, workers: list | None,
-                 timeout: float | None) -> list[Future]:
-        frames = [dumps_value(v) for v in values]
+                 timeout: float | None, frames: list | None = None) -> list[Future]:
+        frames = frames if frames is not None else [dumps_value(v) for v in values]
         futures = [self._new_future(k)[0] for k in keys]
         reply = self._request(m.Scatter(0, keys, frames, broadcast, workers), timeout)
 
         def settle() -> list[Future]:
             for f, v, fr in zip(futures, values, frames):
-                f._state.finish(type(v).__name__, nbytes(fr), [], None, v)
+                f._state.finish(describe_type(v), nbytes(fr), [], None, v)
             return futures
         if self.asynchronous:   # the request is a coroutine: settle once it is answered
             async def _after() -> list[Future]:
@@ -538,31 +650,59 @@ class Client(PlacingMixin):
         return self._request(m.Query(0, what, arg), self.timeout)
 
     def who_has(self, futures: Any = None) -> Any:
-        """{key: [worker addresses]} for these futures (all keys if None)."""
+        """``{key: [worker addresses]}`` for these futures (every key if None)."""
         keys = None if futures is None else [f.key for f in flatten_futures(futures)]
         return self._query("who_has", keys)
 
-    def has_what(self) -> Any:
-        """{worker address: [keys]}"""
-        return self._query("has_what")
+    def has_what(self, workers: Any = None) -> Any:
+        """``{worker address: [keys]}``, for these workers (addresses or names) or all."""
+        return self._shaped(self._query("has_what"), lambda v: self._by_workers(v, workers))
 
-    def scheduler_info(self) -> Any:
-        return self._query("workers")
+    def scheduler_info(self, n_workers: int = 5) -> Any:
+        """dask's shape: ``{"workers": {address: {...}}, "started": ..., "address": ...}``
+        with at most ``n_workers`` workers (all if -1)."""
+        if not isinstance(n_workers, int):
+            raise CallerError(f"n_workers must be an integer, got {n_workers!r}")
 
-    def nthreads(self) -> Any:
-        info = self._query("workers")
+        def shape(rows: list) -> dict:
+            rows = rows if n_workers < 0 else rows[:n_workers]
+            return {"type": "Scheduler", "id": self._info.get("address", self.scheduler_address),
+                    "address": self.scheduler_address, "started": self._info.get("started"),
+                    "n_workers": len(rows), "workers": {w["address"]: w for w in rows}}
+        return self._shaped(self._query("workers"), shape)
+
+    def nthreads(self, workers: Any = None) -> Any:
+        """``{worker address: threads}``, for these workers or all."""
+        return self._shaped(self._query("workers"), lambda rows: self._by_workers(
+            {w["address"]: w["nthreads"] for w in rows}, workers, rows))
+
+    def processing(self, workers: Any = None) -> Any:
+        """``{worker address: [keys it runs or has queued]}``."""
+        return self._shaped(self._query("processing"), lambda v: self._by_workers(v, workers))
+
+    def _shaped(self, answer: Any, shape: Callable[[Any], Any]) -> Any:
         if self.asynchronous:
-            async def _n() -> dict:
-                return {w["address"]: w["nthreads"] for w in await info}
-            return _n()
-        return {w["address"]: w["nthreads"] for w in info}
+            async def _s() -> Any:
+                return shape(await answer)
+            return _s()
+        return shape(answer)
 
-    def processing(self) -> Any:
-        return self._query("processing")
+    def _by_workers(self, by_address: dict, workers: Any, rows: list | None = None) -> dict:
+        if workers is None:
+            return by_address
+        wanted = set(self._workers_arg(workers) or [])
+        if rows is None:
+            return {a: v for a, v in by_address.items() if a in wanted}
+        names = {w["address"] for w in rows if w["name"] in wanted or w["address"] in wanted}
+        return {a: v for a, v in by_address.items() if a in names}
 
-    def wait_for_workers(self, n_workers: int = 1, timeout: float | None = None) -> Any:
-        """Block until at least ``n_workers`` workers are connected."""
-        _check_timeout(timeout)
+    def wait_for_workers(self, n_workers: int = 1, timeout: float | str | None = None) -> Any:
+        """Block until at least ``n_workers`` workers are connected.
+
+        Raises:
+            TimeoutError: saying how many of them came ("2/10 workers").
+        """
+        timeout = _check_timeout(timeout)
         if not isinstance(n_workers, int) or n_workers < 0:
             raise CallerError(f"n_workers must be a non-negative integer, got {n_workers!r}")
         if self.asynchronous:
@@ -577,24 +717,69 @@ class Client(PlacingMixin):
             if len(info) >= n:
                 return
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(info)} of {n} workers arrived within {timeout} s")
+                raise TimeoutError(f"only {len(info)}/{n} workers arrived within {timeout} s")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.2)
 
-    def cancel(self, futures: Any) -> None:
+    @property
+    def futures(self) -> dict[str, Future]:
+        """The futures this client holds, by key (one new Future object each)."""
+        with self._lock:
+            keys = list(self._states)
+        return {k: self._new_future(k)[0] for k in keys if k in self._states}
+
+    def cancel(self, futures: Any, force: bool = False) -> None:
+        """Cancel these futures: when this returns, each is ``cancelled()``.
+
+        A pending task is stopped (and those that depend on it); a finished one is
+        released. Using a cancelled future afterwards raises FutureCancelledError.
+        """
         self._check()
-        keys = [f.key for f in flatten_futures(futures)]
-        self._send(m.Cancel(keys))
+        fs = flatten_futures(futures)
+        keys = []
+        with self._lock:
+            for f in fs:
+                st = f._state
+                if self._states.get(f.key) is st:     # detach: the key may live again
+                    del self._states[f.key]
+                    self._refs.pop(f.key, None)
+                    self._placed.pop(f.key, None)
+                    keys.append(f.key)
+        for f in fs:
+            if f._state.status != "cancelled":
+                f._state.cancel(FutureCancelledError(f"{f.key} was cancelled"))
+        if keys:
+            self._send(m.Cancel(keys))
+
+    def retry(self, futures: Any) -> None:
+        """Run failed tasks again (and the failed tasks they depend on)."""
+        self._check()
+        fs = [f for f in flatten_futures(futures) if f._state.status == "error"]
+        for f in fs:
+            f._state.reset()
+        if fs:
+            self._send(m.Retry([f.key for f in fs]))
 
     def _fire_and_forget(self, keys: list[str]) -> None:
         self._check()
         self._send(m.FireAndForget(keys))
 
     # -- gathering ---------------------------------------------------------------------------------
-    def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
-        """Wait for futures and return their results, in the same nested shape."""
+    def gather(self, futures: Any, errors: str = "raise",
+               timeout: float | str | None = None, direct: bool | None = None,
+               asynchronous: bool | None = None) -> Any:
+        """Wait for futures and return their results, in the same nested shape.
+
+        Args:
+            futures: a future, or lists, tuples, sets and dicts of them, nested.
+            errors: "raise" the first failure, or "skip" failed futures (left out).
+            timeout: seconds or a string ("2 s").
+
+        Raises:
+            the task's exception, FutureCancelledError, TimeoutError.
+        """
         self._check()
-        _check_timeout(timeout)
+        timeout = _check_timeout(timeout)
         if errors not in ("raise", "skip"):
             raise CallerError(f"errors must be 'raise' or 'skip', got {errors!r}")
         flat = flatten_futures(futures)
@@ -602,10 +787,17 @@ class Client(PlacingMixin):
         if self.asynchronous and self._in_own_loop():
             async def _g() -> Any:
                 vals = await self._gather_async(flat, errors=errors)
-                return _rebuild(futures, dict(zip([f.key for f in flat], vals)))
+                return _rebuild(futures, self._values(flat, vals, errors))
             return _g()
         vals = self._gather_sync(flat, timeout=timeout, errors=errors)
-        return _rebuild(futures, dict(zip([f.key for f in flat], vals)))
+        return _rebuild(futures, self._values(flat, vals, errors))
+
+    @staticmethod
+    def _values(flat: list[Future], vals: list, errors: str) -> dict[str, Any]:
+        if errors == "skip":
+            return {f.key: v if f._state.status == "finished" else _SKIP
+                    for f, v in zip(flat, vals)}
+        return dict(zip([f.key for f in flat], vals))
 
     def _in_own_loop(self) -> bool:
         try:
@@ -619,8 +811,15 @@ class Client(PlacingMixin):
         if comm is not None:
             comm.wake()
 
+    def _lend(self) -> Any:
+        """Around a wait: a task's client lends its thread's slot meanwhile."""
+        return contextlib.nullcontext()
+
+    def _help(self, futures: list[Future], satisfied: Callable[[], bool]) -> bool:
+        """Run some of these futures' tasks on this thread; True if any ran."""
+        return False
+
     def _wait_states(self, states: list[FutureState], timeout: float | None) -> None:
-        _check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         if any(st.status == "pending" for st in states):
             self._wake()
@@ -651,6 +850,8 @@ class Client(PlacingMixin):
     def _check_own(self, futures: list[Future], what: str) -> None:
         """A future of another cluster names a key this scheduler does not know."""
         for f in futures:
+            if f._state.status == "cancelled":
+                raise FutureCancelledError(f"{what} got the cancelled future {f.key!r}")
             other = f.client
             if other is self:
                 continue
@@ -668,7 +869,9 @@ class Client(PlacingMixin):
             for f in futures:
                 st = f._state
                 if st.status in ("error", "cancelled", "lost"):
-                    raise st.error if st.error is not None else RemoteError(f"{f.key} failed")
+                    if st.error is None:
+                        raise RemoteError(f"{f.key} failed")
+                    raise st.error.with_traceback(st.tb)    # (its remote frames, afresh)
 
     def _fetch_sync(self, missing: list[tuple[str, FutureState]]) -> None:
         self._run(self._fetch(missing))

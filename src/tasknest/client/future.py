@@ -8,14 +8,24 @@ client of the process (or task) that unpickles it.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures as cf
+import contextlib
+import importlib
+import itertools
 import threading
 import time
+import types
+import weakref
+from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+from tblib import Traceback
 
 from ..errors import (CallerError, FutureCancelledError, KilledWorker, LostError, RemoteError,
                       RemoteTraceback, SerializationError)
 from ..protocol.serialize import loads_value
+from ..timeouts import parse_timeout
 
 if TYPE_CHECKING:
     from .client import Client
@@ -29,7 +39,7 @@ class FutureState:
     """What one client knows about one key."""
 
     __slots__ = ("status", "type", "nbytes", "frames", "value", "who_has", "error",
-                 "traceback", "_event", "callbacks")
+                 "traceback", "tb", "_event", "callbacks")
 
     def __init__(self) -> None:
         self.status = "pending"
@@ -39,7 +49,8 @@ class FutureState:
         self.value: Any = _NOTHING
         self.who_has: list[str] = []
         self.error: BaseException | None = None
-        self.traceback: str | None = None
+        self.traceback: str | None = None       # the remote traceback as text
+        self.tb: types.TracebackType | None = None   # ... and as frames
         self._event: threading.Event | None = None
         self.callbacks: list[Callable[[], None]] = []
 
@@ -63,6 +74,13 @@ class FutureState:
                 return False
             self.callbacks.append(cb)
             return True
+
+    def remove_callback(self, cb: Callable[[], None]) -> None:
+        with _state_lock:
+            try:
+                self.callbacks.remove(cb)
+            except ValueError:
+                pass
 
     def _settle(self) -> None:
         if self._event is not None:
@@ -94,13 +112,26 @@ class FutureState:
         if self.status in ("pending", "lost"):
             self.error = error
             self.traceback = traceback
+            self.tb = error.__traceback__
             self.status = status
             self._settle()
 
+    def cancel(self, error: FutureCancelledError) -> None:
+        """Cancelled by this client, whatever state it was in (a result is dropped)."""
+        self.frames = None
+        self.value = _NOTHING
+        if self.status == "pending":
+            self.fail(error, None, "cancelled")
+        else:
+            self.error, self.traceback, self.tb = error, None, None
+            self.status = "cancelled"
+
     def reset(self) -> None:
-        """The result was lost and is being recomputed."""
-        if self.status == "finished":
+        """The result was lost and is being recomputed (or an erred task retried)."""
+        if self.status in ("finished", "error"):
             self.status = "pending"
+            self.error = None
+            self.traceback = self.tb = None
             self.frames = None
             self.value = _NOTHING
             if self._event is not None:
@@ -119,15 +150,19 @@ class FutureState:
 def error_from(exception: list, traceback: str, kind: str) -> BaseException:
     """Rebuild a remote failure as an exception with the remote traceback chained."""
     if kind == "exception" and exception:
+        tb = None
         try:
             exc = loads_value(exception)
+            if isinstance(exc, tuple) and len(exc) == 2:    # (exception, its frames)
+                exc, frames = exc
+                tb = Traceback.from_dict(frames).as_traceback() if frames else None
         except Exception as e:  # the exception class may not exist here
             exc = RemoteError(f"task raised an exception that cannot be unpickled here ({e}):\n"
                               f"{traceback}")
         if isinstance(exc, BaseException):
             if traceback:
                 exc.__cause__ = RemoteTraceback(traceback)
-            return exc
+            return exc.with_traceback(tb)
     if kind == "cancelled":
         return FutureCancelledError(traceback)
     if kind == "killed":
@@ -142,7 +177,7 @@ def error_from(exception: list, traceback: str, kind: str) -> BaseException:
 class Future:
     """A remote result. ``result()`` blocks; ``await future`` in async code."""
 
-    __slots__ = ("key", "client", "_state", "__weakref__")
+    __slots__ = ("key", "client", "_state", "_held", "__weakref__")
 
     def __init__(self, key: str, client: "Client | None" = None, _new: bool = True) -> None:
         if client is None:
@@ -151,41 +186,67 @@ class Future:
         self.key = key
         self.client = client
         self._state = client._acquire(key, inform=_new)
+        self._held = True
 
     def __del__(self) -> None:
         try:
-            self.client._release(self.key)
+            if self._held:
+                self.client._release(self.key, self._state)
         except Exception:
             pass
 
     # -- concurrent.futures API ------------------------------------------------------
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | str | None = None) -> Any:
+        """The task's value, waiting for it.
+
+        Raises:
+            the task's own exception (with its remote frames), FutureCancelledError,
+            KilledWorker, LostError, or TimeoutError after ``timeout``.
+        """
         if self.client.asynchronous and _in_loop(self.client):
             return self._result_async()
-        return self.client._gather_sync([self], timeout=timeout)[0]
+        return self.client._gather_sync([self], timeout=parse_timeout(timeout))[0]
 
     async def _result_async(self) -> Any:
         return (await self.client._gather_async([self]))[0]
 
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        self.client._wait_states([self._state], timeout)
+    def exception(self, timeout: float | str | None = None) -> BaseException | None:
+        """The task's exception once it is done (None if it succeeded)."""
+        self.client._wait_states([self._state], parse_timeout(timeout))
         if self._state.status == "cancelled":
             raise FutureCancelledError(f"{self.key} was cancelled")
         return self._state.error
 
-    def traceback(self, timeout: float | None = None) -> str | None:
-        self.client._wait_states([self._state], timeout)
-        return self._state.traceback
+    def traceback(self, timeout: float | str | None = None) -> types.TracebackType | None:
+        """The remote traceback of a failed task, as a traceback object
+        (``traceback.format_tb(future.traceback())``); None if it did not fail."""
+        self.client._wait_states([self._state], parse_timeout(timeout))
+        return self._state.tb
 
     def done(self) -> bool:
         return self._state.done()
 
     def cancel(self) -> bool:
-        self.client.cancel([self])
+        """Cancel the task if it has not finished; True if the future is now cancelled."""
+        status = self._state.status
+        if status in ("finished", "error", "lost"):
+            return False
+        if status == "pending":
+            self.client.cancel([self])
         return True
 
     def cancelled(self) -> bool:
         return self._state.status == "cancelled"
+
+    def release(self) -> None:
+        """Drop this future's hold on its result now, rather than when it is collected."""
+        if self._held:
+            self._held = False
+            self.client._release(self.key, self._state)
+
+    def retry(self) -> None:
+        """Run a failed task again (and the failed tasks it depends on)."""
+        self.client.retry([self])
 
     def add_done_callback(self, fn: Callable[["Future"], Any]) -> None:
         """Call ``fn(future)`` once the future is done (at once if it already is)."""
@@ -198,8 +259,13 @@ class Future:
         return self._state.status
 
     @property
-    def type(self) -> str:
-        return self._state.type
+    def type(self) -> type | None:
+        """The class of the result, once finished (None before, or if it cannot be
+        imported here)."""
+        st = self._state
+        if st.value is not _NOTHING:
+            return type(st.value)
+        return resolve_type(st.type)
 
     def __await__(self) -> Any:
         return self.client._gather_async([self], single=True).__await__()
@@ -207,7 +273,7 @@ class Future:
     def __repr__(self) -> str:
         st = self._state
         if st.status == "finished" and st.type:
-            return f"<Future: status: {st.status}, type: {st.type}, key: {self.key}>"
+            return f"<Future: status: {st.status}, type: {type_label(st.type)}, key: {self.key}>"
         return f"<Future: status: {st.status}, key: {self.key}>"
 
     def __reduce__(self) -> tuple:
@@ -221,6 +287,42 @@ class Future:
 
     def __hash__(self) -> int:
         return hash(self.key)
+
+
+def describe_type(value: Any) -> str:
+    """How a result's class travels: ``module:qualname`` (bare for builtins)."""
+    cls = type(value)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}:{cls.__qualname__}"
+
+
+def type_label(described: str) -> str:
+    return described.rpartition(":")[2]
+
+
+_types: dict[str, type | None] = {}
+
+
+def resolve_type(described: str) -> type | None:
+    """The class named by ``describe_type``, if it can be imported here."""
+    if not described:
+        return None
+    try:
+        return _types[described]
+    except KeyError:
+        pass
+    module, _, qualname = described.rpartition(":")
+    obj: Any = None
+    try:
+        obj = importlib.import_module(module) if module else builtins
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except Exception:
+        obj = None
+    cls = obj if isinstance(obj, type) else None
+    if len(_types) < 4096:
+        _types[described] = cls
+    return cls
 
 
 def _rebuild_future(key: str) -> Future:
@@ -247,10 +349,53 @@ class collect_inner:
         _collect.keys = self.prev
 
 
-# -- module-level helpers -------------------------------------------------------------
+# -- waiting on several futures ---------------------------------------------------------
 FIRST_COMPLETED = cf.FIRST_COMPLETED
 FIRST_EXCEPTION = cf.FIRST_EXCEPTION
 ALL_COMPLETED = cf.ALL_COMPLETED
+
+
+def block_until(futures: list[Future], satisfied: Callable[[], bool],
+                deadline: float | None) -> bool:
+    """Wait until ``satisfied()`` or the deadline (monotonic); True if satisfied.
+
+    Inside a task, futures queued on this worker run here first (help while
+    waiting), and the task's slot is lent to another thread while it truly waits,
+    so a wait never starves the children it waits on. Every callback it adds is
+    removed before it returns.
+    """
+    if satisfied():
+        return True
+    from .client import current_client
+    here = current_client.get()
+    clients = {id(f.client): f.client for f in futures}
+    for c in clients.values():
+        c._wake()
+    if here is not None and here._worker_side:
+        while here._help([f for f in futures if f.client is here], satisfied):
+            if satisfied():
+                return True
+    cond = threading.Condition()
+
+    def poke() -> None:
+        with cond:
+            cond.notify_all()
+    watched = [f._state for f in futures if f._state.add_callback(poke)]
+    try:
+        with here._lend() if here is not None else contextlib.nullcontext():
+            with cond:
+                while not satisfied():
+                    if deadline is None:
+                        cond.wait()
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    cond.wait(remaining)
+        return True
+    finally:
+        for st in watched:
+            st.remove_callback(poke)
 
 
 class DoneAndNotDone(tuple):
@@ -263,119 +408,187 @@ class DoneAndNotDone(tuple):
         return self[1]
 
 
-def wait(fs: Iterable[Future] | Future, timeout: float | None = None,
-         return_when: str = ALL_COMPLETED) -> DoneAndNotDone:
-    """Block until futures complete; returns (done, not_done) like concurrent.futures."""
+def _futures_arg(fs: Any, what: str) -> list[Future]:
     if isinstance(fs, Future):
-        fs = [fs]
-    fs = list(fs)
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-        raise CallerError(f"timeout must be None or a non-negative number of seconds, "
-                          f"got {timeout!r}")
+        return [fs]
+    if isinstance(fs, dict):
+        fs = fs.values()
+    try:
+        out = list(fs)
+    except TypeError:
+        raise CallerError(f"{what} takes a list of futures, got {type(fs).__name__} "
+                          f"{fs!r:.60}") from None
+    for f in out:
+        if not isinstance(f, Future):
+            raise CallerError(f"{what} takes futures, got {type(f).__name__} {f!r:.60}")
+    return out
+
+
+def wait(fs: Iterable[Future] | Future, timeout: float | str | None = None,
+         return_when: str = ALL_COMPLETED) -> DoneAndNotDone:
+    """Block until futures complete, as ``concurrent.futures.wait`` does.
+
+    Args:
+        fs: a future or a list (any iterable) of futures.
+        timeout: seconds or a string ("2 s"); None waits for ever.
+        return_when: ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION.
+
+    Returns:
+        ``(done, not_done)``, two sets, also as ``.done`` and ``.not_done``.
+
+    Raises:
+        TimeoutError: with ALL_COMPLETED, when futures are still pending at the timeout.
+        CallerError: wrong arguments (e.g. ``wait(f1, f2)`` instead of ``wait([f1, f2])``).
+    """
+    if isinstance(timeout, Future) or isinstance(return_when, Future):
+        raise CallerError("wait() takes the futures as one list: wait([f1, f2]), "
+                          "not wait(f1, f2)")
+    futures = _futures_arg(fs, "wait()")
+    timeout = parse_timeout(timeout)
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
         raise CallerError(f"unknown return_when {return_when!r} (use ALL_COMPLETED, "
                           "FIRST_COMPLETED or FIRST_EXCEPTION)")
-    for f in fs:
-        if not isinstance(f, Future):
-            raise CallerError(f"wait() takes futures, got {type(f).__name__} {f!r:.60}")
-    deadline = None if timeout is None else time.monotonic() + timeout
-    cond = threading.Condition()
-    fired = [0]
-
-    def poke(_: Future) -> None:
-        with cond:
-            fired[0] += 1
-            cond.notify_all()
 
     def satisfied() -> bool:
-        done = [f for f in fs if f.done()]
         if return_when == ALL_COMPLETED:
-            return len(done) == len(fs)
+            return all(f.done() for f in futures)
         if return_when == FIRST_COMPLETED:
-            return bool(done) or not fs
-        return any(f.status == "error" for f in done) or len(done) == len(fs)
+            return not futures or any(f.done() for f in futures)
+        return all(f.done() for f in futures) or any(f.status == "error" for f in futures)
 
-    if not satisfied():
-        for f in fs:
-            f.add_done_callback(poke)
-        _wake_clients(fs)
-        with cond:
-            while not satisfied():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                cond.wait(remaining if remaining is None else min(remaining, 1.0))
-    done = {f for f in fs if f.done()}
-    if return_when == ALL_COMPLETED and timeout is not None and len(done) < len(fs):
-        raise TimeoutError(f"{len(fs) - len(done)} of {len(fs)} futures not done after "
-                           f"{timeout} s")
-    return DoneAndNotDone((done, set(fs) - done))
-
-
-def _wake_clients(futures: Iterable[Future]) -> None:
-    """About to wait on these: their clients send what they queued now."""
-    for client in {id(f.client): f.client for f in futures}.values():
-        client._wake()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    block_until(futures, satisfied, deadline)
+    done = {f for f in futures if f.done()}
+    if return_when == ALL_COMPLETED and timeout is not None and len(done) < len(set(futures)):
+        raise TimeoutError(f"{len(set(futures)) - len(done)} of {len(set(futures))} futures "
+                           f"not done after {timeout} s")
+    return DoneAndNotDone((done, set(futures) - done))
 
 
 class as_completed:
-    """Iterate over futures as they complete; ``add()`` more while iterating."""
+    """Iterate over futures as they complete; ``add()`` more while iterating.
+
+    Args:
+        futures: the futures to watch (more may be added).
+        with_results: yield ``(future, result)`` pairs.
+        raise_errors: with results, re-raise a task's exception (else yield it).
+        timeout: seconds (or a string) for the whole iteration; then TimeoutError.
+    """
 
     def __init__(self, futures: Iterable[Future] = (), with_results: bool = False,
-                 raise_errors: bool = True) -> None:
+                 raise_errors: bool = True, timeout: float | str | None = None) -> None:
         self.with_results = with_results
         self.raise_errors = raise_errors
-        self._cond = threading.Condition()
-        self._done: list[Future] = []
-        self._pending = 0
-        self._clients: dict[int, Any] = {}
-        for f in futures:
-            self.add(f)
+        timeout = parse_timeout(timeout)
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._done: deque[Future] = deque()
+        self._pending: dict[int, tuple[Future, Callable[[], None]]] = {}
+        self._tokens = itertools.count()
+        self.update(futures)
 
     def add(self, future: Future) -> None:
-        with self._cond:
-            self._pending += 1
-            self._clients.setdefault(id(future.client), future.client)
-        future.add_done_callback(self._on_done)
+        """Watch one more future."""
+        if not isinstance(future, Future):
+            raise CallerError(f"as_completed takes futures, got {type(future).__name__}")
+        token = next(self._tokens)
+        ref = weakref.ref(self)
+
+        def done() -> None:            # holds the iterator weakly: dropping it is enough
+            me = ref()
+            if me is not None:
+                me._settled(token)
+        with self._lock:
+            self._pending[token] = (future, done)
+        if not future._state.add_callback(done):
+            done()
 
     def update(self, futures: Iterable[Future]) -> None:
-        for f in futures:
+        for f in _futures_arg(futures, "as_completed"):
             self.add(f)
 
-    def _on_done(self, future: Future) -> None:
-        with self._cond:
-            self._done.append(future)
-            self._cond.notify_all()
+    def _settled(self, token: int) -> None:
+        with self._lock:
+            entry = self._pending.pop(token, None)
+            if entry is not None:
+                self._done.append(entry[0])
 
     def count(self) -> int:
-        with self._cond:
-            return self._pending
+        """Futures not yielded yet."""
+        with self._lock:
+            return len(self._pending) + len(self._done)
 
     def is_empty(self) -> bool:
         return self.count() == 0
 
+    def has_ready(self) -> bool:
+        with self._lock:
+            return bool(self._done)
+
     def __iter__(self) -> Iterator[Any]:
         return self
 
-    def __next__(self) -> Any:
-        with self._cond:
-            if self._pending == 0:
+    def _next_done(self, take_all: bool) -> list[Future]:
+        with self._lock:
+            if not self._done and not self._pending:
                 raise StopIteration
-            if not self._done:
-                for client in list(self._clients.values()):
-                    client._wake()
-            while not self._done:
-                self._cond.wait(1.0)
-            future = self._done.pop(0)
-            self._pending -= 1
-        if self.with_results:
+            pending = [f for f, _ in self._pending.values()]
+        if not block_until(pending, lambda: bool(self._done), self._deadline):
+            raise TimeoutError(f"{self.count()} futures not done after {self._timeout} s")
+        with self._lock:
+            if take_all:
+                out = list(self._done)
+                self._done.clear()
+                return out
+            return [self._done.popleft()]
+
+    def _result(self, future: Future) -> Any:
+        if not self.with_results:
+            return future
+        try:
+            return future, future.result()
+        except BaseException as exc:
+            if self.raise_errors:
+                raise
+            return future, exc
+
+    def __next__(self) -> Any:
+        return self._result(self._next_done(False)[0])
+
+    def next_batch(self, block: bool = True) -> list[Any]:
+        """Everything done now (waiting for at least one if ``block``)."""
+        if not block and not self.has_ready():
+            return []
+        try:
+            return [self._result(f) for f in self._next_done(True)]
+        except StopIteration:
+            return []
+
+    def batches(self) -> Iterator[list[Any]]:
+        """Yield lists of every future done so far, waiting for at least one each time."""
+        while True:
             try:
-                return future, future.result()
-            except BaseException as exc:
-                if self.raise_errors:
-                    raise
-                return future, exc
-        return future
+                batch = self._next_done(True)
+            except StopIteration:
+                return
+            yield [self._result(f) for f in batch]
+
+    def clear(self) -> None:
+        """Stop watching: forget every future not yielded yet."""
+        with self._lock:
+            entries = list(self._pending.values())
+            self._pending.clear()
+            self._done.clear()
+        for f, cb in entries:
+            f._state.remove_callback(cb)
+
+    def __del__(self) -> None:
+        try:
+            for f, cb in list(self._pending.values()):
+                f._state.remove_callback(cb)
+        except Exception:
+            pass
 
 
 def fire_and_forget(futures: Any) -> None:

@@ -130,6 +130,7 @@ Want = _define("Want", "want", keys=STRS)                 # hold futures on exis
 Remind = _define("Remind", "remind", keys=STRS)           # report these (known ones) yourself
 Release = _define("Release", "release", keys=STRS)        # no future refers to these any more
 Cancel = _define("Cancel", "cancel", keys=STRS)
+Retry = _define("Retry", "retry", keys=STRS)
 FireAndForget = _define("FireAndForget", "fire-and-forget", keys=STRS)
 Scatter = _define("Scatter", "scatter", rid=int, keys=STRS, values=FRAMES_LIST, broadcast=bool,
                   workers=OPT_STRS)

@@ -22,7 +22,7 @@ from .state import SchedulerState
 
 log = logging.getLogger("tasknest.scheduler")
 
-CLIENT_OPS = frozenset({"submit", "want", "release", "cancel", "fire-and-forget", "scatter",
+CLIENT_OPS = frozenset({"submit", "want", "release", "cancel", "retry", "fire-and-forget", "scatter",
                         "query", "remind", "placed", "lane-lost"})
 WORKER_OPS = (CLIENT_OPS - {"placed", "lane-lost"}) | {"task-finished", "task-erred", "claim", "secede", "rejoin", "idle",
                            "steal-reply", "add-keys", "missing-data", "put-data-done",
@@ -41,6 +41,7 @@ class Scheduler:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_frame = max_frame
         self.state = SchedulerState(allowed_failures=allowed_failures)
+        self.started = time.time()
         self.comms: dict[str, Comm] = {}
         self.listener: Listener | None = None
         self.validate = bool(os.environ.get("TASKNEST_VALIDATE")) if validate is None else validate
@@ -97,7 +98,8 @@ class Scheduler:
             comm.handler = lambda msg: self._dispatch(cid, msg, CLIENT_OPS)
             comm.on_close.append(lambda _: self._client_gone(cid))
             self._do(self.state.add_client(cid))
-            comm.send(m.Welcome(cid, {"version": __version__}))
+            comm.send(m.Welcome(cid, {"version": __version__, "started": self.started,
+                                      "address": self.address}))
         elif msg.op == "register-worker":
             wid = f"w-{uuid.uuid4().hex[:12]}"
             self.comms[wid] = comm

@@ -314,8 +314,31 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
     def _on_cancel(self, cid: str, msg: m.Message) -> None:
         for key in msg.keys:  # type: ignore[attr-defined]
             ts = self.tasks.get(key)
-            if ts is not None and ts.state not in ("memory", "erred"):
+            if ts is None:
+                continue
+            if ts.state not in ("memory", "erred"):
                 self._cancel(ts, f"{key} was cancelled")
+            elif cid in ts.who_wants:      # done already: the canceller lets go of it
+                self._unwant(ts, cid)
+                self._maybe_release(ts)
+
+    def _on_retry(self, cid: str, msg: m.Message) -> None:
+        for key in msg.keys:  # type: ignore[attr-defined]
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "erred" and ts.func is not None:
+                self._retry(ts)
+
+    def _retry(self, ts: Task) -> None:
+        """An erred task runs again, after the erred tasks it depends on."""
+        for dk in ts.deps:
+            dts = self.tasks[dk]
+            if dts.state == "erred" and dts.func is not None:
+                self._retry(dts)
+        ts.state = "released"
+        ts.error = None
+        ts.suspicious = 0
+        ts.died_on = []
+        self._recompute(ts)
 
     def _cancel(self, ts: Task, reason: str) -> None:
         for dk in list(ts.dependents):

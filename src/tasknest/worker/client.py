@@ -8,14 +8,16 @@ Entering it costs no connection: it is one object per worker, made at start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ..client.client import Client, _check_timeout, _funcname
+from ..client.client import Client, _funcname
 from ..client.future import Future, FutureState
+from ..errors import BlockingCallError, CallerError
 from ..protocol import messages as m
 from .context import current_task
 
@@ -69,13 +71,26 @@ class WorkerClient(Client):
 
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         if threading.get_ident() == self._loop_thread:
-            raise RuntimeError("blocking call on the worker's event loop: in an async task, "
-                               "await it instead")
+            raise BlockingCallError("blocking call on the worker's event loop: in an async "
+                                    "task, await it instead")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore
 
     def close(self, timeout: float | None = None) -> None:
         """Inside a task this is a no-op: the worker owns this client."""
         return None
+
+    def _await_running(self, timeout: float | None) -> None:
+        """Wait (up to ``timeout``) for the worker to be connected to its scheduler."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.001
+        while self.status != "running":
+            if self.worker.closing:
+                raise CallerError("the worker is closing")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"the worker was not connected to its scheduler within "
+                                   f"{timeout} s")
+            time.sleep(delay)      # (a rare path: the worker is reconnecting)
+            delay = min(2 * delay, 0.05)
 
     def _depth(self) -> int:
         t = current_task.get()
@@ -160,21 +175,20 @@ class WorkerClient(Client):
             return []           # nobody waits, or it runs here (a stale answer)
         return self._claim(key, *recipe)
 
-    def _release(self, key: str) -> None:
-        self._recipes.pop(key, None)
-        super()._release(key)
+    def _release(self, key: str, state: FutureState | None = None) -> None:
+        if state is None or self._states.get(key) is state:
+            self._recipes.pop(key, None)
+        super()._release(key, state)
 
     def scatter(self, data: Any, broadcast: bool = False, workers: Any = None,
-                timeout: float | None = None) -> Any:
+                timeout: Any = None, hash: bool = True, direct: bool | None = None) -> Any:
         """From a task: the data stays on this worker (unless broadcast or workers=)."""
-        if broadcast or workers is not None:
-            return super().scatter(data, broadcast, workers, timeout)
-        return super().scatter(data, False, None, timeout)
+        return super().scatter(data, broadcast, workers, timeout, hash, direct)
 
     def _scatter(self, keys: list[str], values: list, broadcast: bool, workers: list | None,
-                 timeout: float | None) -> list[Future]:
+                 timeout: float | None, frames: list | None = None) -> list[Future]:
         if broadcast or workers is not None:
-            return super()._scatter(keys, values, broadcast, workers, timeout)
+            return super()._scatter(keys, values, broadcast, workers, timeout, frames)
         w = self.worker
         futures = [self._new_future(k)[0] for k in keys]
         nbytes = [_sizeof(v) for v in values]
@@ -187,14 +201,15 @@ class WorkerClient(Client):
         return futures
 
     # -- waiting: help first, then lend the slot --------------------------------------------
-    def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
+    def gather(self, futures: Any, errors: str = "raise", timeout: Any = None,
+               direct: bool | None = None, asynchronous: bool | None = None) -> Any:
         if threading.get_ident() == self._loop_thread:      # an async task: await it
             from ..client.client import _rebuild, flatten_futures
             flat = flatten_futures(futures)
 
             async def _g() -> Any:
                 vals = await self._gather_async(flat, errors=errors)
-                return _rebuild(futures, dict(zip([f.key for f in flat], vals)))
+                return _rebuild(futures, self._values(flat, vals, errors))
             return _g()
         return super().gather(futures, errors, timeout)
 
@@ -206,15 +221,48 @@ class WorkerClient(Client):
         self._help_and_wait(futures, timeout)
         return super()._gather_sync(futures, timeout, errors)
 
+    def _help(self, futures: list[Future], satisfied: Callable[[], bool]) -> bool:
+        """Run queued tasks of these futures here, in order, until ``satisfied()``."""
+        w = self.worker
+        t = current_task.get()
+        if not w.pool.in_pool_thread() or (t is not None and t.inline >= MAX_INLINE):
+            return False
+        ran = False
+        for f in futures:
+            if f._state.status != "pending":
+                continue
+            with w.lock:
+                w.pool.reclaim()
+                task = w.state.helpable([f.key])
+            if task is not None:
+                w.execute(task, inline=True)
+                ran = True
+                if satisfied():
+                    break
+        return ran
+
+    @contextlib.contextmanager
+    def _lend(self) -> Iterator[None]:
+        if threading.get_ident() == self._loop_thread:   # waiting here would stop the loop
+            raise BlockingCallError("blocking call on the worker's event loop: in an async "
+                                    "task, await it instead")
+        w = self.worker
+        with w.lock:
+            w.pool.block()
+        self._wake()         # after block(): what it says (idle) leaves with the rest
+        try:
+            yield
+        finally:
+            with w.lock:
+                w.pool.unblock()
+
     def _wait_states(self, states: list[FutureState], timeout: float | None) -> None:
-        _check_timeout(timeout)
         pending = [st for st in states if not st.done()]
         if pending:
             self._block_on(pending, timeout)
 
     def _help_and_wait(self, futures: list[Future], timeout: float | None) -> None:
         """Wait for each future in turn, first running it here if it is queued here."""
-        _check_timeout(timeout)
         w = self.worker
         t = current_task.get()
         can_help = w.pool.in_pool_thread() and (t is None or t.inline < MAX_INLINE)
@@ -224,6 +272,7 @@ class WorkerClient(Client):
             while st.status == "pending":
                 if can_help:
                     with w.lock:
+                        w.pool.reclaim()
                         task = w.state.helpable([f.key])
                     if task is not None:
                         w.execute(task, inline=True)
@@ -234,22 +283,12 @@ class WorkerClient(Client):
                 self._block_on([st], remaining)
 
     def _block_on(self, states: list[FutureState], timeout: float | None) -> None:
-        if threading.get_ident() == self._loop_thread:   # waiting here would stop the loop
-            raise RuntimeError("blocking call on the worker's event loop: in an async task, "
-                               "await it instead")
-        w = self.worker
         deadline = None if timeout is None else time.monotonic() + timeout
-        with w.lock:
-            w.pool.block()
-        self._wake()         # after block(): what it says (idle) leaves with the rest
-        try:
+        with self._lend():
             for st in states:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if not st.wait(remaining):
                     raise TimeoutError(f"results not ready after {timeout} s")
-        finally:
-            with w.lock:
-                w.pool.unblock()
 
     def _fetch_sync(self, missing: list) -> None:
         w = self.worker

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..client.client import Client, current_client, default_client
 from ..errors import CallerError
+from ..timeouts import parse_timeout
 from ..protocol import messages as m
 
 if TYPE_CHECKING:
@@ -60,17 +61,25 @@ class worker_client:
     worker's quota (it *secedes*); on exit it *rejoins*. The thread keeps doing
     useful work meanwhile (running its own children inline), and lends its slot
     to another thread only while it truly waits.
+
+    Args:
+        timeout: how long entering may wait for the worker to be connected to its
+            scheduler (seconds or a string such as "5 s"); TimeoutError after it.
+        separate_thread: accepted for dask compatibility.
     """
 
-    def __init__(self, timeout: float | None = None, separate_thread: bool = True) -> None:
-        self.timeout = timeout
+    def __init__(self, timeout: float | str | None = None, separate_thread: bool = True) -> None:
+        self.timeout = parse_timeout(timeout)
 
     def __enter__(self) -> Client:
         t = _task()
+        client = t.worker.client
+        if client.status != "running":
+            client._await_running(self.timeout)
         if t.seceded == 0:
             t.worker.send(m.Secede(t.key))
         t.seceded += 1
-        return t.worker.client
+        return client
 
     def __exit__(self, *exc: Any) -> None:
         t = current_task.get()

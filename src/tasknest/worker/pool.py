@@ -9,6 +9,13 @@ slot is free *and* work is ready, so the thread count stays at
   over-subscribing for a moment) when it resumes.
 * ``secede()`` / ``rejoin()``: the explicit API of the seeds: the thread leaves
   the pool for good, or waits for a free slot to come back.
+* ``lend(ident)``: the worker's watchdog lends the slot of a thread that sits in
+  ``worker_client()`` without progress while work waits (it blocks on something
+  tasknest cannot see: a ``threading.Event``, a queue). The thread takes a slot
+  back when it next blocks, unblocks or finishes its task (``reclaim()``).
+
+A thread's mode: ``slot`` (holds one), ``blocked`` (lent it while it waits),
+``lent`` (the watchdog lent it), ``seceded`` (left the pool).
 
 All methods except ``start``/``close`` are called with ``lock`` held.
 """
@@ -31,7 +38,8 @@ class Pool:
                  name: str = "tasknest-task",
                  before_wait: Callable[[], None] = lambda: None,
                  spin_for: Callable[[], float] = lambda: 0.0,
-                 work_hint: Callable[[], bool] = lambda: False) -> None:
+                 work_hint: Callable[[], bool] = lambda: False,
+                 on_starved: Callable[[], None] = lambda: None) -> None:
         self.nthreads = nthreads
         self.lock = lock
         self.cond = threading.Condition(lock)          # parked threads
@@ -43,13 +51,14 @@ class Pool:
         self.before_wait = before_wait    # a thread is about to wait: flush its messages
         self.spin_for = spin_for          # lock held: seconds to wait awake before parking
         self.work_hint = work_hint        # no lock: work may be ready (checked under it next)
+        self.on_starved = on_starved      # lock held: work is ready, every slot is taken
         self.name = name
         self.active = 0                    # threads holding a slot
         self.waiting = 0                   # idle threads parked on cond
         self.handoffs = 0                  # wake-ups granted with a slot already counted
         self.threads = 0
         self.closed = False
-        self._local = threading.local()
+        self.modes: dict[int, str] = {}   # pool thread ident -> its mode (see above)
         self._n = 0
 
     # -- slots ------------------------------------------------------------------------
@@ -62,6 +71,8 @@ class Pool:
                 self.cond.notify()
             else:
                 self._spawn()
+        if self.active >= self.nthreads and not self.closed and self.has_ready():
+            self.on_starved()
 
     def _release_slot(self) -> None:
         self.active -= 1
@@ -75,14 +86,18 @@ class Pool:
         t.start()
 
     def _loop(self) -> None:
-        local = self._local
+        ident = threading.get_ident()
+        modes = self.modes
         with self.lock:
-            local.mode = "slot"
+            modes[ident] = "slot"
             try:
                 while not self.closed:
                     if self.active <= self.nthreads and self.run_one():
-                        if local.mode == "seceded":
+                        mode = modes[ident]
+                        if mode == "seceded":
                             return            # a seceded task ended: this thread leaves
+                        if mode != "slot":
+                            self.reclaim()
                         continue
                     # nothing to run (or over-subscribed): give the slot back and park
                     if self.active <= self.nthreads and self._spin():
@@ -103,6 +118,7 @@ class Pool:
                     self.handoffs -= 1
             finally:
                 self.threads -= 1
+                del modes[ident]
 
     def _spin(self) -> bool:
         """Lock held. Wait awake a moment, keeping the slot, when work is about to come
@@ -124,29 +140,58 @@ class Pool:
     # -- tasks that wait -------------------------------------------------------------------
     def block(self) -> None:
         """The calling task waits on work it cannot do itself: lend its slot."""
-        if getattr(self._local, "mode", None) != "slot":
+        ident = threading.get_ident()
+        mode = self.modes.get(ident)
+        if mode == "lent":
+            self.modes[ident] = "blocked"     # (the watchdog lent it already)
+        if mode != "slot":
             return
+        self.modes[ident] = "blocked"
         self._release_slot()
         self.notify()
         if self.active < self.nthreads:
             self.on_idle()
 
     def unblock(self) -> None:
-        if getattr(self._local, "mode", None) == "slot":
+        self.reclaim()
+
+    def reclaim(self) -> None:
+        """Take back a slot lent while this thread waited (possibly over-subscribing
+        for a moment: the pool parks a thread at its next turn)."""
+        ident = threading.get_ident()
+        if self.modes.get(ident) in ("blocked", "lent"):
+            self.modes[ident] = "slot"
             self.active += 1
 
-    def secede(self) -> bool:
-        """Leave the pool; False if this is not a pool thread holding a slot."""
-        if getattr(self._local, "mode", None) != "slot":
+    def lend(self, ident: int) -> bool:
+        """The watchdog: lend the slot of a thread that waits where we cannot see."""
+        if self.modes.get(ident) != "slot":
             return False
-        self._local.mode = "seceded"
+        self.modes[ident] = "lent"
         self._release_slot()
         self.notify()
         return True
 
+    def holders(self) -> list[int]:
+        """Threads holding a slot."""
+        return [ident for ident, mode in self.modes.items() if mode == "slot"]
+
+    def secede(self) -> bool:
+        """Leave the pool; False if this is not a pool thread holding a slot."""
+        ident = threading.get_ident()
+        mode = self.modes.get(ident)
+        if mode not in ("slot", "lent"):
+            return False
+        self.modes[ident] = "seceded"
+        if mode == "slot":
+            self._release_slot()
+            self.notify()
+        return True
+
     def rejoin(self) -> bool:
         """Wait for a free slot and take it; False if this thread had not seceded."""
-        if getattr(self._local, "mode", None) != "seceded":
+        ident = threading.get_ident()
+        if self.modes.get(ident) != "seceded":
             return False
         self.rejoining += 1
         if self.active >= self.nthreads:
@@ -156,12 +201,12 @@ class Pool:
                 self.rejoin_cond.wait()
         finally:
             self.rejoining -= 1
-        self._local.mode = "slot"
+        self.modes[ident] = "slot"
         self.active += 1
         return True
 
     def in_pool_thread(self) -> bool:
-        return getattr(self._local, "mode", None) is not None
+        return threading.get_ident() in self.modes
 
     def close(self) -> None:
         with self.lock:

@@ -22,9 +22,10 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import psutil
+from tblib import Traceback
 
 from .. import __version__
-from ..client.future import collect_inner, error_from
+from ..client.future import collect_inner, describe_type, error_from
 from ..errors import ProtocolError, SchedulerLostError, SerializationError
 from ..protocol import messages as m
 from ..protocol.comm import Comm, Listener, connect, listen
@@ -36,6 +37,7 @@ from .context import TaskContext, current_task, reset_task, set_task
 from .pool import Pool
 from .spill import new_store, watch_memory
 from .state import WorkerState
+from .watchdog import Watchdog
 
 log = logging.getLogger("tasknest.worker")
 
@@ -79,7 +81,10 @@ class Worker:
         self.pool = Pool(nthreads, self.lock, lambda: not self.paused and self.state.has_ready(),
                          self._run_one, self._on_idle, name=f"tasknest-{self.name}",
                          before_wait=self._wake, spin_for=self._spin_for,
-                         work_hint=lambda: bool(self.state.ready))
+                         work_hint=lambda: bool(self.state.ready),
+                         on_starved=lambda: self.watchdog.starved())
+        self.contexts: dict[int, TaskContext] = {}   # pool thread -> its innermost task
+        self.watchdog = Watchdog(self.pool, self.lock, self.contexts)
         self.client = WorkerClient(self)
         self.comm: Comm | None = None
         self.listener: Listener | None = None
@@ -98,6 +103,7 @@ class Worker:
     async def start(self) -> "Worker":
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
+        self.watchdog.start(self.loop, self.loop_thread)
         scheme = "tls" if self.ssl_context is not None else "tcp"
         kwargs = {"max_frame": self.max_frame} if self.max_frame else {}
         self.listener = await listen(f"{scheme}://{self.host}:{self.port}", self._on_peer,
@@ -285,7 +291,7 @@ class Worker:
             if st is None or st.done():
                 continue
             if status == "memory":
-                st.finish(type(payload).__name__, size, [self.address], None, payload)
+                st.finish(describe_type(payload), size, [self.address], None, payload)
             elif status == "erred":
                 exc, tb, kind = payload
                 st.fail(error_from(exc, tb, kind), tb or None,
@@ -507,6 +513,9 @@ class Worker:
                 lambda: self._spawn(self._run_async(task.key, ctx, func, args, kwargs)))
             return
         tokens = set_task(ctx)
+        ident = threading.get_ident()
+        contexts = self.contexts
+        contexts[ident] = ctx
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:  # noqa: B036 - a task's failure, whatever it is
@@ -515,6 +524,10 @@ class Worker:
             return self._failed(task.key, exc)
         finally:
             reset_task(tokens)
+            if parent is None:
+                contexts.pop(ident, None)
+            else:
+                contexts[ident] = parent
         self._finished(task.key, result)
 
     async def _run_async(self, key: str, ctx: TaskContext, func: Any, args: tuple,
@@ -555,7 +568,7 @@ class Worker:
             self.data[key] = result
             if inline is not None:
                 self.frames_cache[key] = inline
-            actions = self.state.finished(key, size, type(result).__name__, inline,
+            actions = self.state.finished(key, size, describe_type(result), inline,
                                           list(dict.fromkeys(inner)), self.client_comms)
             # nothing else to run: the result leaves now, written by this thread, rather
             # than batched until the thread parks or the batch's timer fires
@@ -571,11 +584,11 @@ class Worker:
             tb = message
             frames: list = []
         else:
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next
-                                                    if exc.__traceback__ else None))
+            remote = exc.__traceback__.tb_next if exc.__traceback__ else None  # (not ours)
+            tb = "".join(traceback.format_exception(type(exc), exc, remote))
             exc.__traceback__ = None
             try:
-                frames = dumps_value(exc)
+                frames = dumps_value((exc, Traceback(remote).as_dict() if remote else None))
                 loads_value(frames)   # must come back on the other side too
                 frames = [bytes(f) if isinstance(f, memoryview) else f for f in frames]
             except Exception:
