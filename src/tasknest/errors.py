@@ -1,6 +1,8 @@
 """One exception root; subclasses say who is at fault."""
 from __future__ import annotations
 
+from concurrent.futures import CancelledError
+
 
 class TasknestError(Exception):
     """Root of every error tasknest raises itself."""
@@ -40,8 +42,8 @@ class SerializationError(RemoteError):
     """An argument or result could not be pickled or unpickled."""
 
 
-class FutureCancelledError(TasknestError):
-    """The future was cancelled."""
+class FutureCancelledError(TasknestError, CancelledError):
+    """The future was cancelled (also a ``concurrent.futures.CancelledError``)."""
 
 
 class LostError(RemoteError):
