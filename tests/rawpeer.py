@@ -137,7 +137,7 @@ def evil_frames(path: Path, key: str = "evil") -> list[bytes]:
     evil = planted_pickle(path)
     return [frame([["register-client", f"c-evil-{os.urandom(4).hex()}", "0"]]),
             frame([["define-func", 0, evil],
-                   ["submit", key, 0, evil, [], [0, 0, 0], 0, None],
+                   ["submit", key, 0, evil, [], [0, 0, 0], 0, None, None, False],
                    ["scatter", 1, [key + "-data"], [[evil]], False, None]])]
 
 

@@ -71,6 +71,8 @@ TYPED = {
     m.WHO_HAS: st.dictionaries(KEYS, st.lists(st.sampled_from(["tcp://127.0.0.1:1", "nonsense"]),
                                               max_size=2), max_size=2),
     m.DATA: st.dictionaries(KEYS, st.none() | FRAMES, max_size=2),
+    m.AMOUNTS: st.dictionaries(KEYS, st.integers(0, 3) | st.floats(0, 1e9), max_size=2),
+    m.OPT_AMOUNTS: st.none() | st.dictionaries(KEYS, st.integers(0, 3), max_size=2),
 }
 
 
@@ -78,13 +80,14 @@ TYPED_FIELD = {t: st.one_of(*[TYPED[x] for x in t]) if isinstance(t, tuple) else
                for c in m.CATALOGUE.values() for t in c.types}
 
 
-ALL_OPS = sorted(m.CATALOGUE)
+# (a client may rightly restart every worker: that would end the fuzzed cluster)
+ALL_OPS = sorted(set(m.CATALOGUE) - {"restart"})
 ROLE_OPS = {   # what each kind of peer may send, so that fuzzing reaches the state machines
     "client": ["define-func", "submit", "want", "release", "cancel", "fire-and-forget",
-               "scatter", "query"],
+               "scatter", "query", "coord", "run"],
     "worker": ["define-func", "submit", "want", "release", "cancel", "task-finished",
                "task-erred", "claim", "secede", "rejoin", "idle", "steal-reply", "add-keys",
-               "missing-data", "put-data-done", "heartbeat"],
+               "missing-data", "put-data-done", "heartbeat", "coord", "run-done"],
     "peer": ["get-data", "register-peer"],
     "none": ALL_OPS,
 }
@@ -129,7 +132,7 @@ def chunks(ops: list[str]) -> st.SearchStrategy:
 
 REGISTRATIONS = {
     "client": None,   # register_client() does it and waits for the welcome
-    "worker": frame([["register-worker", "fuzz", "tcp://127.0.0.1:9", 1, 1, 0, [], "0"]]),
+    "worker": frame([["register-worker", "fuzz", "tcp://127.0.0.1:9", 1, 1, 0, [], "0", {}]]),
     "peer": frame([["register-peer", "fuzz"]]),
     "none": b"",
 }
@@ -190,12 +193,12 @@ def test_garbage_function_bytes_err_the_task_not_the_worker(procs):
     try:
         peer.send_msgs([["define-func", 0, b"\x80\x05garbage, not a pickle"],
                         ["submit", "garbage-func", 0, cloudpickle.dumps(((), None)), [],
-                         [0, 0, 0], 0, None]])
+                         [0, 0, 0], 0, None, None, False]])
         erred = peer.recv_until("key-erred")
         assert erred[1] == "garbage-func" and erred[4] == "serialization"
         assert "cannot unpickle the function" in erred[3]
         peer.send_msgs([["define-func", 1, cloudpickle.dumps(operator.add)],
-                        ["submit", "bad-args", 1, b"junk", [], [0, 0, 0], 0, None]])
+                        ["submit", "bad-args", 1, b"junk", [], [0, 0, 0], 0, None, None, False]])
         assert peer.recv_until("key-erred")[1] == "bad-args"
     finally:
         peer.close()
@@ -210,7 +213,7 @@ def test_nonsense_from_an_authenticated_client_is_answered_or_ignored(procs):
                         ["fire-and-forget", ["nor-that"]], ["want", ["unknown-key"]]])
         erred = peer.recv_until("key-erred")
         assert erred[1] == "unknown-key" and "unknown to the scheduler" in erred[3]
-        peer.send_msgs([["submit", "k", 7, b"", [], [0], 0, None]])   # function never defined
+        peer.send_msgs([["submit", "k", 7, b"", [], [0], 0, None, None, False]])   # function never defined
         assert peer.closed_by_server() is not None
     finally:
         peer.close()

@@ -15,7 +15,10 @@ enough that every event sequence is one a real cluster could produce:
 * clients place tasks straight on workers over a lane of their own (its FIFO
   queue), tell the scheduler after (``placed``, with the result's size when the
   result came first), and remind the scheduler when a lane breaks;
-* queries wait for a sync with every worker.
+* queries wait for a sync with every worker;
+* clients use the coordination primitives (queues and variables holding their
+  futures, semaphores, events); a value's futures must be held for its receiver
+  before the reply leaves, and what is left in them is taken out before draining.
 
 ``validate()`` checks every state machine; ``drain()`` releases everything and
 runs the cluster to quiescence so leaks can be asserted.
@@ -102,6 +105,14 @@ class Cluster:
         if msg.op == "reply":
             c.pending_scatter.pop(msg.rid, None)  # type: ignore[attr-defined]
             c.queries.discard(msg.rid)  # type: ignore[attr-defined]
+            value = msg.value  # type: ignore[attr-defined]
+            if isinstance(value, dict) and "keys" in value:
+                for key in value["keys"]:     # futures inside a value: the client holds them
+                    ts = self.s.tasks.get(key)    # (held for it before the reply left)
+                    assert ts is not None and c.id in ts.who_wants, (key, ts)
+                    c.refs[key] += 1
+                    if c.refs[key] == 1:
+                        self.to_sched[c.id].append(m.Want([key]))
         elif msg.op in ("key-memory", "key-erred", "key-cancelled"):
             placed = c.placed.pop(msg.key, None)  # type: ignore[attr-defined]
             if placed is not None and msg.op == "key-memory":   # as Client._placed_done
@@ -184,7 +195,8 @@ class Cluster:
         c.refs[key] += 1
         if c.refs[key] == 1:
             self.seq += 1
-            self.to_sched[cid].append(m.Submit(key, 1, b"", deps, [0, 0, self.seq], retries, None))
+            self.to_sched[cid].append(m.Submit(key, 1, b"", deps, [0, 0, self.seq], retries, None, None,
+                                                      False))
 
     def place(self, cid: str, wid: str, key: str) -> None:
         """The client places a dependency-free task straight on a worker."""
@@ -223,6 +235,25 @@ class Cluster:
         self.to_sched[cid].append(m.LaneLost(self.workers[wid].address))
         if c.refs:
             self.to_sched[cid].append(m.Remind(sorted(c.refs)))
+
+    def coord(self, cid: str, kind: str, name: str, action: str, holder: str = "",
+              keys: list[str] | None = None, arg: object = None) -> None:
+        """A coordination request (queue, variable, semaphore...); it may wait forever."""
+        self.log.append(f"coord {cid} {kind} {name} {action} {holder} {keys} {arg}")
+        c = self.clients[cid]
+        c.rid += 1
+        self.to_sched[cid].append(m.Coord(c.rid, kind, name, action, holder, [b"v"],
+                                          keys or [], arg))
+
+    def clear_coordination(self) -> None:
+        """Before draining: values still in queues and variables go to a client (or away)."""
+        co = self.s.coordination
+        cid = sorted(self.clients)[0]
+        for name, q in list(co.queues.items()):
+            if q.items:
+                self.coord(cid, "queue", name, "get", arg=len(q.items))
+        for name in list(co.variables):
+            self.coord(cid, "variable", name, "delete")
 
     def query(self, cid: str, what: str) -> None:
         c = self.clients[cid]
@@ -533,6 +564,7 @@ class Cluster:
         for wid, w in self.workers.items():     # memory falls again: all resume
             if w.paused:
                 self.toggle_pause(wid)
+        self.clear_coordination()
         for _ in range(max_rounds):
             if release:
                 for c in self.clients.values():
@@ -594,7 +626,7 @@ def do(s: SchedulerState, source: str, msg: m.Message) -> list:
 
 
 def submit(key: str, deps: list[str] | None = None, retries: int = 0, seq: int = 0) -> m.Message:
-    return m.Submit(key, 1, b"args", deps or [], [0, 0, seq], retries, None)
+    return m.Submit(key, 1, b"args", deps or [], [0, 0, seq], retries, None, None, False)
 
 
 def finished(key: str, value: list | None = None) -> m.Message:
@@ -959,7 +991,7 @@ class ClusterMachine(RuleBasedStateMachine):
     # -- clients -------------------------------------------------------------------------
     @rule(data=st.data(), what=st.sampled_from(["submit"] * 4 + ["release"] * 3 + ["place"] * 3
                                                + ["cancel", "fire_and_forget", "scatter", "want",
-                                                  "break_lane", "query"]))
+                                                  "break_lane", "query", "coord", "coord"]))
     def client(self, data: st.DataObject, what: str) -> None:
         c = self.c
         cid = data.draw(st.sampled_from(sorted(c.clients)))
@@ -974,6 +1006,19 @@ class ClusterMachine(RuleBasedStateMachine):
                 c.break_lane(*data.draw(st.sampled_from(lanes)))
         elif what == "query":
             c.query(cid, data.draw(st.sampled_from(["who_has", "has_what", "workers"])))
+        elif what == "coord":
+            held = c.releasable(cid)
+            keys = data.draw(st.lists(st.sampled_from(held), max_size=2, unique=True)) \
+                if held else []
+            name = data.draw(st.sampled_from(["x", "y"]))
+            action = data.draw(st.sampled_from(["queue put", "queue get", "variable set",
+                                                "variable get", "variable delete",
+                                                "semaphore acquire", "semaphore release",
+                                                "event wait", "event set", "event clear"]))
+            kind, act = action.split()
+            lease = data.draw(st.sampled_from(["L1", "L2", "L3"]))
+            c.coord(cid, kind, name, act, lease if kind == "semaphore" else "",
+                    keys if act in ("put", "set") else [], 2 if kind == "semaphore" else None)
         elif what == "submit":
             if data.draw(st.booleans()):
                 key, deps = data.draw(st.sampled_from(PURE_KEYS)), []

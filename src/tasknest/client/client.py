@@ -34,6 +34,8 @@ from ..protocol.serialize import dumps_call, dumps_function, dumps_value, nbytes
 from ..timeouts import parse_timeout
 from .future import Future, FutureState, describe_type, error_from
 from .loop import get_runner
+from .coordination import DatasetsMixin
+from .operations import OperationsMixin, resources_arg
 from .placing import PlacingMixin
 
 log = logging.getLogger("tasknest.client")
@@ -123,18 +125,19 @@ def _rebuild(obj: Any, values: dict[str, Any]) -> Any:
     return obj
 
 
-class Client(PlacingMixin):
+class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
     """A connection to a tasknest cluster. ``Executor`` is the same class."""
 
     _worker_side = False
 
-    def __init__(self, address: Any = None, timeout: float | str = 10.0,
+    def __init__(self, address: Any = None, timeout: float | str | None = None,
                  asynchronous: bool = False, token: str | None = None, security: Any = None,
                  name: str | None = None, set_as_default: bool = True,
                  **cluster_kwargs: Any) -> None:
         seconds = _check_timeout(timeout)
-        if seconds is None:
-            raise CallerError("the client's timeout must be a number of seconds, not None")
+        if seconds is None:        # (the configuration's client.timeout, 10 s by default)
+            from ..config import get
+            seconds = float(get("client.timeout"))
         timeout = seconds
         self.id = f"c-{name or 'client'}-{uuid.uuid4().hex[:12]}"
         self.asynchronous = asynchronous
@@ -365,6 +368,8 @@ class Client(PlacingMixin):
                     fut.set_exception(RemoteError(msg.error))  # type: ignore[attr-defined]
                 else:
                     fut.set_result(msg.value)  # type: ignore[attr-defined]
+        elif op == "warn":
+            log.warning("%s", msg.text)  # type: ignore[attr-defined]
         elif op == "welcome":
             self._info = msg.info  # type: ignore[attr-defined]
             if not self._welcome.done():
@@ -448,8 +453,12 @@ class Client(PlacingMixin):
             retries: times to rerun the task if it raises.
             priority: higher runs first among tasks ready at once.
             pure: False gives every call its own task.
-            resources, allow_other_workers, fifo_timeout, actor, actors: dask's names,
-                taken so that they never reach ``func`` as keywords.
+            resources: e.g. ``{"GPU": 1}``: only where that much is free, held while
+                it runs.
+            allow_other_workers: ``workers=`` is a wish (anywhere if none is there).
+            actor: ``func`` is a class; the future's result is an Actor proxy.
+            fifo_timeout, actors: dask's names, taken so that they never reach
+                ``func`` as keywords.
 
         Returns:
             a Future.
@@ -462,6 +471,10 @@ class Client(PlacingMixin):
         if not callable(func):
             raise CallerError(f"submit() needs a callable as its first argument, got "
                               f"{type(func).__name__} {func!r:.60}")
+        if actor:
+            from .actor import submit_actor
+            return submit_actor(self, func, args, kwargs, key, workers, resources,
+                                allow_other_workers)
         if key is not None and (not isinstance(key, str) or not key):
             raise CallerError(f"key must be a non-empty string, got {key!r}")
         retries = 0 if retries is None else retries
@@ -469,7 +482,7 @@ class Client(PlacingMixin):
             raise CallerError(f"retries must be a non-negative integer, got {retries!r}")
         if not isinstance(priority, (int, float)):
             raise CallerError(f"priority must be a number, got {priority!r}")
-        _unsupported(resources=resources, actor=actor, actors=actors)
+        _unsupported(actors=actors)
         fbytes = dumps_function(func)
         abytes, deps, futures = dumps_call(args, kwargs, Future)
         if futures:
@@ -483,7 +496,8 @@ class Client(PlacingMixin):
                 key = self._impure_key(func, fbytes, abytes)
         return self._submit_key(key, fbytes, abytes, deps,
                                 [priority, self._depth(), next(_seq)], retries,
-                                self._workers_arg(workers))
+                                self._workers_arg(workers), resources_arg(resources),
+                                bool(allow_other_workers))
 
     def _impure_key(self, func: Callable, fbytes: bytes, abytes: bytes) -> str:
         """A fresh key for a ``pure=False`` call."""
@@ -505,12 +519,16 @@ class Client(PlacingMixin):
         return out
 
     def _submit_key(self, key: str, fbytes: bytes, abytes: bytes, deps: list[str],
-                    priority: list, retries: int, workers: list | None) -> Future:
+                    priority: list, retries: int, workers: list | None,
+                    resources: dict | None = None, loose: bool = False) -> Future:
         fut, new = self._new_future(key)
         if new:
-            lane = None if deps or workers is not None else self._lane()
+            lane = None if deps or resources else self._lane() if workers is None \
+                else self._lane_to(workers[0][1:]) if len(workers) == 1 and \
+                workers[0][:1] == "!" else None
             if lane is None:
-                self._send(m.Submit(key, fbytes, abytes, deps, priority, retries, workers))
+                self._send(m.Submit(key, fbytes, abytes, deps, priority, retries, workers,
+                                    resources, loose))
             else:
                 self._place(key, fbytes, abytes, priority, retries, *lane)
         return fut
@@ -787,13 +805,13 @@ class Client(PlacingMixin):
         if self.asynchronous and self._in_own_loop():
             async def _g() -> Any:
                 vals = await self._gather_async(flat, errors=errors)
-                return _rebuild(futures, self._values(flat, vals, errors))
+                return _rebuild(futures, self._by_key(flat, vals, errors))
             return _g()
         vals = self._gather_sync(flat, timeout=timeout, errors=errors)
-        return _rebuild(futures, self._values(flat, vals, errors))
+        return _rebuild(futures, self._by_key(flat, vals, errors))
 
     @staticmethod
-    def _values(flat: list[Future], vals: list, errors: str) -> dict[str, Any]:
+    def _by_key(flat: list[Future], vals: list, errors: str) -> dict[str, Any]:
         if errors == "skip":
             return {f.key: v if f._state.status == "finished" else _SKIP
                     for f, v in zip(flat, vals)}
@@ -845,7 +863,16 @@ class Client(PlacingMixin):
             if not missing:
                 break
             self._fetch_sync(missing)
-        return [st.get_value() if st.status == "finished" else None for st in states]
+        return self._values(states)
+
+    def _values(self, states: list[FutureState]) -> list:
+        """Futures inside the values bind to this client (it received them), not to
+        whichever client this process made last."""
+        token = current_client.set(self)
+        try:
+            return [st.get_value() if st.status == "finished" else None for st in states]
+        finally:
+            current_client.reset(token)
 
     def _check_own(self, futures: list[Future], what: str) -> None:
         """A future of another cluster names a key this scheduler does not know."""
@@ -875,6 +902,10 @@ class Client(PlacingMixin):
 
     def _fetch_sync(self, missing: list[tuple[str, FutureState]]) -> None:
         self._run(self._fetch(missing))
+
+    def _lending(self) -> Any:
+        """Context around a wait on the scheduler (a task lends its slot meanwhile)."""
+        return contextlib.nullcontext()
 
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         """Run a coroutine on this client's loop from another thread and wait."""
@@ -920,7 +951,7 @@ class Client(PlacingMixin):
             else:
                 await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
                     self._fetch(missing), self.loop))  # type: ignore[arg-type]
-        vals = [st.get_value() if st.status == "finished" else None for st in states]
+        vals = self._values(states)
         return vals[0] if single else vals
 
     async def _aio_wait(self, states: list[FutureState]) -> None:

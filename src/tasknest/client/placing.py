@@ -46,6 +46,18 @@ class PlacingMixin:
                 return addr, comm
         return None
 
+    def _lane_to(self, addr: str) -> tuple[str, Comm] | None:
+        """The lane to this worker (an actor's), if connected and free: an actor call
+        placed there takes one hop each way (run elsewhere, it errs as lost)."""
+        peers = self._peers
+        comm = None if peers is None else peers.comms.get(addr)
+        if comm is None or comm.closed:
+            return None
+        with self._lock:
+            if any(p.worker == addr for p in self._placed.values()):  # type: ignore[attr-defined]
+                return None
+        return addr, comm
+
     def _place(self, key: str, fbytes: bytes, abytes: bytes, priority: list, retries: int,
                addr: str, comm: Comm) -> None:
         seq = priority[2]            # unique in this process

@@ -28,6 +28,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def parse_resources(text: str) -> dict[str, float]:
+    """ "GPU=2,MEM=16e9" -> {"GPU": 2.0, "MEM": 16e9}"""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        name, eq, amount = part.partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not eq or not name.strip() or value < 0:
+            raise ValueError(f"--resources: {part!r} is not NAME=AMOUNT (a non-negative number)")
+        out[name.strip()] = value
+    return out
+
+
 def parse_size(text: str | int) -> int:
     """'4GB', '512MiB', '1e9' or an int -> bytes."""
     if isinstance(text, int):
@@ -79,7 +94,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", help="TLS certificate (PEM)")
     p.add_argument("--tls-key", help="TLS private key (PEM)")
     p.add_argument("--tls-ca", help="CA certificate(s) to verify peers (PEM)")
-    p.add_argument("--log-level", default=os.environ.get("TASKNEST_LOG_LEVEL", "WARNING"))
+    p.add_argument("--log-level", default=None)
 
 
 GC_THRESHOLD = 20_000    # allocations between collections of the youngest generation
@@ -179,7 +194,8 @@ async def _worker_main(args: argparse.Namespace) -> int:
     worker = Worker(args.address, nthreads=args.nthreads, name=args.name, host=args.host,
                     port=args.port, token=_token(args), security=security,
                     memory_limit=parse_size(args.memory_limit),
-                    reconnect_timeout=args.reconnect_timeout, max_frame=args.max_frame_size)
+                    reconnect_timeout=args.reconnect_timeout, max_frame=args.max_frame_size,
+                    resources=parse_resources(args.resources))
     try:
         await worker.start()
     except AuthenticationError as exc:
@@ -201,12 +217,26 @@ async def _worker_main(args: argparse.Namespace) -> int:
     if "unreachable" in worker.exit_reason:
         print(f"tasknest worker: {worker.exit_reason}", file=sys.stderr)
         return 3
+    if "restart requested" in worker.exit_reason:
+        return 4   # client.restart(): the nanny starts a new worker process at once
     return 0
 
 
 def _worker_with_nanny(args: argparse.Namespace, argv: list[str]) -> int:
     from .nanny import run_nanny
     return run_nanny(argv, args)
+
+
+# options that fall back to the configuration (tasknest/config.py): dest -> key
+_COMMON = {"log_level": "log-level"}
+CONFIGURED = {
+    "scheduler": {**_COMMON, "host": "scheduler.host", "port": "scheduler.port",
+                  "heartbeat_timeout": "scheduler.heartbeat-timeout",
+                  "allowed_failures": "scheduler.allowed-failures"},
+    "worker": {**_COMMON, "nthreads": "worker.nthreads", "memory_limit": "worker.memory-limit",
+               "resources": "worker.resources",
+               "reconnect_timeout": "worker.reconnect-timeout"},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,13 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     ps = sub.add_parser("scheduler", help="run a scheduler")
-    ps.add_argument("--host", default="127.0.0.1",
+    ps.add_argument("--host", default=None,
                     help="interface to listen on (default loopback; 0.0.0.0 for all)")
-    ps.add_argument("--port", type=int, default=8786)
+    ps.add_argument("--port", type=int, default=None)
     ps.add_argument("--insecure", action="store_true",
                     help="no authentication: anyone who can connect can run code")
-    ps.add_argument("--heartbeat-timeout", type=float, default=30.0)
-    ps.add_argument("--allowed-failures", type=int, default=3,
+    ps.add_argument("--heartbeat-timeout", type=float, default=None)
+    ps.add_argument("--allowed-failures", type=int, default=None,
                     help="workers a task may see die under it before it fails with KilledWorker")
     ps.add_argument("--max-frame-size", default="1GiB", type=_positive_size,
                     help="largest message frame accepted from any peer, e.g. 64MiB")
@@ -230,12 +260,14 @@ def main(argv: list[str] | None = None) -> int:
 
     pw = sub.add_parser("worker", help="run a worker")
     pw.add_argument("address", help="the scheduler, tcp://HOST:PORT or tls://HOST:PORT")
-    pw.add_argument("--nthreads", type=int, default=1)
+    pw.add_argument("--nthreads", type=int, default=None)
     pw.add_argument("--name", default=None)
     pw.add_argument("--host", default="127.0.0.1", help="interface for peer connections")
     pw.add_argument("--port", type=int, default=0)
-    pw.add_argument("--memory-limit", default="0", help="e.g. 4GB; 0 for none")
-    pw.add_argument("--reconnect-timeout", type=float, default=60.0,
+    pw.add_argument("--memory-limit", default=None, help="e.g. 4GB; 0 for none")
+    pw.add_argument("--resources", default=None,
+                    help='what tasks may ask for with resources=, e.g. "GPU=2,MEM=16e9"')
+    pw.add_argument("--reconnect-timeout", type=float, default=None,
                     help="seconds to keep trying a lost scheduler before exiting")
     pw.add_argument("--no-nanny", action="store_true", help="run without a supervisor")
     pw.add_argument("--max-frame-size", default="1GiB", type=_positive_size,
@@ -244,8 +276,19 @@ def main(argv: list[str] | None = None) -> int:
     _common(pw)
 
     sub.add_parser("demo", help="run the specification's examples on a local cluster")
+    sub.add_parser("config", help="print the effective configuration and where each value "
+                                  "came from")
 
     args = parser.parse_args(argv)
+    from ..config import ConfigError, describe, get
+    try:
+        for dest, key in CONFIGURED.get(args.command, {}).items():
+            setattr(args, dest, get(key, getattr(args, dest, None)))
+        if args.command == "config":
+            print(describe())
+            return 0
+    except ConfigError as exc:
+        parser.error(str(exc))
     level = getattr(args, "log_level", "WARNING")
     logging.basicConfig(level=getattr(logging, str(level).upper(), logging.WARNING),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -254,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         if args.nthreads < 1:
             parser.error("--nthreads must be at least 1")
+        try:
+            parse_resources(args.resources)
+        except ValueError as exc:
+            parser.error(str(exc))
         if not args.no_nanny and _nanny_available():
             return _worker_with_nanny(args, argv)
         return _run(_worker_main(args))

@@ -33,7 +33,8 @@ class LocalCluster:
                  token: str | None = None, security: Security | bool | None = None,
                  memory_limit: int | str = 0, nanny: bool = True, timeout: float = 60.0,
                  heartbeat_timeout: float = 30.0, worker_args: list[str] | None = None,
-                 max_frame_size: int | str | None = None, allowed_failures: int = 3) -> None:
+                 max_frame_size: int | str | None = None, allowed_failures: int = 3,
+                 resources: dict[str, float] | None = None) -> None:
         from ..errors import CallerError
         from .cli import parse_size
         try:
@@ -65,6 +66,10 @@ class LocalCluster:
         self.heartbeat_timeout = heartbeat_timeout
         self.allowed_failures = allowed_failures
         self.worker_args = worker_args or []
+        self.resources = dict(resources or {})     # each worker has these (resources=)
+        if self.resources:
+            self.worker_args = [*self.worker_args, "--resources",
+                                ",".join(f"{k}={v}" for k, v in self.resources.items())]
         self.scheduler_address = ""
         self.scheduler_proc: subprocess.Popen | None = None
         self.worker_procs: list[subprocess.Popen] = []
@@ -147,7 +152,7 @@ class LocalCluster:
             for i in range(self.n_workers):
                 w = Worker(sched.address, self.threads_per_worker, f"local-{i}", self.host,
                            token=self.token, security=security,
-                           max_frame=self.max_frame or None)
+                           max_frame=self.max_frame or None, resources=self.resources)
                 await w.start()
                 self._inproc.append(w)
         runner.run(start(), self.timeout)

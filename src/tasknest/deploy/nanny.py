@@ -37,6 +37,7 @@ log = logging.getLogger("tasknest.nanny")
 EXIT_CLEAN = 0          # closed on request (signal, or the scheduler asked)
 EXIT_USAGE = 2          # bad arguments or authentication refused: restarting cannot help
 EXIT_UNREACHABLE = 3    # the scheduler stayed unreachable for --reconnect-timeout
+EXIT_RESTART = 4        # the scheduler asked for a restart (client.restart())
 NO_RESTART = frozenset({EXIT_CLEAN, EXIT_USAGE, EXIT_UNREACHABLE})
 
 POLL_INTERVAL = 0.1      # seconds between liveness/memory checks
@@ -166,6 +167,10 @@ class Nanny:
             return code
         if code in NO_RESTART:
             return code
+        if code == EXIT_RESTART:
+            log.info("worker exited for a restart: starting a new one")
+            self._spawn()
+            return None
         return self._restart(_describe_exit(code))
 
     def _restart(self, why: str) -> int | None:

@@ -50,6 +50,11 @@ NUMS = Check("list of numbers", lambda v: type(v) is list and _all(v, (int, floa
 FRAMES = Check("list of bytes", lambda v: type(v) is list and _all(v, bytes))
 OPT_FRAMES = Check("list of bytes or nil", lambda v: v is None or FRAMES(v))
 FRAMES_LIST = Check("list of lists of bytes", lambda v: type(v) is list and all(FRAMES(x) for x in v))
+AMOUNTS = Check("map of str to non-negative numbers",
+                lambda v: type(v) is dict and all(type(k) is str and type(x) in (int, float)
+                                                  and x >= 0 for k, x in v.items()))
+OPT_AMOUNTS = Check("map of str to non-negative numbers or nil",
+                    lambda v: v is None or AMOUNTS(v))
 WHO_HAS = Check("map of str to list of str",
                 lambda v: type(v) is dict and (not v or _all(v, str) and all(map(_strs, v.values()))))
 DATA = Check("map of str to bytes lists or nil",
@@ -114,7 +119,7 @@ def _define(_cls_name: str, _op: str, **fields: Any) -> Any:
 # -- connection set-up ---------------------------------------------------------
 RegisterClient = _define("RegisterClient", "register-client", client_id=str, version=str)
 RegisterWorker = _define("RegisterWorker", "register-worker", name=str, address=str, nthreads=int,
-                         pid=int, memory_limit=int, keys=STRS, version=str)
+                         pid=int, memory_limit=int, keys=STRS, version=str, resources=AMOUNTS)
 RegisterPeer = _define("RegisterPeer", "register-peer", name=str)
 Welcome = _define("Welcome", "welcome", id=str, info=dict)
 Refused = _define("Refused", "refused", reason=str)
@@ -124,8 +129,9 @@ DefineFunc = _define("DefineFunc", "define-func", fid=int, func=bytes)
 
 # -- client (or a worker's own client) -> scheduler ----------------------------
 # task: key, fid, args (pickled), deps, priority [user, depth, seq], retries, workers, origin
+# resources: {name: amount} it holds on its worker while there; loose: workers= is a wish
 Submit = _define("Submit", "submit", key=str, fid=int, args=bytes, deps=STRS, priority=NUMS,
-                 retries=int, workers=OPT_STRS)
+                 retries=int, workers=OPT_STRS, resources=OPT_AMOUNTS, loose=bool)
 Want = _define("Want", "want", keys=STRS)                 # hold futures on existing keys
 Remind = _define("Remind", "remind", keys=STRS)           # report these (known ones) yourself
 Release = _define("Release", "release", keys=STRS)        # no future refers to these any more
@@ -134,6 +140,17 @@ Retry = _define("Retry", "retry", keys=STRS)
 FireAndForget = _define("FireAndForget", "fire-and-forget", keys=STRS)
 Scatter = _define("Scatter", "scatter", rid=int, keys=STRS, values=FRAMES_LIST, broadcast=bool,
                   workers=OPT_STRS)
+# coordination primitives (scheduler/coordination.py): kind queue|variable|dataset|event|
+# semaphore, an action on the one called name; holder: the lease of a semaphore; value and
+# keys: a pickled value and the futures inside it; answered by ``reply`` (rid)
+Coord = _define("Coord", "coord", rid=int, kind=str, name=str, action=str, holder=str,
+                value=OPT_FRAMES, keys=STRS, arg=ANY)
+# a function outside any task (scheduler/operations.py): call = pickled (fn, args, kwargs);
+# where: workers | scheduler; plugin: a name keeps it for workers that join later
+Run = _define("Run", "run", rid=int, call=bytes, workers=OPT_STRS, where=str, plugin=str)
+# every task errs ("restarted"), every worker exits (its nanny starts it again); answered
+# once as many new workers have joined
+Restart = _define("Restart", "restart", rid=int)
 Query = _define("Query", "query", rid=int, what=str, arg=ANY)
 Reply = _define("Reply", "reply", rid=int, value=ANY, error=OPT_STR)
 
@@ -150,6 +167,7 @@ KeyMemory = _define("KeyMemory", "key-memory", key=str, type=str, nbytes=int, wh
                     value=OPT_FRAMES)
 KeyErred = _define("KeyErred", "key-erred", key=str, exception=FRAMES, traceback=str, kind=str)
 KeyCancelled = _define("KeyCancelled", "key-cancelled", key=str, reason=str)
+Warn = _define("Warn", "warn", text=str)       # logged by the client as a warning
 
 # -- worker -> scheduler -------------------------------------------------------
 # notified: the clients the worker told itself (over their own connection to it)
@@ -174,7 +192,10 @@ Paused = _define("Paused", "paused", paused=bool)          # memory high: no new
 Synced = _define("Synced", "synced", rid=int)     # everything sent before this has left
 NotHere = _define("NotHere", "not-here", key=str, attempt=int)  # that compute never came
 
+RunDone = _define("RunDone", "run-done", rid=int, ok=bool, value=FRAMES)
+
 # -- scheduler -> worker -------------------------------------------------------
+RunOn = _define("RunOn", "run-on", rid=int, call=bytes)    # answer run-done (unless rid 0)
 # notify: clients waiting for the result, to be told straight from the worker if connected
 # attempt: numbers each assignment; the worker's report carries it back
 Compute = _define("Compute", "compute", key=str, fid=int, args=bytes, deps=WHO_HAS, priority=NUMS,

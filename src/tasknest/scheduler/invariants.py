@@ -20,6 +20,7 @@ class InvariantsMixin:
         paused: set[str]
         addresses: dict[str, str]
         steals: dict[str, tuple[str, str]]
+        components: list
 
     def validate(self) -> None:
         """Raise AssertionError if the records contradict each other."""
@@ -66,3 +67,5 @@ class InvariantsMixin:
             for key in ws.has_what:
                 assert wid in self.tasks[key].who_has, (wid, key)
             assert ws.asked == sum(1 for t, _ in self.steals.values() if t == wid), (wid, ws.asked)
+        for c in self.components:
+            c.validate()

@@ -9,7 +9,8 @@ class Task:
     __slots__ = ("key", "func", "args", "deps", "priority", "retries", "restrict", "state",
                  "waiting_on", "dependents", "who_has", "processing_on", "who_wants",
                  "nbytes", "type", "value", "error", "suspicious", "inner", "scattered",
-                 "stealing", "running", "died_on", "started", "tell", "attempt", "placed")
+                 "stealing", "running", "died_on", "started", "tell", "attempt", "placed",
+                 "resources", "loose")
 
     def __init__(self, key: str, func: bytes | None, args: bytes | None, deps: list[str],
                  priority: list, retries: int = 0, restrict: list | None = None) -> None:
@@ -20,6 +21,8 @@ class Task:
         self.priority = priority
         self.retries = retries
         self.restrict = restrict
+        self.resources: dict | None = None   # held on its worker while processing there
+        self.loose = False                   # restrict is a wish (allow_other_workers)
         self.state = "released"
         self.waiting_on: set[str] = set()
         self.dependents: set[str] = set()
@@ -47,7 +50,8 @@ class Task:
 
 class WorkerInfo:
     __slots__ = ("id", "address", "name", "nthreads", "pid", "memory_limit", "processing",
-                 "has_what", "seceded", "idle", "last_seen", "memory", "paused", "asked")
+                 "has_what", "seceded", "idle", "last_seen", "memory", "paused", "asked",
+                 "resources")
 
     def __init__(self, wid: str, address: str, name: str, nthreads: int, pid: int,
                  memory_limit: int, now: float) -> None:
@@ -65,6 +69,7 @@ class WorkerInfo:
         self.memory = 0
         self.paused = False          # above its memory mark: it starts no new task
         self.asked = 0               # steal requests on its behalf awaiting their answer
+        self.resources: dict = {}    # what it has (tasks that ask hold it while there)
 
     def load(self) -> float:
         return (len(self.processing) - self.seceded) / self.nthreads

@@ -17,16 +17,20 @@ from typing import Any
 from .. import __version__
 from ..errors import ProtocolError
 from ..protocol import messages as m
+from ..protocol.calls import run_call
 from ..protocol.comm import Comm, Listener, listen
+from .operations import SCHEDULER
 from .state import SchedulerState
 
 log = logging.getLogger("tasknest.scheduler")
 
-CLIENT_OPS = frozenset({"submit", "want", "release", "cancel", "retry", "fire-and-forget", "scatter",
-                        "query", "remind", "placed", "lane-lost"})
+CLIENT_OPS = frozenset({"submit", "want", "release", "cancel", "retry", "fire-and-forget",
+                        "scatter", "query", "remind", "placed", "lane-lost", "coord", "run",
+                        "restart"})
 WORKER_OPS = (CLIENT_OPS - {"placed", "lane-lost"}) | {"task-finished", "task-erred", "claim", "secede", "rejoin", "idle",
                            "steal-reply", "add-keys", "missing-data", "put-data-done",
-                           "heartbeat", "goodbye", "paused", "synced", "not-here"}
+                           "heartbeat", "goodbye", "paused", "synced", "not-here",
+                           "run-done"}
 
 
 class Scheduler:
@@ -108,7 +112,8 @@ class Scheduler:
             comm.send(m.Welcome(wid, {"version": __version__}))
             self._do(self.state.add_worker(
                 wid, msg.address, msg.name, max(1, msg.nthreads), msg.pid,  # type: ignore
-                msg.memory_limit, msg.keys, time.monotonic()))  # type: ignore[attr-defined]
+                msg.memory_limit, msg.keys, time.monotonic(),  # type: ignore[attr-defined]
+                msg.resources))  # type: ignore[attr-defined]
             log.info("worker %s joined from %s", msg.address, comm.peer)  # type: ignore
         else:
             raise ProtocolError(f"expected a registration, got {msg.op!r}")
@@ -155,6 +160,14 @@ class Scheduler:
             comm = comms.get(target)
             if comm is not None:
                 comm.send(msg)
+            elif target == SCHEDULER:
+                asyncio.ensure_future(self._run_here(msg))
+
+    async def _run_here(self, msg: m.Message) -> None:
+        """client.run_on_scheduler: the function runs in a thread of this process."""
+        ok, frames = await run_call(msg.call, {"dask_scheduler": self})  # type: ignore
+        self._do(self.state.handle(SCHEDULER, m.RunDone(msg.rid, ok, frames)))  # type: ignore
+        self._check()
 
     def _check(self) -> None:
         """With validation on, check the invariants once per loop tick (after a frame):

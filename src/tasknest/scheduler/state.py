@@ -23,8 +23,11 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..protocol import messages as m
+from .resources import free_for
 from .records import ALLOWED_FAILURES, FIRE_AND_FORGET, Task, WorkerInfo
 from .invariants import InvariantsMixin
+from .coordination import Coordination
+from .operations import Operations
 from .placing import PlacingMixin
 from .queries import QueriesMixin
 from .scatter import ScatterMixin
@@ -54,6 +57,14 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         self.placers: dict[str, int] = {}         # client -> highest seq of its placed tasks
         self._handlers = {op: getattr(self, "_on_" + op.replace("-", "_"))
                           for op in m.CATALOGUE if hasattr(self, "_on_" + op.replace("-", "_"))}
+        self.components: list[Any] = []   # own their records: source_gone(), validate()
+        self.coordination = Coordination(self)
+        self.operations = Operations(self)
+
+    def register(self, op: str, handler: Any) -> None:
+        """A component handles this message op itself."""
+        assert op in m.CATALOGUE and op not in self._handlers, op
+        self._handlers[op] = handler
 
     # == dispatch =====================================================================
     def handle(self, source: str, msg: m.Message) -> list[tuple[str, m.Message]]:
@@ -63,6 +74,10 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         handler(source, msg)
         if self.orphans:
             self._release_orphans()
+        if self.unrunnable and self.workers:    # resources freed may let some run now
+            for ts in [t for t in self.unrunnable.values() if t.resources]:
+                if self.unrunnable.get(ts.key) is ts:
+                    self._assign(ts)
         out, self.out = self.out, []
         return out
 
@@ -79,6 +94,8 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         return self._flush()
 
     def remove_client(self, cid: str) -> list:
+        for c in self.components:
+            c.source_gone(cid)
         self._drop_client(cid)
         self.placers.pop(cid, None)
         for wid in self.workers:     # places it made that we never heard of go (the
@@ -93,8 +110,10 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
                 self._maybe_release(ts)
 
     def add_worker(self, wid: str, address: str, name: str, nthreads: int, pid: int,
-                   memory_limit: int, keys: Iterable[str], now: float) -> list:
+                   memory_limit: int, keys: Iterable[str], now: float,
+                   resources: dict | None = None) -> list:
         ws = WorkerInfo(wid, address, name, nthreads, pid, memory_limit, now)
+        ws.resources = dict(resources or {})
         self.workers[wid] = ws
         self.addresses[address] = wid
         ws.idle = True                 # a new worker has nothing to do until told
@@ -109,11 +128,15 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
                 stale.append(key)
         if stale:
             self._emit(wid, m.Free(stale))
+        for c in self.components:
+            c.worker_added(wid)
         for ts in list(self.unrunnable.values()):
             self._assign(ts)
         return self._flush()
 
     def remove_worker(self, wid: str, reason: str = "worker lost") -> list:
+        for c in self.components:
+            c.source_gone(wid)
         ws = self.workers.pop(wid, None)
         self.idle.discard(wid)
         self.paused.discard(wid)
@@ -245,13 +268,17 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
 
     def _on_submit(self, cid: str, msg: m.Message) -> None:
         self._submitted(cid, msg.key, msg.fid, msg.args, msg.deps, msg.priority,  # type: ignore
-                        msg.retries, msg.workers)  # type: ignore[attr-defined]
+                        msg.retries, msg.workers, msg.resources, msg.loose)  # type: ignore
 
     def _submitted(self, cid: str, key: str, func: bytes, args: bytes, deps: list[str],
-                   priority: list, retries: int, restrict: list | None) -> None:
+                   priority: list, retries: int, restrict: list | None,
+                   resources: dict | None = None, loose: bool = False) -> None:
         ts = self.tasks.get(key)
         if ts is None:
             ts = self._new_task(key, func, args, deps, priority, retries, restrict)
+            if ts is not None:
+                ts.resources = resources or None
+                ts.loose = loose
             if ts is None:
                 missing = [d for d in deps if d not in self.tasks]
                 self._emit(cid, m.KeyErred(key, [], f"dependencies {missing} of {key} are "
@@ -261,12 +288,22 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             self._recompute(ts)
             return
         self._want(ts, cid)
+        self._revive(ts)
         if ts.state == "released":
             if ts.func is None:
                 ts.func, ts.args = func, args
             self._recompute(ts)
         else:
             self._report(ts, cid)
+
+    def _revive(self, ts: Task) -> None:
+        """A task erred only because the cluster was restarted runs again when asked."""
+        if ts.state == "erred" and ts.error is not None and ts.error[2] == "restarted" \
+                and ts.func is not None:
+            ts.state = "released"
+            ts.error = None
+            for dk in ts.deps:
+                self._revive(self.tasks[dk])
 
     def _on_want(self, cid: str, msg: m.Message) -> None:
         for key in msg.keys:  # type: ignore[attr-defined]
@@ -605,15 +642,34 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             self._assign(ts)
 
     def _candidates(self, ts: Task) -> Any:
+        workers: Any = self.workers.values()
         if ts.restrict:
-            allowed = set(ts.restrict)
-            return [w for w in self.workers.values()
-                    if w.address in allowed or w.name in allowed or w.id in allowed]
-        return self.workers.values()
+            # ("!address": that worker only, and the task errs once it is gone: an actor's)
+            allowed = {r.lstrip("!") for r in ts.restrict}
+            named = [w for w in workers
+                     if w.address in allowed or w.name in allowed or w.id in allowed]
+            workers = named if named or not ts.loose else workers
+        if ts.resources:
+            need = ts.resources
+            workers = [w for w in workers
+                       if all(w.resources.get(r, 0) >= n for r, n in need.items())]
+        return workers
 
     def _assign(self, ts: Task) -> None:
         workers = self._candidates(ts)
+        if ts.resources and workers:
+            workers = free_for(self.tasks, ts, workers)   # (else it waits for some)
+        elif ts.resources and self.workers and ts.key not in self.unrunnable:
+            text = (f"task {ts.key} asks for resources {ts.resources} that no worker has: it "
+                    "waits for a worker that has them")
+            for cid in ts.who_wants:
+                if cid[0] == "c":
+                    self._emit(cid, m.Warn(text))
         if not workers:
+            if ts.restrict and ts.restrict[0][:1] == "!":
+                self._err(ts, [], f"{ts.key} was to run on worker {ts.restrict[0][1:]}, which "
+                                  "is gone (an actor lives and dies with its worker)", "lost")
+                return
             ts.state = "waiting"
             self.unrunnable[ts.key] = ts
             return

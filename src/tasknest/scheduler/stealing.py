@@ -111,6 +111,8 @@ class StealingMixin:
             ts = tasks[key]
             if ts.running or ts.started or ts.stealing is not None or ts.waiting_on:
                 continue
+            if ts.resources:
+                continue                  # it holds resources where it was placed
             if ts.restrict and thief not in self._candidates(ts):
                 continue
             if ts.deps and sum(tasks[d].nbytes for d in ts.deps

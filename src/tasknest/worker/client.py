@@ -112,13 +112,15 @@ class WorkerClient(Client):
 
     # -- submitting: straight into this worker's queue ----------------------------------
     def _submit_key(self, key: str, fbytes: bytes, abytes: bytes, deps: list[str],
-                    priority: list, retries: int, workers: list | None) -> Future:
+                    priority: list, retries: int, workers: list | None,
+                    resources: dict | None = None, loose: bool = False) -> Future:
         fut, new = self._new_future(key)
         if not new:
             return fut
         w = self.worker
-        if workers is not None:
-            w.send(m.Submit(key, fbytes, abytes, deps, priority, retries, workers))
+        if workers is not None or resources:   # the scheduler decides where it may run
+            w.send(m.Submit(key, fbytes, abytes, deps, priority, retries, workers, resources,
+                            loose))
             return fut
         with w.lock:
             self._recipes[key] = (fbytes, abytes, deps, priority, retries)
@@ -209,7 +211,7 @@ class WorkerClient(Client):
 
             async def _g() -> Any:
                 vals = await self._gather_async(flat, errors=errors)
-                return _rebuild(futures, self._values(flat, vals, errors))
+                return _rebuild(futures, self._by_key(flat, vals, errors))
             return _g()
         return super().gather(futures, errors, timeout)
 
@@ -256,6 +258,8 @@ class WorkerClient(Client):
             with w.lock:
                 w.pool.unblock()
 
+    _lending = _lend       # (the coordination primitives' name for it)
+
     def _wait_states(self, states: list[FutureState], timeout: float | None) -> None:
         pending = [st for st in states if not st.done()]
         if pending:
@@ -281,6 +285,15 @@ class WorkerClient(Client):
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"results not ready after {timeout} s")
                 self._block_on([st], remaining)
+
+    def get_executor(self, **submit_options: Any) -> Any:
+        """In a task, the executor's task leaves the thread pool until shutdown (waits in
+        concurrent.futures.wait cannot lend its slot)."""
+        from ..client.executor import ClientExecutor
+        from .context import current_task, rejoin, secede
+        if current_task.get() is None or not self.worker.pool.in_pool_thread():
+            return ClientExecutor(self, **submit_options)
+        return ClientExecutor(self, leave=secede, back=rejoin, **submit_options)
 
     def _block_on(self, states: list[FutureState], timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -28,6 +28,7 @@ from .. import __version__
 from ..client.future import collect_inner, describe_type, error_from
 from ..errors import ProtocolError, SchedulerLostError, SerializationError
 from ..protocol import messages as m
+from ..protocol.calls import run_call
 from ..protocol.comm import Comm, Listener, connect, listen
 from ..protocol.peers import PeerPool
 from ..protocol.serialize import (dumps_value, loads_call, loads_function, loads_value, nbytes,
@@ -52,12 +53,14 @@ class Worker:
                  host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  security: Any = None, memory_limit: int = 0,
                  reconnect_timeout: float = 60.0, heartbeat_interval: float = 1.0,
-                 validate: bool | None = None, max_frame: int | None = None) -> None:
+                 validate: bool | None = None, max_frame: int | None = None,
+                 resources: dict[str, float] | None = None) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, got {nthreads}")
         self.scheduler_address = scheduler_address
         self.max_frame = max_frame            # largest frame a peer may send us
         self.nthreads = nthreads
+        self.resources = dict(resources or {})   # what tasks may ask for (resources=)
         self.name = name or f"worker-{os.getpid()}"
         self.host = host
         self.port = port
@@ -97,6 +100,7 @@ class Worker:
         self.finished = asyncio.Event()
         self.exit_reason = ""
         self._tasks: set[asyncio.Future] = set()   # background coroutines, to cancel at close
+        self.plugins: dict[str, Any] = {}          # name -> plugin (client.register_plugin)
         self._process = psutil.Process()
 
     # -- life cycle ------------------------------------------------------------------------
@@ -129,7 +133,7 @@ class Worker:
         with self.lock:
             held = self.state.held_keys()
         comm.send(m.RegisterWorker(self.name, self.address, self.nthreads, os.getpid(),
-                                   self.memory_limit, held, __version__))
+                                   self.memory_limit, held, __version__, self.resources))
         if self.paused:
             comm.send(m.Paused(True))
         self.comm = comm
@@ -151,6 +155,13 @@ class Worker:
         self.exit_reason = reason
         for t in list(self._tasks):
             t.cancel()
+        for plugin in list(self.plugins.values()):
+            teardown = getattr(plugin, "teardown", None)
+            if teardown is not None:
+                try:
+                    teardown(self)
+                except Exception:
+                    log.warning("plugin %r failed to tear down", plugin, exc_info=True)
         self.pool.close()
         comm = self.comm
         if comm is not None and not comm.closed:
@@ -350,6 +361,8 @@ class Worker:
             self.client._handle(msg)
         elif op == "unknown":
             self.client._unknown(msg.key)  # type: ignore[attr-defined]
+        elif op == "run-on":
+            self._spawn(self._run_on(msg))
         elif op == "welcome":
             if not self._welcome.done():
                 self._welcome.set_result(msg)
@@ -359,6 +372,14 @@ class Worker:
             log.debug("worker ignores %s", op)
         if done:
             self.settle(done)
+
+    async def _run_on(self, msg: m.Message) -> None:
+        """client.run / a plugin's setup: outside any task, in a thread of its own."""
+        ok, frames = await run_call(msg.call, {"dask_worker": self})  # type: ignore[attr-defined]
+        if msg.rid:  # type: ignore[attr-defined]
+            self.send(m.RunDone(msg.rid, ok, frames))  # type: ignore[attr-defined]
+        elif not ok:
+            log.warning("a plugin failed to set up: %s", _describe(frames))
 
     def _inline_arrival(self, t: Any, frames: list) -> list:
         """A small dependency's value arrived with key-memory (lock held)."""
@@ -651,3 +672,10 @@ async def run_worker(scheduler_address: str, **kwargs: Any) -> Worker:
     worker = await Worker(scheduler_address, **kwargs).start()
     await worker.finished.wait()
     return worker
+
+
+def _describe(frames: list) -> str:
+    try:
+        return repr(loads_value(frames))
+    except Exception as exc:
+        return f"(cannot unpickle the error: {exc})"

@@ -1,0 +1,157 @@
+"""Operations on the cluster itself, for Client: run a function on every worker or on
+the scheduler, worker plugins, uploaded files.
+
+    client.run(fn) ──run──> scheduler ──run-on──> each worker (a thread, outside tasks)
+                   <──reply {address: result}── scheduler <──run-done── each worker
+
+A plugin (and an uploaded file, which is one) is kept by the scheduler and set up
+on every worker that joins later too; a worker tears its plugins down as it closes.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+from typing import Any, Callable
+
+from ..errors import CallerError, RemoteError
+from ..protocol import messages as m
+from ..protocol.calls import dumps_run
+from ..protocol.serialize import loads_value
+
+
+def _setup_plugin(name: str, plugin: Any, dask_worker: Any = None) -> Any:
+    """Runs on a worker: replaces a plugin of that name, then sets the new one up."""
+    old = dask_worker.plugins.pop(name, None)
+    if old is not None and hasattr(old, "teardown"):
+        old.teardown(dask_worker)
+    dask_worker.plugins[name] = plugin
+    setup = getattr(plugin, "setup", None)
+    return setup(dask_worker) if setup is not None else None
+
+
+class UploadedFile:
+    """A worker plugin that writes a .py, .zip or .egg file where the worker's Python
+    imports from (a .py module already imported is reloaded)."""
+
+    def __init__(self, filename: str, data: bytes) -> None:
+        self.filename = filename
+        self.data = data
+
+    def setup(self, worker: Any) -> None:
+        folder = getattr(worker, "upload_dir", None)
+        if folder is None:
+            folder = worker.upload_dir = tempfile.mkdtemp(prefix="tasknest-uploads-")
+        path = os.path.join(folder, self.filename)
+        with open(path, "wb") as fh:
+            fh.write(self.data)
+        entry = folder if self.filename.endswith(".py") else path
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+        importlib.invalidate_caches()
+        module = os.path.splitext(self.filename)[0]
+        if self.filename.endswith(".py") and module in sys.modules:
+            importlib.reload(sys.modules[module])
+
+
+class OperationsMixin:
+    """``run``, ``run_on_scheduler``, ``register_plugin``, ``upload_file``, ``cluster``."""
+
+    if False:  # (attributes of Client, for readers and type checkers)
+        _cluster: Any
+        asynchronous: bool
+
+    def _op(self, msg: m.Message, post: Callable[[Any], Any], timeout: float | None = None) -> Any:
+        self._check()  # type: ignore[attr-defined]
+        if self.asynchronous:
+            async def _a() -> Any:
+                return post(await self._request_async(msg, timeout))  # type: ignore[attr-defined]
+            return _a()
+        with self._lending():  # type: ignore[attr-defined]
+            return post(self._request(msg, timeout))  # type: ignore[attr-defined]
+
+    def restart(self, timeout: float | None = 60.0) -> Any:
+        """Start every worker process anew (their nannies do): every future not yet
+        released errs with a "restarted" error; submitting again runs it again.
+        Returns once as many new workers have joined (TimeoutError after ``timeout``)."""
+        _check = getattr(self, "_worker_side", False)
+        if _check:
+            raise CallerError("restart() from inside a task would stop that task's worker")
+        return self._op(m.Restart(0), lambda _: None, timeout)
+
+    def run(self, function: Callable, *args: Any, workers: Any = None,
+            on_error: str = "raise", **kwargs: Any) -> Any:
+        """Run ``function(*args, **kwargs)`` once on each worker (outside any task);
+        returns {worker address: result}. ``on_error="return"`` gives exceptions back."""
+        if not callable(function):
+            raise CallerError(f"run() needs a callable, got {function!r:.60}")
+        if on_error not in ("raise", "return"):
+            raise CallerError(f"on_error must be 'raise' or 'return', got {on_error!r}")
+        msg = m.Run(0, dumps_run(function, args, kwargs),
+                    self._workers_arg(workers), "workers", "")  # type: ignore[attr-defined]
+        return self._op(msg, lambda answer: _results(answer, on_error))
+
+    def run_on_scheduler(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Run ``function`` in the scheduler's process (a ``dask_scheduler`` parameter
+        gets the scheduler object)."""
+        if not callable(function):
+            raise CallerError(f"run_on_scheduler() needs a callable, got {function!r:.60}")
+        msg = m.Run(0, dumps_run(function, args, kwargs), None, "scheduler", "")
+        return self._op(msg, lambda answer: _results(answer, "raise")["scheduler"])
+
+    def register_plugin(self, plugin: Any, name: str | None = None) -> Any:
+        """Set ``plugin`` up on every worker, present and future: ``plugin.setup(worker)``
+        now (or as it joins), ``plugin.teardown(worker)`` as it closes. A plugin of the
+        same name replaces the earlier one. Returns {worker address: setup's result}."""
+        name = name or getattr(plugin, "name", None) or \
+            f"{type(plugin).__name__}-{id(plugin):x}"
+        if not isinstance(name, str):
+            raise CallerError(f"a plugin name must be a string, got {name!r}")
+        msg = m.Run(0, dumps_run(_setup_plugin, (name, plugin), {}), None, "workers", name)
+        return self._op(msg, lambda answer: _results(answer, "raise"))
+
+    def upload_file(self, filename: str) -> Any:
+        """Make a .py, .zip or .egg file importable on every worker, present and future."""
+        if not isinstance(filename, str) or not filename.endswith((".py", ".zip", ".egg")):
+            raise CallerError(f"upload_file() takes the path of a .py, .zip or .egg file, "
+                              f"got {filename!r}")
+        with open(filename, "rb") as fh:
+            data = fh.read()
+        base = os.path.basename(filename)
+        return self.register_plugin(UploadedFile(base, data), name="upload:" + base)
+
+    def get_executor(self, **submit_options: Any) -> Any:
+        """A concurrent.futures.Executor whose submits go through this client."""
+        from .executor import ClientExecutor
+        return ClientExecutor(self, **submit_options)  # type: ignore[arg-type]
+
+    @property
+    def cluster(self) -> Any:
+        """The cluster this client started (or was given), if any."""
+        return self._cluster
+
+
+def resources_arg(resources: Any) -> dict | None:
+    """Check submit's resources= ({name: non-negative amount})."""
+    if resources is None:
+        return None
+    if not isinstance(resources, dict) or not all(
+            isinstance(k, str) and type(v) in (int, float) and v >= 0
+            for k, v in resources.items()):
+        raise CallerError(f"resources must map names to non-negative numbers, "
+                          f"got {resources!r}")
+    return dict(resources) or None
+
+
+def _results(answer: dict, on_error: str) -> dict:
+    out = {}
+    for address, (ok, frames) in answer.items():
+        if not frames:
+            value: Any = RemoteError(f"worker {address} died before it answered")
+        else:
+            value = loads_value(frames)
+        if (not ok or not frames) and on_error == "raise":
+            raise value
+        out[address] = value
+    return out

@@ -1,0 +1,61 @@
+"""Actors: an instance on one worker; method calls and attribute reads are futures."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from conftest import wait_until
+from tasknest import Actor, CallerError, Client, LocalCluster, LostError
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class Counter:
+    def __init__(self, start: int = 0) -> None:
+        self.n = start
+        self.busy = False
+
+    def increment(self, by: int = 1) -> int:
+        assert not self.busy, "two calls ran at once"
+        self.busy = True
+        self.n += by
+        self.busy = False
+        return self.n
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    async def later(self) -> int:
+        await asyncio.sleep(0)
+        return self.n
+
+
+def bump(counter: Actor, k: int) -> int:
+    futures = [counter.increment() for _ in range(k)]
+    return max(f.result(timeout=30) for f in futures)
+
+
+def test_a_counter_incremented_from_the_client_and_from_tasks(client):
+    counter = client.submit(Counter, 0, actor=True).result(timeout=30)
+    assert isinstance(counter, Actor)
+    client.gather([counter.increment() for _ in range(1000)], timeout=60)
+    assert counter.n.result(timeout=30) == 1000
+    client.gather(client.map(bump, [counter] * 10, [100] * 10, pure=False), timeout=60)
+    assert counter.n.result(timeout=30) == 2000
+    assert counter.later().result(timeout=30) == 2000
+    with pytest.raises(CallerError):
+        client.submit(len, [], actor=True)
+
+
+def test_callers_of_an_actor_whose_worker_dies_get_a_clear_error(tmp_path):
+    with LocalCluster(n_workers=2, threads_per_worker=1) as cl, Client(cl) as c:
+        counter = c.submit(Counter, actor=True).result(timeout=30)
+        pid = counter.pid().result(timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: pid not in [w["pid"] for w in c.scheduler_info()["workers"].values()], 30,
+                   message="the scheduler saw the worker go")
+        with pytest.raises(LostError, match="gone"):
+            counter.increment().result(timeout=30)
