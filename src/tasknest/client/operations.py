@@ -80,6 +80,20 @@ class OperationsMixin:
             raise CallerError("restart() from inside a task would stop that task's worker")
         return self._op(m.Restart(0), lambda _: None, timeout)
 
+    def retire_workers(self, workers: Any, timeout: float = 60.0) -> Any:
+        """Retire these workers (addresses or names) gracefully: they get no new task,
+        the results only they hold are copied to other workers (nothing is computed
+        again), their running tasks finish (for up to ``timeout`` seconds; what is
+        still running then runs again elsewhere), then they leave. Returns the
+        addresses of the workers that left."""
+        names = self._workers_arg(workers)  # type: ignore[attr-defined]
+        if not names:
+            raise CallerError("retire_workers() needs the addresses or names of workers")
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise CallerError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        return self._op(m.Retire(0, list(names), float(timeout)), lambda v: v,
+                        float(timeout) + 30.0)
+
     def run(self, function: Callable, *args: Any, workers: Any = None,
             on_error: str = "raise", **kwargs: Any) -> Any:
         """Run ``function(*args, **kwargs)`` once on each worker (outside any task);

@@ -141,16 +141,26 @@ async def _watch_parent(stop: Any) -> None:
             return
 
 
-def _on_signals(stop: Any) -> list[asyncio.Future]:
-    """Stop on SIGINT/SIGTERM; the list gets the stopping tasks, for main to await (a
-    loop closed under one still running would complain)."""
+def _on_signals(stop: Any, on_term: Any = None) -> list[asyncio.Future]:
+    """Stop on SIGINT/SIGTERM (SIGTERM calls ``on_term`` instead, if given: a worker
+    retires); the list gets the stopping tasks, for main to await (a loop closed
+    under one still running would complain)."""
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Future] = []
     def on_signal(sig: int) -> None:
-        stopping.append(asyncio.ensure_future(stop(f"received {signal.Signals(sig).name}")))
+        act = on_term if sig == signal.SIGTERM and on_term is not None else stop
+        stopping.append(asyncio.ensure_future(act(f"received {signal.Signals(sig).name}")))
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     return stopping
+
+
+async def _lifetime(worker: Any, seconds: float, stagger: float, drain: float) -> None:
+    """--lifetime: retire gracefully after this long (staggered, so that workers
+    started together do not all leave at once)."""
+    import random
+    await asyncio.sleep(max(0.0, seconds - random.uniform(0, stagger)))
+    await worker.retire(drain, f"its lifetime of {seconds:g} s is over")
 
 
 # -- scheduler ---------------------------------------------------------------------------------
@@ -209,8 +219,13 @@ async def _worker_main(args: argparse.Namespace) -> int:
     async def stop(reason: str) -> None:
         log.info("worker stopping: %s", reason)
         await worker.close(reason)
-    stopping = _on_signals(stop)
+    async def retire(reason: str) -> None:
+        await worker.retire(args.retire_timeout, reason)
+    stopping = _on_signals(stop, retire)
     watcher = asyncio.ensure_future(_watch_parent(stop))
+    if args.lifetime:
+        worker._spawn(_lifetime(worker, args.lifetime, args.lifetime_stagger,
+                                args.retire_timeout))
     await worker.finished.wait()
     watcher.cancel()
     await asyncio.gather(*stopping, return_exceptions=True)
@@ -273,6 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     pw.add_argument("--max-frame-size", default="1GiB", type=_positive_size,
                     help="largest message frame accepted from a peer, e.g. 64MiB")
     pw.add_argument("--insecure", action="store_true", help="connect without a token")
+    pw.add_argument("--retire-timeout", type=float, default=60.0,
+                    help="on SIGTERM (or at the end of --lifetime) the worker retires: it "
+                         "hands its results over and lets running tasks finish for up to "
+                         "this many seconds (a second signal, or SIGINT, stops it at once)")
+    pw.add_argument("--lifetime", type=float, default=0.0,
+                    help="retire gracefully after this many seconds (e.g. before a batch "
+                         "job's walltime)")
+    pw.add_argument("--lifetime-stagger", type=float, default=0.0,
+                    help="leave up to this many seconds before --lifetime, at random")
     _common(pw)
 
     sub.add_parser("demo", help="run the specification's examples on a local cluster")

@@ -61,6 +61,7 @@ class Nanny:
         self.announced = False
         self.started_at = 0.0
         self.stop_time = 0.0
+        self.stop_grace = STOP_GRACE
         self._out = sys.stdout.buffer
         self._out_lock = threading.Lock()
 
@@ -148,8 +149,9 @@ class Nanny:
             code = None
         if code is None:
             if self.stopping is not None:
-                if time.monotonic() - self.stop_time > STOP_GRACE:
-                    log.warning("worker did not stop within %s s; killing it", STOP_GRACE)
+                if time.monotonic() - self.stop_time > self.stop_grace:
+                    log.warning("worker did not stop within %s s; killing it",
+                                self.stop_grace)
                     self._kill()
                     return 1
                 return None
@@ -214,6 +216,8 @@ def run_nanny(argv: list[str], args: argparse.Namespace) -> int:
     from .cli import parse_size
     nanny = Nanny(worker_command(argv), memory_limit=parse_size(args.memory_limit),
                   max_restarts=int(os.environ.get("TASKNEST_NANNY_MAX_RESTARTS", "30")))
+    # a SIGTERM'd worker retires: it may drain for --retire-timeout before it exits
+    nanny.stop_grace = max(STOP_GRACE, getattr(args, "retire_timeout", 0.0) + 15.0)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, _f: nanny.stop(f"received {signal.Signals(s).name}", s))
     try:

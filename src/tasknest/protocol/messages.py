@@ -152,6 +152,10 @@ Run = _define("Run", "run", rid=int, call=bytes, workers=OPT_STRS, where=str, pl
 # once as many new workers have joined
 Restart = _define("Restart", "restart", rid=int)
 Query = _define("Query", "query", rid=int, what=str, arg=ANY)
+# graceful retirement (scheduler/retirement.py): these workers (addresses or names; none
+# from a worker: itself) get no new task, hand over what only they hold, drain running
+# tasks for up to timeout seconds, then leave; answered by ``reply`` [addresses]
+Retire = _define("Retire", "retire", rid=int, workers=STRS, timeout=(int, float))
 Reply = _define("Reply", "reply", rid=int, value=ANY, error=OPT_STR)
 
 # a task a client placed straight on a worker (see docs/architecture.md, "Placed tasks"):
@@ -191,6 +195,7 @@ Goodbye = _define("Goodbye", "goodbye", reason=str)      # leaving on purpose (n
 Paused = _define("Paused", "paused", paused=bool)          # memory high: no new task starts
 Synced = _define("Synced", "synced", rid=int)     # everything sent before this has left
 NotHere = _define("NotHere", "not-here", key=str, attempt=int)  # that compute never came
+Replicated = _define("Replicated", "replicated", rid=int, keys=STRS, nbytes=INTS)  # copies made
 
 RunDone = _define("RunDone", "run-done", rid=int, ok=bool, value=FRAMES)
 
@@ -207,6 +212,7 @@ PutData = _define("PutData", "put-data", rid=int, keys=STRS, values=FRAMES_LIST)
 Close = _define("Close", "close", reason=str)
 Sync = _define("Sync", "sync", rid=int)           # answer ``synced`` after what you sent
 Unknown = _define("Unknown", "unknown", key=str)  # a worker wanted a key we do not know
+Replicate = _define("Replicate", "replicate", rid=int, keys=STRS, source=str)  # copy these from there
 # the scheduler's answer to a client's ``placed``: attempt >= 0: your copy is the task, as
 # that compute (report it as such); -1: drop your copy (the task lives elsewhere)
 Confirm = _define("Confirm", "confirm", key=str, client=str, seq=int, attempt=int)
@@ -236,6 +242,7 @@ RULES: dict[str, Any] = {
     "submit": _not_own_dep, "claim": _not_own_dep,
     "scatter": _same_length("keys", "values"), "put-data": _same_length("keys", "values"),
     "add-keys": _same_length("keys", "nbytes"), "put-data-done": _same_length("keys", "nbytes"),
+    "replicated": _same_length("keys", "nbytes"),
     "query": lambda msg: None if msg.what != "who_has" or msg.arg is None or _strs(msg.arg)
     else "who_has takes a list of keys or nil",
 }

@@ -68,6 +68,9 @@ class QueriesMixin:
                      for w in self.workers.values()]
         elif what == "processing":
             value = {w.address: sorted(w.processing) for w in self.workers.values()}
+        elif what == "demand":
+            from .retirement import demand
+            value = demand(self)  # type: ignore[arg-type]
         elif what == "tasks":
             value = {k: t.state for k, t in self.tasks.items()}
         else:

@@ -26,11 +26,11 @@ log = logging.getLogger("tasknest.scheduler")
 
 CLIENT_OPS = frozenset({"submit", "want", "release", "cancel", "retry", "fire-and-forget",
                         "scatter", "query", "remind", "placed", "lane-lost", "coord", "run",
-                        "restart"})
+                        "restart", "retire"})
 WORKER_OPS = (CLIENT_OPS - {"placed", "lane-lost"}) | {"task-finished", "task-erred", "claim", "secede", "rejoin", "idle",
                            "steal-reply", "add-keys", "missing-data", "put-data-done",
                            "heartbeat", "goodbye", "paused", "synced", "not-here",
-                           "run-done"}
+                           "run-done", "replicated"}
 
 
 class Scheduler:
@@ -77,7 +77,10 @@ class Scheduler:
 
     async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(min(1.0, self.heartbeat_timeout / 4))
+            # (a retirement in progress is looked at more often: its drain ends promptly)
+            await asyncio.sleep(0.1 if self.state.retirement.active
+                                else min(1.0, self.heartbeat_timeout / 4))
+            self._do(self.state.retirement.tick(time.monotonic()))
             for wid in self.state.tick(time.monotonic(), self.heartbeat_timeout):
                 log.warning("worker %s missed heartbeats for %s s: removing it", wid,
                             self.heartbeat_timeout)

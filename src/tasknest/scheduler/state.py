@@ -28,6 +28,7 @@ from .records import ALLOWED_FAILURES, FIRE_AND_FORGET, Task, WorkerInfo
 from .invariants import InvariantsMixin
 from .coordination import Coordination
 from .operations import Operations
+from .retirement import Retirement
 from .placing import PlacingMixin
 from .queries import QueriesMixin
 from .scatter import ScatterMixin
@@ -60,6 +61,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         self.components: list[Any] = []   # own their records: source_gone(), validate()
         self.coordination = Coordination(self)
         self.operations = Operations(self)
+        self.retirement = Retirement(self)
 
     def register(self, op: str, handler: Any) -> None:
         """A component handles this message op itself."""
@@ -643,6 +645,8 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
 
     def _candidates(self, ts: Task) -> Any:
         workers: Any = self.workers.values()
+        if self.retirement.retiring:      # a retiring worker gets no new task
+            workers = [w for w in workers if w.id not in self.retirement.retiring]
         if ts.restrict:
             # ("!address": that worker only, and the task errs once it is gone: an actor's)
             allowed = {r.lstrip("!") for r in ts.restrict}

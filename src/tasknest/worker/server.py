@@ -38,6 +38,7 @@ from .context import TaskContext, current_task, reset_task, set_task
 from .pool import Pool
 from .spill import new_store, watch_memory
 from .state import WorkerState
+from .retiring import replicate, retire
 from .watchdog import Watchdog
 
 log = logging.getLogger("tasknest.worker")
@@ -97,6 +98,7 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
         self.closing = False
+        self.retiring = False             # asked to be retired (worker/retiring.py)
         self.finished = asyncio.Event()
         self.exit_reason = ""
         self._tasks: set[asyncio.Future] = set()   # background coroutines, to cancel at close
@@ -184,6 +186,10 @@ class Worker:
     def _scheduler_lost(self, comm: Comm) -> None:
         if self.closing:
             return
+        if self.retiring:           # it was leaving anyway: no reconnecting
+            asyncio.ensure_future(self.close(f"scheduler gone while retiring: "
+                                             f"{comm.close_reason}"))
+            return
         log.warning("lost the scheduler at %s (%s); reconnecting for up to %s s",
                     self.scheduler_address, comm.close_reason, self.reconnect_timeout)
         with self.lock:
@@ -211,6 +217,10 @@ class Worker:
                 log.error(msg)
                 await self.close(msg)
                 return
+
+    async def retire(self, timeout: float = 60.0, reason: str = "asked to retire") -> None:
+        """Leave gracefully: no new task, results handed over, running tasks drained."""
+        await retire(self, timeout, reason)
 
     def _spawn(self, coro: Any) -> None:
         """Run a coroutine in the background (loop thread), cancelled at close."""
@@ -368,6 +378,8 @@ class Worker:
                 self._welcome.set_result(msg)
         elif op == "close":
             asyncio.ensure_future(self.close(f"scheduler asked: {msg.reason}"))  # type: ignore
+        elif op == "replicate":
+            self._spawn(replicate(self, msg))
         else:
             log.debug("worker ignores %s", op)
         if done:
