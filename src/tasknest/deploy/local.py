@@ -9,7 +9,6 @@ through the environment (not the command line, which other users can read).
 """
 from __future__ import annotations
 
-import asyncio
 import atexit
 import os
 import selectors
@@ -22,12 +21,15 @@ import weakref
 from typing import Any
 
 from ..protocol.auth import new_token
+from .cluster import Cluster
 from .security import Security, server_ssl_context
 
 _clusters: "weakref.WeakSet[LocalCluster]" = weakref.WeakSet()
 
 
-class LocalCluster:
+class LocalCluster(Cluster):
+    name_prefix = "local"
+
     def __init__(self, n_workers: int | None = None, threads_per_worker: int | None = None,
                  processes: bool = True, host: str = "127.0.0.1", scheduler_port: int = 0,
                  token: str | None = None, security: Security | bool | None = None,
@@ -37,6 +39,7 @@ class LocalCluster:
                  resources: dict[str, float] | None = None) -> None:
         from ..errors import CallerError
         from .cli import parse_size
+        Cluster.__init__(self)
         try:
             self.max_frame = None if max_frame_size is None else parse_size(max_frame_size)
         except ValueError:
@@ -73,6 +76,7 @@ class LocalCluster:
         self.scheduler_address = ""
         self.scheduler_proc: subprocess.Popen | None = None
         self.worker_procs: list[subprocess.Popen] = []
+        self._by_name: dict[str, Any] = {}       # worker name -> its process (or Worker)
         self._inproc: list[Any] = []
         self.status = "starting"
         _clusters.add(self)
@@ -109,10 +113,28 @@ class LocalCluster:
                *self._tls_args()]
         self.scheduler_proc = _spawn(cmd, self._env())
         self.scheduler_address = _first_line(self.scheduler_proc, self.timeout, "scheduler")
-        for i in range(self.n_workers):
-            self.add_worker(wait=False, name=f"local-{i}")
-        for proc in self.worker_procs:
+        names = self._new_names(self.n_workers)
+        self._launched.extend(names)
+        self._launch(names)
+
+    def _launch(self, names: list[str]) -> None:
+        if not self.processes:
+            self._launch_inprocess(names)
+            return
+        procs = [self.add_worker(wait=False, name=name) for name in names]
+        for proc in procs:
             _first_line(proc, self.timeout, "worker")
+
+    def _reap(self, names: list[str]) -> None:
+        for name in names:
+            obj = self._by_name.pop(name, None)
+            if isinstance(obj, subprocess.Popen):
+                _stop(obj, self.timeout)
+            elif obj is not None:
+                from ..client.loop import get_runner
+                if obj in self._inproc:
+                    self._inproc.remove(obj)
+                get_runner().run(obj.close("cluster scaled down"), self.timeout)
 
     def add_worker(self, wait: bool = True, name: str | None = None) -> subprocess.Popen:
         """Start one more worker process (used by tests that kill workers)."""
@@ -128,6 +150,7 @@ class LocalCluster:
             cmd += ["--no-nanny"]
         proc = _spawn(cmd, self._env())
         self.worker_procs.append(proc)
+        self._by_name[name] = proc
         if wait:
             _first_line(proc, self.timeout, "worker")
         return proc
@@ -149,18 +172,30 @@ class LocalCluster:
                                     max_frame=self.max_frame).start()
             self._inproc.append(sched)
             self.scheduler_address = sched.address
-            for i in range(self.n_workers):
-                w = Worker(sched.address, self.threads_per_worker, f"local-{i}", self.host,
-                           token=self.token, security=security,
+        runner.run(start(), self.timeout)
+        names = self._new_names(self.n_workers)
+        self._launched.extend(names)
+        self._launch_inprocess(names)
+
+    def _launch_inprocess(self, names: list[str]) -> None:
+        from ..client.loop import get_runner
+        from ..worker.server import Worker
+
+        async def start() -> None:
+            for name in names:
+                w = Worker(self.scheduler_address, self.threads_per_worker, name, self.host,
+                           token=self.token, security=self.security,
                            max_frame=self.max_frame or None, resources=self.resources)
                 await w.start()
                 self._inproc.append(w)
-        runner.run(start(), self.timeout)
+                self._by_name[name] = w
+        get_runner().run(start(), self.timeout)
 
     # -- stopping ----------------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> None:
         if self.status == "closed":
             return
+        self._close_common()
         self.status = "closed"
         if self._inproc:
             from ..client.loop import get_runner
@@ -190,30 +225,33 @@ class LocalCluster:
         if self._own_security and self.security is not None:
             self.security.cleanup()
 
-    def __enter__(self) -> "LocalCluster":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    async def __aenter__(self) -> "LocalCluster":
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.close)
-
     @property
     def workers(self) -> list[subprocess.Popen]:
         return self.worker_procs
 
     def __repr__(self) -> str:
-        return (f"<LocalCluster {self.scheduler_address} workers={self.n_workers} "
+        return (f"<LocalCluster {self.scheduler_address} workers={len(self._launched)} "
                 f"threads_per_worker={self.threads_per_worker} status={self.status}>")
 
 
 def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen, timeout: float) -> None:
+    """A retired worker exits by itself; one that does not is stopped."""
+    try:
+        proc.wait(timeout)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _first_line(proc: subprocess.Popen, timeout: float, what: str) -> str:
