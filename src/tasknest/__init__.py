@@ -8,7 +8,10 @@ from .client.actor import Actor  # noqa: E402
 from .client.coordination import Event, Lock, Queue, Semaphore, Variable  # noqa: E402
 from .client.future import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,  # noqa: E402
                             Future, as_completed, fire_and_forget, wait)
+from .deploy.cluster import Cluster  # noqa: E402
 from .deploy.local import LocalCluster  # noqa: E402
+from .deploy.slurm import SLURMCluster, SubmissionError  # noqa: E402
+from .deploy.ssh import SSHCluster  # noqa: E402
 from .deploy.security import Security  # noqa: E402
 from .errors import (AuthenticationError, CallerError, ClosedClientError,  # noqa: E402
                      CommClosedError, FutureCancelledError, KilledWorker, LostError,
@@ -19,7 +22,8 @@ from .worker.context import (get_client, get_worker, local_executor, rejoin,  # 
 
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "Actor",
-    "AuthenticationError", "CallerError", "Client", "ClosedClientError", "CommClosedError",
+    "AuthenticationError", "CallerError", "Client", "ClosedClientError", "Cluster",
+    "CommClosedError", "SLURMCluster", "SSHCluster", "SubmissionError",
     "Event", "Executor", "Future", "FutureCancelledError", "KilledWorker", "LocalCluster",
     "Lock", "LostError", "ProtocolError", "Queue", "RemoteError", "SchedulerLostError",
     "Security", "Semaphore", "SerializationError", "TasknestError", "Variable",

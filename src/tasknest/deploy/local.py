@@ -60,7 +60,7 @@ class LocalCluster(Cluster):
         self.threads_per_worker = threads_per_worker
         self.processes = processes
         self.host = host
-        self.token = token or new_token()
+        self.token: str = token or new_token()
         self.security = Security.temporary() if security is True else (security or None)
         self._own_security = security is True      # its temporary files go on close()
         self.memory_limit = memory_limit

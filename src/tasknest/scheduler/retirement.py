@@ -219,9 +219,9 @@ class Retirement:
                 del self._moves[rid]
                 other = self.retiring.get(retiree)
                 if other is not None:
-                    for key, t in list(other.moving.items()):
+                    for k, t in list(other.moving.items()):
                         if t == source:
-                            del other.moving[key]
+                            del other.moving[k]
 
     def worker_added(self, wid: str) -> None:
         for r in self.retiring.values():   # someone to hand things to, at last
