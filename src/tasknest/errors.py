@@ -67,3 +67,7 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class SubmissionError(TasknestError, RuntimeError):
+    """The batch system refused to take the cluster's jobs (sbatch failed)."""

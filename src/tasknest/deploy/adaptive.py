@@ -3,7 +3,7 @@
 Every ``interval`` seconds the scheduler's demand is read: tasks that are queued
 or running on workers (those that tasks launched included; a parent blocked on
 its children does not count) plus tasks waiting for any worker at all. The
-target is that many threads' worth of workers, between ``minimum`` and
+target is that many threads' worth of workers (or batch jobs), between ``minimum`` and
 ``maximum``, moving at most ``step`` workers at a time.
 
 * Up at once when demand exceeds the plan (work is waiting), then not again
@@ -106,17 +106,13 @@ class Adaptive:
         cluster = self.cluster
         demand = cluster._query("demand")
         current = len(cluster.plan)
-        new = self.decide(current, demand["tasks"], cluster.threads_per_worker,
+        new = self.decide(current, demand["tasks"], cluster.threads_per_unit,
                           time.monotonic())
         if new != current and not self._stop.is_set():
             log.info("adaptive: %d -> %d workers (%d tasks)", current, new, demand["tasks"])
             self.events.append((time.time(), current, new))
             self._last_change = time.monotonic()
-            cluster._adapting = True
-            try:
-                cluster.scale(new)
-            finally:
-                cluster._adapting = False
+            cluster._scale_units(new)
             self._last_change = time.monotonic()
 
     def __repr__(self) -> str:

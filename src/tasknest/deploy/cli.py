@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     pw.add_argument("--retire-timeout", type=float, default=60.0,
                     help="on SIGTERM (or at the end of --lifetime) the worker retires: it "
                          "hands its results over and lets running tasks finish for up to "
-                         "this many seconds (a second signal, or SIGINT, stops it at once)")
+                         "this many seconds (SIGINT stops it at once)")
     pw.add_argument("--lifetime", type=float, default=0.0,
                     help="retire gracefully after this many seconds (e.g. before a batch "
                          "job's walltime)")

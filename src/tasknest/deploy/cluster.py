@@ -27,6 +27,7 @@ class Cluster:
     token: str | None = None
     security: Any = None
     threads_per_worker: int = 1
+    workers_per_unit = 1       # workers started together (a batch job may run several)
     name_prefix = "worker"
 
     def __init__(self) -> None:
@@ -64,16 +65,30 @@ class Cluster:
 
     @property
     def plan(self) -> list[str]:
-        """The workers asked for and not retired (running or on their way)."""
+        """The units (workers, or jobs of ``workers_per_unit`` workers) asked for and
+        not retired: running or on their way."""
         return list(self._launched)
 
+    @property
+    def threads_per_unit(self) -> int:
+        return self.threads_per_worker * self.workers_per_unit
+
+    def _worker_names(self, unit: str) -> list[str]:
+        if self.workers_per_unit == 1:
+            return [unit]
+        return [f"{unit}.{i}" for i in range(self.workers_per_unit)]
+
     def scale(self, n: int) -> None:
-        """Have ``n`` workers: start more, or retire the least useful ones gracefully."""
+        """Have ``n`` workers: start more, or retire the least useful ones gracefully
+        (a batch cluster rounds up to whole jobs)."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise CallerError(f"scale() takes a non-negative number of workers, got {n!r}")
-        if self.adaptive is not None and not getattr(self, "_adapting", False):
+        if self.adaptive is not None:
             self.adaptive.stop()            # an explicit scale ends adaptive scaling
             self.adaptive = None
+        self._scale_units(-(-n // self.workers_per_unit))
+
+    def _scale_units(self, n: int) -> None:
         with self._lock:
             self._check_open()
             have = len(self._launched)
@@ -103,7 +118,13 @@ class Cluster:
     def least_useful(self, k: int) -> list[str]:
         """The k workers the cluster misses least: fewest tasks to do, then fewest bytes
         of results held (those are copied away on retirement), then the newest."""
-        rows = {w["name"]: w for w in self._query("demand")["workers"]}
+        rows: dict[str, dict] = {}
+        for w in self._query("demand")["workers"]:      # summed over each unit's workers
+            row = rows.setdefault(w["name"].split(".")[0], {"processing": 0, "nbytes": 0,
+                                                            "retiring": False})
+            row["processing"] += w["processing"]
+            row["nbytes"] += w["nbytes"]
+            row["retiring"] = row["retiring"] or w["retiring"]
         order = {name: i for i, name in enumerate(self._launched)}
         cands = [n for n in self._launched if n not in rows or not rows[n]["retiring"]]
         cands.sort(key=lambda n: (n in rows, rows[n]["processing"] if n in rows else 0,
@@ -111,11 +132,12 @@ class Cluster:
         return cands[:k]
 
     def retire(self, names: list[str], timeout: float | None = None) -> list[str]:
-        """Retire these workers gracefully, then make sure their processes are gone."""
+        """Retire these units' workers gracefully, then make sure they are gone."""
         timeout = self.retire_timeout if timeout is None else timeout
         done: list[str] = []
         try:
-            done = self._client().retire_workers(names, timeout=timeout)
+            workers = [w for n in names for w in self._worker_names(n)]
+            done = self._client().retire_workers(workers, timeout=timeout)
         finally:
             self._reap(names)
         return done

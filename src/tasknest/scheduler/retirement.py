@@ -27,15 +27,18 @@ DEFAULT_TIMEOUT = 60.0
 
 
 class Retiring:
-    __slots__ = ("wid", "address", "timeout", "deadline", "moving", "closing")
+    __slots__ = ("wid", "address", "timeout", "deadline", "moving", "closing", "patient")
 
-    def __init__(self, wid: str, address: str, timeout: float) -> None:
+    def __init__(self, wid: str, address: str, timeout: float, patient: bool) -> None:
         self.wid = wid
         self.address = address
         self.timeout = timeout
         self.deadline: float | None = None            # set by the first tick
         self.moving: dict[str, str] = {}              # key -> worker copying it
         self.closing = False
+        # (a worker that leaves by itself, at a batch job's end, and is alone: its results
+        # wait for a replacement worker until the timeout instead of being lost)
+        self.patient = patient
 
 
 class Retirement:
@@ -58,7 +61,8 @@ class Retirement:
         names, timeout = msg.workers, float(msg.timeout)  # type: ignore[attr-defined]
         if timeout <= 0:
             timeout = DEFAULT_TIMEOUT
-        if source in st.workers and not names:           # a worker retires itself
+        itself = source in st.workers and not names
+        if itself:                                       # a worker retires itself
             chosen = [st.workers[source]]
         else:
             wanted = set(names)
@@ -73,7 +77,7 @@ class Retirement:
         for ws in chosen:
             r = self.retiring.get(ws.id)
             if r is None:
-                r = self.retiring[ws.id] = Retiring(ws.id, ws.address, timeout)
+                r = self.retiring[ws.id] = Retiring(ws.id, ws.address, timeout, itself)
                 ws.paused = True
                 st.paused.add(ws.id)
                 ws.idle = False
@@ -102,7 +106,8 @@ class Retirement:
         if others:
             self._move_queued(ws, others)
             self._replicate(r, ws, others)
-        if not ws.processing and not r.moving and not (others and self._only_here(ws)):
+        if not ws.processing and not r.moving and not (
+                (others or r.patient) and self._only_here(ws)):
             self._close(r)
 
     def _only_here(self, ws: "WorkerInfo") -> list[str]:

@@ -57,8 +57,7 @@ async def retire(worker: "Worker", timeout: float, reason: str) -> None:
     """Ask to be retired; close when told to (or when nobody answers)."""
     if worker.closing:
         return
-    if worker.retiring:                   # asked twice (a second signal): leave now
-        await worker.close(f"{reason} (again): leaving without draining")
+    if worker.retiring:     # (a batch system may signal both the nanny and the worker)
         return
     worker.retiring = True
     comm = worker.comm
