@@ -109,3 +109,29 @@ def test_walltime_retires_the_worker_before_the_end_and_nothing_is_lost(slurm, t
         assert c.submit(lambda v: v + 1, held).result(timeout=30) == 71
         with open(log) as f:
             assert f.read().split() == ["7"]  # moved, never computed again
+
+
+IN_ALLOCATION = '''
+import sys
+from tasknest import Client, default_client
+from tasknest.demo import expected, seed_options
+from test_nested import fib_tasks
+c = Client()                        # finds the scheduler of this allocation
+assert c.scheduler_address == default_client().scheduler_address
+workers = c.scheduler_info(-1)["workers"]
+assert sorted(w["name"] for w in workers.values()) == ["rank-2", "rank-3"], workers
+assert set(seed_options(c, "alloc://seed").values()) == {expected("alloc://seed")}
+print("fib", c.submit(fib_tasks, 10, pure=False).result(timeout=60), sys.argv[1:])
+'''
+
+
+@pytest.mark.timeout(90)
+def test_in_allocation_run_with_srun(slurm, tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(IN_ALLOCATION)
+    out = subprocess.run(["srun", "-n", "4", "--chdir", str(tmp_path), sys.executable, "-m",
+                          "tasknest.run", "--shared-dir", str(tmp_path), str(script), "x", "y"],
+                         capture_output=True, text=True, timeout=80)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "fib 55 ['x', 'y']" in out.stdout, out.stdout + out.stderr
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tasknest-run")]

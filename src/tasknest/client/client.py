@@ -170,6 +170,9 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
     # -- starting and stopping ---------------------------------------------------------
     def _resolve_address(self) -> None:
         address = self._address
+        if address is None and not self._cluster_kwargs:    # (python -m tasknest.run sets it)
+            import os
+            address = os.environ.get("TASKNEST_SCHEDULER_ADDRESS") or None
         if address is None:
             from ..deploy.local import LocalCluster
             self._cluster = LocalCluster(**self._cluster_kwargs)
