@@ -152,7 +152,7 @@ class SLURMCluster(Cluster):
         self.max_submit_failures = max_submit_failures
         self.poll_interval = poll_interval
         self.timeout = timeout
-        self.token = token or new_token()
+        self.token: str = token or new_token()
         self.id = uuid.uuid4().hex[:8]
         base = shared_directory or os.path.join(os.path.expanduser("~"), ".tasknest", "slurm")
         os.makedirs(base, mode=0o700, exist_ok=True)
@@ -190,8 +190,8 @@ class SLURMCluster(Cluster):
             controller = _controller_host()
             contact = (_route_to_host(controller) if controller else "") or \
                 _route_to_host(socket.gethostname()) or "127.0.0.1"
-        env = dict(os.environ, TASKNEST_TOKEN=self.token)
-        env.pop("TASKNEST_PARENT_PID", None)
+        env = dict(os.environ)
+        env["TASKNEST_TOKEN"] = self.token
         env["TASKNEST_PARENT_PID"] = str(os.getpid())
         self.scheduler_proc = _spawn([sys.executable, "-m", "tasknest", "scheduler",
                                       "--host", "0.0.0.0", "--port", "0"], env)

@@ -169,7 +169,7 @@ class SSHCluster(Cluster):
         self.threads_per_worker = int(self.worker_options.get("nthreads", 1))
         self.worker_options.setdefault("nthreads", self.threads_per_worker)
         self.remote_env = dict(remote_env or {})
-        self.token = token or new_token()
+        self.token: str = token or new_token()
         self.timeout = timeout
         self.retire_timeout = retire_timeout
         self.scheduler: Remote | None = None
