@@ -93,3 +93,35 @@ def test_sigterm_retires_the_worker_and_keeps_its_results(tmp_path):
         assert list(c.scheduler_info(-1)["workers"]) == [by_name["local-1"]]
         assert c.submit(lambda v: v + 1, held).result(timeout=30) == 51
         assert lines(log) == ["5"]
+
+
+def test_retirement_state_machine_copies_then_closes():
+    """The scheduler's part alone, message by message, with validate() after each."""
+    from tasknest.protocol import messages as m
+    from tasknest.scheduler.state import SchedulerState
+
+    st = SchedulerState()
+    st.add_client("c-1")
+    st.add_worker("w-a", "tcp://a:1", "a", 1, 1, 0, [], 0.0)
+    st.add_worker("w-b", "tcp://b:1", "b", 1, 2, 0, [], 0.0)
+    out = st.handle("c-1", m.Submit("k", 1, b"", [], [0, 0, 0], 0, ["a"], None, False))
+    attempt = next(msg.attempt for t, msg in out if msg.op == "compute")
+    st.handle("w-a", m.TaskFinished("k", 8, "int", None, [], [], attempt))
+    st.validate()
+    out = st.handle("c-1", m.Retire(7, ["a"], 30.0))
+    st.validate()
+    assert [(t, msg.op) for t, msg in out] == [("w-b", "replicate")]
+    rep = out[0][1]
+    assert rep.keys == ["k"] and rep.source == "tcp://a:1"
+    # while it retires, new work goes elsewhere, even when asked for there loosely
+    out = st.handle("c-1", m.Submit("j", 1, b"", [], [0, 0, 1], 0, ["a"], None, True))
+    assert [t for t, msg in out if msg.op == "compute"] == ["w-b"]
+    out = st.handle("w-b", m.Replicated(rep.rid, ["k"], [8]))
+    st.validate()
+    assert ("w-a", "close") in [(t, msg.op) for t, msg in out]
+    assert st.tasks["k"].who_has == {"w-a", "w-b"}
+    out = st.remove_worker("w-a", "retired")
+    st.validate()
+    assert [(t, msg.op, msg.value) for t, msg in out if msg.op == "reply"] == \
+        [("c-1", "reply", ["tcp://a:1"])]
+    assert st.tasks["k"].state == "memory" and st.tasks["k"].who_has == {"w-b"}

@@ -122,7 +122,8 @@ class Retirement:
         st = self.state
         for key in list(ws.processing):
             ts = st.tasks[key]
-            if ts.running or ts.started or ts.stealing is not None or ts.resources:
+            if ts.running or ts.started or ts.stealing is not None or ts.resources \
+                    or ts.waiting_on:      # (one waiting for inputs moves once they are in)
                 continue
             fits = [w for w in others if not ts.restrict or w in st._candidates(ts)]
             if not fits:
