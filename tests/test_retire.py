@@ -108,7 +108,7 @@ def test_retirement_state_machine_copies_then_closes():
     attempt = next(msg.attempt for t, msg in out if msg.op == "compute")
     st.handle("w-a", m.TaskFinished("k", 8, "int", None, [], [], attempt))
     st.validate()
-    out = st.handle("c-1", m.Retire(7, ["a"], 30.0))
+    out = st.handle("c-1", m.Retire(7, ["a"], 30000))
     st.validate()
     assert [(t, msg.op) for t, msg in out] == [("w-b", "replicate")]
     rep = out[0][1]

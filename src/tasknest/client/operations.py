@@ -91,7 +91,7 @@ class OperationsMixin:
             raise CallerError("retire_workers() needs the addresses or names of workers")
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise CallerError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        return self._op(m.Retire(0, list(names), float(timeout)), lambda v: v,
+        return self._op(m.Retire(0, list(names), max(1, int(timeout * 1000))), lambda v: v,
                         float(timeout) + 30.0)
 
     def run(self, function: Callable, *args: Any, workers: Any = None,

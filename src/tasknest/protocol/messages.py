@@ -154,8 +154,8 @@ Restart = _define("Restart", "restart", rid=int)
 Query = _define("Query", "query", rid=int, what=str, arg=ANY)
 # graceful retirement (scheduler/retirement.py): these workers (addresses or names; none
 # from a worker: itself) get no new task, hand over what only they hold, drain running
-# tasks for up to timeout seconds, then leave; answered by ``reply`` [addresses]
-Retire = _define("Retire", "retire", rid=int, workers=STRS, timeout=(int, float))
+# tasks for up to timeout_ms, then leave; answered by ``reply`` [addresses]
+Retire = _define("Retire", "retire", rid=int, workers=STRS, timeout_ms=int)
 Reply = _define("Reply", "reply", rid=int, value=ANY, error=OPT_STR)
 
 # a task a client placed straight on a worker (see docs/architecture.md, "Placed tasks"):

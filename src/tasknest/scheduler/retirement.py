@@ -58,7 +58,7 @@ class Retirement:
     # -- requests -------------------------------------------------------------------------
     def _on_retire(self, source: str, msg: m.Message) -> None:
         st = self.state
-        names, timeout = msg.workers, float(msg.timeout)  # type: ignore[attr-defined]
+        names, timeout = msg.workers, msg.timeout_ms / 1000  # type: ignore[attr-defined]
         if timeout <= 0:
             timeout = DEFAULT_TIMEOUT
         itself = source in st.workers and not names

@@ -65,7 +65,7 @@ async def retire(worker: "Worker", timeout: float, reason: str) -> None:
         await worker.close(reason)
         return
     log.info("worker %s retiring: %s (draining for up to %g s)", worker.name, reason, timeout)
-    worker.send(m.Retire(0, [], timeout), now=True)
+    worker.send(m.Retire(0, [], max(1, int(timeout * 1000))), now=True)
     try:
         await asyncio.wait_for(worker.finished.wait(), timeout + MARGIN)
     except asyncio.TimeoutError:
