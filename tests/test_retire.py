@@ -32,6 +32,12 @@ def lines(path):
         return f.read().split()
 
 
+def retiring_now(c):
+    from tasknest.protocol import messages as m
+    rows = c._request(m.Query(0, "demand", None), 10)["workers"]
+    return [w["name"] for w in rows if w["retiring"]]
+
+
 def addresses_by_name(c):
     return {w["name"]: a for a, w in c.scheduler_info(-1)["workers"].items()}
 
@@ -49,6 +55,7 @@ def test_retire_moves_results_and_drains_running_tasks(tmp_path):
         retiring = threading.Thread(target=lambda: answer.append(
             c.retire_workers(["local-0"], timeout=60)))
         retiring.start()
+        wait_until(lambda: retiring_now(c) == ["local-0"], 20, message="retirement begun")
         # while it drains it gets nothing new: this goes to local-1
         other = c.submit(counted, 3, log)
         assert other.result(timeout=30) == 30
