@@ -80,3 +80,12 @@ def test_adapt_follows_a_burst_of_nested_tasks_and_comes_back():
         assert max(sizes) == 3 and sizes[-1] == 1
         assert len(adaptive.events) <= 4, adaptive.events
         assert adaptive.error is None
+
+
+@pytest.mark.timeout(60)
+def test_local_cluster_logs_hold_each_process_stderr():
+    with LocalCluster(n_workers=1, threads_per_worker=1,
+                      worker_args=["--log-level", "info"]) as cluster:
+        logs = cluster.logs()
+        assert set(logs) == {"scheduler", "local-0"}
+        assert "connected to" in logs["local-0"], logs

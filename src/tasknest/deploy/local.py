@@ -10,6 +10,7 @@ through the environment (not the command line, which other users can read).
 from __future__ import annotations
 
 import atexit
+import collections
 import os
 import selectors
 import signal
@@ -77,6 +78,7 @@ class LocalCluster(Cluster):
         self.scheduler_proc: subprocess.Popen | None = None
         self.worker_procs: list[subprocess.Popen] = []
         self._by_name: dict[str, Any] = {}       # worker name -> its process (or Worker)
+        self._logs: dict[str, collections.deque[str]] = {}
         self._inproc: list[Any] = []
         self.status = "starting"
         _clusters.add(self)
@@ -111,7 +113,7 @@ class LocalCluster(Cluster):
                "--allowed-failures", str(self.allowed_failures),
                *(["--max-frame-size", str(self.max_frame)] if self.max_frame else []),
                *self._tls_args()]
-        self.scheduler_proc = _spawn(cmd, self._env())
+        self.scheduler_proc = _spawn(cmd, self._env(), self._log("scheduler"))
         self.scheduler_address = _first_line(self.scheduler_proc, self.timeout, "scheduler")
         names = self._new_names(self.n_workers)
         self._launched.extend(names)
@@ -136,6 +138,16 @@ class LocalCluster(Cluster):
                     self._inproc.remove(obj)
                 get_runner().run(obj.close("cluster scaled down"), self.timeout)
 
+    def _log(self, name: str) -> "collections.deque[str]":
+        log: collections.deque[str] = collections.deque(maxlen=2000)
+        self._logs[name] = log
+        return log
+
+    def logs(self) -> dict[str, str]:
+        """What the scheduler and each worker process wrote on stderr (its last lines;
+        it was passed on to this process's stderr as well)."""
+        return {name: "\n".join(log) for name, log in self._logs.items()}
+
     def add_worker(self, wait: bool = True, name: str | None = None) -> subprocess.Popen:
         """Start one more worker process (used by tests that kill workers)."""
         name = name or f"local-{len(self.worker_procs)}"
@@ -148,7 +160,7 @@ class LocalCluster(Cluster):
             cmd += ["--memory-limit", str(self.memory_limit)]
         if not self.nanny:
             cmd += ["--no-nanny"]
-        proc = _spawn(cmd, self._env())
+        proc = _spawn(cmd, self._env(), self._log(name))
         self.worker_procs.append(proc)
         self._by_name[name] = proc
         if wait:
@@ -234,9 +246,29 @@ class LocalCluster(Cluster):
                 f"threads_per_worker={self.threads_per_worker} status={self.status}>")
 
 
-def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+def _spawn(cmd: list[str], env: dict[str, str],
+           log: "collections.deque[str] | None" = None) -> subprocess.Popen:
+    """Start a cluster process; with ``log``, its stderr is both passed on to ours and
+    kept (its last lines) for ``cluster.logs()``."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            stderr=None if log is None else subprocess.PIPE,
                             start_new_session=True)
+    if log is not None:
+        threading.Thread(target=_tee, args=(proc, log), daemon=True,
+                         name="tasknest-stderr").start()
+    return proc
+
+
+def _tee(proc: subprocess.Popen, log: "collections.deque[str]") -> None:
+    out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
+    for line in iter(proc.stderr.readline, b""):  # type: ignore[union-attr]
+        log.append(line.decode(errors="replace").rstrip("\n"))
+        if out is not None:
+            try:
+                out.write(line)
+                out.flush()
+            except (ValueError, OSError):
+                out = None
 
 
 def _stop(proc: subprocess.Popen, timeout: float) -> None:
