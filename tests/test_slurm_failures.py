@@ -30,7 +30,8 @@ def fake(tmp_path, monkeypatch):
             (tmp_path / "mode").write_text(text)
 
         def state(self) -> dict:
-            return json.loads((tmp_path / "state.json").read_text())
+            path = tmp_path / "state.json"
+            return json.loads(path.read_text()) if path.exists() else {"jobs": {}, "calls": []}
 
         def vanish(self, job: str) -> None:
             st = self.state()
@@ -95,3 +96,25 @@ def test_a_queue_limit_keeps_what_was_granted(fake, tmp_path):
         with pytest.raises(SubmissionError, match="QOSMaxSubmitJobPerUserLimit"):
             cluster.scale(4)
         assert len(cluster.plan) == 2 and len(fake.state()["jobs"]) == 2
+
+
+def inc(x):
+    return x + 1
+
+
+@pytest.mark.timeout(60)
+def test_adapt_submits_for_waiting_tasks_and_cancels_jobs_that_never_started(fake, tmp_path):
+    from tasknest import Client
+
+    from conftest import wait_until
+    with make(tmp_path) as cluster, Client(cluster) as c:
+        adaptive = cluster.adapt(minimum=0, maximum=3, interval=0.1, cooldown=0.3,
+                                 wait_count=3)
+        futures = c.map(inc, range(5), pure=False)      # no worker yet: all wait
+        wait_until(lambda: len(fake.state()["jobs"]) == 3, 20,
+                   message="jobs submitted up to the maximum")
+        c.cancel(futures)
+        wait_until(lambda: fake.state()["jobs"] == {}, 20,
+                   message="the pending jobs are cancelled once demand is gone")
+        assert [(a, b) for _, a, b in adaptive.events] == [(0, 3), (3, 0)]
+        assert adaptive.error is None
