@@ -132,3 +132,28 @@ def test_retirement_state_machine_copies_then_closes():
     assert [(t, msg.op, msg.value) for t, msg in out if msg.op == "reply"] == \
         [("c-1", "reply", ["tcp://a:1"])]
     assert st.tasks["k"].state == "memory" and st.tasks["k"].who_has == {"w-b"}
+
+
+@pytest.mark.timeout(60)
+def test_lifetime_retires_a_worker_and_hands_its_results_over(tmp_path):
+    log = str(tmp_path / "log")
+    with LocalCluster(n_workers=1, threads_per_worker=1) as cluster, Client(cluster) as c:
+        short = cluster.add_worker(name="short")     # (the nanny passes the options on)
+        cluster.worker_procs.remove(short)
+        c.wait_for_workers(2, timeout=30)
+        cluster.worker_args = []
+        held = c.submit(counted, 9, log, workers=["short"], allow_other_workers=True)
+        assert held.result(timeout=30) == 90
+        assert short.poll() is None
+        short.send_signal(signal.SIGINT)              # SIGINT: at once, no drain
+        assert short.wait(30) == 0
+        assert c.submit(lambda v: v + 1, held).result(timeout=30) == 91
+        assert lines(log) == ["9", "9"]               # lost with it: computed again
+        cluster.worker_args = ["--lifetime", "3"]
+        lived = cluster.add_worker(name="brief")
+        c.wait_for_workers(2, timeout=30)
+        kept = c.submit(counted, 8, log, workers=["brief"], allow_other_workers=True)
+        assert kept.result(timeout=30) == 80
+        assert lived.wait(30) == 0                    # it retired by itself, not restarted
+        assert c.submit(lambda v: v + 1, kept).result(timeout=30) == 81
+        assert lines(log) == ["9", "9", "8"]          # handed over, not computed again
