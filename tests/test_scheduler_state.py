@@ -765,7 +765,7 @@ def test_idle_worker_steals_from_the_busiest():
     steals = [msg.key for t, msg in out if t == "w-1" and msg.op == "steal"]
     assert steals and all(s.tasks[k].stealing == "w-2" for k in steals)
     key = steals[0]
-    out = do(s, "w-1", m.StealReply(key, True))
+    out = do(s, "w-1", m.StealReply(key, True, False))
     assert [(t, msg.op, msg.key) for t, msg in out if msg.op == "compute"] == \
         [("w-2", "compute", key)]
     assert s.tasks[key].processing_on == "w-2" and s.tasks[key].who_wants == {"w-1"}
@@ -777,7 +777,7 @@ def test_refused_steal_leaves_the_task_with_its_worker():
     for i in range(3):
         out += do(s, "w-1", m.Claim(f"k{i}", 1, b"", [], [0, 1, i], 0, False))
     key = next(msg.key for t, msg in out if msg.op == "steal")
-    do(s, "w-1", m.StealReply(key, False))
+    do(s, "w-1", m.StealReply(key, False, False))
     assert s.tasks[key].processing_on == "w-1" and s.tasks[key].stealing is None
 
 

@@ -174,7 +174,7 @@ def test_steal_of_a_ready_task_succeeds_and_forgets_it():
     compute(ws, "a")
     out = ws.steal("a")
     ws.validate()
-    assert sent(out) == [m.StealReply("a", True)]
+    assert sent(out) == [m.StealReply("a", True, False)]
     assert "a" not in ws.tasks and ws.pop_ready() is None
 
 
@@ -182,9 +182,9 @@ def test_steal_of_an_executing_task_fails():
     ws = WorkerState(ME)
     compute(ws, "a")
     run(ws, "a")
-    assert sent(ws.steal("a")) == [m.StealReply("a", False)]
+    assert sent(ws.steal("a")) == [m.StealReply("a", False, False)]
     assert ws.tasks["a"].state == "executing"
-    assert sent(ws.steal("unknown")) == [m.StealReply("unknown", False)]
+    assert sent(ws.steal("unknown")) == [m.StealReply("unknown", False, False)]
 
 
 def test_stolen_task_with_local_dependent_waits_for_its_result():
@@ -776,7 +776,7 @@ def test_a_free_or_steal_of_a_run_still_on_its_way_leaves_other_records_alone():
     ws = WorkerState(ME)
     ws.claim("k", 1, b"", [], prio(1, 1), 0)     # a task here claimed the key too
     ws.confirm("k", C, 1, 7)                      # a client's place of it, not arrived yet
-    assert sent(ws.steal("k")) == [m.StealReply("k", False)]
+    assert sent(ws.steal("k")) == [m.StealReply("k", False, False)]
     assert ws.free(["k"]) == [] and ws.tasks["k"].state == "ready"
     assert ws.early == {(C, 1): ("k", -1)}        # that run is not wanted any more
     place(ws, "k", 1)

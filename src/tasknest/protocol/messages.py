@@ -185,7 +185,8 @@ Claim = _define("Claim", "claim", key=str, fid=int, args=bytes, deps=STRS, prior
 Secede = _define("Secede", "secede", key=str)
 Rejoin = _define("Rejoin", "rejoin", key=str)
 Idle = _define("Idle", "idle")
-StealReply = _define("StealReply", "steal-reply", key=str, ok=bool)
+# later: not given, but not started either (a task here waits to run it next): ask again
+StealReply = _define("StealReply", "steal-reply", key=str, ok=bool, later=bool)
 AddKeys = _define("AddKeys", "add-keys", keys=STRS, nbytes=INTS)
 MissingData = _define("MissingData", "missing-data", key=str, worker=str)
 PutDataDone = _define("PutDataDone", "put-data-done", rid=int, keys=STRS, nbytes=INTS)

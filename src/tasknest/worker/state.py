@@ -494,7 +494,8 @@ class WorkerState(PlacingMixin):
         t = self.tasks.get(key)
         ok = t is not None and t.state == "ready" and not t.placers and not t.awaited \
             and self._early_run(key) is None
-        out: list[Action] = [("send", m.StealReply(key, ok))]
+        later = t is not None and t.state == "ready" and bool(t.awaited)
+        out: list[Action] = [("send", m.StealReply(key, ok, later))]
         if ok and t is not None:
             t.state = "remote"            # computed elsewhere now; local dependents wait for it
             t.owned = False
