@@ -54,6 +54,8 @@ def test_a_counter_incremented_from_the_client_and_from_tasks(client):
     client.gather(client.map(bump, [counter] * 10, [100] * 10, pure=False), timeout=60)
     assert counter.n.result(timeout=30) == 2000
     assert counter.later().result(timeout=30) == 2000
+    assert counter.increment(3).result(timeout=30) == 2003        # positional arguments
+    assert counter.increment(by=-3).result(timeout=30) == 2000    # keyword arguments
     with pytest.raises(CallerError):
         client.submit(len, [], actor=True)
 
