@@ -201,7 +201,10 @@ class WorkerClient(Client):
                 first = not self._lingering
                 self._lingering.append((time.monotonic() + LINGER, key, state))
             if first:
-                self.loop.call_soon_threadsafe(self._arm_linger)  # type: ignore[union-attr]
+                try:
+                    self.loop.call_soon_threadsafe(self._arm_linger)  # type: ignore[union-attr]
+                except RuntimeError:          # the loop closed: the worker is going
+                    pass
             return
         self._let_go(key, state)
 
