@@ -14,6 +14,7 @@ from benchmarks import tasks
 inc = ray.remote(tasks.inc)
 score = ray.remote(tasks.score)
 make_data = ray.remote(tasks.make_data)
+Counter = ray.remote(tasks.Counter)
 
 
 def _total(*xs: int) -> int:

@@ -71,6 +71,13 @@ class FuturesSystem:
     def inc_roundtrip(self, i: int) -> int:
         return self.client.submit(tasks.inc, i).result()  # type: ignore[no-any-return]
 
+    def actor_start(self) -> None:
+        self.counter = self.client.submit(tasks.Counter, actor=True).result()
+        assert self.counter.increment().result() == 1
+
+    def actor_call(self) -> int:
+        return self.counter.increment().result()  # type: ignore[no-any-return]
+
     def flat(self, n: int) -> list[int]:
         return self.client.gather(self.client.map(tasks.inc, range(n)))  # type: ignore[no-any-return]
 
@@ -119,6 +126,13 @@ class RaySystem:
 
     def inc_roundtrip(self, i: int) -> int:
         return self.ray.get(self.rt.inc.remote(i))  # type: ignore[no-any-return]
+
+    def actor_start(self) -> None:
+        self.counter = self.rt.Counter.remote()
+        assert self.ray.get(self.counter.increment.remote()) == 1
+
+    def actor_call(self) -> int:
+        return self.ray.get(self.counter.increment.remote())  # type: ignore[no-any-return]
 
     def flat(self, n: int) -> list[int]:
         return self.ray.get([self.rt.inc.remote(i) for i in range(n)])  # type: ignore[no-any-return]

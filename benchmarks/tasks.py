@@ -84,3 +84,14 @@ def fib(n: int) -> int:
 def fib_calls(n: int) -> int:
     """Number of calls (= tasks) in the naive recursive tree of ``fib(n)``."""
     return 2 * fib(n + 1) - 1
+
+
+class Counter:
+    """The actor of the ``actor`` workload: a method call that does next to nothing."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def increment(self) -> int:
+        self.n += 1
+        return self.n

@@ -39,6 +39,21 @@ def _latency(s: System, n: int) -> dict[str, float]:
     return {"median_ms": statistics.median(ms), "p99_ms": p99, "elapsed_s": sum(times)}
 
 
+def _actor(s: System, n: int) -> dict[str, float]:
+    """Method calls on one actor, one after another (the actor is made and called
+    once before the measured region); the ``latency`` workload is the task's figure."""
+    s.actor_start()
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        r = s.actor_call()
+        times.append(time.perf_counter() - t0)
+        _check(r, i + 2)
+    ms = sorted(t * 1e3 for t in times)
+    p99 = ms[max(0, math.ceil(0.99 * len(ms)) - 1)]  # nearest rank
+    return {"median_ms": statistics.median(ms), "p99_ms": p99, "elapsed_s": sum(times)}
+
+
 REPEAT_UNTIL_S = 1.0   # a short region is repeated (on the same cluster) until this much
 MAX_REPS = 5           # time has passed, at most this often; the run reports the median
 
@@ -121,6 +136,10 @@ WORKLOADS: dict[str, Workload] = {
     for w in (
         Workload("latency", "latency: sequential `submit(inc, i).result()` round trips",
                  _latency, (300,), 5, "round trips",
+                 Column("median_ms", "median ms", ".2f"), False,
+                 (Column("p99_ms", "p99 ms", ".2f"),)),
+        Workload("actor", "actor: sequential `counter.increment().result()` round trips "
+                 "to one actor", _actor, (300,), 5, "calls",
                  Column("median_ms", "median ms", ".2f"), False,
                  (Column("p99_ms", "p99 ms", ".2f"),)),
         Workload("flat", "flat: `gather(map(inc, range(n)))` from the driver",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import pytest
 
@@ -28,6 +29,13 @@ class Counter:
     def pid(self) -> int:
         return os.getpid()
 
+    def hang(self, started: str) -> None:
+        """Say it started, then run until the worker is killed (at most a minute)."""
+        open(started, "w").close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+
     async def later(self) -> int:
         await asyncio.sleep(0)
         return self.n
@@ -46,6 +54,8 @@ def test_a_counter_incremented_from_the_client_and_from_tasks(client):
     client.gather(client.map(bump, [counter] * 10, [100] * 10, pure=False), timeout=60)
     assert counter.n.result(timeout=30) == 2000
     assert counter.later().result(timeout=30) == 2000
+    assert counter.increment(3).result(timeout=30) == 2003        # positional arguments
+    assert counter.increment(by=-3).result(timeout=30) == 2000    # keyword arguments
     with pytest.raises(CallerError):
         client.submit(len, [], actor=True)
 
@@ -59,3 +69,18 @@ def test_callers_of_an_actor_whose_worker_dies_get_a_clear_error(tmp_path):
                    message="the scheduler saw the worker go")
         with pytest.raises(LostError, match="gone"):
             counter.increment().result(timeout=30)
+
+
+def test_a_call_running_when_its_actors_worker_is_killed_errs_clearly(tmp_path):
+    started = str(tmp_path / "started")
+    with LocalCluster(n_workers=2, threads_per_worker=1) as cl, Client(cl) as c:
+        counter = c.submit(Counter, actor=True).result(timeout=30)
+        pid = counter.pid().result(timeout=30)
+        running = counter.hang(started)
+        queued = counter.increment()        # waits behind it on the actor's thread
+        wait_until(lambda: os.path.exists(started), 30, message="the call runs")
+        os.kill(pid, signal.SIGKILL)
+        for call in (running, queued):
+            with pytest.raises(LostError, match="gone"):
+                call.result(timeout=30)
+        assert c.submit(sum, [1, 2]).result(timeout=30) == 3     # the cluster serves on

@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:  # the harness lives at the repository root, not i
 from benchmarks.run import run_one  # noqa: E402
 from benchmarks.workloads import WORKLOADS  # noqa: E402
 
-SMALLEST = {"latency": 5, "flat": 100, "fanout": 50, "fib_tree": 6, "fib_dedup": 30,
+SMALLEST = {"latency": 5, "actor": 5, "flat": 100, "fanout": 50, "fib_tree": 6, "fib_dedup": 30,
             "process_all": 50, "process_all_gathered": 50}
 
 

@@ -230,7 +230,7 @@ def test_a_fake_worker_reporting_unknown_keys_is_told_to_free_them(procs):
         peer.recv_until("welcome")
         peer.send_msgs([["task-finished", "ghost", 10, "int", None, [], [], 0],
                         ["task-erred", "ghost2", [], "tb", "exception", 0],
-                        ["steal-reply", "ghost3", True], ["secede", "ghost4"],
+                        ["steal-reply", "ghost3", True, False], ["secede", "ghost4"],
                         ["rejoin", "ghost5"], ["missing-data", "ghost6", "tcp://x:1"],
                         ["put-data-done", 12345, ["ghost7"], [1]]])
         assert peer.recv_until("free")[1] == ["ghost"]

@@ -82,7 +82,7 @@ def test_claim_queues_locally_and_tells_the_scheduler():
     ws = WorkerState(ME)
     out = ws.claim("child", 1, b"", [], prio(1, 5), 0)
     ws.validate()
-    assert sent(out) == [m.Claim("child", 1, b"", [], prio(1, 5), 0)]
+    assert sent(out) == [m.Claim("child", 1, b"", [], prio(1, 5), 0, False)]
     t = ws.tasks["child"]
     assert t.state == "ready" and t.claimed and t.owned
 
@@ -174,7 +174,7 @@ def test_steal_of_a_ready_task_succeeds_and_forgets_it():
     compute(ws, "a")
     out = ws.steal("a")
     ws.validate()
-    assert sent(out) == [m.StealReply("a", True)]
+    assert sent(out) == [m.StealReply("a", True, False)]
     assert "a" not in ws.tasks and ws.pop_ready() is None
 
 
@@ -182,9 +182,9 @@ def test_steal_of_an_executing_task_fails():
     ws = WorkerState(ME)
     compute(ws, "a")
     run(ws, "a")
-    assert sent(ws.steal("a")) == [m.StealReply("a", False)]
+    assert sent(ws.steal("a")) == [m.StealReply("a", False, False)]
     assert ws.tasks["a"].state == "executing"
-    assert sent(ws.steal("unknown")) == [m.StealReply("unknown", False)]
+    assert sent(ws.steal("unknown")) == [m.StealReply("unknown", False, False)]
 
 
 def test_stolen_task_with_local_dependent_waits_for_its_result():
@@ -413,6 +413,8 @@ class WorkerMachine(RuleBasedStateMachine):
         self.ws = WorkerState(ME)
         self.assigned: set[str] = set()
         self.claimed: set[str] = set()          # claims the scheduler has not rejected
+        self.unconfirmed: set[str] = set()      # claims (confirm) it has not answered yet
+        self.accepted: set[str] = set()         # ... it accepted: never rejected after
         self.held: set[str] = set()
         self.data: set[str] = set()
         self.fetches: list[tuple[str, list[str]]] = []
@@ -476,9 +478,10 @@ class WorkerMachine(RuleBasedStateMachine):
         self.assigned.add(key)
         self._apply(self.ws.compute(key, 1, b"", deps, [0, depth, self.n], retries))
 
-    @rule(data=st.data(), depth=st.integers(1, 3))
-    def claim(self, data: st.DataObject, depth: int) -> None:
-        """A running task submits a child whose arguments are futures it holds."""
+    @rule(data=st.data(), depth=st.integers(1, 3), confirm=st.booleans())
+    def claim(self, data: st.DataObject, depth: int, confirm: bool) -> None:
+        """A running task submits a child whose arguments are futures it holds (a pure
+        one, ``confirm``, runs once the scheduler accepts the claim)."""
         if not self.ws.executing:
             return
         key = self._fresh("c")
@@ -487,7 +490,10 @@ class WorkerMachine(RuleBasedStateMachine):
         self.n += 1
         self.assigned.add(key)
         self.claimed.add(key)
-        self._apply(self.ws.claim(key, 1, b"", self.recipes[key], [0, depth, self.n], 0))
+        if confirm:
+            self.unconfirmed.add(key)
+        self._apply(self.ws.claim(key, 1, b"", self.recipes[key], [0, depth, self.n], 0, {},
+                                  confirm))
 
     @rule(data=st.data())
     def steal(self, data: st.DataObject) -> None:
@@ -496,14 +502,23 @@ class WorkerMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def claim_rejected(self, data: st.DataObject) -> None:
-        if self.claimed:
-            key = data.draw(st.sampled_from(sorted(self.claimed)))
+        if self.claimed - self.accepted:
+            key = data.draw(st.sampled_from(sorted(self.claimed - self.accepted)))
             self._apply(self.ws.claim_rejected(key))
             self.claimed.discard(key)
+            self.unconfirmed.discard(key)
             t = self.ws.tasks.get(key)
             if t is None or t.state not in ("executing", "memory"):
                 self.assigned.discard(key)
                 self.remote.add(key)        # the winner computes it
+
+    @rule(data=st.data())
+    def claim_accepted(self, data: st.DataObject) -> None:
+        if self.unconfirmed:
+            key = data.draw(st.sampled_from(sorted(self.unconfirmed)))
+            self.unconfirmed.discard(key)
+            self.accepted.add(key)
+            self._apply(self.ws.claim_accepted([key]))
 
     @rule(data=st.data())
     def free(self, data: st.DataObject) -> None:
@@ -514,6 +529,7 @@ class WorkerMachine(RuleBasedStateMachine):
             for k in keys:
                 self.assigned.discard(k)
                 self.claimed.discard(k)
+                self.unconfirmed.discard(k)
                 self.held.discard(k)
 
     @rule(data=st.data())
@@ -592,9 +608,13 @@ class WorkerMachine(RuleBasedStateMachine):
             assert t is not None and t.state == "memory" and t.owned, (k, t)
         for k in self.assigned:
             t = ws.tasks.get(k)
-            assert t is not None and t.state in ("waiting", "ready", "executing"), (k, t)
+            assert t is not None and t.state in ("waiting", "ready", "executing",
+                                                 "confirming"), (k, t)
         # a fetch stays in flight in the shell after the key erred or was dropped
         assert ws.fetching <= {k for k, _ in self.fetches}
+        for k in self.unconfirmed:          # a claim waiting for its word never runs
+            t = ws.tasks.get(k)
+            assert t is None or t.state not in ("executing", "cancelled", "memory"), (k, t)
 
     def teardown(self) -> None:
         ws = self.ws
@@ -756,7 +776,7 @@ def test_a_free_or_steal_of_a_run_still_on_its_way_leaves_other_records_alone():
     ws = WorkerState(ME)
     ws.claim("k", 1, b"", [], prio(1, 1), 0)     # a task here claimed the key too
     ws.confirm("k", C, 1, 7)                      # a client's place of it, not arrived yet
-    assert sent(ws.steal("k")) == [m.StealReply("k", False)]
+    assert sent(ws.steal("k")) == [m.StealReply("k", False, False)]
     assert ws.free(["k"]) == [] and ws.tasks["k"].state == "ready"
     assert ws.early == {(C, 1): ("k", -1)}        # that run is not wanted any more
     place(ws, "k", 1)
@@ -777,7 +797,7 @@ def test_a_task_here_submitting_an_uncounted_placed_key_claims_it():
     ws = WorkerState(ME)
     place(ws, "p", 1)
     out = ws.claim("p", 1, b"", [], prio(1, 2), 0)
-    assert sent(out) == [m.Claim("p", 1, b"", [], prio(1, 2), 0)]
+    assert sent(out) == [m.Claim("p", 1, b"", [], prio(1, 2), 0, False)]
     assert ws.tasks["p"].claimed and ws.tasks["p"].state == "ready"
     ws.validate()
 

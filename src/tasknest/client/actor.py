@@ -1,21 +1,25 @@
 """Actors: ``client.submit(Class, *args, actor=True)`` -> a future of an Actor proxy.
 
     proxy.method(*args) ──submit (pinned to "!address")──> actor's worker ──> task
-        task ──the actor's own thread (one call at a time) / the loop (async def)──> value
+        task ──its turn (one call at a time, in the order they started)──> value
+        task ──the loop (async def)──> value
 
 The instance lives on the worker that built it, in ``worker.actors``. A method
 call or attribute read on the proxy is a small task pinned to that worker (placed
-straight on it when the client is connected there: one hop each way) that
-hands the call to the actor's single thread, so calls run one at a time (async
-methods run as coroutines on the worker's loop); the task lends its slot while it
-waits. The pin is strict: once the worker is gone, calls err with a clear error.
+straight on it when the client is connected there: one hop each way). Calls run
+one at a time, in the order their tasks started, on the task's own thread: a
+call that finds the actor free runs at once, with no hand-off to another thread
+(which would cost two thread wake-ups, as much as the round trip itself); one
+that must wait for its turn lends its slot meanwhile. Async methods run as
+coroutines on the worker's loop. The pin is strict: once the worker is gone,
+calls err with a clear error.
 The proxy pickles, so tasks may call the actor too (through their own client).
 """
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures as cf
 import inspect
+import threading
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LostError
@@ -43,7 +47,11 @@ class Actor:
     def _submit(self, name: str, is_call: bool, args: tuple, kwargs: dict) -> "Future":
         from .client import default_client
         client = self._client if self._client is not None else default_client()
-        return client.submit(_actor_call, self._key, name, is_call, args, kwargs,
+        if kwargs:
+            return client.submit(_actor_call_kw, self._key, name, args, kwargs,
+                                 workers=["!" + self._address], pure=False)
+        # flat arguments: plain ones pickle at C speed (this is the round trip's path)
+        return client.submit(_actor_call, self._key, name, is_call, *args,
                              workers=["!" + self._address], pure=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -71,11 +79,20 @@ def submit_actor(client: "Client", cls: Any, args: tuple, kwargs: dict, key: str
 
 
 class _Home:
-    """An actor's instance on its worker, with the one thread its calls run on."""
+    """An actor's instance on its worker, and whose turn it is (tickets, in order)."""
 
     def __init__(self, instance: Any) -> None:
         self.instance = instance
-        self.thread = cf.ThreadPoolExecutor(1, thread_name_prefix="tasknest-actor")
+        self.turn = threading.Condition()
+        self.issued = 0
+        self.serving = 0
+        self._async: dict[str, bool] = {}
+
+    def is_async(self, name: str, attr: Any) -> bool:
+        known = self._async.get(name)
+        if known is None:
+            known = self._async[name] = inspect.iscoroutinefunction(attr)
+        return known
 
 
 def _here() -> tuple[Any, Any]:
@@ -85,6 +102,10 @@ def _here() -> tuple[Any, Any]:
     return t.worker, t
 
 
+def _actor_call_kw(key: str, name: str, args: tuple, kwargs: dict) -> Any:
+    return _actor_call(key, name, True, *args, **kwargs)
+
+
 def _actor_create(cls: type, args: tuple, kwargs: dict) -> Actor:
     worker, task = _here()
     homes = worker.__dict__.setdefault("actors", {})
@@ -92,18 +113,29 @@ def _actor_create(cls: type, args: tuple, kwargs: dict) -> Actor:
     return Actor(cls, task.key, worker.address)
 
 
-def _actor_call(key: str, name: str, is_call: bool, args: tuple, kwargs: dict) -> Any:
+def _actor_call(key: str, name: str, is_call: bool, *args: Any, **kwargs: Any) -> Any:
     worker, _ = _here()
     home = getattr(worker, "actors", {}).get(key)
     if home is None:
         raise LostError(f"actor {key} is gone: it does not live on worker {worker.address} "
                         "(its own worker died)")
     attr = getattr(home.instance, name)
-    if not is_call:
-        fut: Any = home.thread.submit(getattr, home.instance, name)
-    elif inspect.iscoroutinefunction(attr):
+    if is_call and home.is_async(name, attr):
         fut = asyncio.run_coroutine_threadsafe(attr(*args, **kwargs), worker.loop)
-    else:
-        fut = home.thread.submit(attr, *args, **kwargs)
-    with worker.client._lending():      # the slot serves other tasks while the call runs
-        return fut.result()
+        with worker.client._lending():  # the slot serves other tasks while it runs
+            return fut.result()
+    turn = home.turn
+    with turn:
+        ticket = home.issued
+        home.issued += 1
+        mine = home.serving == ticket
+    if not mine:
+        with worker.client._lending(), turn:   # the slot serves others while it waits
+            while home.serving != ticket:
+                turn.wait()
+    try:
+        return attr(*args, **kwargs) if is_call else attr
+    finally:
+        with turn:
+            home.serving += 1
+            turn.notify_all()

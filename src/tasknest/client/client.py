@@ -490,6 +490,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         abytes, deps, futures = dumps_call(args, kwargs, Future)
         if futures:
             self._check_own(futures, "submit()")
+        fresh = key is None and not pure     # a key nobody else can be submitting
         if key is None:
             if pure:
                 digest = hashlib.blake2b(fbytes, digest_size=16)
@@ -500,7 +501,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         return self._submit_key(key, fbytes, abytes, deps,
                                 [priority, self._depth(), next(_seq)], retries,
                                 self._workers_arg(workers), resources_arg(resources),
-                                bool(allow_other_workers))
+                                bool(allow_other_workers), fresh)
 
     def _impure_key(self, func: Callable, fbytes: bytes, abytes: bytes) -> str:
         """A fresh key for a ``pure=False`` call."""
@@ -523,7 +524,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
 
     def _submit_key(self, key: str, fbytes: bytes, abytes: bytes, deps: list[str],
                     priority: list, retries: int, workers: list | None,
-                    resources: dict | None = None, loose: bool = False) -> Future:
+                    resources: dict | None = None, loose: bool = False,
+                    fresh: bool = False) -> Future:
         fut, new = self._new_future(key)
         if new:
             lane = None if deps or resources else self._lane() if workers is None \

@@ -32,7 +32,7 @@ DEFAULT_MAX_FRAME = 1 << 30          # 1 GiB
 HANDSHAKE_TIMEOUT = 10.0
 _HEADER = 8
 _FUNC_OPS = frozenset({"submit", "claim", "compute", "place", "placed"})  # a function by number
-_MERGE_OPS = frozenset({"release", "free", "want"})      # adjacent ones merge their key lists
+_MERGE_OPS = frozenset({"release", "free", "want", "claim-accepted"})  # adjacent: one key list
 BATCH_WINDOW = 0.002     # seconds a message from another thread may wait for company
 BATCH_MAX = 256          # ... or this many messages
 # bookkeeping nobody waits on: it leaves with the batch's timer (or with the next message

@@ -182,12 +182,15 @@ TaskFinished = _define("TaskFinished", "task-finished", key=str, nbytes=int, typ
                        value=OPT_FRAMES, inner=STRS, notified=STRS, attempt=int)
 TaskErred = _define("TaskErred", "task-erred", key=str, exception=FRAMES, traceback=str, kind=str,
                     attempt=int)
+# confirm: the worker runs it only once the scheduler says the key is its own (answered by
+# ``claim-accepted`` or ``claim-rejected``): a pure key another worker may claim at once
 Claim = _define("Claim", "claim", key=str, fid=int, args=bytes, deps=STRS, priority=NUMS,
-                retries=int)
+                retries=int, confirm=bool)
 Secede = _define("Secede", "secede", key=str)
 Rejoin = _define("Rejoin", "rejoin", key=str)
 Idle = _define("Idle", "idle")
-StealReply = _define("StealReply", "steal-reply", key=str, ok=bool)
+# later: not given, but not started either (a task here waits to run it next): ask again
+StealReply = _define("StealReply", "steal-reply", key=str, ok=bool, later=bool)
 AddKeys = _define("AddKeys", "add-keys", keys=STRS, nbytes=INTS)
 MissingData = _define("MissingData", "missing-data", key=str, worker=str)
 PutDataDone = _define("PutDataDone", "put-data-done", rid=int, keys=STRS, nbytes=INTS)
@@ -209,6 +212,7 @@ Compute = _define("Compute", "compute", key=str, fid=int, args=bytes, deps=WHO_H
 Free = _define("Free", "free", keys=STRS)
 Steal = _define("Steal", "steal", key=str)
 ClaimRejected = _define("ClaimRejected", "claim-rejected", key=str)
+ClaimAccepted = _define("ClaimAccepted", "claim-accepted", keys=STRS)  # claims kept (confirm)
 PutData = _define("PutData", "put-data", rid=int, keys=STRS, values=FRAMES_LIST)
 Close = _define("Close", "close", reason=str)
 Sync = _define("Sync", "sync", rid=int)           # answer ``synced`` after what you sent

@@ -403,6 +403,8 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         if ts is not None and ts.state != "released":
             self._want(ts, wid)
             if ts.processing_on == wid:   # assigned here too (a client submitted it): keep
+                if msg.confirm:  # type: ignore[attr-defined]
+                    self._emit(wid, m.ClaimAccepted([key]))
                 for dk in ts.deps:          # the claimed copy, and say where its inputs are
                     dts = self.tasks[dk]
                     if dts.state == "memory" and wid not in dts.who_has:
@@ -431,6 +433,8 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         ts.waiting_on = {d for d in ts.deps if self.tasks[d].state != "memory"}
         self._set_processing(ts, ws)
         ts.attempt = 0
+        if msg.confirm:  # type: ignore[attr-defined]
+            self._emit(wid, m.ClaimAccepted([key]))   # (before any steal of it)
         if self.idle:
             self._offer(wid)
         for dk in ts.deps:

@@ -86,7 +86,7 @@ class StealingMixin:
                     self._send_compute(ts, thief)
                 else:
                     self._assign(ts)
-            else:
+            elif not msg.later:  # type: ignore[attr-defined]
                 ts.started = True         # never ask for it again
         if thief is not None and thief.idle:
             self._balance(thief)          # still nothing for it: try other tasks

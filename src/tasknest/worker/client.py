@@ -8,8 +8,10 @@ Entering it costs no connection: it is one object per worker, made at start.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
+import os
 import sys
 import threading
 import time
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from .server import Worker
 
 MAX_INLINE = 40          # nested inline runs per thread before waiting instead
+CONFIRM_SPIN = 0.0005  # seconds a task waits awake for the scheduler to accept a claim
+LINGER = 0.25            # seconds a pure call's result outlives its last future here
 
 
 class WorkerClient(Client):
@@ -41,6 +45,8 @@ class WorkerClient(Client):
         self._refs: dict[str, int] = {}
         self._placed: dict = {}          # (tasks submit through claims, never place)
         self._recipes: dict[str, tuple] = {}   # keys our futures wait on: how to claim them
+        self._shared: set[str] = set()         # pure keys claimed here (see _release)
+        self._lingering: collections.deque = collections.deque()   # (due, key, state)
         self._replies: dict[int, asyncio.Future] = {}
         self._rid = 0
         self._cluster = None
@@ -113,7 +119,11 @@ class WorkerClient(Client):
     # -- submitting: straight into this worker's queue ----------------------------------
     def _submit_key(self, key: str, fbytes: bytes, abytes: bytes, deps: list[str],
                     priority: list, retries: int, workers: list | None,
-                    resources: dict | None = None, loose: bool = False) -> Future:
+                    resources: dict | None = None, loose: bool = False,
+                    fresh: bool = False) -> Future:
+        """``fresh``: a ``pure=False`` key, which no other task can be claiming: it runs
+        at once. Any other key may be claimed on another worker at the same moment, so
+        it runs once the scheduler has said the claim is ours (one round trip later)."""
         fut, new = self._new_future(key)
         if not new:
             return fut
@@ -123,25 +133,28 @@ class WorkerClient(Client):
                             loose))
             return fut
         with w.lock:
-            self._recipes[key] = (fbytes, abytes, deps, priority, retries)
+            self._recipes[key] = (fbytes, abytes, deps, priority, retries, not fresh)
             t = w.state.tasks.get(key)
             if t is not None and t.state not in ("erred", "cancelled") and t.attempt != -1:
                 # here already: want it
                 w.send(m.Want([key]))
                 done = w.settle_from_state([key])
             else:       # (a copy a client placed here, uncounted yet, is claimed too)
-                done = self._claim(key, fbytes, abytes, deps, priority, retries)
+                if not fresh:
+                    self._shared.add(key)
+                done = self._claim(key, fbytes, abytes, deps, priority, retries, not fresh)
                 if t is not None:
                     done += w.settle_from_state([key])
         w.settle(done)
         return fut
 
     def _claim(self, key: str, fbytes: bytes, abytes: bytes, deps: list[str], priority: list,
-               retries: int) -> list:
+               retries: int, confirm: bool) -> list:
         """Queue a task here and tell the scheduler (worker lock held)."""
         w = self.worker
         locations = {d: self._states[d].who_has for d in deps if d in self._states}
-        return w.apply(w.state.claim(key, fbytes, abytes, deps, priority, retries, locations))
+        return w.apply(w.state.claim(key, fbytes, abytes, deps, priority, retries, locations,
+                                     confirm))
 
     def _handle(self, msg: m.Message) -> None:
         if self._recipes and msg.op in ("key-memory", "key-erred", "key-cancelled"):
@@ -177,10 +190,43 @@ class WorkerClient(Client):
             return []           # nobody waits, or it runs here (a stale answer)
         return self._claim(key, *recipe)
 
+    # A pure call's result released by its last future here stays wanted a moment
+    # (LINGER): a sibling task that asks for the same call a moment later (one stolen
+    # by another worker that starts it late) shares it instead of running it again.
     def _release(self, key: str, state: FutureState | None = None) -> None:
+        if key in self._shared and state is not None and state.status == "finished" \
+                and self._refs.get(key) == 1 and self._states.get(key) is state \
+                and self.status == "running":
+            with self._lock:
+                first = not self._lingering
+                self._lingering.append((time.monotonic() + LINGER, key, state))
+            if first:
+                try:
+                    self.loop.call_soon_threadsafe(self._arm_linger)  # type: ignore[union-attr]
+                except RuntimeError:          # the loop closed: the worker is going
+                    pass
+            return
+        self._let_go(key, state)
+
+    def _let_go(self, key: str, state: FutureState | None) -> None:
         if state is None or self._states.get(key) is state:
             self._recipes.pop(key, None)
+            self._shared.discard(key)
         super()._release(key, state)
+
+    def _arm_linger(self) -> None:
+        """(loop thread) Release what lingered long enough; come back for the rest."""
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                if not self._lingering:
+                    return
+                due, key, state = self._lingering[0]
+                if due > now and self.status == "running":
+                    break
+                self._lingering.popleft()
+            self._let_go(key, state)
+        self.loop.call_later(due - now, self._arm_linger)  # type: ignore[union-attr]
 
     def scatter(self, data: Any, broadcast: bool = False, workers: Any = None,
                 timeout: Any = None, hash: bool = True, direct: bool | None = None) -> Any:
@@ -274,17 +320,62 @@ class WorkerClient(Client):
         for f in futures:
             st = f._state
             while st.status == "pending":
+                confirming = False
                 if can_help:
                     with w.lock:
                         w.pool.reclaim()
                         task = w.state.helpable([f.key])
+                        confirming = task is None and w.state.awaits_confirm([f.key])
                     if task is not None:
                         w.execute(task, inline=True)
                         continue
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"results not ready after {timeout} s")
-                self._block_on([st], remaining)
+                if confirming:
+                    self._await_confirm(f.key, st, remaining, [g.key for g in futures])
+                else:
+                    self._block_on([st], remaining)
+
+    def _await_confirm(self, key: str, st: FutureState, timeout: float | None,
+                       siblings: list[str]) -> None:
+        """A claim of ``key`` (or of what it waits on) waits for the scheduler's word:
+        wait for it (or for the result), then help. The word comes within about a
+        round trip, so the thread waits awake that long, keeping its slot, before it
+        lends the slot and sleeps. Meanwhile neither it nor the other keys this task
+        waits for (``siblings``) are given to a thief: they run here next, and they
+        share their own children (pure calls) with each other."""
+        w = self.worker
+        tasks = w.state.tasks
+        with w.lock:
+            held = [t for t in map(tasks.get, dict.fromkeys(siblings)) if t is not None]
+            for h in held:
+                h.awaited += 1
+            t = tasks.get(key)
+        w._wake(here=True)                     # the claim leaves now
+        try:
+            if t is not None and t.state == "confirming":   # (else: its inputs are)
+                end = time.perf_counter() + CONFIRM_SPIN
+                while st.status == "pending" and time.perf_counter() < end:
+                    os.sched_yield()           # (gives up the GIL and the core)
+                    if t.state != "confirming":
+                        return
+            deadline = None if timeout is None else time.monotonic() + timeout
+            with self._lend():
+                with w.lock:
+                    while st.status == "pending" and w.state.awaits_confirm([key]):
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            return
+                        w.confirm_waiters += 1
+                        try:  # (bounded: a word that changes the record unseen is re-checked)
+                            w.confirmed.wait(1.0 if remaining is None else min(remaining, 1.0))
+                        finally:
+                            w.confirm_waiters -= 1
+        finally:
+            with w.lock:
+                for h in held:
+                    h.awaited -= 1
 
     def get_executor(self, **submit_options: Any) -> Any:
         """In a task, the executor's task leaves the thread pool until shutdown (waits in

@@ -9,7 +9,8 @@ Action = tuple
 class WTask:
     __slots__ = ("key", "func", "args", "deps", "priority", "retries", "state", "waiting_on",
                  "dependents", "claimed", "owned", "who_has", "nbytes", "error", "stolen",
-                 "notify", "attempt", "placers", "held", "type")
+                 "notify", "attempt", "placers", "held", "type", "unconfirmed",
+                 "awaited")
 
     def __init__(self, key: str, state: str) -> None:
         self.key = key
@@ -32,6 +33,8 @@ class WTask:
         self.placers: tuple = ()      # (client, seq) of places awaiting their confirm
         self.held: m.Message | None = None   # the report of an uncounted copy (attempt -1)
         self.type = ""
+        self.unconfirmed = False      # a pure claim the scheduler has not accepted yet
+        self.awaited = 0              # local tasks waiting to run it once it is accepted
 
     def __repr__(self) -> str:
         return f"<WTask {self.key} {self.state}>"

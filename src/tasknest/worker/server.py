@@ -74,6 +74,8 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.validate = bool(os.environ.get("TASKNEST_VALIDATE")) if validate is None else validate
         self.lock = threading.Lock()
+        self.confirmed = threading.Condition(self.lock)   # the scheduler answered claims
+        self.confirm_waiters = 0
         self._validate_pending = False
         self.state = WorkerState()
         self.data: MutableMapping[str, Any] = new_store(memory_limit)   # spills under a limit
@@ -338,6 +340,9 @@ class Worker:
         elif op == "claim-rejected":
             with self.lock:
                 done = self.apply(st.claim_rejected(msg.key))  # type: ignore[attr-defined]
+        elif op == "claim-accepted":
+            with self.lock:
+                done = self.apply(st.claim_accepted(msg.keys))  # type: ignore[attr-defined]
         elif op == "confirm":
             with self.lock:
                 done = self.apply(st.confirm(msg.key, msg.client, msg.seq,  # type: ignore
@@ -382,6 +387,9 @@ class Worker:
             self._spawn(replicate(self, msg))
         else:
             log.debug("worker ignores %s", op)
+        if self.confirm_waiters:      # a task waits for a claim's word: this may be it
+            with self.lock:
+                self.confirmed.notify_all()
         if done:
             self.settle(done)
 

@@ -14,6 +14,9 @@ Key states::
     waiting --(deps here)--> ready --> executing --> memory | erred
     remote: computed elsewhere (stolen, or claimed first by another worker)
     fetching --> memory (a copy, kept while local tasks need it)
+    confirming --(claim-accepted)--> ready: a pure key claimed here, which another
+        worker may be claiming at the same moment; it runs once the scheduler
+        says the claim is this worker's (``claim-rejected``: remote)
 
 A task a client *placed* here runs at once; placing.py has how the scheduler
 confirms that copy.
@@ -57,6 +60,8 @@ class WorkerState(PlacingMixin):
         elif t.state not in ("remote", "fetching"):
             # the one run there is (a cancelled one resumes) answers the newest compute
             self._adopt(t, attempt, out)
+            if t.unconfirmed:             # assigned here: the claim is ours
+                out += self.claim_accepted([key])
             if notify and t.state != "memory":
                 t.notify = list(dict.fromkeys(t.notify + notify))
             return out
@@ -71,9 +76,15 @@ class WorkerState(PlacingMixin):
         return out
 
     def claim(self, key: str, func: bytes, args: bytes, deps: list[str], priority: list,
-              retries: int, locations: dict[str, list[str]] | None = None) -> list[Action]:
-        """A task on this worker submitted a new task: queue it here, tell the scheduler."""
-        out: list[Action] = [("send", m.Claim(key, func, args, deps, priority, retries))]
+              retries: int, locations: dict[str, list[str]] | None = None,
+              confirm: bool = False) -> list[Action]:
+        """A task on this worker submitted a new task: queue it here, tell the scheduler.
+
+        ``confirm``: the key may be claimed elsewhere at the same moment (a pure call),
+        so it waits for the scheduler's word before it runs; a fresh key (``pure=False``)
+        can only be claimed here and runs at once."""
+        out: list[Action] = [("send", m.Claim(key, func, args, deps, priority, retries,
+                                              confirm))]
         if self._erred:
             self._reap(out)
         t = self.tasks.get(key)
@@ -88,7 +99,19 @@ class WorkerState(PlacingMixin):
         t.func, t.args, t.deps, t.priority, t.retries = func, args, deps, heap_priority(priority), retries
         t.claimed = True
         t.owned = True
+        t.unconfirmed = confirm
         self._resolve_deps(t, {d: (locations or {}).get(d, []) for d in deps}, out)
+        return out
+
+    def claim_accepted(self, keys: list[str]) -> list[Action]:
+        """The scheduler keeps these claims as ours: they may run."""
+        out: list[Action] = []
+        for key in keys:
+            t = self.tasks.get(key)
+            if t is not None and t.unconfirmed:
+                t.unconfirmed = False
+                if t.state == "confirming":
+                    self._make_ready(t, out)
         return out
 
     def _adopt(self, t: WTask, attempt: int, out: list[Action]) -> None:
@@ -128,6 +151,9 @@ class WorkerState(PlacingMixin):
             self._make_ready(t, out)
 
     def _make_ready(self, t: WTask, out: list[Action]) -> None:
+        if t.unconfirmed:              # ready but for the scheduler's word
+            t.state = "confirming"
+            return
         t.state = "ready"
         heapq.heappush(self.ready, (t.priority, t.key))
         self.idle_reported = False
@@ -204,6 +230,23 @@ class WorkerState(PlacingMixin):
                 stack.pop()
         return None
 
+    def awaits_confirm(self, keys: list[str]) -> bool:
+        """Whether one of ``keys``, or what they wait on here, is a claim that runs here
+        once the scheduler accepts it (so a task waiting on them helps after that)."""
+        seen: set[str] = set()
+        todo = list(keys)
+        while todo:
+            key = todo.pop()
+            t = self.tasks.get(key)
+            if t is None or key in seen:
+                continue
+            seen.add(key)
+            if t.state == "confirming":
+                return True
+            if t.state == "waiting":
+                todo.extend(t.waiting_on)
+        return False
+
     def finished(self, key: str, nbytes: int, type_name: str, inline: list | None,
                  inner: list[str], connected: Any = ()) -> list[Action]:
         """A task ran here. Clients in its ``notify`` list that are ``connected`` to
@@ -276,13 +319,14 @@ class WorkerState(PlacingMixin):
     def _set_erred(self, t: WTask, exception: list, traceback: str, kind: str,
                    out: list[Action]) -> None:
         t.state = "erred"
+        t.unconfirmed = False
         t.error = (exception, traceback, kind)
         t.waiting_on.clear()
         self._erred.append(t.key)
         out.append(("done", t.key))
         for dk in list(t.dependents):
             d = self.tasks.get(dk)
-            if d is not None and d.state in ("waiting", "ready"):
+            if d is not None and d.state in ("waiting", "ready", "confirming"):
                 self._set_erred(d, exception, traceback, kind, out)
 
     def _reap(self, out: list[Action]) -> None:
@@ -325,9 +369,10 @@ class WorkerState(PlacingMixin):
             self._maybe_drop(d, out)
 
     def _maybe_drop(self, d: WTask, out: list[Action]) -> None:
-        if d.owned or d.state in ("executing", "cancelled", "ready", "waiting", "fetching"):
+        if d.owned or d.state in ("executing", "cancelled", "ready", "waiting", "fetching",
+                                  "confirming"):
             return                     # (a cancelled task still runs: it ends in finished/erred)
-        if any(self.tasks[k].state in ("waiting", "ready", "executing")
+        if any(self.tasks[k].state in ("waiting", "ready", "executing", "confirming")
                for k in d.dependents if k in self.tasks):
             return
         if d.state == "memory":
@@ -390,7 +435,8 @@ class WorkerState(PlacingMixin):
     def key_erred(self, key: str, exception: list, traceback: str, kind: str) -> list[Action]:
         out: list[Action] = []
         t = self.tasks.get(key)
-        if t is not None and t.state in ("remote", "fetching", "waiting", "ready"):
+        if t is not None and t.state in ("remote", "fetching", "waiting", "ready",
+                                         "confirming"):
             self.fetching.discard(key)
             self._set_erred(t, exception, traceback, kind, out)
             t.owned = False
@@ -406,7 +452,7 @@ class WorkerState(PlacingMixin):
             if t is None:
                 t = self.tasks[key] = WTask(key, "memory")
             was = t.state
-            t.state, t.nbytes, t.owned = "memory", nb, True
+            t.state, t.nbytes, t.owned, t.unconfirmed = "memory", nb, True, False
             self.fetching.discard(key)
             if was != "memory":
                 out.append(("done", key))
@@ -434,18 +480,22 @@ class WorkerState(PlacingMixin):
                 t.owned = False
                 continue
             t.owned = False
-            if t.state in ("ready", "waiting"):
+            if t.state in ("ready", "waiting", "confirming"):
                 t.state = "remote"
                 t.claimed = False
+                t.unconfirmed = False
                 self._release_inputs(t, out)
             self._maybe_drop(t, out)
         return out
 
     def steal(self, key: str) -> list[Action]:
+        # (not a task a local one waits to run the moment its claim is accepted: it
+        # would only bounce to the thief and back, and its siblings' shared calls too)
         t = self.tasks.get(key)
-        ok = t is not None and t.state == "ready" and not t.placers \
+        ok = t is not None and t.state == "ready" and not t.placers and not t.awaited \
             and self._early_run(key) is None
-        out: list[Action] = [("send", m.StealReply(key, ok))]
+        later = t is not None and t.state == "ready" and bool(t.awaited)
+        out: list[Action] = [("send", m.StealReply(key, ok, later))]
         if ok and t is not None:
             t.state = "remote"            # computed elsewhere now; local dependents wait for it
             t.owned = False
@@ -461,10 +511,11 @@ class WorkerState(PlacingMixin):
         t = self.tasks.get(key)
         if t is not None and t.placers:     # a client placed it too: its confirm says
             t.claimed = False                # whether the copy stays
-        elif t is not None and t.state in ("ready", "waiting"):
+        elif t is not None and t.state in ("ready", "waiting", "confirming"):
             t.state = "remote"
             t.owned = False
             t.claimed = False
+            t.unconfirmed = False
             t.who_has = []
             self._release_inputs(t, out)
             self._maybe_drop(t, out)
@@ -490,8 +541,11 @@ class WorkerState(PlacingMixin):
         for key, t in self.tasks.items():
             assert t.key == key
             assert t.state in ("waiting", "ready", "executing", "memory", "erred", "remote",
-                               "fetching", "cancelled", "new"), t
+                               "fetching", "cancelled", "new", "confirming"), t
             assert t.state != "new", t
+            # a pure claim never runs before the scheduler said it is this worker's
+            assert (t.state == "confirming") <= t.unconfirmed, t
+            assert not t.unconfirmed or t.state in ("waiting", "confirming"), t
             if t.state == "waiting":
                 assert t.waiting_on, t
             for dk in t.waiting_on:
