@@ -1,8 +1,7 @@
 """tasknest: distributed futures for Python in which tasks can launch tasks."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: E402
 from .client.client import Client, Executor, default_client  # noqa: E402
 from .client.actor import Actor  # noqa: E402
 from .client.coordination import Event, Lock, Queue, Semaphore, Variable  # noqa: E402

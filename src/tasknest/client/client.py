@@ -13,26 +13,28 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import contextvars
 import hashlib
 import itertools
 import logging
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterator
 from typing import Any, Callable, Iterable
 
-from .. import __version__
 from ..errors import (CallerError, ClosedClientError, CommClosedError, FutureCancelledError,
-                      RemoteError, SchedulerLostError)
+                      RemoteError, SchedulerLostError, TimedOutError)
 from ..protocol import messages as m
 from ..protocol.comm import Comm, connect
 from ..protocol.peers import PeerPool
 from ..protocol.serialize import dumps_call, dumps_function, dumps_value, nbytes
+from ..names import funcname as _funcname, unique_token
+from ..registry import clients as _clients, current_client, default_client, set_default
 from ..timeouts import parse_timeout
-from .future import Future, FutureState, describe_type, error_from
+from ..tls import client_ssl_context
+from ..version import __version__
+from .future import SKIP as _SKIP, Future, FutureState, describe_type, error_from, flatten_futures
+from .future import rebuild as _rebuild
 from .loop import get_runner
 from .coordination import DatasetsMixin
 from .operations import OperationsMixin, resources_arg
@@ -40,34 +42,7 @@ from .placing import PlacingMixin
 
 log = logging.getLogger("tasknest.client")
 
-_default: "weakref.ref[Client] | None" = None
-_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
-# set while a task runs (thread or asyncio task): the worker's own client
-current_client: "contextvars.ContextVar[Client | None]" = contextvars.ContextVar(
-    "tasknest_client", default=None)
 _seq = itertools.count()
-_unique = itertools.count()
-_PREFIX = uuid.uuid4().hex[:16]          # per process: counters below it never collide
-
-
-def unique_token() -> str:
-    """32 hex digits, unique across processes, without a system call per key."""
-    return f"{_PREFIX}{next(_unique):016x}"
-
-
-def default_client() -> "Client":
-    c = current_client.get()
-    if c is not None:
-        return c
-    c = _default() if _default is not None else None
-    if c is None or c.status == "closed":
-        raise CallerError("no running tasknest Client: create one with Client() first")
-    return c
-
-
-def _funcname(fn: Callable) -> str:
-    name = getattr(fn, "__name__", None) or type(fn).__name__
-    return "lambda" if name == "<lambda>" else name
 
 
 def _check_timeout(timeout: Any) -> float | None:
@@ -90,39 +65,6 @@ def _unsupported(**options: Any) -> None:
     for name, value in options.items():
         if value:
             raise CallerError(f"{name}= is not supported by this version of tasknest")
-
-
-def flatten_futures(obj: Any) -> list[Future]:
-    """Every Future inside nested lists, tuples, sets and dict values."""
-    out: list[Future] = []
-    stack = [obj]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, Future):
-            out.append(x)
-        elif isinstance(x, (list, tuple, set, frozenset)):
-            stack.extend(reversed(list(x)))
-        elif isinstance(x, dict):
-            stack.extend(reversed(list(x.values())))
-    return out
-
-
-_SKIP = object()
-
-
-def _rebuild(obj: Any, values: dict[str, Any]) -> Any:
-    """``obj`` with each future replaced by its value; a value ``_SKIP`` leaves the
-    future out of its container (``gather(errors="skip")``)."""
-    if isinstance(obj, Future):
-        return values[obj.key]
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = [v for v in (_rebuild(x, values) for x in obj) if v is not _SKIP]
-        return items if type(obj) is list else type(obj)(items) if type(obj) in (
-            tuple, set, frozenset) else type(obj)(*items) if hasattr(obj, "_fields") else items
-    if isinstance(obj, dict):
-        pairs = ((k, _rebuild(v, values)) for k, v in obj.items())
-        return type(obj)((k, v) for k, v in pairs if v is not _SKIP)
-    return obj
 
 
 class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
@@ -171,6 +113,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
     def _resolve_address(self) -> None:
         address = self._address
         if address is None:
+            # layer exception: with no address, Client() starts (and owns) a LocalCluster
             from ..deploy.local import LocalCluster
             self._cluster = LocalCluster(**self._cluster_kwargs)
             self._owns_cluster = True
@@ -216,14 +159,12 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         return self
 
     def _started(self) -> None:
-        global _default
         self.status = "running"
         _clients.add(self)
         if self._set_as_default:
-            _default = weakref.ref(self)
+            set_default(self)
 
     async def _connect(self) -> None:
-        from ..deploy.security import client_ssl_context
         ssl_ctx = client_ssl_context(self._security, self.scheduler_address)
         # threadsafe: the user's thread writes its submits itself (no wait for the loop)
         comm = await connect(self.scheduler_address, self._token, timeout=self.timeout,
@@ -735,7 +676,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             if len(info) >= n:
                 return
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(info)}/{n} workers arrived within {timeout} s")
+                raise TimedOutError(f"only {len(info)}/{n} workers arrived within {timeout} s")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.2)
 
@@ -846,7 +787,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
                 continue
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not st.wait(remaining):
-                raise TimeoutError(f"results not ready after {timeout} s")
+                raise TimedOutError(f"results not ready after {timeout} s")
 
     def _gather_sync(self, futures: list[Future], timeout: float | None = None,
                      errors: str = "raise") -> list:

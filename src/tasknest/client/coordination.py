@@ -17,9 +17,10 @@ import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import CallerError, RemoteError
+from ..errors import CallerError, NotFoundError, RemoteError, TimedOutError
 from ..protocol import messages as m
 from ..protocol.serialize import dumps_value, loads_value
+from ..registry import current_client, default_client
 from .future import collect_inner
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ _NO_DEFAULT = object()
 
 
 def _client(client: "Client | None") -> "Client":
-    from .client import default_client
     return client if client is not None else default_client()
 
 
@@ -41,7 +41,6 @@ def _pack(value: Any) -> tuple[list, list[str]]:
 
 def _unpack(client: "Client", frames: list) -> Any:
     """Futures inside the value bind to ``client`` (it received them)."""
-    from .client import current_client
     token = current_client.set(client)
     try:
         return loads_value(frames)
@@ -132,7 +131,7 @@ class Queue(_Named):
 
         def post(answer: Any) -> Any:
             if _timed_out(answer):
-                raise TimeoutError(f"queue {self.name!r} gave nothing within {timeout} s")
+                raise TimedOutError(f"queue {self.name!r} gave nothing within {timeout} s")
             if "batch" in answer:
                 return [_unpack(c, frames) for frames in answer["batch"]]
             return _unpack(c, answer["value"])
@@ -158,7 +157,7 @@ class Variable(_Named):
 
         def post(answer: Any) -> Any:
             if _timed_out(answer):
-                raise TimeoutError(f"variable {self.name!r} was not set within {timeout} s")
+                raise TimedOutError(f"variable {self.name!r} was not set within {timeout} s")
             return _unpack(c, answer["value"])
         return call(c, "variable", self.name, "get", timeout=timeout, post=post)
 
@@ -300,7 +299,7 @@ class DatasetsMixin:
         def post(answer: Any) -> Any:
             if answer.get("missing"):
                 if default is _NO_DEFAULT:
-                    raise KeyError(f"no dataset named {name!r} is published")
+                    raise NotFoundError(f"no dataset named {name!r} is published")
                 return default
             return _unpack(self, answer["value"])  # type: ignore[arg-type]
         return call(self, "dataset", _name(name, "dataset"), "get", post=post)  # type: ignore
@@ -311,5 +310,5 @@ class DatasetsMixin:
     def unpublish_dataset(self, name: str) -> None:
         def post(answer: Any) -> None:
             if isinstance(answer, dict) and answer.get("missing"):
-                raise KeyError(f"no dataset named {name!r} is published")
+                raise NotFoundError(f"no dataset named {name!r} is published")
         return call(self, "dataset", _name(name, "dataset"), "unpublish", post=post)  # type: ignore

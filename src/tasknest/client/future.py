@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from tblib import Traceback
 
 from ..errors import (CallerError, FutureCancelledError, KilledWorker, LostError, RemoteError,
-                      RemoteTraceback, SerializationError)
+                      RemoteTraceback, SerializationError, TimedOutError)
 from ..protocol.serialize import loads_value
+from ..registry import current_client, default_client
 from ..timeouts import parse_timeout
 
 if TYPE_CHECKING:
@@ -181,7 +182,6 @@ class Future:
 
     def __init__(self, key: str, client: "Client | None" = None, _new: bool = True) -> None:
         if client is None:
-            from .client import default_client
             client = default_client()
         self.key = key
         self.client = client
@@ -326,7 +326,6 @@ def resolve_type(described: str) -> type | None:
 
 
 def _rebuild_future(key: str) -> Future:
-    from .client import default_client
     return Future(key, default_client())
 
 
@@ -349,6 +348,40 @@ class collect_inner:
         _collect.keys = self.prev
 
 
+# -- futures nested in containers ---------------------------------------------------------
+def flatten_futures(obj: Any) -> list[Future]:
+    """Every Future inside nested lists, tuples, sets and dict values."""
+    out: list[Future] = []
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, Future):
+            out.append(x)
+        elif isinstance(x, (list, tuple, set, frozenset)):
+            stack.extend(reversed(list(x)))
+        elif isinstance(x, dict):
+            stack.extend(reversed(list(x.values())))
+    return out
+
+
+SKIP = object()     # a value that leaves its future out of its container
+
+
+def rebuild(obj: Any, values: dict[str, Any]) -> Any:
+    """``obj`` with each future replaced by its value; a value ``SKIP`` leaves the
+    future out of its container (``gather(errors="skip")``)."""
+    if isinstance(obj, Future):
+        return values[obj.key]
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = [v for v in (rebuild(x, values) for x in obj) if v is not SKIP]
+        return items if type(obj) is list else type(obj)(items) if type(obj) in (
+            tuple, set, frozenset) else type(obj)(*items) if hasattr(obj, "_fields") else items
+    if isinstance(obj, dict):
+        pairs = ((k, rebuild(v, values)) for k, v in obj.items())
+        return type(obj)((k, v) for k, v in pairs if v is not SKIP)
+    return obj
+
+
 # -- waiting on several futures ---------------------------------------------------------
 FIRST_COMPLETED = cf.FIRST_COMPLETED
 FIRST_EXCEPTION = cf.FIRST_EXCEPTION
@@ -366,7 +399,6 @@ def block_until(futures: list[Future], satisfied: Callable[[], bool],
     """
     if satisfied():
         return True
-    from .client import current_client
     here = current_client.get()
     clients = {id(f.client): f.client for f in futures}
     for c in clients.values():
@@ -460,7 +492,7 @@ def wait(fs: Iterable[Future] | Future, timeout: float | str | None = None,
     block_until(futures, satisfied, deadline)
     done = {f for f in futures if f.done()}
     if return_when == ALL_COMPLETED and timeout is not None and len(done) < len(set(futures)):
-        raise TimeoutError(f"{len(set(futures)) - len(done)} of {len(set(futures))} futures "
+        raise TimedOutError(f"{len(set(futures)) - len(done)} of {len(set(futures))} futures "
                            f"not done after {timeout} s")
     return DoneAndNotDone((done, set(futures) - done))
 
@@ -535,7 +567,7 @@ class as_completed:
                 raise StopIteration
             pending = [f for f, _ in self._pending.values()]
         if not block_until(pending, lambda: bool(self._done), self._deadline):
-            raise TimeoutError(f"{self.count()} futures not done after {self._timeout} s")
+            raise TimedOutError(f"{self.count()} futures not done after {self._timeout} s")
         with self._lock:
             if take_all:
                 out = list(self._done)
@@ -593,7 +625,6 @@ class as_completed:
 
 def fire_and_forget(futures: Any) -> None:
     """Run these tasks to completion even after every Future on them is dropped."""
-    from .client import flatten_futures
     fs = flatten_futures(futures)
     by_client: dict[int, tuple[Any, list[str]]] = {}
     for f in fs:

@@ -22,7 +22,10 @@ import weakref
 from typing import Any
 
 from ..protocol.auth import new_token
-from .security import Security, server_ssl_context
+from ..errors import CallerError, ClusterStartError, TasknestError
+from ..sizes import parse_size
+from ..tls import server_ssl_context
+from .security import Security
 
 _clusters: "weakref.WeakSet[LocalCluster]" = weakref.WeakSet()
 
@@ -35,8 +38,6 @@ class LocalCluster:
                  heartbeat_timeout: float = 30.0, worker_args: list[str] | None = None,
                  max_frame_size: int | str | None = None, allowed_failures: int = 3,
                  resources: dict[str, float] | None = None) -> None:
-        from ..errors import CallerError
-        from .cli import parse_size
         try:
             self.max_frame = None if max_frame_size is None else parse_size(max_frame_size)
         except ValueError:
@@ -81,8 +82,11 @@ class LocalCluster:
                 self._start_processes()
             else:
                 self._start_inprocess()
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if isinstance(exc, Exception) and not isinstance(exc, TasknestError):
+                raise ClusterStartError(f"the cluster did not start: {type(exc).__name__}: "
+                                        f"{exc}") from exc
             raise
         self.status = "running"
 
@@ -227,11 +231,11 @@ def _first_line(proc: subprocess.Popen, timeout: float, what: str) -> str:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             proc.kill()
-            raise TimeoutError(f"the {what} process did not start within {timeout} s")
+            raise ClusterStartError(f"the {what} process did not start within {timeout} s")
         if sel.select(remaining):
             chunk = os.read(fd, 4096)
             if not chunk:
-                raise RuntimeError(f"the {what} process exited during start-up "
+                raise ClusterStartError(f"the {what} process exited during start-up "
                                    f"(code {proc.wait()}); see its messages above")
             buf += chunk
     sel.close()
