@@ -9,19 +9,21 @@ from .client.future import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,  # 
                             Future, as_completed, fire_and_forget, wait)
 from .deploy.local import LocalCluster  # noqa: E402
 from .deploy.security import Security  # noqa: E402
-from .errors import (AuthenticationError, CallerError, ClosedClientError,  # noqa: E402
-                     CommClosedError, FutureCancelledError, KilledWorker, LostError,
+from .errors import (AuthenticationError, BlockingCallError, CallerError,  # noqa: E402
+                     ClosedClientError, ClusterStartError, CommClosedError, ConnectError,
+                     FutureCancelledError, KilledWorker, LostError, NotFoundError,
                      ProtocolError, RemoteError, SchedulerLostError, SerializationError,
-                     TasknestError)
+                     TasknestError, TimedOutError)
 from .worker.context import (get_client, get_worker, local_executor, rejoin,  # noqa: E402
                              secede, worker_client)
 
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "Actor",
-    "AuthenticationError", "CallerError", "Client", "ClosedClientError", "CommClosedError",
-    "Event", "Executor", "Future", "FutureCancelledError", "KilledWorker", "LocalCluster",
-    "Lock", "LostError", "ProtocolError", "Queue", "RemoteError", "SchedulerLostError",
-    "Security", "Semaphore", "SerializationError", "TasknestError", "Variable",
+    "AuthenticationError", "BlockingCallError", "CallerError", "Client", "ClosedClientError",
+    "ClusterStartError", "CommClosedError", "ConnectError", "Event", "Executor", "Future",
+    "FutureCancelledError", "KilledWorker", "LocalCluster", "Lock", "LostError",
+    "NotFoundError", "ProtocolError", "Queue", "RemoteError", "SchedulerLostError",
+    "Security", "Semaphore", "SerializationError", "TasknestError", "TimedOutError", "Variable",
     "as_completed", "default_client", "fire_and_forget", "get_client", "get_worker",
     "local_executor", "rejoin", "secede", "wait", "worker_client", "__version__",
 ]

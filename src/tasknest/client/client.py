@@ -200,7 +200,16 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         self.close()
 
     def close(self, timeout: float | None = None) -> Any:
-        """Disconnect; stop the embedded cluster if this client started it."""
+        """Disconnect; stop the embedded cluster if this client started it.
+
+        Futures still pending fail with ClosedClientError. Closing twice is harmless.
+
+        Args:
+            timeout: accepted for dask compatibility.
+
+        Returns:
+            None; with ``asynchronous=True`` an awaitable that closes.
+        """
         if self.asynchronous:
             return self._close_async()
         if self.status == "closed":
@@ -484,8 +493,12 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         Args:
             key: a list of keys, one per element, or a string prefix: keys are then
                 ``prefix-<hash>`` (``prefix-<fresh token>`` when not ``pure``).
+            func, *iterables: the function, and the iterables whose elements are its
+                positional arguments.
             batch_size: send the tasks this many at a time (all at once by default).
-            the others: as for submit(); ``kwargs`` go to every call.
+            workers, resources, retries, priority, fifo_timeout, allow_other_workers,
+            actor, actors, pure: as for submit().
+            **kwargs: keyword arguments of every call.
 
         Returns:
             a list of Futures, in the order of the elements.
@@ -538,7 +551,11 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             broadcast: a copy on every worker.
             workers: the workers to put the data on.
             hash: equal values get equal keys (``typename-<hash>``); False: fresh keys.
+            timeout: seconds or a string ("2 s") for the data to arrive.
             direct: accepted for dask compatibility (data always goes straight).
+
+        Returns:
+            Futures, in the shape of ``data``.
 
         Raises:
             CallerError: bad arguments; SerializationError: a value cannot be pickled.
@@ -609,17 +626,40 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         return self._request(m.Query(0, what, arg), self.timeout)
 
     def who_has(self, futures: Any = None) -> Any:
-        """``{key: [worker addresses]}`` for these futures (every key if None)."""
+        """Where the results are.
+
+        Args:
+            futures: a future, or lists, tuples, sets and dicts of them; None: every key.
+
+        Returns:
+            ``{key: [worker addresses]}``.
+        """
         keys = None if futures is None else [f.key for f in flatten_futures(futures)]
         return self._query("who_has", keys)
 
     def has_what(self, workers: Any = None) -> Any:
-        """``{worker address: [keys]}``, for these workers (addresses or names) or all."""
+        """Which keys each worker holds.
+
+        Args:
+            workers: addresses or names (one, or a list); None: every worker.
+
+        Returns:
+            ``{worker address: [keys]}``.
+
+        Raises:
+            ClosedClientError: the client is closed.
+        """
         return self._shaped(self._query("has_what"), lambda v: self._by_workers(v, workers))
 
     def scheduler_info(self, n_workers: int = 5) -> Any:
-        """dask's shape: ``{"workers": {address: {...}}, "started": ..., "address": ...}``
-        with at most ``n_workers`` workers (all if -1)."""
+        """The scheduler and its workers, in dask's shape.
+
+        Args:
+            n_workers: at most this many workers (all if -1).
+
+        Returns:
+            ``{"workers": {address: {...}}, "started": ..., "address": ...}``.
+        """
         if not isinstance(n_workers, int):
             raise CallerError(f"n_workers must be an integer, got {n_workers!r}")
 
@@ -631,12 +671,26 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         return self._shaped(self._query("workers"), shape)
 
     def nthreads(self, workers: Any = None) -> Any:
-        """``{worker address: threads}``, for these workers or all."""
+        """How many threads each worker runs tasks on.
+
+        Args:
+            workers: addresses or names (one, or a list); None: every worker.
+
+        Returns:
+            ``{worker address: threads}``.
+        """
         return self._shaped(self._query("workers"), lambda rows: self._by_workers(
             {w["address"]: w["nthreads"] for w in rows}, workers, rows))
 
     def processing(self, workers: Any = None) -> Any:
-        """``{worker address: [keys it runs or has queued]}``."""
+        """What each worker runs or has queued.
+
+        Args:
+            workers: addresses or names (one, or a list); None: every worker.
+
+        Returns:
+            ``{worker address: [keys it runs or has queued]}``.
+        """
         return self._shaped(self._query("processing"), lambda v: self._by_workers(v, workers))
 
     def _shaped(self, answer: Any, shape: Callable[[Any], Any]) -> Any:
@@ -658,8 +712,13 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
     def wait_for_workers(self, n_workers: int = 1, timeout: float | str | None = None) -> Any:
         """Block until at least ``n_workers`` workers are connected.
 
+        Args:
+            n_workers: how many.
+            timeout: seconds or a string ("10 s"); None waits for ever.
+
         Raises:
-            TimeoutError: saying how many of them came ("2/10 workers").
+            TimedOutError: saying how many of them came ("2/10 workers").
+            CallerError: bad arguments.
         """
         timeout = _check_timeout(timeout)
         if not isinstance(n_workers, int) or n_workers < 0:
@@ -692,6 +751,13 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
 
         A pending task is stopped (and those that depend on it); a finished one is
         released. Using a cancelled future afterwards raises FutureCancelledError.
+
+        Args:
+            futures: a future, or lists, tuples, sets and dicts of them, nested.
+            force: accepted for dask compatibility (cancelling is always forced).
+
+        Raises:
+            ClosedClientError: the client is closed.
         """
         self._check()
         fs = flatten_futures(futures)
@@ -711,7 +777,14 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             self._send(m.Cancel(keys))
 
     def retry(self, futures: Any) -> None:
-        """Run failed tasks again (and the failed tasks they depend on)."""
+        """Run failed tasks again (and the failed tasks they depend on).
+
+        Args:
+            futures: a future, or lists, tuples, sets and dicts of them, nested.
+
+        Raises:
+            ClosedClientError: the client is closed.
+        """
         self._check()
         fs = [f for f in flatten_futures(futures) if f._state.status == "error"]
         for f in fs:
@@ -733,9 +806,14 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             futures: a future, or lists, tuples, sets and dicts of them, nested.
             errors: "raise" the first failure, or "skip" failed futures (left out).
             timeout: seconds or a string ("2 s").
+            direct, asynchronous: accepted for dask compatibility (results come
+                straight from the workers when they can).
+
+        Returns:
+            The results, in the shape of ``futures``.
 
         Raises:
-            the task's exception, FutureCancelledError, TimeoutError.
+            the task's exception, FutureCancelledError, TimedOutError.
         """
         self._check()
         timeout = _check_timeout(timeout)

@@ -281,7 +281,20 @@ class DatasetsMixin:
 
     def publish_dataset(self, *args: Any, name: str | None = None, override: bool = False,
                         **kwargs: Any) -> None:
-        """Publish futures (or any values) under names: ``publish_dataset(x=fut)``."""
+        """Publish futures (or any values) under names: ``publish_dataset(x=fut)``.
+
+        The scheduler keeps the futures' results alive until they are unpublished.
+
+        Args:
+            *args: one value, published under ``name``.
+            **kwargs: values published under their keywords' names.
+            name: the name of the positional value.
+            override: replace a dataset of the same name instead of failing.
+
+        Raises:
+            CallerError: a name is already published (without ``override``), or bad
+                arguments.
+        """
         named = dict(kwargs)
         if args:
             if name is None or len(args) != 1:
@@ -296,6 +309,20 @@ class DatasetsMixin:
                  arg=bool(override), post=post)
 
     def get_dataset(self, name: str, default: Any = _NO_DEFAULT, timeout: float | None = None) -> Any:
+        """The value published under ``name``.
+
+        Args:
+            name: the dataset's name.
+            default: returned when nothing is published under ``name``.
+            timeout: accepted for dask compatibility.
+
+        Returns:
+            The value; futures inside it are bound to this client.
+
+        Raises:
+            NotFoundError: nothing is published under ``name`` and no default was given
+                (also a KeyError).
+        """
         def post(answer: Any) -> Any:
             if answer.get("missing"):
                 if default is _NO_DEFAULT:
@@ -305,9 +332,22 @@ class DatasetsMixin:
         return call(self, "dataset", _name(name, "dataset"), "get", post=post)  # type: ignore
 
     def list_datasets(self) -> Any:
+        """The names of the published datasets.
+
+        Returns:
+            A tuple of names.
+        """
         return call(self, "dataset", "*", "list", post=tuple)  # type: ignore[arg-type]
 
     def unpublish_dataset(self, name: str) -> None:
+        """Forget the dataset published under ``name`` (its results may then be freed).
+
+        Args:
+            name: the dataset's name.
+
+        Raises:
+            NotFoundError: nothing is published under ``name`` (also a KeyError).
+        """
         def post(answer: Any) -> None:
             if isinstance(answer, dict) and answer.get("missing"):
                 raise NotFoundError(f"no dataset named {name!r} is published")

@@ -119,7 +119,18 @@ class LocalCluster:
             _first_line(proc, self.timeout, "worker")
 
     def add_worker(self, wait: bool = True, name: str | None = None) -> subprocess.Popen:
-        """Start one more worker process (used by tests that kill workers)."""
+        """Start one more worker process (used by tests that kill workers).
+
+        Args:
+            wait: return once it has started (else at once).
+            name: its name (``local-<n>`` by default).
+
+        Returns:
+            The worker's process (``subprocess.Popen``).
+
+        Raises:
+            ClusterStartError: it did not start.
+        """
         name = name or f"local-{len(self.worker_procs)}"
         cmd = [sys.executable, "-m", "tasknest", "worker", self.scheduler_address,
                "--nthreads", str(self.threads_per_worker), "--name", name,
@@ -163,6 +174,13 @@ class LocalCluster:
 
     # -- stopping ----------------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> None:
+        """Stop the workers and the scheduler (SIGTERM, then SIGKILL after ``timeout``).
+
+        Closing twice is harmless.
+
+        Args:
+            timeout: seconds the processes get to exit.
+        """
         if self.status == "closed":
             return
         self.status = "closed"
