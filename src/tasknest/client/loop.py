@@ -35,6 +35,7 @@ class LoopRunner:
     def run(self, coro: Coroutine, timeout: float | None = None) -> Any:
         """Run a coroutine on the loop thread and wait for its result."""
         if threading.get_ident() == self.thread.ident:
+            coro.close()        # never to run: no "was never awaited" warning
             raise BlockingCallError("cannot block the tasknest event loop thread on itself")
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
