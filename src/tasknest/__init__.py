@@ -1,8 +1,7 @@
 """tasknest: distributed futures for Python in which tasks can launch tasks."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: E402
 from .client.client import Client, Executor, default_client  # noqa: E402
 from .client.actor import Actor  # noqa: E402
 from .client.coordination import Event, Lock, Queue, Semaphore, Variable  # noqa: E402
@@ -13,20 +12,22 @@ from .deploy.local import LocalCluster  # noqa: E402
 from .deploy.slurm import SLURMCluster, SubmissionError  # noqa: E402
 from .deploy.ssh import SSHCluster  # noqa: E402
 from .deploy.security import Security  # noqa: E402
-from .errors import (AuthenticationError, CallerError, ClosedClientError,  # noqa: E402
-                     CommClosedError, FutureCancelledError, KilledWorker, LostError,
+from .errors import (AuthenticationError, BlockingCallError, CallerError,  # noqa: E402
+                     ClosedClientError, ClusterStartError, CommClosedError, ConnectError,
+                     FutureCancelledError, KilledWorker, LostError, NotFoundError,
                      ProtocolError, RemoteError, SchedulerLostError, SerializationError,
-                     TasknestError)
+                     TasknestError, TimedOutError)
 from .worker.context import (get_client, get_worker, local_executor, rejoin,  # noqa: E402
                              secede, worker_client)
 
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "Actor",
-    "AuthenticationError", "CallerError", "Client", "ClosedClientError", "Cluster",
-    "CommClosedError", "SLURMCluster", "SSHCluster", "SubmissionError",
-    "Event", "Executor", "Future", "FutureCancelledError", "KilledWorker", "LocalCluster",
-    "Lock", "LostError", "ProtocolError", "Queue", "RemoteError", "SchedulerLostError",
-    "Security", "Semaphore", "SerializationError", "TasknestError", "Variable",
+    "AuthenticationError", "BlockingCallError", "CallerError", "Client", "ClosedClientError",
+    "Cluster", "ClusterStartError", "CommClosedError", "ConnectError", "Event", "Executor",
+    "Future", "FutureCancelledError", "KilledWorker", "LocalCluster", "Lock", "LostError",
+    "NotFoundError", "ProtocolError", "Queue", "RemoteError", "SLURMCluster", "SSHCluster",
+    "SchedulerLostError", "Security", "Semaphore", "SerializationError", "SubmissionError",
+    "TasknestError", "TimedOutError", "Variable",
     "as_completed", "default_client", "fire_and_forget", "get_client", "get_worker",
     "local_executor", "rejoin", "secede", "wait", "worker_client", "__version__",
 ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 import time
 from operator import getitem
 
-from . import Client, local_executor, worker_client
+from .client.client import Client
+from .worker.context import local_executor, worker_client
 
 
 def download_and_convert_to_list(uri: str) -> list[int]:

@@ -22,8 +22,27 @@ class ClosedClientError(CallerError):
     """An operation was attempted on a client that is closed."""
 
 
+class NotFoundError(CallerError, KeyError):
+    """Nothing goes by that name (e.g. a dataset never published); also a KeyError."""
+
+    def __str__(self) -> str:          # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TimedOutError(TasknestError, TimeoutError):
+    """A wait ran past its timeout (also the builtin TimeoutError, as dask raises)."""
+
+
+class ClusterStartError(TasknestError, RuntimeError):
+    """A LocalCluster could not start its scheduler or workers (the reason is chained)."""
+
+
 class CommClosedError(TasknestError, ConnectionError):
     """The peer went away or the connection was closed."""
+
+
+class ConnectError(CommClosedError, TimeoutError):
+    """Nothing answered at an address within the timeout (also a TimeoutError)."""
 
 
 class ProtocolError(TasknestError):

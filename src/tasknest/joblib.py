@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, register_parallel_backend
 
 from .client.client import Client, default_client
+from .errors import CallerError
 
 
 class TasknestBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
@@ -41,7 +42,7 @@ class TasknestBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         if n_jobs == 0:
-            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+            raise CallerError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None or n_jobs < 0:
             client = self._get_client()
             threads = client.nthreads()

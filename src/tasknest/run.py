@@ -62,7 +62,7 @@ def _wait_for(path: str, timeout: float) -> None:
 def _scheduler(args: argparse.Namespace, directory: str, info: str, token_file: str) -> int:
     import asyncio
 
-    from .deploy.cli import _run
+    from .deploy.cli import run_loop
     from .protocol.auth import new_token
     from .scheduler.server import Scheduler
 
@@ -87,7 +87,7 @@ def _scheduler(args: argparse.Namespace, directory: str, info: str, token_file: 
         await sched.close()
         return code
     try:
-        return _run(main())
+        return run_loop(main())
     finally:
         import shutil
         shutil.rmtree(directory, ignore_errors=True)
@@ -107,7 +107,7 @@ def _client_script(args: argparse.Namespace, directory: str, info: str,
     os.environ["TASKNEST_SCHEDULER_ADDRESS"] = address   # Client() finds it
     os.environ["TASKNEST_TOKEN"] = token
     code = 1
-    from . import Client
+    from .client.client import Client
     try:
         with Client(address, token=token) as client:
             if args.workers:

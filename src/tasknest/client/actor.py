@@ -23,6 +23,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LostError
+from ..names import unique_token
+from ..registry import current_task, default_client
 
 if TYPE_CHECKING:
     from .client import Client
@@ -45,7 +47,6 @@ class Actor:
         return f"<Actor: {self._cls.__name__}, key={self._key}, worker={self._address}>"
 
     def _submit(self, name: str, is_call: bool, args: tuple, kwargs: dict) -> "Future":
-        from .client import default_client
         client = self._client if self._client is not None else default_client()
         if kwargs:
             return client.submit(_actor_call_kw, self._key, name, args, kwargs,
@@ -70,7 +71,6 @@ def submit_actor(client: "Client", cls: Any, args: tuple, kwargs: dict, key: str
                  workers: Any, resources: Any, allow_other_workers: bool) -> "Future":
     """``client.submit(cls, *args, actor=True)``: build the instance on a worker."""
     from ..errors import CallerError
-    from .client import unique_token
     if not isinstance(cls, type):
         raise CallerError(f"actor=True needs a class, got {cls!r:.60}")
     return client.submit(_actor_create, cls, args, kwargs, pure=False,
@@ -96,7 +96,6 @@ class _Home:
 
 
 def _here() -> tuple[Any, Any]:
-    from ..worker.context import current_task   # (runs on a worker only)
     t = current_task.get()
     assert t is not None, "actor code runs in tasks"
     return t.worker, t

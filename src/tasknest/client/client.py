@@ -13,26 +13,28 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import contextvars
 import hashlib
 import itertools
 import logging
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterator
 from typing import Any, Callable, Iterable
 
-from .. import __version__
 from ..errors import (CallerError, ClosedClientError, CommClosedError, FutureCancelledError,
-                      RemoteError, SchedulerLostError)
+                      RemoteError, SchedulerLostError, TimedOutError)
 from ..protocol import messages as m
 from ..protocol.comm import Comm, connect
 from ..protocol.peers import PeerPool
 from ..protocol.serialize import dumps_call, dumps_function, dumps_value, nbytes
+from ..names import funcname as _funcname, unique_token
+from ..registry import clients as _clients, current_client, default_client, set_default
 from ..timeouts import parse_timeout
-from .future import Future, FutureState, describe_type, error_from
+from ..tls import client_ssl_context
+from ..version import __version__
+from .future import SKIP as _SKIP, Future, FutureState, describe_type, error_from, flatten_futures
+from .future import rebuild as _rebuild
 from .loop import get_runner
 from .coordination import DatasetsMixin
 from .operations import OperationsMixin, resources_arg
@@ -40,34 +42,7 @@ from .placing import PlacingMixin
 
 log = logging.getLogger("tasknest.client")
 
-_default: "weakref.ref[Client] | None" = None
-_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
-# set while a task runs (thread or asyncio task): the worker's own client
-current_client: "contextvars.ContextVar[Client | None]" = contextvars.ContextVar(
-    "tasknest_client", default=None)
 _seq = itertools.count()
-_unique = itertools.count()
-_PREFIX = uuid.uuid4().hex[:16]          # per process: counters below it never collide
-
-
-def unique_token() -> str:
-    """32 hex digits, unique across processes, without a system call per key."""
-    return f"{_PREFIX}{next(_unique):016x}"
-
-
-def default_client() -> "Client":
-    c = current_client.get()
-    if c is not None:
-        return c
-    c = _default() if _default is not None else None
-    if c is None or c.status == "closed":
-        raise CallerError("no running tasknest Client: create one with Client() first")
-    return c
-
-
-def _funcname(fn: Callable) -> str:
-    name = getattr(fn, "__name__", None) or type(fn).__name__
-    return "lambda" if name == "<lambda>" else name
 
 
 def _check_timeout(timeout: Any) -> float | None:
@@ -90,39 +65,6 @@ def _unsupported(**options: Any) -> None:
     for name, value in options.items():
         if value:
             raise CallerError(f"{name}= is not supported by this version of tasknest")
-
-
-def flatten_futures(obj: Any) -> list[Future]:
-    """Every Future inside nested lists, tuples, sets and dict values."""
-    out: list[Future] = []
-    stack = [obj]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, Future):
-            out.append(x)
-        elif isinstance(x, (list, tuple, set, frozenset)):
-            stack.extend(reversed(list(x)))
-        elif isinstance(x, dict):
-            stack.extend(reversed(list(x.values())))
-    return out
-
-
-_SKIP = object()
-
-
-def _rebuild(obj: Any, values: dict[str, Any]) -> Any:
-    """``obj`` with each future replaced by its value; a value ``_SKIP`` leaves the
-    future out of its container (``gather(errors="skip")``)."""
-    if isinstance(obj, Future):
-        return values[obj.key]
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = [v for v in (_rebuild(x, values) for x in obj) if v is not _SKIP]
-        return items if type(obj) is list else type(obj)(items) if type(obj) in (
-            tuple, set, frozenset) else type(obj)(*items) if hasattr(obj, "_fields") else items
-    if isinstance(obj, dict):
-        pairs = ((k, _rebuild(v, values)) for k, v in obj.items())
-        return type(obj)((k, v) for k, v in pairs if v is not _SKIP)
-    return obj
 
 
 class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
@@ -174,6 +116,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             import os
             address = os.environ.get("TASKNEST_SCHEDULER_ADDRESS") or None
         if address is None:
+            # layer exception: with no address, Client() starts (and owns) a LocalCluster
             from ..deploy.local import LocalCluster
             self._cluster = LocalCluster(**self._cluster_kwargs)
             self._owns_cluster = True
@@ -219,14 +162,12 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         return self
 
     def _started(self) -> None:
-        global _default
         self.status = "running"
         _clients.add(self)
         if self._set_as_default:
-            _default = weakref.ref(self)
+            set_default(self)
 
     async def _connect(self) -> None:
-        from ..deploy.security import client_ssl_context
         ssl_ctx = client_ssl_context(self._security, self.scheduler_address)
         # threadsafe: the user's thread writes its submits itself (no wait for the loop)
         comm = await connect(self.scheduler_address, self._token, timeout=self.timeout,
@@ -262,7 +203,16 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         self.close()
 
     def close(self, timeout: float | None = None) -> Any:
-        """Disconnect; stop the embedded cluster if this client started it."""
+        """Disconnect; stop the embedded cluster if this client started it.
+
+        Futures still pending fail with ClosedClientError. Closing twice is harmless.
+
+        Args:
+            timeout: accepted for dask compatibility.
+
+        Returns:
+            None; with ``asynchronous=True`` an awaitable that closes.
+        """
         if self.asynchronous:
             return self._close_async()
         if self.status == "closed":
@@ -549,8 +499,12 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         Args:
             key: a list of keys, one per element, or a string prefix: keys are then
                 ``prefix-<hash>`` (``prefix-<fresh token>`` when not ``pure``).
+            func, *iterables: the function, and the iterables whose elements are its
+                positional arguments.
             batch_size: send the tasks this many at a time (all at once by default).
-            the others: as for submit(); ``kwargs`` go to every call.
+            workers, resources, retries, priority, fifo_timeout, allow_other_workers,
+            actor, actors, pure: as for submit().
+            **kwargs: keyword arguments of every call.
 
         Returns:
             a list of Futures, in the order of the elements.
@@ -603,7 +557,11 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             broadcast: a copy on every worker.
             workers: the workers to put the data on.
             hash: equal values get equal keys (``typename-<hash>``); False: fresh keys.
+            timeout: seconds or a string ("2 s") for the data to arrive.
             direct: accepted for dask compatibility (data always goes straight).
+
+        Returns:
+            Futures, in the shape of ``data``.
 
         Raises:
             CallerError: bad arguments; SerializationError: a value cannot be pickled.
@@ -674,17 +632,40 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         return self._request(m.Query(0, what, arg), self.timeout)
 
     def who_has(self, futures: Any = None) -> Any:
-        """``{key: [worker addresses]}`` for these futures (every key if None)."""
+        """Where the results are.
+
+        Args:
+            futures: a future, or lists, tuples, sets and dicts of them; None: every key.
+
+        Returns:
+            ``{key: [worker addresses]}``.
+        """
         keys = None if futures is None else [f.key for f in flatten_futures(futures)]
         return self._query("who_has", keys)
 
     def has_what(self, workers: Any = None) -> Any:
-        """``{worker address: [keys]}``, for these workers (addresses or names) or all."""
+        """Which keys each worker holds.
+
+        Args:
+            workers: addresses or names (one, or a list); None: every worker.
+
+        Returns:
+            ``{worker address: [keys]}``.
+
+        Raises:
+            ClosedClientError: the client is closed.
+        """
         return self._shaped(self._query("has_what"), lambda v: self._by_workers(v, workers))
 
     def scheduler_info(self, n_workers: int = 5) -> Any:
-        """dask's shape: ``{"workers": {address: {...}}, "started": ..., "address": ...}``
-        with at most ``n_workers`` workers (all if -1)."""
+        """The scheduler and its workers, in dask's shape.
+
+        Args:
+            n_workers: at most this many workers (all if -1).
+
+        Returns:
+            ``{"workers": {address: {...}}, "started": ..., "address": ...}``.
+        """
         if not isinstance(n_workers, int):
             raise CallerError(f"n_workers must be an integer, got {n_workers!r}")
 
@@ -696,12 +677,26 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         return self._shaped(self._query("workers"), shape)
 
     def nthreads(self, workers: Any = None) -> Any:
-        """``{worker address: threads}``, for these workers or all."""
+        """How many threads each worker runs tasks on.
+
+        Args:
+            workers: addresses or names (one, or a list); None: every worker.
+
+        Returns:
+            ``{worker address: threads}``.
+        """
         return self._shaped(self._query("workers"), lambda rows: self._by_workers(
             {w["address"]: w["nthreads"] for w in rows}, workers, rows))
 
     def processing(self, workers: Any = None) -> Any:
-        """``{worker address: [keys it runs or has queued]}``."""
+        """What each worker runs or has queued.
+
+        Args:
+            workers: addresses or names (one, or a list); None: every worker.
+
+        Returns:
+            ``{worker address: [keys it runs or has queued]}``.
+        """
         return self._shaped(self._query("processing"), lambda v: self._by_workers(v, workers))
 
     def _shaped(self, answer: Any, shape: Callable[[Any], Any]) -> Any:
@@ -723,8 +718,13 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
     def wait_for_workers(self, n_workers: int = 1, timeout: float | str | None = None) -> Any:
         """Block until at least ``n_workers`` workers are connected.
 
+        Args:
+            n_workers: how many.
+            timeout: seconds or a string ("10 s"); None waits for ever.
+
         Raises:
-            TimeoutError: saying how many of them came ("2/10 workers").
+            TimedOutError: saying how many of them came ("2/10 workers").
+            CallerError: bad arguments.
         """
         timeout = _check_timeout(timeout)
         if not isinstance(n_workers, int) or n_workers < 0:
@@ -741,7 +741,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             if len(info) >= n:
                 return
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(info)}/{n} workers arrived within {timeout} s")
+                raise TimedOutError(f"only {len(info)}/{n} workers arrived within {timeout} s")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.2)
 
@@ -757,6 +757,13 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
 
         A pending task is stopped (and those that depend on it); a finished one is
         released. Using a cancelled future afterwards raises FutureCancelledError.
+
+        Args:
+            futures: a future, or lists, tuples, sets and dicts of them, nested.
+            force: accepted for dask compatibility (cancelling is always forced).
+
+        Raises:
+            ClosedClientError: the client is closed.
         """
         self._check()
         fs = flatten_futures(futures)
@@ -776,7 +783,14 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             self._send(m.Cancel(keys))
 
     def retry(self, futures: Any) -> None:
-        """Run failed tasks again (and the failed tasks they depend on)."""
+        """Run failed tasks again (and the failed tasks they depend on).
+
+        Args:
+            futures: a future, or lists, tuples, sets and dicts of them, nested.
+
+        Raises:
+            ClosedClientError: the client is closed.
+        """
         self._check()
         fs = [f for f in flatten_futures(futures) if f._state.status == "error"]
         for f in fs:
@@ -798,9 +812,14 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             futures: a future, or lists, tuples, sets and dicts of them, nested.
             errors: "raise" the first failure, or "skip" failed futures (left out).
             timeout: seconds or a string ("2 s").
+            direct, asynchronous: accepted for dask compatibility (results come
+                straight from the workers when they can).
+
+        Returns:
+            The results, in the shape of ``futures``.
 
         Raises:
-            the task's exception, FutureCancelledError, TimeoutError.
+            the task's exception, FutureCancelledError, TimedOutError.
         """
         self._check()
         timeout = _check_timeout(timeout)
@@ -852,7 +871,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
                 continue
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not st.wait(remaining):
-                raise TimeoutError(f"results not ready after {timeout} s")
+                raise TimedOutError(f"results not ready after {timeout} s")
 
     def _gather_sync(self, futures: list[Future], timeout: float | None = None,
                      errors: str = "raise") -> list:

@@ -17,9 +17,10 @@ import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import CallerError, RemoteError
+from ..errors import CallerError, NotFoundError, RemoteError, TimedOutError
 from ..protocol import messages as m
 from ..protocol.serialize import dumps_value, loads_value
+from ..registry import current_client, default_client
 from .future import collect_inner
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ _NO_DEFAULT = object()
 
 
 def _client(client: "Client | None") -> "Client":
-    from .client import default_client
     return client if client is not None else default_client()
 
 
@@ -41,7 +41,6 @@ def _pack(value: Any) -> tuple[list, list[str]]:
 
 def _unpack(client: "Client", frames: list) -> Any:
     """Futures inside the value bind to ``client`` (it received them)."""
-    from .client import current_client
     token = current_client.set(client)
     try:
         return loads_value(frames)
@@ -132,7 +131,7 @@ class Queue(_Named):
 
         def post(answer: Any) -> Any:
             if _timed_out(answer):
-                raise TimeoutError(f"queue {self.name!r} gave nothing within {timeout} s")
+                raise TimedOutError(f"queue {self.name!r} gave nothing within {timeout} s")
             if "batch" in answer:
                 return [_unpack(c, frames) for frames in answer["batch"]]
             return _unpack(c, answer["value"])
@@ -158,7 +157,7 @@ class Variable(_Named):
 
         def post(answer: Any) -> Any:
             if _timed_out(answer):
-                raise TimeoutError(f"variable {self.name!r} was not set within {timeout} s")
+                raise TimedOutError(f"variable {self.name!r} was not set within {timeout} s")
             return _unpack(c, answer["value"])
         return call(c, "variable", self.name, "get", timeout=timeout, post=post)
 
@@ -282,7 +281,20 @@ class DatasetsMixin:
 
     def publish_dataset(self, *args: Any, name: str | None = None, override: bool = False,
                         **kwargs: Any) -> None:
-        """Publish futures (or any values) under names: ``publish_dataset(x=fut)``."""
+        """Publish futures (or any values) under names: ``publish_dataset(x=fut)``.
+
+        The scheduler keeps the futures' results alive until they are unpublished.
+
+        Args:
+            *args: one value, published under ``name``.
+            **kwargs: values published under their keywords' names.
+            name: the name of the positional value.
+            override: replace a dataset of the same name instead of failing.
+
+        Raises:
+            CallerError: a name is already published (without ``override``), or bad
+                arguments.
+        """
         named = dict(kwargs)
         if args:
             if name is None or len(args) != 1:
@@ -297,19 +309,46 @@ class DatasetsMixin:
                  arg=bool(override), post=post)
 
     def get_dataset(self, name: str, default: Any = _NO_DEFAULT, timeout: float | None = None) -> Any:
+        """The value published under ``name``.
+
+        Args:
+            name: the dataset's name.
+            default: returned when nothing is published under ``name``.
+            timeout: accepted for dask compatibility.
+
+        Returns:
+            The value; futures inside it are bound to this client.
+
+        Raises:
+            NotFoundError: nothing is published under ``name`` and no default was given
+                (also a KeyError).
+        """
         def post(answer: Any) -> Any:
             if answer.get("missing"):
                 if default is _NO_DEFAULT:
-                    raise KeyError(f"no dataset named {name!r} is published")
+                    raise NotFoundError(f"no dataset named {name!r} is published")
                 return default
             return _unpack(self, answer["value"])  # type: ignore[arg-type]
         return call(self, "dataset", _name(name, "dataset"), "get", post=post)  # type: ignore
 
     def list_datasets(self) -> Any:
+        """The names of the published datasets.
+
+        Returns:
+            A tuple of names.
+        """
         return call(self, "dataset", "*", "list", post=tuple)  # type: ignore[arg-type]
 
     def unpublish_dataset(self, name: str) -> None:
+        """Forget the dataset published under ``name`` (its results may then be freed).
+
+        Args:
+            name: the dataset's name.
+
+        Raises:
+            NotFoundError: nothing is published under ``name`` (also a KeyError).
+        """
         def post(answer: Any) -> None:
             if isinstance(answer, dict) and answer.get("missing"):
-                raise KeyError(f"no dataset named {name!r} is published")
+                raise NotFoundError(f"no dataset named {name!r} is published")
         return call(self, "dataset", _name(name, "dataset"), "unpublish", post=post)  # type: ignore

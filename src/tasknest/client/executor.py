@@ -17,7 +17,7 @@ import itertools
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from ..errors import ClosedClientError
+from ..errors import CallerError, ClosedClientError
 
 if TYPE_CHECKING:
     from .client import Client
@@ -88,7 +88,7 @@ class ClientExecutor(cf.Executor):
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,  # type: ignore[override]
             chunksize: int = 1) -> Iterator:
         if chunksize < 1:
-            raise ValueError("chunksize must be >= 1")   # as concurrent.futures says
+            raise CallerError("chunksize must be >= 1")   # as concurrent.futures says
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         items = iter(zip(*iterables))

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from tblib import Traceback
 
 from ..errors import (CallerError, FutureCancelledError, KilledWorker, LostError, RemoteError,
-                      RemoteTraceback, SerializationError)
+                      RemoteTraceback, SerializationError, TimedOutError)
 from ..protocol.serialize import loads_value
+from ..registry import current_client, default_client
 from ..timeouts import parse_timeout
 
 if TYPE_CHECKING:
@@ -181,7 +182,6 @@ class Future:
 
     def __init__(self, key: str, client: "Client | None" = None, _new: bool = True) -> None:
         if client is None:
-            from .client import default_client
             client = default_client()
         self.key = key
         self.client = client
@@ -199,9 +199,15 @@ class Future:
     def result(self, timeout: float | str | None = None) -> Any:
         """The task's value, waiting for it.
 
+        Args:
+            timeout: seconds or a string ("2 s"); None waits for ever.
+
+        Returns:
+            The value (an awaitable of it on an asynchronous client's own loop).
+
         Raises:
             the task's own exception (with its remote frames), FutureCancelledError,
-            KilledWorker, LostError, or TimeoutError after ``timeout``.
+            KilledWorker, LostError, or TimedOutError after ``timeout``.
         """
         if self.client.asynchronous and _in_loop(self.client):
             return self._result_async()
@@ -211,19 +217,44 @@ class Future:
         return (await self.client._gather_async([self]))[0]
 
     def exception(self, timeout: float | str | None = None) -> BaseException | None:
-        """The task's exception once it is done (None if it succeeded)."""
+        """The task's exception once it is done (None if it succeeded).
+
+        Args:
+            timeout: seconds or a string ("2 s"); None waits for ever.
+
+        Returns:
+            The exception, or None.
+
+        Raises:
+            FutureCancelledError: the future was cancelled.
+            TimedOutError: not done within ``timeout``.
+        """
         self.client._wait_states([self._state], parse_timeout(timeout))
         if self._state.status == "cancelled":
             raise FutureCancelledError(f"{self.key} was cancelled")
         return self._state.error
 
     def traceback(self, timeout: float | str | None = None) -> types.TracebackType | None:
-        """The remote traceback of a failed task, as a traceback object
-        (``traceback.format_tb(future.traceback())``); None if it did not fail."""
+        """The remote traceback of a failed task, as a traceback object.
+
+        Args:
+            timeout: seconds or a string ("2 s"); None waits for ever.
+
+        Returns:
+            For ``traceback.format_tb(future.traceback())``; None if it did not fail.
+
+        Raises:
+            TimedOutError: not done within ``timeout``.
+        """
         self.client._wait_states([self._state], parse_timeout(timeout))
         return self._state.tb
 
     def done(self) -> bool:
+        """True once the task finished, failed or was cancelled (it does not wait).
+
+        Returns:
+            Whether a result, an error or a cancellation has arrived.
+        """
         return self._state.done()
 
     def cancel(self) -> bool:
@@ -236,6 +267,11 @@ class Future:
         return True
 
     def cancelled(self) -> bool:
+        """True once the future is cancelled (as in concurrent.futures).
+
+        Returns:
+            Whether ``cancel()`` (or the cluster) cancelled it.
+        """
         return self._state.status == "cancelled"
 
     def release(self) -> None:
@@ -249,7 +285,11 @@ class Future:
         self.client.retry([self])
 
     def add_done_callback(self, fn: Callable[["Future"], Any]) -> None:
-        """Call ``fn(future)`` once the future is done (at once if it already is)."""
+        """Call ``fn(future)`` once the future is done (at once if it already is).
+
+        Args:
+            fn: a callable taking the future; it runs on the thread that settles it.
+        """
         cb = lambda: fn(self)  # noqa: E731 - keeps self alive until called
         if not self._state.add_callback(cb):
             cb()
@@ -326,7 +366,6 @@ def resolve_type(described: str) -> type | None:
 
 
 def _rebuild_future(key: str) -> Future:
-    from .client import default_client
     return Future(key, default_client())
 
 
@@ -349,6 +388,40 @@ class collect_inner:
         _collect.keys = self.prev
 
 
+# -- futures nested in containers ---------------------------------------------------------
+def flatten_futures(obj: Any) -> list[Future]:
+    """Every Future inside nested lists, tuples, sets and dict values."""
+    out: list[Future] = []
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, Future):
+            out.append(x)
+        elif isinstance(x, (list, tuple, set, frozenset)):
+            stack.extend(reversed(list(x)))
+        elif isinstance(x, dict):
+            stack.extend(reversed(list(x.values())))
+    return out
+
+
+SKIP = object()     # a value that leaves its future out of its container
+
+
+def rebuild(obj: Any, values: dict[str, Any]) -> Any:
+    """``obj`` with each future replaced by its value; a value ``SKIP`` leaves the
+    future out of its container (``gather(errors="skip")``)."""
+    if isinstance(obj, Future):
+        return values[obj.key]
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = [v for v in (rebuild(x, values) for x in obj) if v is not SKIP]
+        return items if type(obj) is list else type(obj)(items) if type(obj) in (
+            tuple, set, frozenset) else type(obj)(*items) if hasattr(obj, "_fields") else items
+    if isinstance(obj, dict):
+        pairs = ((k, rebuild(v, values)) for k, v in obj.items())
+        return type(obj)((k, v) for k, v in pairs if v is not SKIP)
+    return obj
+
+
 # -- waiting on several futures ---------------------------------------------------------
 FIRST_COMPLETED = cf.FIRST_COMPLETED
 FIRST_EXCEPTION = cf.FIRST_EXCEPTION
@@ -366,7 +439,6 @@ def block_until(futures: list[Future], satisfied: Callable[[], bool],
     """
     if satisfied():
         return True
-    from .client import current_client
     here = current_client.get()
     clients = {id(f.client): f.client for f in futures}
     for c in clients.values():
@@ -460,7 +532,7 @@ def wait(fs: Iterable[Future] | Future, timeout: float | str | None = None,
     block_until(futures, satisfied, deadline)
     done = {f for f in futures if f.done()}
     if return_when == ALL_COMPLETED and timeout is not None and len(done) < len(set(futures)):
-        raise TimeoutError(f"{len(set(futures)) - len(done)} of {len(set(futures))} futures "
+        raise TimedOutError(f"{len(set(futures)) - len(done)} of {len(set(futures))} futures "
                            f"not done after {timeout} s")
     return DoneAndNotDone((done, set(futures) - done))
 
@@ -489,7 +561,11 @@ class as_completed:
         self.update(futures)
 
     def add(self, future: Future) -> None:
-        """Watch one more future."""
+        """Watch one more future.
+
+        Args:
+            future: a Future.
+        """
         if not isinstance(future, Future):
             raise CallerError(f"as_completed takes futures, got {type(future).__name__}")
         token = next(self._tokens)
@@ -505,6 +581,14 @@ class as_completed:
             done()
 
     def update(self, futures: Iterable[Future]) -> None:
+        """Watch more futures.
+
+        Args:
+            futures: an iterable of futures.
+
+        Raises:
+            CallerError: something in it is not a Future.
+        """
         for f in _futures_arg(futures, "as_completed"):
             self.add(f)
 
@@ -520,9 +604,19 @@ class as_completed:
             return len(self._pending) + len(self._done)
 
     def is_empty(self) -> bool:
+        """True once every watched future has been yielded.
+
+        Returns:
+            Whether nothing is left.
+        """
         return self.count() == 0
 
     def has_ready(self) -> bool:
+        """True if a done future is waiting to be taken (it does not wait).
+
+        Returns:
+            Whether ``next()`` would return at once.
+        """
         with self._lock:
             return bool(self._done)
 
@@ -535,7 +629,7 @@ class as_completed:
                 raise StopIteration
             pending = [f for f, _ in self._pending.values()]
         if not block_until(pending, lambda: bool(self._done), self._deadline):
-            raise TimeoutError(f"{self.count()} futures not done after {self._timeout} s")
+            raise TimedOutError(f"{self.count()} futures not done after {self._timeout} s")
         with self._lock:
             if take_all:
                 out = list(self._done)
@@ -557,7 +651,14 @@ class as_completed:
         return self._result(self._next_done(False)[0])
 
     def next_batch(self, block: bool = True) -> list[Any]:
-        """Everything done now (waiting for at least one if ``block``)."""
+        """Everything done now.
+
+        Args:
+            block: wait for at least one if none is done yet.
+
+        Returns:
+            A list of futures (or of ``(future, result)`` with ``with_results``).
+        """
         if not block and not self.has_ready():
             return []
         try:
@@ -592,8 +693,11 @@ class as_completed:
 
 
 def fire_and_forget(futures: Any) -> None:
-    """Run these tasks to completion even after every Future on them is dropped."""
-    from .client import flatten_futures
+    """Run these tasks to completion even after every Future on them is dropped.
+
+    Args:
+        futures: a future, or lists, tuples, sets and dicts of them, nested.
+    """
     fs = flatten_futures(futures)
     by_client: dict[int, tuple[Any, list[str]]] = {}
     for f in fs:

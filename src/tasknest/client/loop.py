@@ -5,6 +5,8 @@ import asyncio
 import threading
 from typing import Any, Coroutine
 
+from ..errors import BlockingCallError
+
 _runner: "LoopRunner | None" = None
 _lock = threading.Lock()
 
@@ -33,7 +35,8 @@ class LoopRunner:
     def run(self, coro: Coroutine, timeout: float | None = None) -> Any:
         """Run a coroutine on the loop thread and wait for its result."""
         if threading.get_ident() == self.thread.ident:
-            raise RuntimeError("cannot block the tasknest event loop thread on itself")
+            coro.close()        # never to run: no "was never awaited" warning
+            raise BlockingCallError("cannot block the tasknest event loop thread on itself")
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return fut.result(timeout)

@@ -72,9 +72,20 @@ class OperationsMixin:
             return post(self._request(msg, timeout))  # type: ignore[attr-defined]
 
     def restart(self, timeout: float | None = 60.0) -> Any:
-        """Start every worker process anew (their nannies do): every future not yet
-        released errs with a "restarted" error; submitting again runs it again.
-        Returns once as many new workers have joined (TimeoutError after ``timeout``)."""
+        """Start every worker process anew (their nannies do).
+
+        Every future not yet released errs with a "restarted" error; submitting again runs
+        it again.
+
+        Args:
+            timeout: seconds (or a string) to wait for as many new workers to join.
+
+        Returns:
+            Once as many new workers have joined.
+
+        Raises:
+            TimedOutError: they did not join within ``timeout``.
+        """
         _check = getattr(self, "_worker_side", False)
         if _check:
             raise CallerError("restart() from inside a task would stop that task's worker")
@@ -84,8 +95,18 @@ class OperationsMixin:
         """Retire these workers (addresses or names) gracefully: they get no new task,
         the results only they hold are copied to other workers (nothing is computed
         again), their running tasks finish (for up to ``timeout`` seconds; what is
-        still running then runs again elsewhere), then they leave. Returns the
-        addresses of the workers that left."""
+        still running then runs again elsewhere), then they leave.
+
+        Args:
+            workers: an address or name, or a list of them.
+            timeout: seconds the running tasks get to finish.
+
+        Returns:
+            The addresses of the workers that left.
+
+        Raises:
+            CallerError: no workers were named.
+        """
         names = self._workers_arg(workers)  # type: ignore[attr-defined]
         if not names:
             raise CallerError("retire_workers() needs the addresses or names of workers")
@@ -96,8 +117,20 @@ class OperationsMixin:
 
     def run(self, function: Callable, *args: Any, workers: Any = None,
             on_error: str = "raise", **kwargs: Any) -> Any:
-        """Run ``function(*args, **kwargs)`` once on each worker (outside any task);
-        returns {worker address: result}. ``on_error="return"`` gives exceptions back."""
+        """Run ``function(*args, **kwargs)`` once on each worker, outside any task.
+
+        Args:
+            function: a picklable callable; a ``dask_worker`` parameter gets the worker.
+            *args, **kwargs: its arguments.
+            workers: addresses or names; None: every worker.
+            on_error: "raise" the first exception, or "return" exceptions as results.
+
+        Returns:
+            ``{worker address: result}``.
+
+        Raises:
+            The function's exception (with ``on_error="raise"``).
+        """
         if not callable(function):
             raise CallerError(f"run() needs a callable, got {function!r:.60}")
         if on_error not in ("raise", "return"):
@@ -107,17 +140,40 @@ class OperationsMixin:
         return self._op(msg, lambda answer: _results(answer, on_error))
 
     def run_on_scheduler(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Run ``function`` in the scheduler's process (a ``dask_scheduler`` parameter
-        gets the scheduler object)."""
+        """Run ``function(*args, **kwargs)`` in the scheduler's process.
+
+        Args:
+            function: a picklable callable; a ``dask_scheduler`` parameter gets the scheduler.
+            *args, **kwargs: its arguments.
+
+        Returns:
+            Its result.
+
+        Raises:
+            The function's exception.
+        """
         if not callable(function):
             raise CallerError(f"run_on_scheduler() needs a callable, got {function!r:.60}")
         msg = m.Run(0, dumps_run(function, args, kwargs), None, "scheduler", "")
         return self._op(msg, lambda answer: _results(answer, "raise")["scheduler"])
 
     def register_plugin(self, plugin: Any, name: str | None = None) -> Any:
-        """Set ``plugin`` up on every worker, present and future: ``plugin.setup(worker)``
-        now (or as it joins), ``plugin.teardown(worker)`` as it closes. A plugin of the
-        same name replaces the earlier one. Returns {worker address: setup's result}."""
+        """Set ``plugin`` up on every worker, present and future.
+
+        ``plugin.setup(worker)`` runs now (or as a worker joins), ``plugin.teardown(worker)``
+        as it closes. A plugin of the same name replaces the earlier one.
+
+        Args:
+            plugin: an object with ``setup(worker)`` and optionally ``teardown(worker)``.
+            name: its name (by default its ``name`` attribute, or its class and id).
+
+        Returns:
+            ``{worker address: setup's result}``.
+
+        Raises:
+            setup's own exception, raised on a worker; CallerError: a name that is not a
+            string.
+        """
         name = name or getattr(plugin, "name", None) or \
             f"{type(plugin).__name__}-{id(plugin):x}"
         if not isinstance(name, str):
@@ -126,17 +182,37 @@ class OperationsMixin:
         return self._op(msg, lambda answer: _results(answer, "raise"))
 
     def upload_file(self, filename: str) -> Any:
-        """Make a .py, .zip or .egg file importable on every worker, present and future."""
+        """Make a .py, .zip or .egg file importable on every worker, present and future.
+
+        Args:
+            filename: the local file's path.
+
+        Returns:
+            ``{worker address: None}``, once every present worker has it.
+
+        Raises:
+            CallerError: the file cannot be read or is not .py, .zip or .egg.
+        """
         if not isinstance(filename, str) or not filename.endswith((".py", ".zip", ".egg")):
             raise CallerError(f"upload_file() takes the path of a .py, .zip or .egg file, "
                               f"got {filename!r}")
-        with open(filename, "rb") as fh:
-            data = fh.read()
+        try:
+            with open(filename, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise CallerError(f"upload_file() cannot read {filename!r}: {exc}") from exc
         base = os.path.basename(filename)
         return self.register_plugin(UploadedFile(base, data), name="upload:" + base)
 
     def get_executor(self, **submit_options: Any) -> Any:
-        """A concurrent.futures.Executor whose submits go through this client."""
+        """A concurrent.futures.Executor whose submits go through this client.
+
+        Args:
+            **submit_options: passed to every ``submit`` (e.g. ``workers=``, ``retries=``).
+
+        Returns:
+            A ``concurrent.futures.Executor``.
+        """
         from .executor import ClientExecutor
         return ClientExecutor(self, **submit_options)  # type: ignore[arg-type]
 

@@ -16,6 +16,8 @@ import sys
 from typing import Any
 
 from ..protocol.auth import new_token
+from ..errors import CallerError
+from ..sizes import parse_size
 from .security import Security
 
 log = logging.getLogger("tasknest")
@@ -38,22 +40,9 @@ def parse_resources(text: str) -> dict[str, float]:
         except ValueError:
             value = -1.0
         if not eq or not name.strip() or value < 0:
-            raise ValueError(f"--resources: {part!r} is not NAME=AMOUNT (a non-negative number)")
+            raise CallerError(f"--resources: {part!r} is not NAME=AMOUNT (a non-negative number)")
         out[name.strip()] = value
     return out
-
-
-def parse_size(text: str | int) -> int:
-    """'4GB', '512MiB', '1e9' or an int -> bytes."""
-    if isinstance(text, int):
-        return text
-    s = str(text).strip().lower().replace(" ", "")
-    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
-             "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "b": 1, "": 1}
-    for unit in sorted(units, key=len, reverse=True):
-        if unit and s.endswith(unit):
-            return int(float(s[: -len(unit)]) * units[unit])
-    return int(float(s))
 
 
 def _positive_size(text: str) -> int:
@@ -113,7 +102,7 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 10, 10)
 
 
-def _run(main: Any) -> int:
+def run_loop(main: Any) -> int:
     _tune_gc()
     loop: asyncio.AbstractEventLoop
     try:
@@ -317,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, str(level).upper(), logging.WARNING),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "scheduler":
-        return _run(_scheduler_main(args))
+        return run_loop(_scheduler_main(args))
     if args.command == "worker":
         if args.nthreads < 1:
             parser.error("--nthreads must be at least 1")
@@ -327,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
         if not args.no_nanny and _nanny_available():
             return _worker_with_nanny(args, argv)
-        return _run(_worker_main(args))
+        return run_loop(_worker_main(args))
     if args.command == "demo":
         from ..demo import main as demo_main
         return demo_main()

@@ -80,7 +80,14 @@ class Cluster:
 
     def scale(self, n: int) -> None:
         """Have ``n`` workers: start more, or retire the least useful ones gracefully
-        (a batch cluster rounds up to whole jobs)."""
+        (a batch cluster rounds up to whole jobs).
+
+        Args:
+            n: the number of workers wanted.
+
+        Raises:
+            CallerError: ``n`` is not a non-negative integer.
+        """
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise CallerError(f"scale() takes a non-negative number of workers, got {n!r}")
         if self.adaptive is not None:
@@ -117,7 +124,14 @@ class Cluster:
 
     def least_useful(self, k: int) -> list[str]:
         """The k workers the cluster misses least: fewest tasks to do, then fewest bytes
-        of results held (those are copied away on retirement), then the newest."""
+        of results held (those are copied away on retirement), then the newest.
+
+        Args:
+            k: how many to name.
+
+        Returns:
+            The names of those units.
+        """
         rows: dict[str, dict] = {}
         for w in self._query("demand")["workers"]:      # summed over each unit's workers
             row = rows.setdefault(w["name"].split(".")[0], {"processing": 0, "nbytes": 0,
@@ -132,7 +146,15 @@ class Cluster:
         return cands[:k]
 
     def retire(self, names: list[str], timeout: float | None = None) -> list[str]:
-        """Retire these units' workers gracefully, then make sure they are gone."""
+        """Retire these units' workers gracefully, then make sure they are gone.
+
+        Args:
+            names: the units (workers, or jobs of a batch cluster) to retire.
+            timeout: seconds their running tasks get (the cluster's default if None).
+
+        Returns:
+            The addresses of the workers that left.
+        """
         timeout = self.retire_timeout if timeout is None else timeout
         done: list[str] = []
         try:
@@ -144,7 +166,17 @@ class Cluster:
 
     def adapt(self, minimum: int = 0, maximum: int = 10, **options: Any) -> Any:
         """Scale with demand between ``minimum`` and ``maximum`` workers (see
-        deploy/adaptive.py for ``interval``, ``cooldown``, ``step``, ``wait_count``)."""
+        deploy/adaptive.py for ``interval``, ``cooldown``, ``step``, ``wait_count``).
+
+        Args:
+            minimum: the fewest workers kept.
+            maximum: the most workers started.
+            options: the policy's settings (``interval``, ``cooldown``, ``step``,
+                ``wait_count``).
+
+        Returns:
+            The Adaptive object (its ``stop()`` ends adaptive scaling).
+        """
         from .adaptive import Adaptive
         if self.adaptive is not None:
             self.adaptive.stop()
@@ -166,6 +198,15 @@ class Cluster:
         return c._request(_query_msg(what), c.timeout)
 
     def wait_for_workers(self, n: int, timeout: float = 60.0) -> None:
+        """Block until ``n`` workers have joined.
+
+        Args:
+            n: the number of workers to wait for.
+            timeout: seconds to wait.
+
+        Raises:
+            TimedOutError: fewer had joined by then.
+        """
         self._client().wait_for_workers(n, timeout=timeout)
 
     # -- closing ---------------------------------------------------------------------------------

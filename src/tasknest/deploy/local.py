@@ -22,8 +22,11 @@ import weakref
 from typing import Any
 
 from ..protocol.auth import new_token
+from ..errors import CallerError, ClusterStartError, TasknestError
+from ..sizes import parse_size
+from ..tls import server_ssl_context
 from .cluster import Cluster
-from .security import Security, server_ssl_context
+from .security import Security
 
 _clusters: "weakref.WeakSet[LocalCluster]" = weakref.WeakSet()
 
@@ -38,8 +41,6 @@ class LocalCluster(Cluster):
                  heartbeat_timeout: float = 30.0, worker_args: list[str] | None = None,
                  max_frame_size: int | str | None = None, allowed_failures: int = 3,
                  resources: dict[str, float] | None = None) -> None:
-        from ..errors import CallerError
-        from .cli import parse_size
         Cluster.__init__(self)
         try:
             self.max_frame = None if max_frame_size is None else parse_size(max_frame_size)
@@ -87,8 +88,11 @@ class LocalCluster(Cluster):
                 self._start_processes()
             else:
                 self._start_inprocess()
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if isinstance(exc, Exception) and not isinstance(exc, TasknestError):
+                raise ClusterStartError(f"the cluster did not start: {type(exc).__name__}: "
+                                        f"{exc}") from exc
             raise
         self.status = "running"
 
@@ -149,7 +153,18 @@ class LocalCluster(Cluster):
         return {name: "\n".join(log) for name, log in self._logs.items()}
 
     def add_worker(self, wait: bool = True, name: str | None = None) -> subprocess.Popen:
-        """Start one more worker process (used by tests that kill workers)."""
+        """Start one more worker process (used by tests that kill workers).
+
+        Args:
+            wait: return once it has started (else at once).
+            name: its name (``local-<n>`` by default).
+
+        Returns:
+            The worker's process (``subprocess.Popen``).
+
+        Raises:
+            ClusterStartError: it did not start.
+        """
         name = name or f"local-{len(self.worker_procs)}"
         cmd = [sys.executable, "-m", "tasknest", "worker", self.scheduler_address,
                "--nthreads", str(self.threads_per_worker), "--name", name,
@@ -205,6 +220,13 @@ class LocalCluster(Cluster):
 
     # -- stopping ----------------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> None:
+        """Stop the workers and the scheduler (SIGTERM, then SIGKILL after ``timeout``).
+
+        Closing twice is harmless.
+
+        Args:
+            timeout: seconds the processes get to exit.
+        """
         if self.status == "closed":
             return
         self._close_common()
@@ -297,11 +319,11 @@ def _first_line(proc: subprocess.Popen, timeout: float, what: str) -> str:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             proc.kill()
-            raise TimeoutError(f"the {what} process did not start within {timeout} s")
+            raise ClusterStartError(f"the {what} process did not start within {timeout} s")
         if sel.select(remaining):
             chunk = os.read(fd, 4096)
             if not chunk:
-                raise RuntimeError(f"the {what} process exited during start-up "
+                raise ClusterStartError(f"the {what} process exited during start-up "
                                    f"(code {proc.wait()}); see its messages above")
             buf += chunk
     sel.close()

@@ -31,6 +31,8 @@ import time
 
 import psutil
 
+from ..sizes import parse_size
+
 log = logging.getLogger("tasknest.nanny")
 
 # worker exit codes that mean "do not restart me" (see deploy/cli.py)
@@ -213,7 +215,6 @@ def worker_command(argv: list[str]) -> list[str]:
 
 def run_nanny(argv: list[str], args: argparse.Namespace) -> int:
     """Entry point of ``tasknest worker`` (unless --no-nanny): supervise a worker."""
-    from .cli import parse_size
     nanny = Nanny(worker_command(argv), memory_limit=parse_size(args.memory_limit),
                   max_restarts=int(os.environ.get("TASKNEST_NANNY_MAX_RESTARTS", "30")))
     # a SIGTERM'd worker retires: it may drain for --retire-timeout before it exits

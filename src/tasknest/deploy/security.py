@@ -6,7 +6,10 @@ import shutil
 import ssl
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+
+from ..tls import client_ssl_context, server_ssl_context
+
+__all__ = ["Security", "client_ssl_context", "server_ssl_context"]
 
 
 @dataclass
@@ -84,15 +87,3 @@ class Security:
             if value:
                 out += [flag, value]
         return out
-
-
-def client_ssl_context(security: Any, address: str) -> ssl.SSLContext | None:
-    if address.startswith("tls://"):
-        if security is None:
-            raise ValueError(f"{address} is a tls:// address: pass security=Security(...)")
-        return security.client_context()
-    return None
-
-
-def server_ssl_context(security: Any) -> ssl.SSLContext | None:
-    return None if security is None else security.server_context()

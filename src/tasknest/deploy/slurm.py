@@ -395,7 +395,7 @@ class SLURMCluster(Cluster):
 
 def _slurm_memory(memory: str) -> str:
     """'4GB' / '512MiB' / bytes -> SLURM's megabytes ('3815M')."""
-    from .cli import parse_size
+    from ..sizes import parse_size
     return f"{max(1, math.ceil(parse_size(memory) / 2**20))}M"
 
 

@@ -21,40 +21,35 @@ from typing import Any, Callable
 
 import msgpack
 
-from ..errors import AuthenticationError, CommClosedError, ProtocolError
+from ..errors import AuthenticationError, CallerError, CommClosedError, ConnectError, ProtocolError
 from . import auth
 from .transport import open_connection
-from .messages import DefineFunc, Message, decode
+from .messages import FUNC_OPS, LAZY_OPS, MERGE_OPS, UNDOES, DefineFunc, Message, decode
 
 log = logging.getLogger("tasknest.comm")
 
 DEFAULT_MAX_FRAME = 1 << 30          # 1 GiB
 HANDSHAKE_TIMEOUT = 10.0
 _HEADER = 8
-_FUNC_OPS = frozenset({"submit", "claim", "compute", "place", "placed"})  # a function by number
-_MERGE_OPS = frozenset({"release", "free", "want", "claim-accepted"})  # adjacent: one key list
 BATCH_WINDOW = 0.002     # seconds a message from another thread may wait for company
 BATCH_MAX = 256          # ... or this many messages
-# bookkeeping nobody waits on: it leaves with the batch's timer (or with the next message
-# someone does wait on), never in a frame of its own when a thread is about to wait
-LAZY_OPS = frozenset({"placed", "release", "idle"})
-
-
-class ConnectError(CommClosedError, TimeoutError):
-    """Nothing answered at an address within the timeout."""
+# What a message's op means to the connection (functions by number, merging, lazy
+# sending, undoing) is declared in the catalogue (messages.py): this module reads those
+# sets and never names an op. ConnectError is imported here for older code.
+_UNDONE = frozenset(UNDOES.values())
 
 
 def parse_address(address: str) -> tuple[str, str, int]:
     """'tcp://host:port' -> (scheme, host, port)."""
     if not isinstance(address, str) or "://" not in address:
-        raise ValueError(f"address must look like 'tcp://host:port', got {address!r}")
+        raise CallerError(f"address must look like 'tcp://host:port', got {address!r}")
     scheme, rest = address.split("://", 1)
     if scheme not in ("tcp", "tls"):
-        raise ValueError(f"unknown scheme {scheme!r} in {address!r} (use tcp:// or tls://)")
+        raise CallerError(f"unknown scheme {scheme!r} in {address!r} (use tcp:// or tls://)")
     host, _, port = rest.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit():
-        raise ValueError(f"address must look like '{scheme}://host:port', got {address!r}")
+        raise CallerError(f"address must look like '{scheme}://host:port', got {address!r}")
     return scheme, host, int(port)
 
 
@@ -97,7 +92,7 @@ class Comm(asyncio.Protocol):
         self._tail: list = []              # ... unless bytes are waiting for the loop
         self._loop_thread = threading.get_ident()
         self._draining = False
-        self._seceding: dict[str, list] = {}     # key -> unsent secede, cancelled by a rejoin
+        self._undoable: dict[tuple, list] = {}   # (op, key) -> an unsent message, see UNDOES
         self._cancelled = 0
 
     # -- asyncio.Protocol ------------------------------------------------------
@@ -205,7 +200,7 @@ class Comm(asyncio.Protocol):
             if msg.op == "define-func":
                 self.funcs[msg.fid] = msg.func  # type: ignore[attr-defined]
                 continue
-            if msg.op in _FUNC_OPS:
+            if msg.op in FUNC_OPS:
                 fid = self.funcs.get(msg.fid)  # type: ignore[attr-defined]
                 if fid is None:
                     return self.abort(f"{msg.op} names function #{msg.fid} never defined")  # type: ignore
@@ -269,25 +264,25 @@ class Comm(asyncio.Protocol):
     def _enqueue(self, msg: Message) -> None:
         """Add a message to the outgoing frame (lock held)."""
         op = msg.op
-        if op == "rejoin":
-            secede = self._seceding.pop(msg.key, None)  # type: ignore[attr-defined]
-            if secede is not None:   # both still unsent: together they mean nothing
-                secede[0] = None
+        if op in UNDOES:
+            undone = self._undoable.pop((UNDOES[op], msg.key), None)  # type: ignore[attr-defined]
+            if undone is not None:   # both still unsent: together they mean nothing
+                undone[0] = None
                 self._cancelled += 1
                 return
-        if op in _MERGE_OPS:
+        if op in MERGE_OPS:
             last = self._outbox[-1] if self._outbox else None
             if last is not None and last[0] == op:
                 last[1].extend(msg.keys)  # type: ignore[attr-defined]
                 return
             self._outbox.append([op, list(msg.keys)])  # type: ignore[attr-defined]
         else:
-            if op in _FUNC_OPS and type(msg.fid) is bytes:  # type: ignore[attr-defined]
+            if op in FUNC_OPS and type(msg.fid) is bytes:  # type: ignore[attr-defined]
                 msg.fid = self.func_id(msg.fid)  # type: ignore[attr-defined]
             encoded = msg.encode()
             self._outbox.append(encoded)
-            if op == "secede":
-                self._seceding[msg.key] = encoded  # type: ignore[attr-defined]
+            if op in _UNDONE:
+                self._undoable[(op, msg.key)] = encoded  # type: ignore[attr-defined]
 
     def flush(self) -> None:
         self._flush_scheduled = False
@@ -300,8 +295,8 @@ class Comm(asyncio.Protocol):
         if self.closed or not self._outbox:
             return
         out, self._outbox = self._outbox, []
-        if self._seceding:
-            self._seceding.clear()
+        if self._undoable:
+            self._undoable.clear()
         if self._cancelled:
             out = [x for x in out if x[0] is not None]
             self._cancelled = 0
@@ -511,9 +506,9 @@ async def connect(address: str, token: str | bytes | None = None, timeout: float
     ``threadsafe``: other threads write their frames themselves (plain TCP only)."""
     scheme, host, port = parse_address(address)
     if scheme == "tls" and ssl_context is None:
-        raise ValueError(f"{address} is a tls:// address: pass TLS settings (security=...)")
+        raise CallerError(f"{address} is a tls:// address: pass TLS settings (security=...)")
     if scheme == "tcp" and ssl_context is not None:
-        raise ValueError(f"TLS settings given but {address} is a plain tcp:// address")
+        raise CallerError(f"TLS settings given but {address} is a plain tcp:// address")
     key = auth.key_of(token)
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + timeout
@@ -578,7 +573,7 @@ async def listen(address: str, on_comm: Callable[[Comm], Any], token: str | byte
                  max_frame: int = DEFAULT_MAX_FRAME) -> Listener:
     scheme, host, port = parse_address(address)
     if scheme == "tls" and ssl_context is None:
-        raise ValueError(f"{address} is a tls:// address: pass TLS settings")
+        raise CallerError(f"{address} is a tls:// address: pass TLS settings")
     key = auth.key_of(token)
     loop = asyncio.get_running_loop()
 

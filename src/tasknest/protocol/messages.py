@@ -232,6 +232,18 @@ Place = _define("Place", "place", key=str, fid=int, args=bytes, priority=NUMS, r
 GetData = _define("GetData", "get-data", rid=int, keys=STRS)
 Data = _define("Data", "data", rid=int, values=DATA)
 
+# -- what an op means to a connection (protocol/comm.py reads these, never op names) ------
+# ``fid`` names a function sent once per connection by ``define-func``: the sender swaps
+# the pickled bytes for a number, the receiver swaps the number back
+FUNC_OPS = frozenset({"submit", "claim", "compute", "place", "placed"})
+# adjacent ones in one frame merge their key lists
+MERGE_OPS = frozenset({"release", "free", "want", "claim-accepted"})
+# bookkeeping nobody waits on: it leaves with the batch's timer (or with the next message
+# someone does wait on), never in a frame of its own when a thread is about to wait
+LAZY_OPS = frozenset({"placed", "release", "idle"})
+# op -> the op it undoes: if that one (same key) is still unsent, neither is sent
+UNDOES = {"rejoin": "secede"}
+
 
 def _same_length(a: str, b: str) -> Any:
     return lambda msg: None if len(getattr(msg, a)) == len(getattr(msg, b)) else \

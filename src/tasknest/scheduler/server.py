@@ -14,11 +14,11 @@ import time
 import uuid
 from typing import Any
 
-from .. import __version__
 from ..errors import ProtocolError
 from ..protocol import messages as m
 from ..protocol.calls import run_call
 from ..protocol.comm import Comm, Listener, listen
+from ..version import __version__
 from .operations import SCHEDULER
 from .state import SchedulerState
 

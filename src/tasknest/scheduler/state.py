@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from ..errors import ProtocolError
 from ..protocol import messages as m
 from .resources import free_for
 from .records import ALLOWED_FAILURES, FIRE_AND_FORGET, Task, WorkerInfo
@@ -72,7 +73,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
     def handle(self, source: str, msg: m.Message) -> list[tuple[str, m.Message]]:
         handler = self._handlers.get(msg.op)
         if handler is None:
-            raise ValueError(f"scheduler does not accept {msg.op!r}")
+            raise ProtocolError(f"scheduler does not accept {msg.op!r}")
         handler(source, msg)
         if self.orphans:
             self._release_orphans()

@@ -17,9 +17,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ..client.client import Client, _funcname
-from ..client.future import Future, FutureState
-from ..errors import BlockingCallError, CallerError
+from ..client.client import Client
+from ..client.future import Future, FutureState, flatten_futures, rebuild
+from ..errors import BlockingCallError, CallerError, TimedOutError
+from ..names import funcname
 from ..protocol import messages as m
 from .context import current_task
 
@@ -93,7 +94,7 @@ class WorkerClient(Client):
             if self.worker.closing:
                 raise CallerError("the worker is closing")
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"the worker was not connected to its scheduler within "
+                raise TimedOutError(f"the worker was not connected to its scheduler within "
                                    f"{timeout} s")
             time.sleep(delay)      # (a rare path: the worker is reconnecting)
             delay = min(2 * delay, 0.05)
@@ -114,7 +115,7 @@ class WorkerClient(Client):
                                  digest_size=16)
         digest.update(fbytes)
         digest.update(abytes)
-        return f"{_funcname(func)}-{digest.hexdigest()}"
+        return f"{funcname(func)}-{digest.hexdigest()}"
 
     # -- submitting: straight into this worker's queue ----------------------------------
     def _submit_key(self, key: str, fbytes: bytes, abytes: bytes, deps: list[str],
@@ -252,12 +253,11 @@ class WorkerClient(Client):
     def gather(self, futures: Any, errors: str = "raise", timeout: Any = None,
                direct: bool | None = None, asynchronous: bool | None = None) -> Any:
         if threading.get_ident() == self._loop_thread:      # an async task: await it
-            from ..client.client import _rebuild, flatten_futures
             flat = flatten_futures(futures)
 
             async def _g() -> Any:
                 vals = await self._gather_async(flat, errors=errors)
-                return _rebuild(futures, self._by_key(flat, vals, errors))
+                return rebuild(futures, self._by_key(flat, vals, errors))
             return _g()
         return super().gather(futures, errors, timeout)
 
@@ -331,7 +331,7 @@ class WorkerClient(Client):
                         continue
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"results not ready after {timeout} s")
+                    raise TimedOutError(f"results not ready after {timeout} s")
                 if confirming:
                     self._await_confirm(f.key, st, remaining, [g.key for g in futures])
                 else:
@@ -392,7 +392,7 @@ class WorkerClient(Client):
             for st in states:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if not st.wait(remaining):
-                    raise TimeoutError(f"results not ready after {timeout} s")
+                    raise TimedOutError(f"results not ready after {timeout} s")
 
     def _fetch_sync(self, missing: list) -> None:
         w = self.worker

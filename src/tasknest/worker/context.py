@@ -5,13 +5,13 @@ for ``async def`` tasks running on the worker's event loop.
 """
 from __future__ import annotations
 
-import contextvars
 from typing import TYPE_CHECKING, Any
 
-from ..client.client import Client, current_client, default_client
+from ..client.client import Client
 from ..errors import CallerError
 from ..timeouts import parse_timeout
 from ..protocol import messages as m
+from ..registry import current_client, current_task, default_client
 
 if TYPE_CHECKING:
     from .server import Worker
@@ -28,10 +28,6 @@ class TaskContext:
         self.inline = inline      # how many tasks this thread runs inline, nested
         self.impure = 0           # pure=False submissions so far (they name child keys)
         self.attempt = 0          # retries left: a retried task gets fresh children
-
-
-current_task: "contextvars.ContextVar[TaskContext | None]" = contextvars.ContextVar(
-    "tasknest_task", default=None)
 
 
 def _task() -> TaskContext:

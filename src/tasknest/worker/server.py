@@ -24,15 +24,16 @@ from typing import Any
 import psutil
 from tblib import Traceback
 
-from .. import __version__
 from ..client.future import collect_inner, describe_type, error_from
-from ..errors import ProtocolError, SchedulerLostError, SerializationError
+from ..errors import CallerError, ProtocolError, SchedulerLostError, SerializationError
 from ..protocol import messages as m
 from ..protocol.calls import run_call
 from ..protocol.comm import Comm, Listener, connect, listen
 from ..protocol.peers import PeerPool
+from ..registry import set_default
 from ..protocol.serialize import (dumps_value, loads_call, loads_function, loads_value, nbytes,
                                   plain_nbytes)
+from ..version import __version__
 from .client import WorkerClient
 from .context import TaskContext, current_task, reset_task, set_task
 from .pool import Pool
@@ -57,7 +58,7 @@ class Worker:
                  validate: bool | None = None, max_frame: int | None = None,
                  resources: dict[str, float] | None = None) -> None:
         if nthreads < 1:
-            raise ValueError(f"nthreads must be at least 1, got {nthreads}")
+            raise CallerError(f"nthreads must be at least 1, got {nthreads}")
         self.scheduler_address = scheduler_address
         self.max_frame = max_frame            # largest frame a peer may send us
         self.nthreads = nthreads
@@ -144,10 +145,7 @@ class Worker:
         msg = await asyncio.wait_for(welcome, timeout)
         self.id = msg.id
         self.client._bind()
-        from ..client import client as client_module
-        if client_module._default is None:    # futures unpickled here bind to this worker
-            import weakref
-            client_module._default = weakref.ref(self.client)
+        set_default(self.client, only_if_unset=True)  # futures unpickled here bind to it
         comm.on_close.append(self._scheduler_lost)
         log.info("worker %s (%s) connected to %s", self.address, self.name,
                  self.scheduler_address)
