@@ -14,6 +14,8 @@ from .errors import (AuthenticationError, CallerError, ClosedClientError,  # noq
                      CommClosedError, FutureCancelledError, KilledWorker, LostError,
                      ProtocolError, RemoteError, SchedulerLostError, SerializationError,
                      TasknestError)
+from .dashboard.report import performance_report  # noqa: E402
+from .progress import progress  # noqa: E402
 from .worker.context import (get_client, get_worker, local_executor, rejoin,  # noqa: E402
                              secede, worker_client)
 
@@ -24,5 +26,5 @@ __all__ = [
     "Lock", "LostError", "ProtocolError", "Queue", "RemoteError", "SchedulerLostError",
     "Security", "Semaphore", "SerializationError", "TasknestError", "Variable",
     "as_completed", "default_client", "fire_and_forget", "get_client", "get_worker",
-    "local_executor", "rejoin", "secede", "wait", "worker_client", "__version__",
+    "local_executor", "performance_report", "progress", "rejoin", "secede", "wait", "worker_client", "__version__",
 ]

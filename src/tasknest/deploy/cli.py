@@ -167,8 +167,12 @@ async def _scheduler_main(args: argparse.Namespace) -> int:
     sched = await Scheduler(args.host, args.port, token, security and security.server_context(),
                             heartbeat_timeout=args.heartbeat_timeout,
                             allowed_failures=args.allowed_failures,
-                            max_frame=args.max_frame_size).start()
+                            max_frame=args.max_frame_size,
+                            dashboard_address=None if args.no_dashboard
+                            else args.dashboard_address).start()
     print(sched.address, flush=True)
+    if sched.dashboard is not None:
+        print(f"tasknest dashboard at {sched.dashboard.link}", file=sys.stderr, flush=True)
     if generated:
         print(f"tasknest scheduler at {sched.address}\n"
               f"token (pass to workers and clients with --token, $TASKNEST_TOKEN or a token "
@@ -232,7 +236,8 @@ _COMMON = {"log_level": "log-level"}
 CONFIGURED = {
     "scheduler": {**_COMMON, "host": "scheduler.host", "port": "scheduler.port",
                   "heartbeat_timeout": "scheduler.heartbeat-timeout",
-                  "allowed_failures": "scheduler.allowed-failures"},
+                  "allowed_failures": "scheduler.allowed-failures",
+                  "dashboard_address": "scheduler.dashboard-address"},
     "worker": {**_COMMON, "nthreads": "worker.nthreads", "memory_limit": "worker.memory-limit",
                "resources": "worker.resources",
                "reconnect_timeout": "worker.reconnect-timeout"},
@@ -256,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="workers a task may see die under it before it fails with KilledWorker")
     ps.add_argument("--max-frame-size", default="1GiB", type=_positive_size,
                     help="largest message frame accepted from any peer, e.g. 64MiB")
+    ps.add_argument("--dashboard-address", default=None,
+                    help="HOST:PORT of the web dashboard (default 127.0.0.1:8787, the next "
+                         "free port if taken)")
+    ps.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
     _common(ps)
 
     pw = sub.add_parser("worker", help="run a worker")

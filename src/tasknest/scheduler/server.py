@@ -19,6 +19,7 @@ from ..errors import ProtocolError
 from ..protocol import messages as m
 from ..protocol.calls import run_call
 from ..protocol.comm import Comm, Listener, listen
+from .observer import Observer
 from .operations import SCHEDULER
 from .state import SchedulerState
 
@@ -30,14 +31,15 @@ CLIENT_OPS = frozenset({"submit", "want", "release", "cancel", "retry", "fire-an
 WORKER_OPS = (CLIENT_OPS - {"placed", "lane-lost"}) | {"task-finished", "task-erred", "claim", "secede", "rejoin", "idle",
                            "steal-reply", "add-keys", "missing-data", "put-data-done",
                            "heartbeat", "goodbye", "paused", "synced", "not-here",
-                           "run-done"}
+                           "run-done", "monitor"}
 
 
 class Scheduler:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  ssl_context: Any = None, heartbeat_timeout: float = 30.0,
                  allowed_failures: int = 3, validate: bool | None = None,
-                 max_frame: int | None = None) -> None:
+                 max_frame: int | None = None,
+                 dashboard_address: str | None = None) -> None:
         self.host = host
         self.port = port
         self.token = token
@@ -45,6 +47,9 @@ class Scheduler:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_frame = max_frame
         self.state = SchedulerState(allowed_failures=allowed_failures)
+        self.observer = Observer(self.state, time.time)   # what people see (dashboard/)
+        self.dashboard_address = dashboard_address        # HOST:PORT, or None: no dashboard
+        self.dashboard: Any = None
         self.started = time.time()
         self.comms: dict[str, Comm] = {}
         self.listener: Listener | None = None
@@ -63,7 +68,17 @@ class Scheduler:
         self.address = self.listener.address
         self._ticker = asyncio.ensure_future(self._tick())
         log.info("scheduler at %s", self.address)
+        if self.dashboard_address:
+            await self._start_dashboard(self.dashboard_address)
         return self
+
+    async def _start_dashboard(self, address: str) -> None:
+        from ..dashboard.server import Dashboard, parse_address
+        host, port = parse_address(address)
+        try:
+            self.dashboard = await Dashboard(self, host, port).start()
+        except OSError as exc:      # the cluster works without it
+            log.warning("no dashboard: cannot listen on %s: %s", address, exc)
 
     async def close(self) -> None:
         self.closed.set()
@@ -71,6 +86,8 @@ class Scheduler:
             self.listener.close()
         if self._ticker is not None:
             self._ticker.cancel()
+        if self.dashboard is not None:
+            await self.dashboard.close()
         for comm in list(self.comms.values()):
             comm.send(m.Close("scheduler closing"))
             comm.close("scheduler closing")
@@ -78,6 +95,8 @@ class Scheduler:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.heartbeat_timeout / 4))
+            self.observer.tick()              # output that waited for its task's tree
+            self._do(self.state._flush())
             for wid in self.state.tick(time.monotonic(), self.heartbeat_timeout):
                 log.warning("worker %s missed heartbeats for %s s: removing it", wid,
                             self.heartbeat_timeout)
@@ -103,7 +122,8 @@ class Scheduler:
             comm.on_close.append(lambda _: self._client_gone(cid))
             self._do(self.state.add_client(cid))
             comm.send(m.Welcome(cid, {"version": __version__, "started": self.started,
-                                      "address": self.address}))
+                                      "address": self.address,
+                                      "dashboard": self.dashboard and self.dashboard.link}))
         elif msg.op == "register-worker":
             wid = f"w-{uuid.uuid4().hex[:12]}"
             self.comms[wid] = comm

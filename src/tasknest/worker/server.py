@@ -39,6 +39,8 @@ from .pool import Pool
 from .spill import new_store, watch_memory
 from .state import WorkerState
 from .watchdog import Watchdog
+from .monitor import FLUSH, STATS_EVERY, Monitor, install as install_monitor
+from .monitor import sample as sample_monitor
 
 log = logging.getLogger("tasknest.worker")
 
@@ -102,6 +104,8 @@ class Worker:
         self._tasks: set[asyncio.Future] = set()   # background coroutines, to cancel at close
         self.plugins: dict[str, Any] = {}          # name -> plugin (client.register_plugin)
         self._process = psutil.Process()
+        self.monitor = Monitor()           # runs, spawns, output, logs: for people to see
+        self._log_handler: Any = None
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> "Worker":
@@ -120,6 +124,8 @@ class Worker:
         self.peers = PeerPool(self.name, self.token, self.peer_ssl)
         await self._connect(self.reconnect_timeout)
         self._spawn(self._heartbeat())
+        self._log_handler = install_monitor(self.monitor)
+        self._spawn(self._report())
         if self.memory_limit:
             self._spawn(watch_memory(self))
         return self
@@ -163,6 +169,8 @@ class Worker:
                 except Exception:
                     log.warning("plugin %r failed to tear down", plugin, exc_info=True)
         self.pool.close()
+        if self._log_handler is not None:
+            logging.getLogger("tasknest").removeHandler(self._log_handler)
         comm = self.comm
         if comm is not None and not comm.closed:
             # say goodbye and let the scheduler close first: closing with its messages
@@ -226,6 +234,22 @@ class Worker:
             except psutil.Error:
                 rss = 0
             self.send(m.Heartbeat(rss))
+
+    async def _report(self) -> None:
+        """The monitor's records leave lazily, with the next batch (worker/monitor.py)."""
+        mon = self.monitor
+        last = 0.0
+        while not self.closing:
+            await asyncio.sleep(FLUSH)
+            now = time.monotonic()
+            if now - last >= STATS_EVERY:
+                last = now
+                sample_monitor(mon, self._process, self)
+            elif not mon.pending():
+                continue
+            comm = self.comm
+            if comm is not None:
+                comm.send_any(mon.take())
 
     # -- sending ------------------------------------------------------------------------------
     def _wake(self, here: bool = True) -> None:
@@ -333,6 +357,8 @@ class Worker:
                 done = self.apply(st.confirm(msg.key, msg.client, msg.seq,  # type: ignore
                                              msg.attempt))  # type: ignore[attr-defined]
         elif op == "sync":       # (send() puts what task threads queued first)
+            if self.monitor.pending():    # (what ran so far counts too: task stream)
+                self.send(self.monitor.take())
             self.send(m.Synced(msg.rid))  # type: ignore[attr-defined]
         elif op == "withdraw":
             with self.lock:
@@ -537,13 +563,17 @@ class Worker:
         ident = threading.get_ident()
         contexts = self.contexts
         contexts[ident] = ctx
+        start = time.time()
+        ok = False
         try:
             result = func(*args, **kwargs)
+            ok = True
         except BaseException as exc:  # noqa: B036 - a task's failure, whatever it is
             if isinstance(exc, (KeyboardInterrupt,)) and not inline:
                 raise
             return self._failed(task.key, exc)
         finally:
+            self.monitor.ran(task.key, start, time.time(), ok)
             reset_task(tokens)
             if parent is None:
                 contexts.pop(ident, None)
@@ -554,17 +584,23 @@ class Worker:
     async def _run_async(self, key: str, ctx: TaskContext, func: Any, args: tuple,
                          kwargs: dict) -> None:
         tokens = set_task(ctx)
+        start = time.time()
+        ok = False
         try:
             result = await func(*args, **kwargs)
+            ok = True
         except BaseException as exc:  # noqa: B036
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return self._failed(key, exc)
         finally:
+            self.monitor.ran(key, start, time.time(), ok)
             reset_task(tokens)
         self._finished(key, result)
 
     def _finished(self, key: str, result: Any) -> None:
+        if self.monitor.output:       # what it printed reaches its client before its result
+            self.send(self.monitor.take())
         inline = None
         inner: list[str] = []
         size = plain_nbytes(result)
@@ -601,6 +637,8 @@ class Worker:
 
     def _failed(self, key: str, exc: BaseException, kind: str = "exception",
                 message: str | None = None) -> None:
+        if self.monitor.output:
+            self.send(self.monitor.take())
         if message is not None:
             tb = message
             frames: list = []
