@@ -135,7 +135,7 @@ class Dashboard:
     async def _serve(self) -> None:
         app = web.Application(middlewares=[self._auth])
         r = app.router
-        r.add_get("/", lambda req: web.HTTPFound("/status"))
+        r.add_get("/", self._root)
         for page in PAGES:
             r.add_get(f"/{page}", self._page)
         r.add_get("/task/{key}", self._page)
@@ -213,8 +213,12 @@ class Dashboard:
         return await asyncio.wrap_future(fut)
 
     async def fresh(self) -> dict:
-        """The latest snapshot, made now if the last one is older than a tick."""
-        if self.latest is None or time.monotonic() - self.latest_at > 2 * TICK:
+        """The latest snapshot, made anew for this request while the state is small (a
+        scan under 5 ms); for a large one, reused for as long as the ticks are apart."""
+        last = self.latest
+        if last is None or time.monotonic() - self.latest_at >= (
+                0.0 if last["scan_seconds"] < 0.005 else
+                max(2 * TICK, last["scan_seconds"] / SCAN_SHARE)):
             snap = await self.on_scheduler(self._snapshot)
             self._publish(snap)
         return self.latest  # type: ignore[return-value]
@@ -236,6 +240,9 @@ class Dashboard:
         if request.query.get("key") and not isinstance(response, web.FileResponse):
             response.set_cookie("tasknest_key", self.key, httponly=True, samesite="Strict")
         return response
+
+    async def _root(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound("/status")
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
