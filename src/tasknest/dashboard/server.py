@@ -36,7 +36,8 @@ log = logging.getLogger("tasknest.dashboard")
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 DEFAULT_PORT = 8787
-TICK = 0.5             # seconds between snapshots while someone watches
+TICK = 1.0             # seconds between snapshots while someone watches
+PUSH_ROWS = 1_000      # task stream rows pushed per tick at most (the newest)
 SCAN_SHARE = 0.02      # a snapshot may take this share of the scheduler's loop, at most
 IDLE_AFTER = 10.0      # seconds after the last request: nobody watches, no snapshots
 STREAM_KEPT = 5_000    # task stream rows a new viewer gets
@@ -108,7 +109,7 @@ class Dashboard:
             self._ticker.cancel()
         loop = self.loop
         if loop is not None and self._runner is not None:
-            fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop)
+            fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
             try:
                 await asyncio.wait_for(asyncio.wrap_future(fut), 5)
             except Exception:
@@ -116,6 +117,11 @@ class Dashboard:
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5)
+
+    async def _shutdown(self) -> None:
+        for q in list(self.viewers):      # open event streams end now, not at a timeout
+            q.put_nowait(None)
+        await self._runner.cleanup()  # type: ignore[union-attr]
 
     def _run(self, done: Callable[[BaseException | None], None]) -> None:
         loop = self.loop = asyncio.new_event_loop()
@@ -150,7 +156,8 @@ class Dashboard:
         r.add_get("/api/v1/workers/logs", self._logs)
         r.add_get("/api/v1/failures", self._failures)
         r.add_get("/api/v1/task-stream", self._task_stream)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
         await self._runner.setup()
         ports = [self.port]
         if self.port == DEFAULT_PORT:       # taken: the next free one (then any)
@@ -187,6 +194,9 @@ class Dashboard:
     def _snapshot(self) -> dict:
         snap = views.snapshot(self.scheduler.state, self.scheduler.observer, self._since)
         self._since = snap["seq"]
+        if len(snap["stream"]) > PUSH_ROWS:     # (a browser draws the last seconds only)
+            snap["skipped"] = len(snap["stream"]) - PUSH_ROWS
+            snap["stream"] = snap["stream"][-PUSH_ROWS:]
         snap["loop_lag"] = self.loop_lag
         snap["tick"] = TICK
         return snap
@@ -332,7 +342,7 @@ def _html(page: str, key: str) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tasknest · {title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="stylesheet" href="/static/style.css"></head>
+<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/style.css"></head>
 <body><header><b>tasknest</b><nav>{nav}</nav><span id="conn">connecting…</span></header>
 <main id="app" data-page="{page}"></main>
 <script>window.TASK_KEY = {safe};</script>

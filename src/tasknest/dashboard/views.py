@@ -69,8 +69,13 @@ def snapshot(state: SchedulerState, obs: Observer, since: int) -> dict:
             "memory_limit": w.memory_limit, "cpu": stats.get("cpu", 0.0),
             "spilled": stats.get("spilled", 0), "paused": w.paused,
             "dropped": stats.get("dropped", 0)})
-    stream = [r for r in obs.stream if r[0] > since] if obs.stream and \
-        obs.stream[-1][0] > since else []
+    stream: list = []
+    if obs.stream and obs.stream[-1][0] > since:     # (newest first, then put in order)
+        for r in reversed(obs.stream):
+            if r[0] <= since or len(stream) >= 2_000:
+                break
+            stream.append(r)
+        stream.reverse()
     roots: dict[str, str] = {}
     for parent in obs.children:
         if parent not in obs.parent:
@@ -94,7 +99,7 @@ def snapshot(state: SchedulerState, obs: Observer, since: int) -> dict:
 def _ran(obs: Observer, key: str) -> str:
     run = obs.recent.get(key)
     if run is None:
-        return "forgotten"
+        return "released"
     return "finished" if run[3] else "failed"
 
 
