@@ -13,7 +13,7 @@ import pytest
 import tasknest
 from tasknest import Client, LocalCluster
 from tasknest.dashboard.metrics import parse as parse_metrics
-from tasknest.dashboard.server import dashboard_key
+from tasknest.protocol.auth import dashboard_key
 
 from conftest import wait_until
 from dashboard_tasks import fails, inc, parent, tree
@@ -203,3 +203,51 @@ def test_no_dashboard_on_the_command_line(procs):
     token = sched.generated_token()
     with Client(address, token=token) as c:
         assert c.dashboard_link is None
+
+
+def test_status_on_the_command_line(procs):
+    sched = procs("scheduler", "--port", "0", "--no-dashboard")
+    address = sched.first_line()
+    token = sched.generated_token()
+    w = procs("worker", address, "--nthreads", "2", "--name", "wst", "--token", token)
+    w.first_line()
+    out = procs("status", address, "--token", token)
+    assert out.wait(60) == 0
+    text = out.proc.stdout.read().decode()
+    assert "1 workers, 2 threads" in text and "wst" in text and "tasks:" in text
+
+
+def _wait_file(path):
+    from conftest import wait_for_file
+    return wait_for_file(path, 60)
+
+
+def test_each_worker_serves_metrics_and_the_dashboard_fetches_its_stacks(board, tmp_path):
+    c, base, key = board
+    status = json.loads(get(base + "/api/v1/status?key=" + key)[1])
+    wait_until(lambda: all(w["http"] for w in json.loads(
+        get(base + "/api/v1/workers?key=" + key)[1])), 10, message="workers' http known")
+    workers = json.loads(get(base + "/api/v1/workers?key=" + key)[1])
+    assert len(workers) == len(status["workers"]) == 2
+    url = workers[0]["http"]
+    assert get(url + "/health")[0] == 200
+    assert get(url + "/metrics")[0] == 401 and get(url + "/stacks")[0] == 401
+    metrics = parse_metrics(get(url + "/metrics?key=" + key)[1].decode())
+    assert metrics["tasknest_worker_threads"][(("state", "total"),)] == 2
+    assert "tasknest_worker_executions_total" in metrics
+    flag = tmp_path / "go"
+    fut = c.submit(_wait_file, str(flag))
+    try:
+        def stack_of_running() -> str:
+            for w in workers:
+                body = json.loads(get(f"{base}/api/v1/workers/stacks?worker={w['address']}"
+                                      f"&key={key}")[1])
+                if fut.key in body["stacks"]:
+                    return body["stacks"][fut.key]
+            return ""
+        stack = wait_until(stack_of_running, 30, message="the running task's stack")
+        assert "wait_for_file" in stack and "_wait_file" in stack
+    finally:
+        flag.touch()
+    fut.result()
+    assert get(f"{base}/api/v1/workers/stacks?worker=nope&key={key}")[0] == 404

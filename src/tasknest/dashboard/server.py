@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import hmac
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 from collections import deque
 from typing import Any, Callable
 from urllib.parse import quote
 
-from aiohttp import web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
+from ..protocol.auth import dashboard_key
 from . import views
 from .metrics import render as render_metrics
 
@@ -43,14 +42,6 @@ IDLE_AFTER = 10.0      # seconds after the last request: nobody watches, no snap
 STREAM_KEPT = 5_000    # task stream rows a new viewer gets
 PAGES = {"status": "Status", "tree": "Spawn tree", "workers": "Workers",
          "failures": "Failures"}
-
-
-def dashboard_key(token: str | None) -> str:
-    """The key that lets a browser in: derived from the cluster's secret (never the
-    secret itself); a random one when the cluster has none."""
-    if not token:
-        return secrets.token_hex(16)
-    return hmac.new(token.encode(), b"tasknest-dashboard-v1", hashlib.sha256).hexdigest()[:32]
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -154,6 +145,7 @@ class Dashboard:
         r.add_get("/api/v1/tree/{key}", self._tree)
         r.add_get("/api/v1/workers", self._workers)
         r.add_get("/api/v1/workers/logs", self._logs)
+        r.add_get("/api/v1/workers/stacks", self._stacks)
         r.add_get("/api/v1/failures", self._failures)
         r.add_get("/api/v1/task-stream", self._task_stream)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -315,6 +307,23 @@ class Dashboard:
     async def _logs(self, request: web.Request) -> web.Response:
         s = self.scheduler
         return web.json_response(await self.on_scheduler(s.observer.query, "worker_logs", None))
+
+    async def _stacks(self, request: web.Request) -> web.Response:
+        """The call stacks of a worker's running tasks, asked of the worker itself."""
+        address = request.query.get("worker", "")
+        workers = (await self.fresh())["workers"]
+        w = next((w for w in workers if w["address"] == address), None)
+        if w is None or not w.get("http"):
+            return web.json_response({"error": f"no such worker (or it serves no HTTP): "
+                                      f"{address!r}"}, status=404)
+        try:
+            async with ClientSession(timeout=ClientTimeout(total=10)) as session:
+                async with session.get(w["http"] + "/stacks", headers={
+                        "Authorization": f"Bearer {self.key}"}) as r:
+                    return web.json_response(await r.json(), status=r.status)
+        except (OSError, ClientError, asyncio.TimeoutError) as exc:
+            return web.json_response({"error": f"{address} did not answer: {exc}"},
+                                     status=502)
 
     async def _failures(self, request: web.Request) -> web.Response:
         return web.json_response((await self.fresh())["failures"], dumps=_dumps)

@@ -68,7 +68,7 @@ def snapshot(state: SchedulerState, obs: Observer, since: int) -> dict:
             "bytes": 0, "memory": stats.get("memory", w.memory),
             "memory_limit": w.memory_limit, "cpu": stats.get("cpu", 0.0),
             "spilled": stats.get("spilled", 0), "paused": w.paused,
-            "dropped": stats.get("dropped", 0)})
+            "dropped": stats.get("dropped", 0), "http": stats.get("http")})
     stream: list = []
     if obs.stream and obs.stream[-1][0] > since:     # (newest first, then put in order)
         for r in reversed(obs.stream):
@@ -77,13 +77,15 @@ def snapshot(state: SchedulerState, obs: Observer, since: int) -> dict:
             stream.append(r)
         stream.reverse()
     roots: dict[str, str] = {}
-    for parent in obs.children:
+    for parent in reversed(obs.children):          # the newest 50 roots
         if parent not in obs.parent:
-            ts = state.tasks.get(parent)
-            roots[parent] = _state_of(ts) if ts is not None else _ran(obs, parent)
+            rts = state.tasks.get(parent)
+            roots[parent] = _state_of(rts) if rts is not None else _ran(obs, parent)
+            if len(roots) >= 50:
+                break
     root_list = [{"key": k, "function": funcname(k), "state": s,
                   "children": len(obs.children.get(k, ()))}
-                 for k, s in list(roots.items())[-50:]]
+                 for k, s in reversed(roots.items())]
     return {
         "version": API_VERSION, "time": time.time(), "seq": obs.seq,
         "workers": workers, "totals": totals, "ntasks": len(state.tasks),

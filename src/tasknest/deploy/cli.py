@@ -199,7 +199,8 @@ async def _worker_main(args: argparse.Namespace) -> int:
                     port=args.port, token=_token(args), security=security,
                     memory_limit=parse_size(args.memory_limit),
                     reconnect_timeout=args.reconnect_timeout, max_frame=args.max_frame_size,
-                    resources=parse_resources(args.resources))
+                    resources=parse_resources(args.resources),
+                    http=not getattr(args, "no_metrics", False))
     try:
         await worker.start()
     except AuthenticationError as exc:
@@ -267,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     ps.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
     _common(ps)
 
+    pst = sub.add_parser("status", help="workers, tasks by state, what is running")
+    pst.add_argument("address", nargs="?", default=None,
+                     help="the scheduler (default tcp://scheduler.host:scheduler.port)")
+    _common(pst)
+
     pw = sub.add_parser("worker", help="run a worker")
     pw.add_argument("address", help="the scheduler, tcp://HOST:PORT or tls://HOST:PORT")
     pw.add_argument("--nthreads", type=int, default=None)
@@ -282,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     pw.add_argument("--max-frame-size", default="1GiB", type=_positive_size,
                     help="largest message frame accepted from a peer, e.g. 64MiB")
     pw.add_argument("--insecure", action="store_true", help="connect without a token")
+    pw.add_argument("--no-metrics", action="store_true",
+                    help="serve no HTTP endpoint (/metrics, /health, /stacks)")
     _common(pw)
 
     sub.add_parser("demo", help="run the specification's examples on a local cluster")
@@ -313,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_nanny and _nanny_available():
             return _worker_with_nanny(args, argv)
         return _run(_worker_main(args))
+    if args.command == "status":
+        from ..config import get as config_get
+        from ..dashboard.status import main as status_main
+        address = args.address or (f"tcp://{config_get('scheduler.host')}:"
+                                   f"{config_get('scheduler.port')}")
+        return status_main(address, _token(args), _security(args))
     if args.command == "demo":
         from ..demo import main as demo_main
         return demo_main()

@@ -35,10 +35,12 @@ class Monitor:
         self.new_logs: list[str] = []
         self.dropped = 0
         self._threads: dict[int, int] = {}    # thread ident -> small row number
-        self.stats: dict[str, float] = {}
+        self.stats: dict[str, Any] = {}
+        self.counts = [0, 0]                  # executions here: finished, erred
 
     # -- from task threads -------------------------------------------------------------
     def ran(self, key: str, start: float, stop: float, ok: bool) -> None:
+        self.counts[0 if ok else 1] += 1
         if len(self.runs) >= MAX_RUNS:
             self.dropped += 1
             return

@@ -56,7 +56,7 @@ class Worker:
                  security: Any = None, memory_limit: int = 0,
                  reconnect_timeout: float = 60.0, heartbeat_interval: float = 1.0,
                  validate: bool | None = None, max_frame: int | None = None,
-                 resources: dict[str, float] | None = None) -> None:
+                 resources: dict[str, float] | None = None, http: bool = True) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, got {nthreads}")
         self.scheduler_address = scheduler_address
@@ -105,6 +105,7 @@ class Worker:
         self.plugins: dict[str, Any] = {}          # name -> plugin (client.register_plugin)
         self._process = psutil.Process()
         self.monitor = Monitor()           # runs, spawns, output, logs: for people to see
+        self.http: Any = http              # /metrics, /stacks (worker/http.py), once started
         self._log_handler: Any = None
 
     # -- life cycle ------------------------------------------------------------------------
@@ -125,6 +126,8 @@ class Worker:
         await self._connect(self.reconnect_timeout)
         self._spawn(self._heartbeat())
         self._log_handler = install_monitor(self.monitor)
+        if self.http:
+            await self._start_http()
         self._spawn(self._report())
         if self.memory_limit:
             self._spawn(watch_memory(self))
@@ -185,6 +188,8 @@ class Worker:
             comm.close(reason)
         if self.listener is not None:
             self.listener.close()
+        if self.http:
+            await self.http.close()
         if self.peers is not None:
             self.peers.close()
         self.finished.set()
@@ -234,6 +239,20 @@ class Worker:
             except psutil.Error:
                 rss = 0
             self.send(m.Heartbeat(rss))
+
+    async def _start_http(self) -> None:
+        from ..protocol.auth import dashboard_key
+        from .http import WorkerHTTP
+        http = WorkerHTTP(self, dashboard_key(self.token) if self.token else None)
+        try:
+            address = await http.start(self.host)
+        except OSError as exc:         # the worker works without it
+            log.warning("no /metrics endpoint: %s", exc)
+            self.http = None
+            return
+        self.http = http
+        host = self.address.split("://", 1)[1].rsplit(":", 1)[0]   # (as peers reach us)
+        self.monitor.stats["http"] = address.replace(f"//{self.host}:", f"//{host}:")
 
     async def _report(self) -> None:
         """The monitor's records leave lazily, with the next batch (worker/monitor.py)."""

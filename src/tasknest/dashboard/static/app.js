@@ -227,6 +227,15 @@ async function renderTask() {
 }
 
 const logs = {};
+const stacks = {};                 // worker address -> its stacks, once asked for
+async function askStacks(address) {
+  try {
+    const r = await api("/api/v1/workers/stacks?worker=" + encodeURIComponent(address));
+    stacks[address] = r.stacks;
+  } catch (e) { stacks[address] = {"(error)": String(e)}; }
+  render();
+}
+
 async function renderWorkers() {
   if (due("/api/v1/workers/logs", 2)) {
     try { Object.assign(logs, await api("/api/v1/workers/logs")); } catch (e) { /* next tick */ }
@@ -234,7 +243,13 @@ async function renderWorkers() {
   const per = snap.workers.map(w => el("section", {class: "worker"},
     el("h3", {}, `${w.name} · ${w.address}`),
     el("p", {}, `${w.busy}/${w.nthreads} threads busy, ${w.processing} tasks, ` +
-      `${w.seceded} waiting on their children, ${bytes(w.memory)}`),
+      `${w.seceded} waiting on their children, ${bytes(w.memory)}`,
+      w.http ? [" · ", el("button", {class: "stacks", onclick: () => askStacks(w.address)},
+                          "call stacks of its running tasks")] : ""),
+    stacks[w.address] ? el("div", {class: "stacks"},
+      Object.keys(stacks[w.address]).length ? Object.entries(stacks[w.address]).map(([k, st]) =>
+        [el("h4", {}, taskLink(k)), el("pre", {class: "stack"}, st)])
+        : el("p", {}, "(nothing running)")) : "",
     el("pre", {class: "logs"}, (logs[w.address] || []).slice(-30).join("\n") || "(no log lines)")));
   app.replaceChildren(el("h2", {}, "Workers"), workersTable(), ...per, limits());
 }
