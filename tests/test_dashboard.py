@@ -251,3 +251,29 @@ def test_each_worker_serves_metrics_and_the_dashboard_fetches_its_stacks(board, 
         flag.touch()
     fut.result()
     assert get(f"{base}/api/v1/workers/stacks?worker=nope&key={key}")[0] == 404
+
+
+def test_transfers_are_marked_and_counted(board):
+    c, base, key = board
+    a, b = sorted(c.scheduler_info()["workers"])
+    x = c.submit(bytes, 100_000, workers=[a])
+    y = c.submit(len, x, workers=[b])
+    assert y.result() == 100_000
+    c.get_task_stream()                 # (synced: the workers' records have arrived)
+    status = json.loads(get(base + "/api/v1/status?key=" + key)[1])
+    moves = [mk for mk in status["marks"] if mk[2] == "transfer" and mk[1] == b]
+    assert moves and moves[-1][5] == a and moves[-1][7] >= 100_000
+    metrics = parse_metrics(get(base + "/metrics?key=" + key)[1].decode())
+    assert metrics["tasknest_transferred_bytes_total"][()] >= 100_000
+    del x, y
+
+
+def test_a_tls_cluster_has_its_dashboard_too():
+    with LocalCluster(n_workers=1, processes=False, security=True,
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
+        assert c.scheduler_address.startswith("tls://")
+        assert c.submit(inc, 1).result() == 2
+        status, body, _ = get(c.dashboard_link)
+        assert status == 200 and b"data-page=\"status\"" in body
+        base = c.dashboard_link.split("/status")[0]
+        assert get(base + "/api/v1/status")[0] == 401

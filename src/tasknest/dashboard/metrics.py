@@ -66,6 +66,8 @@ class _Snapshot:
         yield spilled
         yield GaugeMetricFamily("tasknest_bytes_held", "Bytes of results held on workers "
                                 "(replicas counted)", value=s["bytes_held"])
+        yield CounterMetricFamily("tasknest_transferred_bytes", "Bytes workers fetched from "
+                                  "other workers", value=s.get("bytes_transferred", 0))
         yield GaugeMetricFamily("tasknest_event_loop_lag_seconds", "How late the scheduler's "
                                 "event loop woke for its last tick", value=s.get("loop_lag", 0))
         yield GaugeMetricFamily("tasknest_dashboard_scan_seconds", "How long the last "

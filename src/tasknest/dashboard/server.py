@@ -71,6 +71,8 @@ class Dashboard:
         self.loop_lag = 0.0
         self.snapshots = 0
         self._since = 0
+        self._since_marks = 0
+        self.marks: deque[list] = deque(maxlen=STREAM_KEPT)
         self._ticker: asyncio.Task | None = None
 
     @property
@@ -184,8 +186,9 @@ class Dashboard:
             self.loop.call_soon_threadsafe(self._publish, snap)  # type: ignore[union-attr]
 
     def _snapshot(self) -> dict:
-        snap = views.snapshot(self.scheduler.state, self.scheduler.observer, self._since)
-        self._since = snap["seq"]
+        snap = views.snapshot(self.scheduler.state, self.scheduler.observer, self._since,
+                              self._since_marks)
+        self._since, self._since_marks = snap["seq"], snap["mark_seq"]
         if len(snap["stream"]) > PUSH_ROWS:     # (a browser draws the last seconds only)
             snap["skipped"] = len(snap["stream"]) - PUSH_ROWS
             snap["stream"] = snap["stream"][-PUSH_ROWS:]
@@ -197,6 +200,7 @@ class Dashboard:
     def _publish(self, snap: dict) -> None:
         self.snapshots += 1
         self.stream.extend(snap["stream"])
+        self.marks.extend(snap["marks"])
         self.latest, self.latest_at = snap, time.monotonic()
         if not self.viewers:
             return
@@ -257,6 +261,7 @@ class Dashboard:
     async def _status(self, request: web.Request) -> web.Response:
         snap = dict(await self.fresh())
         snap["stream"] = list(self.stream)[-2000:]
+        snap["marks"] = list(self.marks)[-500:]
         return web.json_response(snap, dumps=_dumps)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:

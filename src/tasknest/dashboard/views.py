@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..scheduler.observer import BUCKETS, FAILURES, LOG_LINES, STREAM, Observer, funcname
+from ..scheduler.observer import (BUCKETS, FAILURES, LOG_LINES, MARKS, STREAM, Observer,
+                                  funcname)
 from ..scheduler.state import SchedulerState
 
 API_VERSION = 1
@@ -17,7 +18,7 @@ MAX_FUNCS = 200        # progress rows (the busiest functions)
 TREE_CHILDREN = 25     # children shown one by one; the rest are counted by state
 TREE_DEPTH = 4         # levels sent at once (deeper ones when a node is opened)
 TREE_NODES = 2_000     # nodes per answer at most
-LIMITS = {"stream": STREAM, "failures": FAILURES, "worker_log_lines": LOG_LINES,
+LIMITS = {"stream": STREAM, "marks": MARKS, "failures": FAILURES, "worker_log_lines": LOG_LINES,
           "progress_functions": MAX_FUNCS, "tree_children": TREE_CHILDREN}
 
 
@@ -27,7 +28,7 @@ def _state_of(ts: Any) -> str:
     return ts.state
 
 
-def snapshot(state: SchedulerState, obs: Observer, since: int) -> dict:
+def snapshot(state: SchedulerState, obs: Observer, since: int, since_marks: int = 0) -> dict:
     """The cluster now: workers, progress per function, new task stream rows (seq > since),
     failures, the roots of the spawn tree."""
     t0 = time.perf_counter()
@@ -76,6 +77,8 @@ def snapshot(state: SchedulerState, obs: Observer, since: int) -> dict:
                 break
             stream.append(r)
         stream.reverse()
+    marks = [r for r in obs.marks if r[0] > since_marks] if obs.marks and \
+        obs.marks[-1][0] > since_marks else []
     roots: dict[str, str] = {}
     for parent in reversed(obs.children):          # the newest 50 roots
         if parent not in obs.parent:
@@ -88,6 +91,7 @@ def snapshot(state: SchedulerState, obs: Observer, since: int) -> dict:
                  for k, s in reversed(roots.items())]
     return {
         "version": API_VERSION, "time": time.time(), "seq": obs.seq,
+        "mark_seq": obs.mark_seq, "marks": marks, "bytes_transferred": obs.transferred,
         "workers": workers, "totals": totals, "ntasks": len(state.tasks),
         "bytes_held": held,
         "progress": [{"function": k, **v} for k, v in rows],

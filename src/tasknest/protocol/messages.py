@@ -198,9 +198,10 @@ NotHere = _define("NotHere", "not-here", key=str, attempt=int)  # that compute n
 
 RunDone = _define("RunDone", "run-done", rid=int, ok=bool, value=FRAMES)
 # what people see (worker/monitor.py, dashboard/): runs [key, thread, start, stop, ok],
-# spawns [parent, child], output [key, stream, text], the worker's log lines, its stats
+# spawns [parent, child], output [key, stream, text], the worker's log lines, its stats,
+# events [kind (transfer | spill), start, stop, peer, keys, bytes]
 Monitor = _define("Monitor", "monitor", runs=LISTS, spawns=LISTS, output=LISTS, logs=STRS,
-                  stats=dict)
+                  stats=dict, events=LISTS)
 
 # -- scheduler -> worker -------------------------------------------------------
 RunOn = _define("RunOn", "run-on", rid=int, call=bytes)    # answer run-done (unless rid 0)

@@ -29,6 +29,7 @@ FAILURES = 1_000       # failures kept
 RECENT = 100_000       # keys whose last run is remembered
 EDGES = 200_000        # spawn edges kept (those of forgotten tasks go first)
 LOG_LINES = 200        # log lines kept per worker
+MARKS = 2_000          # transfers and spills kept (marked on the task stream)
 PENDING = 3.0          # seconds output waits for its task's tree to be known
 BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
 
@@ -56,6 +57,9 @@ class Observer:
         self.hist = [0] * (len(BUCKETS) + 1)     # task durations, seconds
         self.hist_sum = 0.0
         self.done_by_func: dict[str, list] = {}   # function -> [finished, erred]
+        self.marks: deque[list] = deque(maxlen=MARKS)   # [seq, worker, kind, start, stop, peer, keys, bytes]
+        self.mark_seq = 0
+        self.transferred = 0                      # bytes workers fetched from peers
         state.register("monitor", self._on_monitor)
         state.components.append(self)
 
@@ -108,6 +112,11 @@ class Observer:
         if msg.logs:
             self.logs.setdefault(wid, deque(maxlen=LOG_LINES)).extend(msg.logs)
         self.stats[wid] = msg.stats
+        for kind, start, stop, peer, nkeys, nbytes in msg.events:
+            self.mark_seq += 1
+            self.marks.append([self.mark_seq, address, kind, start, stop, peer, nkeys, nbytes])
+            if kind == "transfer":
+                self.transferred += nbytes
         now = self.clock()
         for key, stream_name, text in msg.output:
             self.pending.append((now + PENDING, key, [funcname(key), address, key,

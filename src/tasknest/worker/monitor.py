@@ -33,6 +33,8 @@ class Monitor:
         self.output: list[list] = []     # [key, stream, text]
         self.logs: deque[str] = deque(maxlen=LOG_LINES)
         self.new_logs: list[str] = []
+        self.events: list[list] = []     # [kind, start, stop, peer, keys, bytes]
+        self._spilled = 0
         self.dropped = 0
         self._threads: dict[int, int] = {}    # thread ident -> small row number
         self.stats: dict[str, Any] = {}
@@ -55,6 +57,10 @@ class Monitor:
         if t is not None and len(self.spawns) < MAX_RUNS:
             self.spawns.append([t.key, child])
 
+    def transferred(self, peer: str, keys: int, nbytes: int, start: float, stop: float) -> None:
+        if len(self.events) < MAX_LINES:
+            self.events.append(["transfer", start, stop, peer, keys, nbytes])
+
     def wrote(self, key: str, stream: str, text: str) -> None:
         if len(self.output) < MAX_LINES:
             self.output.append([key, stream, text])
@@ -68,7 +74,7 @@ class Monitor:
 
     # -- from the event loop ------------------------------------------------------------
     def pending(self) -> bool:
-        return bool(self.runs or self.spawns or self.output or self.new_logs)
+        return bool(self.runs or self.spawns or self.output or self.new_logs or self.events)
 
     def take(self) -> m.Message:
         """Everything recorded since the last call, as one message."""
@@ -76,8 +82,9 @@ class Monitor:
         spawns, self.spawns = self.spawns, []
         output, self.output = self.output, []
         logs, self.new_logs = self.new_logs, []
+        events, self.events = self.events, []
         stats = dict(self.stats, dropped=self.dropped)
-        return m.Monitor(runs, spawns, output, logs, stats)
+        return m.Monitor(runs, spawns, output, logs, stats, events)
 
 
 class _TaskStream(io.TextIOBase):
@@ -171,5 +178,10 @@ def sample(monitor: Monitor, process: Any, worker: Any) -> None:
     data = worker.data
     spilled = getattr(data, "spilled", None)
     monitor.stats["spilled"] = len(spilled) if isinstance(spilled, (set, frozenset)) else 0
+    count = getattr(data, "spilled_count", 0)
+    if count > monitor._spilled:      # results spilled since the last sample: a mark
+        now = time.time()
+        monitor.events.append(["spill", now, now, "", count - monitor._spilled, 0])
+        monitor._spilled = count
     monitor.stats["keys"] = len(data)
     monitor.stats["time"] = time.time()

@@ -506,10 +506,14 @@ class Worker:
 
     async def _fetch(self, address: str, keys: list[str]) -> None:
         got: dict[str, Any] = {}
+        start = time.time()
         try:
             got = await self.peers.get_data(address, keys)  # type: ignore[union-attr]
         except Exception as exc:
             log.info("fetching %d keys from %s failed: %s", len(keys), address, exc)
+        if got:
+            self.monitor.transferred(address, len(got), sum(nbytes(f) for f in got.values()
+                                                           if f is not None), start, time.time())
         values: dict[str, Any] = {}
         for key in keys:
             frames = got.get(key)

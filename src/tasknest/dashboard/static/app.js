@@ -8,6 +8,7 @@ const STREAM_MAX = 5000;          // task stream rows kept here (the server keep
 const WINDOW = 10;                // seconds of task stream shown
 let snap = null;
 const stream = [];
+const marks = [];                 // transfers and spills: [seq, worker, kind, start, stop, peer, keys, bytes]
 const openNodes = new Set();      // spawn tree nodes the user opened (or closed: closed)
 const closedNodes = new Set();
 const fetched = {};               // url -> time of last fetch (pages that ask on demand)
@@ -90,10 +91,10 @@ function workersTable() {
 function taskStream() {
   const canvas = el("canvas", {id: "stream", width: 1100, height: 10});
   const lanes = new Map();
-  for (const r of stream) {
-    const k = `${r[1]} #${r[2]}`;
-    if (!lanes.has(k)) lanes.set(k, lanes.size);
-  }
+  const rows = [];
+  for (const r of stream) rows.push(`${r[1]} #${r[2]}`);
+  for (const m of marks) rows.push(`${m[1]} transfers`);
+  for (const k of rows.sort()) if (!lanes.has(k)) lanes.set(k, lanes.size);
   const laneH = 14, left = 190;
   canvas.height = Math.max(1, lanes.size) * laneH + 16;
   const ctx = canvas.getContext("2d");
@@ -111,8 +112,25 @@ function taskStream() {
     ctx.fillRect(x, lanes.get(`${r[1]} #${r[2]}`) * laneH + 1, w, laneH - 3);
     bars++;
   }
+  let moved = 0;
+  for (const m of marks) {
+    if (m[4] < start) continue;
+    const y = lanes.get(`${m[1]} transfers`) * laneH;
+    const x = left + Math.max(0, m[3] - start) * scale;
+    if (m[2] === "transfer") {      // a red bar: fetching results from another worker
+      ctx.fillStyle = "#d33";
+      ctx.fillRect(x, y + 4, Math.max(1, (m[4] - Math.max(m[3], start)) * scale), laneH - 8);
+      moved++;
+    } else {                        // a spill: a triangle at the time it was noticed
+      ctx.fillStyle = "#a0a";
+      ctx.beginPath();
+      ctx.moveTo(x - 4, y + 2); ctx.lineTo(x + 4, y + 2); ctx.lineTo(x, y + laneH - 2);
+      ctx.fill();
+    }
+  }
   ctx.fillStyle = "#888";
-  ctx.fillText(`last ${WINDOW} s · ${bars} executions · black: erred`, left, canvas.height - 3);
+  ctx.fillText(`last ${WINDOW} s · ${bars} executions · black: erred · red: transfers ` +
+    `(${moved}) · purple: spills`, left, canvas.height - 3);
   canvas.dataset.bars = bars;
   canvas.dataset.rows = stream.length;
   return canvas;
@@ -275,9 +293,11 @@ async function render() {
 }
 
 function take(s, fresh) {
-  if (fresh) stream.length = 0;
+  if (fresh) { stream.length = 0; marks.length = 0; }
   for (const r of s.stream) stream.push(r);
   if (stream.length > STREAM_MAX) stream.splice(0, stream.length - STREAM_MAX);
+  for (const m of s.marks || []) marks.push(m);
+  if (marks.length > 1000) marks.splice(0, marks.length - 1000);
   snap = s;
   render();
 }
