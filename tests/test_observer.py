@@ -1,0 +1,106 @@
+"""The Observer component driven directly (no sockets): output routing, bounds, trees."""
+from __future__ import annotations
+
+import pytest
+
+from tasknest.dashboard import views
+from tasknest.protocol import messages as m
+from tasknest.scheduler import observer as observer_mod
+from tasknest.scheduler.observer import Observer
+from tasknest.scheduler.state import SchedulerState
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cluster():
+    st = SchedulerState()
+    clock = Clock()
+    obs = Observer(st, clock)
+    st.add_client("c-user")
+    st.add_worker("w-1", "tcp://h:1", "one", 2, 1, 0, [], 0.0)
+    st.add_worker("w-2", "tcp://h:2", "two", 2, 2, 0, [], 0.0)
+    return st, obs, clock
+
+
+def monitor(runs=(), spawns=(), output=(), logs=(), stats=None, events=()):
+    return m.Monitor([list(r) for r in runs], [list(s) for s in spawns],
+                     [list(o) for o in output], list(logs), stats or {}, [list(e) for e in events])
+
+
+def outputs(actions):
+    return [(target, msg.lines) for target, msg in actions if msg.op == "output"]
+
+
+def submit(st, key):
+    return st.handle("c-user", m.Submit(key, 1, b"", [], [0, 0, 0], 0, None, None, False))
+
+
+def test_output_goes_to_the_client_that_submitted_the_root():
+    st, obs, clock = cluster()
+    submit(st, "f-root")
+    st.handle("w-1", m.Claim("g-child", 1, b"", [], [0, -1, 0], 0))
+    acts = st.handle("w-1", monitor(spawns=[("f-root", "g-child"), ("g-child", "h-grand")],
+                                    output=[("h-grand", "stdout", "hello")]))
+    assert outputs(acts) == [("c-user", [["h", "tcp://h:1", "h-grand", "stdout", "hello"]])]
+
+
+def test_output_waits_a_little_for_its_tree_then_goes():
+    st, obs, clock = cluster()
+    submit(st, "f-root")
+    # the grandchild ran on worker 2 before worker 1's message with the edges came
+    acts = st.handle("w-2", monitor(output=[("h-grand", "stdout", "early")]))
+    assert outputs(acts) == []
+    acts = st.handle("w-1", monitor(spawns=[("f-root", "g-child"), ("g-child", "h-grand")]))
+    assert outputs(acts) == [("c-user", [["h", "tcp://h:2", "h-grand", "stdout", "early"]])]
+    # a line whose tree never becomes known is dropped after a while, not kept forever
+    st.handle("w-2", monitor(output=[("x-orphan", "stdout", "lost")]))
+    clock.now += observer_mod.PENDING + 1
+    obs.tick()
+    assert not obs.pending and outputs(st._flush()) == []
+
+
+def test_records_stay_bounded(monkeypatch):
+    monkeypatch.setattr(observer_mod, "RECENT", 500)
+    monkeypatch.setattr(observer_mod, "EDGES", 300)
+    st, obs, clock = cluster()
+    obs.stream = type(obs.stream)(maxlen=1000)
+    for batch in range(10):
+        runs = [(f"inc-{batch}x{i}", 0, 1.0, 1.001, True) for i in range(400)]
+        spawns = [("root-x", f"inc-{batch}x{i}") for i in range(400)]
+        st.handle("w-1", monitor(runs=runs, spawns=spawns))
+    assert len(obs.stream) == 1000 and obs.stream[-1][3] == "inc-9x399"
+    assert len(obs.recent) == 500
+    assert len(obs.parent) <= 300
+    assert obs.done_by_func["inc"] == [4000, 0]
+    assert sum(obs.hist) == 4000
+
+
+def test_a_lost_worker_is_a_failure():
+    st, obs, clock = cluster()
+    st.remove_worker("w-2", "killed")
+    assert [f["kind"] for f in obs.failures] == ["worker-lost"]
+    assert obs.failures[0]["worker"] == "tcp://h:2" and obs.failures[0]["time"] == 1000.0
+
+
+def test_the_tree_rolls_up_many_children():
+    st, obs, clock = cluster()
+    submit(st, "f-root")
+    kids = [f"k-{i}" for i in range(100)]
+    runs = [(k, 0, 1.0, 1.5, i % 10 != 0) for i, k in enumerate(kids)]
+    st.handle("w-1", monitor(runs=runs, spawns=[("f-root", k) for k in kids]))
+    node = views.tree(st, obs, "f-root")
+    assert node["nchildren"] == 100
+    assert len(node["children"]) == views.TREE_CHILDREN
+    shown_failed = sum(c["state"] == "failed" for c in node["children"])
+    assert node["rolled_up"] == {"finished": 90 - (25 - shown_failed),
+                                 "failed": 10 - shown_failed}
+    assert node["children"][0]["duration"] == pytest.approx(0.5)
+    snap = views.snapshot(st, obs, 0)
+    assert [r["key"] for r in snap["roots"]] == ["f-root"]
+    assert snap["progress"][0]["function"] == "k" and snap["progress"][0]["done"] == 90
