@@ -45,3 +45,19 @@ def parent(tag):
 
 def fails(x):
     raise ValueError(f"bad input {x}")
+
+
+def gated_tree(n, flag, gate=2, path="g", leaf_time=0.0):
+    """tree(), but the tasks ``gate`` levels down wait until ``flag`` exists before they
+    launch their children: the tree grows in two steps a test controls."""
+    if len(path) - 1 == gate:
+        from conftest import wait_for_file
+        wait_for_file(flag, 120)
+    if n == 0:
+        if leaf_time:
+            time.sleep(leaf_time)       # (the workload: leaves that take a while)
+        return 1
+    with worker_client() as c:
+        a = c.submit(gated_tree, n - 1, flag, gate, path + "0", leaf_time)
+        b = c.submit(gated_tree, n - 1, flag, gate, path + "1", leaf_time)
+        return a.result() + b.result()

@@ -17,7 +17,7 @@ import tasknest
 from tasknest import Client, LocalCluster
 
 from conftest import wait_until
-from dashboard_tasks import tree
+from dashboard_tasks import gated_tree, tree
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver") or (
@@ -87,34 +87,40 @@ def _text(driver, by: str, what: str) -> str:
 @pytest.mark.timeout(180)
 def test_a_browser_watches_a_nested_computation(browser, tmp_path):
     shots = _shots(tmp_path)
+    flag = tmp_path / "grow"
     with LocalCluster(n_workers=2, threads_per_worker=2, dashboard_address="127.0.0.1:0") \
             as cluster, Client(cluster) as c:
         link = c.dashboard_link
         assert link == cluster.dashboard_link
-        root = c.submit(tree, 7, "browser", 0.02)      # 255 tasks, 128 leaves of 20 ms
+        base = link.split("/status")[0]
+        # 255 tasks; the 4 tasks two levels down wait for the flag before they launch theirs
+        root = c.submit(gated_tree, 7, str(flag), 2, "g", 0.05)
+        browser.get(link)
+        wait_until(lambda: "live" in _text(browser, "id", "conn"), 60,
+                   message="the page is live")
+        browser.get(base + "/tree")
+        wait_until(lambda: _int(browser, "#tree", "data-nodes") >= 7, 60,
+                   message="the spawn tree shows its first levels")
+        first = _int(browser, "#tree", "data-nodes")
+        assert first == 7                   # root, 2 children, 4 grandchildren: all waiting
+        flag.touch()
+        wait_until(lambda: _int(browser, "#tree", "data-nodes") > first, 60,
+                   message="the spawn tree grows")
+        browser.save_screenshot(str(shots / "tree.png"))
         browser.get(link)
         wait_until(lambda: _int(browser, "canvas#stream", "data-bars") > 0, 60,
                    message="the task stream fills")
-        wait_until(lambda: "live" in _text(browser, "id", "conn"), 30)
         browser.save_screenshot(str(shots / "status.png"))
-        base = link.split("/status")[0]
-        browser.get(base + "/tree")
-        wait_until(lambda: _int(browser, "#tree", "data-nodes") > 0, 60,
-                   message="the spawn tree shows")
-        first = _int(browser, "#tree", "data-nodes")
-        wait_until(lambda: _int(browser, "#tree", "data-nodes") > first or root.done(), 60)
-        grew = _int(browser, "#tree", "data-nodes")
-        assert grew > first or root.done()
-        browser.save_screenshot(str(shots / "tree.png"))
         assert root.result(timeout=120) == 128
-        c.get_task_stream()
-        wait_until(lambda: _int(browser, "#tree", "data-nodes") > grew, 30,
-                   message="the spawn tree grows")
+        browser.get(base + "/tree")
         opened: list = []
 
         def open_a_task() -> bool:       # click the first child's link in the tree
             def click() -> bool:
-                link_el = browser.find_elements("css selector", "#tree a.key")[1]
+                links = browser.find_elements("css selector", "#tree a.key")
+                if len(links) < 2:
+                    return False
+                link_el = links[1]
                 opened.append(link_el.text)
                 link_el.click()
                 return True
@@ -123,8 +129,18 @@ def test_a_browser_watches_a_nested_computation(browser, tmp_path):
         wait_until(lambda: _text(browser, "id", "task-key") == opened[-1], 30,
                    message="a task's page opens")
         page = _text(browser, "tag name", "main")
-        assert "parent" in page and root.key in page and "tree" in page
+        assert "parent" in page and root.key in page and "gated_tree" in page
         browser.save_screenshot(str(shots / "task.png"))
+
+        def tree_from_here() -> bool:
+            def click() -> bool:
+                browser.find_element("link text", "the spawn tree from here").click()
+                return True
+            return bool(_read(click, False))
+        wait_until(tree_from_here, 30)
+        wait_until(lambda: _int(browser, "#tree", "data-nodes") > 1 and
+                   "The tree under" in _text(browser, "tag name", "main"), 30,
+                   message="the spawn tree from a task")
         bad = c.submit(_fails, 1)
         bad.exception()
         browser.get(base + "/workers")

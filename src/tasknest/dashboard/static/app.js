@@ -193,13 +193,14 @@ function treeNode(n) {
   if (rest.length) ul.append(el("li", {class: "rolled"},
     "… and " + rest.map(([s, k]) => `${k} ${s}`).join(", ")));
   if (!n.children && n.nchildren) ul.append(el("li", {class: "rolled"},
-    el("a", {href: "/task/" + encodeURIComponent(n.key)}, `${n.nchildren} children: open`)));
+    el("a", {href: "/tree?root=" + encodeURIComponent(n.key)}, `${n.nchildren} children: open`)));
   d.append(ul);
   return el("li", {"data-key": n.key}, d);
 }
 
 async function renderTree() {
-  const roots = snap.roots.slice(-10).reverse();
+  const from = new URLSearchParams(location.search).get("root");   // a tree from any task
+  const roots = from ? [{key: from}] : snap.roots.slice(-10).reverse();
   await Promise.all(roots.map(async r => {
     const url = "/api/v1/tree/" + encodeURIComponent(r.key) + "?depth=6";
     if (!due(url, 1)) return;
@@ -207,12 +208,13 @@ async function renderTree() {
   }));
   const list = el("ul", {id: "tree", class: "tree"});
   for (const r of roots) if (trees[r.key]) list.append(treeNode(trees[r.key]));
-  const count = list.querySelectorAll("[data-key]").length;
+  const count = list.querySelectorAll("li[data-key]").length;
   list.dataset.nodes = count;
   app.replaceChildren(el("h2", {}, "Spawn tree"),
-    el("p", {}, roots.length ? `Tasks launched from tasks, from the ${roots.length} newest ` +
-      "roots; a parent in worker_client waiting on its children is marked waiting-children."
-      : "No task has launched tasks yet."), list, limits());
+    el("p", {}, from ? ["The tree under ", taskLink(from), " · ", el("a", {href: "/tree"},
+      "the newest roots")] : roots.length ? `Tasks launched from tasks, from the ` +
+      `${roots.length} newest roots; a parent in worker_client waiting on its children is ` +
+      "marked waiting-children." : "No task has launched tasks yet."), list, limits());
 }
 
 async function renderTask() {
@@ -241,7 +243,8 @@ async function renderTask() {
       row("wanted by", t.who_wants.join(", ")),
       row("exception", t.exception || "")),
     t.traceback ? el("pre", {class: "traceback"}, t.traceback) : "",
-    t.nchildren ? el("p", {}, el("a", {href: "/tree"}, "spawn tree")) : "");
+    t.nchildren ? el("p", {}, el("a", {href: "/tree?root=" + encodeURIComponent(t.key)},
+      "the spawn tree from here")) : "");
 }
 
 const logs = {};
@@ -308,6 +311,9 @@ async function start() {
     return;
   }
   const es = new EventSource("/api/v1/events");
+  // a page left (or kept in the back-forward cache) lets go of its stream: a browser
+  // opens only six connections to one host, and kept streams would use them up
+  window.addEventListener("pagehide", () => es.close());
   es.onopen = () => setConn("live", true);
   es.onerror = () => setConn("reconnecting…", false);
   es.onmessage = e => take(JSON.parse(e.data), false);
