@@ -98,6 +98,19 @@ def test_a_browser_watches_a_nested_computation(browser, tmp_path):
         browser.get(link)
         wait_until(lambda: "live" in _text(browser, "id", "conn"), 60,
                    message="the page is live")
+        # the workers page asks a worker for the call stacks of its running tasks
+        browser.get(base + "/workers")
+
+        def ask_stacks() -> bool:
+            def click() -> bool:
+                for button in browser.find_elements("css selector", "button.stacks"):
+                    button.click()
+                return bool(browser.find_elements("css selector", "button.stacks"))
+            return bool(_read(click, False))
+        wait_until(ask_stacks, 30)
+        wait_until(lambda: "wait_for_file" in _text(browser, "css selector", "pre.stack"), 30,
+                   message="a running task's call stack")
+        browser.save_screenshot(str(shots / "workers.png"))
         browser.get(base + "/tree")
         wait_until(lambda: _int(browser, "#tree", "data-nodes") >= 7, 60,
                    message="the spawn tree shows its first levels")
@@ -130,6 +143,7 @@ def test_a_browser_watches_a_nested_computation(browser, tmp_path):
                    message="a task's page opens")
         page = _text(browser, "tag name", "main")
         assert "parent" in page and root.key in page and "gated_tree" in page
+        assert "http://" not in page            # (children are links, shown as keys)
         browser.save_screenshot(str(shots / "task.png"))
 
         def tree_from_here() -> bool:
@@ -143,9 +157,6 @@ def test_a_browser_watches_a_nested_computation(browser, tmp_path):
                    message="the spawn tree from a task")
         bad = c.submit(_fails, 1)
         bad.exception()
-        browser.get(base + "/workers")
-        wait_until(lambda: browser.find_elements("css selector", "section.worker"), 30)
-        browser.save_screenshot(str(shots / "workers.png"))
         browser.get(base + "/failures")
         wait_until(lambda: browser.find_elements("css selector", "#failures td"), 30,
                    message="the failure is listed")

@@ -104,3 +104,18 @@ def test_the_tree_rolls_up_many_children():
     snap = views.snapshot(st, obs, 0)
     assert [r["key"] for r in snap["roots"]] == ["f-root"]
     assert snap["progress"][0]["function"] == "k" and snap["progress"][0]["done"] == 90
+
+
+def test_a_failure_listed_before_its_run_says_where_it_ran_once_that_arrives():
+    st, obs, clock = cluster()
+    submit(st, "bad-1")
+    ts = st.tasks["bad-1"]
+    wid = ts.processing_on
+    st.handle(wid, m.TaskErred("bad-1", [], "Traceback ...\nValueError: no", "exception",
+                               ts.attempt))
+    views.snapshot(st, obs, 0)
+    assert [(f["key"], f["worker"]) for f in obs.failures] == [("bad-1", "")]
+    st.handle(wid, monitor(runs=[("bad-1", 0, 5.0, 6.0, False)]))
+    address = st.workers[wid].address
+    assert [(f["key"], f["worker"], f["time"], f["text"]) for f in obs.failures] == [
+        ("bad-1", address, 6.0, "ValueError: no")]

@@ -101,6 +101,8 @@ class Observer:
                     continue
                 counts = self.done_by_func[funcname(key)] = [0, 0]
             counts[0 if ok else 1] += 1
+            if not ok and key in self.failed:     # listed before its run arrived: say where
+                self._failed_on(key, address, stop)
         while len(recent) > RECENT:
             recent.popitem(last=False)
         for parent, child in msg.spawns:
@@ -218,6 +220,13 @@ class Observer:
                         pass
                     if not kids:
                         del self.children[p]
+
+    def _failed_on(self, key: str, address: str, stop: float) -> None:
+        for i in range(len(self.failures) - 1, max(-1, len(self.failures) - 51), -1):
+            f = self.failures[i]
+            if f["key"] == key and not f["worker"]:
+                f["worker"], f["time"] = address, stop
+                return
 
     def note_failures(self, erred: list) -> None:
         """Erred tasks not listed yet (found by the snapshot's scan, not per event)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import sys
 import traceback
 from collections import Counter
@@ -59,6 +60,14 @@ class _Collector:
         yield done
 
 
+def _short(path: str) -> str:
+    """tasknest's files from the package on, others by their name: stacks stay readable."""
+    parts = path.replace(os.sep, "/").split("/")
+    if "tasknest" in parts[:-1]:
+        return "/".join(parts[len(parts) - 1 - parts[::-1][1:].index("tasknest") - 1:])
+    return parts[-1]
+
+
 def stacks(worker: "Worker") -> dict[str, str]:
     """The call stack of every task running here, by key (innermost task per thread)."""
     frames = sys._current_frames()
@@ -66,7 +75,10 @@ def stacks(worker: "Worker") -> dict[str, str]:
     for ident, ctx in list(worker.contexts.items()):
         frame = frames.get(ident)
         if frame is not None:
-            out[ctx.key] = "".join(traceback.format_stack(frame))
+            summary = traceback.extract_stack(frame)
+            for fs in summary:
+                fs.filename = _short(fs.filename)
+            out[ctx.key] = "".join(summary.format())
     return out
 
 

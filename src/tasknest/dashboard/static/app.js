@@ -20,7 +20,7 @@ function el(tag, attrs, ...kids) {
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else if (v !== null && v !== undefined) e.setAttribute(k, v);
   }
-  for (const kid of kids.flat()) {
+  for (const kid of kids.flat(Infinity)) {
     if (kid === null || kid === undefined) continue;
     e.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
   }
@@ -271,7 +271,8 @@ async function renderWorkers() {
       Object.keys(stacks[w.address]).length ? Object.entries(stacks[w.address]).map(([k, st]) =>
         [el("h4", {}, taskLink(k)), el("pre", {class: "stack"}, st)])
         : el("p", {}, "(nothing running)")) : "",
-    el("pre", {class: "logs"}, (logs[w.address] || []).slice(-30).join("\n") || "(no log lines)")));
+    el("pre", {class: "logs"}, (logs[w.address] || []).slice(-30).join("\n") ||
+      "(no log lines at the worker's log level)")));
   app.replaceChildren(el("h2", {}, "Workers"), workersTable(), ...per, limits());
 }
 
