@@ -261,8 +261,9 @@ def test_transfers_are_marked_and_counted(board):
     assert y.result() == 100_000
     c.get_task_stream()                 # (synced: the workers' records have arrived)
     status = json.loads(get(base + "/api/v1/status?key=" + key)[1])
-    moves = [mk for mk in status["marks"] if mk[2] == "transfer" and mk[1] == b]
-    assert moves and moves[-1][5] == a and moves[-1][7] >= 100_000
+    moves = [mk for mk in status["marks"] if mk[2] == "transfer" and mk[1] == b
+             and mk[5] == a and mk[7] >= 100_000]
+    assert moves, status["marks"]
     metrics = parse_metrics(get(base + "/metrics?key=" + key)[1].decode())
     assert metrics["tasknest_transferred_bytes_total"][()] >= 100_000
     del x, y

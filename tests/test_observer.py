@@ -5,6 +5,7 @@ import pytest
 
 from tasknest.dashboard import views
 from tasknest.protocol import messages as m
+from tasknest.protocol.monitoring import aggregate
 from tasknest.scheduler import observer as observer_mod
 from tasknest.scheduler.observer import Observer
 from tasknest.scheduler.state import SchedulerState
@@ -29,8 +30,13 @@ def cluster():
 
 
 def monitor(runs=(), spawns=(), output=(), logs=(), stats=None, events=()):
-    return m.Monitor([list(r) for r in runs], [list(s) for s in spawns],
-                     [list(o) for o in output], list(logs), stats or {}, [list(e) for e in events])
+    """A monitor message as a worker sends it (with its aggregates of the runs)."""
+    runs = [list(r) for r in runs]
+    stats = dict(stats or {})
+    if runs:
+        stats.update(aggregate(runs))
+    return m.Monitor(runs, [list(s) for s in spawns], [list(o) for o in output], list(logs),
+                     stats, [list(e) for e in events])
 
 
 def outputs(actions):
@@ -66,17 +72,20 @@ def test_output_waits_a_little_for_its_tree_then_goes():
 
 
 def test_records_stay_bounded(monkeypatch):
-    monkeypatch.setattr(observer_mod, "RECENT", 500)
+    monkeypatch.setattr(observer_mod, "STREAM", 1000)
     monkeypatch.setattr(observer_mod, "EDGES", 300)
     st, obs, clock = cluster()
-    obs.stream = type(obs.stream)(maxlen=1000)
     for batch in range(10):
         runs = [(f"inc-{batch}x{i}", 0, 1.0, 1.001, True) for i in range(400)]
         spawns = [("root-x", f"inc-{batch}x{i}") for i in range(400)]
         st.handle("w-1", monitor(runs=runs, spawns=spawns))
-    assert len(obs.stream) == 1000 and obs.stream[-1][3] == "inc-9x399"
-    assert len(obs.recent) == 500
-    assert len(obs.parent) <= 300
+        obs.validate()
+    rows = list(obs.all_rows())
+    assert 1000 <= len(rows) < 1400 and rows[-1][3] == "inc-9x399" and rows[-1][0] == 4000
+    assert [r[0] for r in obs.rows_since(3990, 5)] == [3996, 3997, 3998, 3999, 4000]
+    assert len(obs.recent) == len(rows)
+    assert len(obs._spawns) == 1          # unindexed edges: nobody looked, the oldest went
+    assert len(obs.edges()) <= 300
     assert obs.done_by_func["inc"] == [4000, 0]
     assert sum(obs.hist) == 4000
 
@@ -116,6 +125,7 @@ def test_a_failure_listed_before_its_run_says_where_it_ran_once_that_arrives():
     views.snapshot(st, obs, 0)
     assert [(f["key"], f["worker"]) for f in obs.failures] == [("bad-1", "")]
     st.handle(wid, monitor(runs=[("bad-1", 0, 5.0, 6.0, False)]))
+    assert obs.done_by_func["bad"] == [0, 1]
     address = st.workers[wid].address
     assert [(f["key"], f["worker"], f["time"], f["text"]) for f in obs.failures] == [
         ("bad-1", address, 6.0, "ValueError: no")]

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from ..scheduler.observer import funcname
+from ..protocol.monitoring import funcname
 
 
 def chrome_trace(rows: list[dict]) -> dict:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..scheduler.observer import (BUCKETS, FAILURES, LOG_LINES, MARKS, STREAM, Observer,
-                                  funcname)
+from ..protocol.monitoring import BUCKETS, funcname
+from ..scheduler.observer import FAILURES, LOG_LINES, MARKS, STREAM, Observer
 from ..scheduler.state import SchedulerState
 
 API_VERSION = 1
@@ -70,22 +70,16 @@ def snapshot(state: SchedulerState, obs: Observer, since: int, since_marks: int 
             "memory_limit": w.memory_limit, "cpu": stats.get("cpu", 0.0),
             "spilled": stats.get("spilled", 0), "paused": w.paused,
             "dropped": stats.get("dropped", 0), "http": stats.get("http")})
-    stream: list = []
-    if obs.stream and obs.stream[-1][0] > since:     # (newest first, then put in order)
-        for r in reversed(obs.stream):
-            if r[0] <= since or len(stream) >= 2_000:
-                break
-            stream.append(r)
-        stream.reverse()
+    stream = obs.rows_since(since, 2_000)
     marks = [r for r in obs.marks if r[0] > since_marks] if obs.marks and \
         obs.marks[-1][0] > since_marks else []
     roots: dict[str, str] = {}
-    for parent in reversed(obs.children):          # the newest 50 roots
-        if parent not in obs.parent:
-            rts = state.tasks.get(parent)
-            roots[parent] = _state_of(rts) if rts is not None else _ran(obs, parent)
-            if len(roots) >= 50:
-                break
+    obs.edges()
+    for parent in reversed(obs.roots):          # the newest 50 roots
+        rts = state.tasks.get(parent)
+        roots[parent] = _state_of(rts) if rts is not None else _ran(obs, parent)
+        if len(roots) >= 50:
+            break
     root_list = [{"key": k, "function": funcname(k), "state": s,
                   "children": len(obs.children.get(k, ()))}
                  for k, s in reversed(roots.items())]
@@ -110,6 +104,7 @@ def _ran(obs: Observer, key: str) -> str:
 
 
 def task(state: SchedulerState, obs: Observer, key: str) -> dict | None:
+    obs.edges()
     ts = state.tasks.get(key)
     run = obs.recent.get(key)
     if ts is None and run is None and key not in obs.parent and key not in obs.children:
@@ -144,6 +139,7 @@ def task(state: SchedulerState, obs: Observer, key: str) -> dict | None:
 
 def tree(state: SchedulerState, obs: Observer, key: str, depth: int = TREE_DEPTH) -> dict | None:
     """The spawn tree under ``key``: a node per task, many children rolled up by state."""
+    obs.edges()
     if key not in state.tasks and key not in obs.children and key not in obs.recent:
         return None
     budget = [TREE_NODES]

@@ -3,52 +3,53 @@
 A component of SchedulerState (registers ``monitor``, hears of workers leaving),
 owning bounded records that the task records do not keep:
 
-* the task stream: a row per execution, from the workers' ``monitor`` messages;
+* the task stream: the workers' execution rows, kept as the batches they came in;
 * the spawn tree's edges (parent -> children), as the submitting worker saw them;
-* the last run of recent keys (worker, start, stop), for the task page;
 * failures: erred tasks, KilledWorker, lost workers;
 * each worker's recent log lines and its last stats (CPU, memory, spilled keys);
+* counts per function and the duration histogram (added up by the workers);
 * task output, routed to the client that submitted the root of the task's tree.
 
-Every record is a ring or a capped dict: a run of a million tasks costs a bounded
-amount of memory here. The task records themselves stay untouched.
+Nothing is done per task when a message arrives: batches are appended, aggregates
+added. Edges are indexed, and the last run of each key looked up, only when someone
+asks (a page, an output line to route). Every record is a ring or capped: a run of a
+million tasks costs a bounded amount of memory here.
 """
 from __future__ import annotations
 
-import bisect
-from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any, Callable
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..protocol import messages as m
+from ..protocol.monitoring import BUCKETS, funcname
 
 if TYPE_CHECKING:
     from .state import SchedulerState
 
+__all__ = ["Observer", "funcname", "BUCKETS"]
+
 STREAM = 20_000        # task stream rows kept
 FAILURES = 1_000       # failures kept
-RECENT = 100_000       # keys whose last run is remembered
 EDGES = 200_000        # spawn edges kept (those of forgotten tasks go first)
 LOG_LINES = 200        # log lines kept per worker
 MARKS = 2_000          # transfers and spills kept (marked on the task stream)
+FUNCS = 1_000          # function names counted
 PENDING = 3.0          # seconds output waits for its task's tree to be known
-BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
-
-
-def funcname(key: str) -> str:
-    """Keys are ``<function>-<token>``: the function's name, for grouping."""
-    i = key.rfind("-")
-    return key[:i] if i > 0 else key
 
 
 class Observer:
     def __init__(self, state: "SchedulerState", clock: Callable[[], float]) -> None:
         self.state = state
         self.clock = clock
-        self.stream: deque[list] = deque(maxlen=STREAM)   # [seq, worker, thread, key, start, stop, ok]
-        self.seq = 0
-        self.recent: OrderedDict[str, list] = OrderedDict()   # key -> [worker, start, stop, ok]
+        self.batches: deque[tuple[int, str, list]] = deque()   # (seq of first row, worker, runs)
+        self.rows = 0                      # rows in batches
+        self.seq = 0                       # rows ever received
+        self._recent: tuple[int, dict] = (-1, {})
         self.parent: dict[str, str] = {}
         self.children: dict[str, list[str]] = {}
+        self.roots: dict[str, None] = {}   # parents with no known parent, oldest first
+        self._spawns: deque[list] = deque()    # edges not indexed yet, as they came
+        self._spawn_rows = 0
         self.failures: deque[dict] = deque(maxlen=FAILURES)
         self.failed: set[str] = set()        # erred keys already listed
         self.logs: dict[str, deque[str]] = {}
@@ -79,52 +80,65 @@ class Observer:
                                       f"{len(ws.processing)} tasks processing"})
 
     def validate(self) -> None:
-        assert len(self.stream) <= STREAM and len(self.recent) <= RECENT
+        assert self.rows == sum(len(b[2]) for b in self.batches)
+        assert self.rows <= STREAM + max((len(b[2]) for b in self.batches), default=0)
 
-    # -- events ----------------------------------------------------------------------------
+    # -- events: per message, never per task -------------------------------------------
     def _on_monitor(self, wid: str, msg: Any) -> None:
         ws = self.state.workers.get(wid)
         if ws is None:
             return
         address = ws.address
-        stream, recent, hist = self.stream, self.recent, self.hist
-        for key, thread, start, stop, ok in msg.runs:
-            self.seq += 1
-            stream.append([self.seq, address, thread, key, start, stop, ok])
-            recent[key] = [address, start, stop, ok]
-            d = stop - start
-            hist[bisect.bisect_left(BUCKETS, d)] += 1
-            self.hist_sum += d
-            counts = self.done_by_func.get(funcname(key))
-            if counts is None:
-                if len(self.done_by_func) >= 1000:      # (keys without a function name)
-                    continue
-                counts = self.done_by_func[funcname(key)] = [0, 0]
-            counts[0 if ok else 1] += 1
-            if not ok and key in self.failed:     # listed before its run arrived: say where
-                self._failed_on(key, address, stop)
-        while len(recent) > RECENT:
-            recent.popitem(last=False)
-        for parent, child in msg.spawns:
-            if child not in self.parent:
-                self.parent[child] = parent
-                self.children.setdefault(parent, []).append(child)
-        if len(self.parent) > EDGES:
-            self.prune()
+        runs = msg.runs
+        if runs:
+            self.batches.append((self.seq + 1, address, runs))
+            self.seq += len(runs)
+            self.rows += len(runs)
+            while self.rows - len(self.batches[0][2]) >= STREAM:
+                self.rows -= len(self.batches.popleft()[2])
+        if msg.spawns:
+            self._spawns.append(msg.spawns)
+            self._spawn_rows += len(msg.spawns)
+            while self._spawn_rows > EDGES and len(self._spawns) > 1:   # nobody looked
+                self._spawn_rows -= len(self._spawns.popleft())
+        stats = msg.stats
+        self._add_up(stats, address)
         if msg.logs:
             self.logs.setdefault(wid, deque(maxlen=LOG_LINES)).extend(msg.logs)
-        self.stats[wid] = msg.stats
+        self.stats[wid] = stats
         for kind, start, stop, peer, nkeys, nbytes in msg.events:
             self.mark_seq += 1
             self.marks.append([self.mark_seq, address, kind, start, stop, peer, nkeys, nbytes])
             if kind == "transfer":
                 self.transferred += nbytes
-        now = self.clock()
-        for key, stream_name, text in msg.output:
-            self.pending.append((now + PENDING, key, [funcname(key), address, key,
-                                                      stream_name, text]))
+        if msg.output:
+            now = self.clock()
+            for key, stream_name, text in msg.output:
+                self.pending.append((now + PENDING, key, [funcname(key), address, key,
+                                                          stream_name, text]))
         if self.pending:
-            self._route_output(now)
+            self._route_output(self.clock())
+
+    def _add_up(self, stats: dict, address: str) -> None:
+        """The worker's aggregates of the runs in this message (protocol/monitoring.py)."""
+        done = stats.pop("done", None)
+        if done:
+            table = self.done_by_func
+            for name, (ok, bad) in done.items():
+                counts = table.get(name)
+                if counts is None:
+                    if len(table) >= FUNCS:
+                        continue
+                    counts = table[name] = [0, 0]
+                counts[0] += ok
+                counts[1] += bad
+        hist = stats.pop("hist", None)
+        if hist and len(hist) == len(self.hist):
+            self.hist = [a + b for a, b in zip(self.hist, hist)]
+            self.hist_sum += stats.pop("hist_sum", 0.0)
+        for key, stop in stats.pop("erred", ()):
+            if key in self.failed:      # listed before its run arrived: say where it ran
+                self._failed_on(key, address, stop)
 
     def _route_output(self, now: float) -> None:
         """Send each line to the client that submitted the root of its task's tree; a line
@@ -146,12 +160,14 @@ class Observer:
         if self.pending:
             self._route_output(self.clock())
 
+    # -- queries (client.get_task_stream & co.) ------------------------------------------
     QUERIES = frozenset({"worker_logs", "task_stream", "edges", "tree_progress"})
 
     def query(self, what: str, arg: Any) -> Any:
         workers = self.state.workers
         if what == "edges":          # {child: parent} of these keys
-            return {k: self.parent[k] for k in (arg or [])[:100_000] if k in self.parent}
+            parent = self.edges()
+            return {k: parent[k] for k in (arg or [])[:100_000] if k in parent}
         if what == "tree_progress":  # [tasks, finished] in the trees under these keys
             return self.tree_progress(list(arg or []))
         if what == "worker_logs":
@@ -160,12 +176,68 @@ class Observer:
         start = arg if isinstance(arg, (int, float)) else None
         return [{"key": r[3], "worker": r[1], "thread": r[2], "start": r[4], "stop": r[5],
                  "status": "OK" if r[6] else "error", "function": funcname(r[3])}
-                for r in self.stream if start is None or r[5] >= start]
+                for r in self.all_rows() if start is None or r[5] >= start]
 
-    # -- reading -----------------------------------------------------------------------------
+    # -- reading (on demand) -----------------------------------------------------------------
+    def all_rows(self) -> Iterator[list]:
+        """Task stream rows, oldest first: [seq, worker, thread, key, start, stop, ok]."""
+        for first, address, runs in list(self.batches):
+            for i, (key, thread, start, stop, ok) in enumerate(runs):
+                yield [first + i, address, thread, key, start, stop, ok]
+
+    def rows_since(self, since: int, limit: int) -> list[list]:
+        """The newest rows after ``since`` (at most ``limit``), oldest first."""
+        out: list[list] = []
+        for first, address, runs in reversed(self.batches):
+            if first + len(runs) - 1 <= since or len(out) >= limit:
+                break
+            for i in range(len(runs) - 1, -1, -1):
+                seq = first + i
+                if seq <= since or len(out) >= limit:
+                    break
+                key, thread, start, stop, ok = runs[i]
+                out.append([seq, address, thread, key, start, stop, ok])
+        out.reverse()
+        return out
+
+    @property
+    def recent(self) -> dict[str, list]:
+        """key -> [worker, start, stop, ok] of its last run still in the task stream
+        (built when asked, kept until new rows arrive)."""
+        seq, table = self._recent
+        if seq != self.seq:
+            table = {}
+            for _first, address, runs in self.batches:
+                for key, _thread, start, stop, ok in runs:
+                    table[key] = [address, start, stop, ok]
+            self._recent = (self.seq, table)
+        return table
+
+    def edges(self) -> dict[str, str]:
+        """child -> parent, with every edge received so far indexed."""
+        parent, children, roots = self.parent, self.children, self.roots
+        while self._spawns:
+            batch = self._spawns.popleft()
+            self._spawn_rows -= len(batch)
+            for p, child in batch:
+                if child in parent:
+                    continue
+                parent[child] = p
+                kids = children.get(p)
+                if kids is None:
+                    kids = children[p] = []
+                    if p not in parent:
+                        roots[p] = None
+                kids.append(child)
+                if child in roots:
+                    del roots[child]
+        if len(parent) > EDGES:
+            self.prune()
+        return parent
+
     def root(self, key: str) -> str:
+        parent = self.edges()
         seen = 0
-        parent = self.parent
         while key in parent and seen < 10_000:
             key = parent[key]
             seen += 1
@@ -174,6 +246,7 @@ class Observer:
     def owner(self, key: str) -> str | None:
         """The user's client that submitted the root of the key's tree, if still known."""
         tasks = self.state.tasks
+        parent = self.edges()
         k: str | None = key
         seen = 0
         while k is not None and seen < 10_000:
@@ -182,12 +255,13 @@ class Observer:
                 for cid in ts.who_wants:
                     if cid[:2] == "c-":
                         return cid
-            k = self.parent.get(k)
+            k = parent.get(k)
             seen += 1
         return None
 
     def tree_progress(self, keys: list[str], limit: int = 200_000) -> list[int]:
         """How many tasks the trees under ``keys`` hold so far, and how many finished."""
+        self.edges()
         tasks, recent, children = self.state.tasks, self.recent, self.children
         total = done = 0
         todo = list(keys)
@@ -204,11 +278,12 @@ class Observer:
     def prune(self) -> None:
         """Forget the edges of trees none of whose tasks the scheduler knows any more."""
         tasks = self.state.tasks
-        for parent in [p for p, kids in self.children.items()
-                       if p not in tasks and not any(k in tasks for k in kids)]:
-            for kid in self.children.pop(parent):
-                if self.parent.get(kid) == parent:
+        for p in [p for p, kids in self.children.items()
+                  if p not in tasks and not any(k in tasks for k in kids)]:
+            for kid in self.children.pop(p):
+                if self.parent.get(kid) == p:
                     del self.parent[kid]
+            self.roots.pop(p, None)
         if len(self.parent) > EDGES:     # still too many live edges: keep the newest
             for kid in list(self.parent)[: len(self.parent) - EDGES]:
                 p = self.parent.pop(kid)
@@ -220,6 +295,9 @@ class Observer:
                         pass
                     if not kids:
                         del self.children[p]
+                        self.roots.pop(p, None)
+        for p in [p for p in self.roots if p not in self.children]:
+            del self.roots[p]
 
     def _failed_on(self, key: str, address: str, stop: float) -> None:
         for i in range(len(self.failures) - 1, max(-1, len(self.failures) - 51), -1):
@@ -234,13 +312,14 @@ class Observer:
         if len(self.failed) > FAILURES:
             for key in [k for k in self.failed if k not in tasks]:
                 self.failed.discard(key)
-        for ts in erred:
-            if ts.key not in self.failed and ts.error is not None:
-                self.failed.add(ts.key)
-                run = self.recent.get(ts.key)
-                tb = ts.error[1] or ""
-                self.failures.append({
-                    "time": run[2] if run else self.clock(),
-                    "kind": "killed-worker" if ts.error[2] == "killed" else ts.error[2],
-                    "key": ts.key, "worker": run[0] if run else "",
-                    "text": (tb.strip().splitlines() or [""])[-1][:300]})
+        new = [ts for ts in erred if ts.key not in self.failed and ts.error is not None]
+        recent = self.recent if new else {}
+        for ts in new:
+            self.failed.add(ts.key)
+            run = recent.get(ts.key)
+            tb = ts.error[1] or ""
+            self.failures.append({
+                "time": run[2] if run else self.clock(),
+                "kind": "killed-worker" if ts.error[2] == "killed" else ts.error[2],
+                "key": ts.key, "worker": run[0] if run else "",
+                "text": (tb.strip().splitlines() or [""])[-1][:300]})

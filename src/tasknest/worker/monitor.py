@@ -17,6 +17,7 @@ from collections import deque
 from typing import Any
 
 from ..protocol import messages as m
+from ..protocol.monitoring import aggregate
 from .context import current_task
 
 FLUSH = 0.25          # seconds between monitor messages (only when something happened)
@@ -84,6 +85,8 @@ class Monitor:
         logs, self.new_logs = self.new_logs, []
         events, self.events = self.events, []
         stats = dict(self.stats, dropped=self.dropped)
+        if runs:
+            stats.update(aggregate(runs))
         return m.Monitor(runs, spawns, output, logs, stats, events)
 
 
