@@ -21,7 +21,8 @@ from test_cli import Proc, procs  # noqa: F401 (a fixture)
 
 PAGES = ["/status", "/tree", "/workers", "/failures", "/task/some-key"]
 API = ["/api/v1/status", "/api/v1/workers", "/api/v1/workers/logs", "/api/v1/failures",
-       "/api/v1/task-stream", "/api/v1/tasks/some-key", "/api/v1/tree/some-key", "/metrics"]
+       "/api/v1/task-stream", "/api/v1/tasks/some-key", "/api/v1/tree/some-key", "/api/v1/roots",
+       "/api/v1/workers/stacks?worker=nope", "/metrics"]
 
 
 def get(url: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
@@ -63,7 +64,7 @@ def test_the_link_lets_in_and_sets_a_cookie(board):
         assert status == 200 and b"/static/app.js" in body, path
     for path in API:
         status, body, _ = get(base + path, {"Authorization": f"Bearer {key}"})
-        assert status in (200, 404), path      # (some-key is unknown: 404 with JSON)
+        assert status in (200, 404), path      # (some-key, nope: unknown: 404 with JSON)
         if path.startswith("/api"):
             json.loads(body)
     assert get(base + "/static/app.js?key=" + key)[0] == 200
@@ -126,6 +127,8 @@ def test_task_and_tree_endpoints_show_tasks_launched_from_tasks(board):
     status, body, _ = get(f"{base}/api/v1/tasks/nope-123?key={key}")
     assert status == 404 and json.loads(body) == {"error": "unknown task"}
     assert get(f"{base}/api/v1/tree/{root.key}?depth=x&key={key}")[0] == 400
+    roots = json.loads(get(f"{base}/api/v1/roots?key={key}")[1])
+    assert {"key": root.key, "function": "tree", "state": "memory", "children": 2} in roots
 
 
 def test_progress_on_a_non_terminal_stream_prints_lines(board):

@@ -101,15 +101,20 @@ def test_a_browser_watches_a_nested_computation(browser, tmp_path):
         # the workers page asks a worker for the call stacks of its running tasks
         browser.get(base + "/workers")
 
-        def ask_stacks() -> bool:
-            def click() -> bool:
-                for button in browser.find_elements("css selector", "button.stacks"):
-                    button.click()
-                return bool(browser.find_elements("css selector", "button.stacks"))
-            return bool(_read(click, False))
-        wait_until(ask_stacks, 30)
-        wait_until(lambda: "wait_for_file" in _text(browser, "css selector", "pre.stack"), 30,
-                   message="a running task's call stack")
+        def stacks_text() -> str:
+            return _read(lambda: "\n".join(
+                e.text for e in browser.find_elements("css selector", "pre.stack")), "")
+        asked = [0]
+
+        def ask_stacks() -> bool:        # each worker's button in turn (the page re-renders)
+            def click() -> None:
+                buttons = browser.find_elements("css selector", "button.stacks")
+                if buttons:
+                    buttons[asked[0] % len(buttons)].click()
+                    asked[0] += 1
+            _read(click)
+            return "wait_for_file" in stacks_text()
+        wait_until(ask_stacks, 30, interval=0.2, message="a running task's call stack")
         browser.save_screenshot(str(shots / "workers.png"))
         browser.get(base + "/tree")
         wait_until(lambda: _int(browser, "#tree", "data-nodes") >= 7, 60,

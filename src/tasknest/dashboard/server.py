@@ -145,6 +145,7 @@ class Dashboard:
         r.add_get("/api/v1/events", self._events)
         r.add_get("/api/v1/tasks/{key}", self._task)
         r.add_get("/api/v1/tree/{key}", self._tree)
+        r.add_get("/api/v1/roots", self._roots)
         r.add_get("/api/v1/workers", self._workers)
         r.add_get("/api/v1/workers/logs", self._logs)
         r.add_get("/api/v1/workers/stacks", self._stacks)
@@ -305,6 +306,11 @@ class Dashboard:
         if node is None:
             return web.json_response({"error": "unknown task"}, status=404)
         return web.json_response(node, dumps=_dumps)
+
+    async def _roots(self, request: web.Request) -> web.Response:
+        s = self.scheduler
+        return web.json_response(await self.on_scheduler(views.roots, s.state, s.observer),
+                                 dumps=_dumps)
 
     async def _workers(self, request: web.Request) -> web.Response:
         return web.json_response((await self.fresh())["workers"], dumps=_dumps)

@@ -73,16 +73,7 @@ def snapshot(state: SchedulerState, obs: Observer, since: int, since_marks: int 
     stream = obs.rows_since(since, 2_000)
     marks = [r for r in obs.marks if r[0] > since_marks] if obs.marks and \
         obs.marks[-1][0] > since_marks else []
-    roots: dict[str, str] = {}
-    obs.edges()
-    for parent in reversed(obs.roots):          # the newest 50 roots
-        rts = state.tasks.get(parent)
-        roots[parent] = _state_of(rts) if rts is not None else _ran(obs, parent)
-        if len(roots) >= 50:
-            break
-    root_list = [{"key": k, "function": funcname(k), "state": s,
-                  "children": len(obs.children.get(k, ()))}
-                 for k, s in reversed(roots.items())]
+    root_list = roots(state, obs, index=False)
     return {
         "version": API_VERSION, "time": time.time(), "seq": obs.seq,
         "mark_seq": obs.mark_seq, "marks": marks, "bytes_transferred": obs.transferred,
@@ -94,6 +85,21 @@ def snapshot(state: SchedulerState, obs: Observer, since: int, since_marks: int 
                       "sum": obs.hist_sum},
         "limits": LIMITS, "scan_seconds": time.perf_counter() - t0,
     }
+
+
+def roots(state: SchedulerState, obs: Observer, index: bool = True) -> list[dict]:
+    """The newest 50 roots of spawn trees. ``index=False``: from the edges indexed so
+    far (the snapshot does not index them: only the tree page needs them)."""
+    if index:
+        obs.edges()
+    found: dict[str, str] = {}
+    for parent in reversed(obs.roots):
+        rts = state.tasks.get(parent)
+        found[parent] = _state_of(rts) if rts is not None else _ran(obs, parent)
+        if len(found) >= 50:
+            break
+    return [{"key": k, "function": funcname(k), "state": s,
+             "children": len(obs.children.get(k, ()))} for k, s in reversed(found.items())]
 
 
 def _ran(obs: Observer, key: str) -> str:

@@ -173,6 +173,7 @@ function limits() {
 
 // spawn tree: the roots from the snapshot, each subtree asked for when shown
 const trees = {};
+let rootList = [];
 function treeNode(n) {
   const open = n.children && n.children.length && !closedNodes.has(n.key);
   const label = el("span", {class: "node"},
@@ -200,7 +201,10 @@ function treeNode(n) {
 
 async function renderTree() {
   const from = new URLSearchParams(location.search).get("root");   // a tree from any task
-  const roots = from ? [{key: from}] : snap.roots.slice(-10).reverse();
+  if (!from && due("/api/v1/roots", 1)) {
+    try { rootList = await api("/api/v1/roots"); } catch (e) { /* next tick */ }
+  }
+  const roots = from ? [{key: from}] : rootList.slice(-10).reverse();
   await Promise.all(roots.map(async r => {
     const url = "/api/v1/tree/" + encodeURIComponent(r.key) + "?depth=6";
     if (!due(url, 1)) return;
