@@ -84,7 +84,18 @@ def test_status_and_metrics_count_a_known_workload(board):
     with pytest.raises(ValueError):
         bad.result()
     c.get_task_stream()           # (a synced query: the workers' records have arrived)
-    metrics = parse_metrics(get(base + "/metrics?key=" + key)[1].decode())
+
+    def scrape() -> dict:
+        return parse_metrics(get(base + "/metrics?key=" + key)[1].decode())
+    # a scrape shares the last tick's snapshot (up to a second old): wait for one after
+    def current() -> bool:
+        m = scrape()
+        return m.get("tasknest_function_tasks", {}).get(
+            (("function", "fails"), ("state", "erred"))) == 1 and m.get(
+            "tasknest_tasks_finished_total", {}).get(
+            (("function", "fails"), ("outcome", "error")), 0) >= 1
+    wait_until(current, 10, message="metrics up to date")
+    metrics = scrape()
     fn = metrics["tasknest_function_tasks"]
     assert fn[(("function", "inc"), ("state", "memory"))] == 20
     assert fn[(("function", "fails"), ("state", "erred"))] == 1
@@ -267,8 +278,8 @@ def test_transfers_are_marked_and_counted(board):
     moves = [mk for mk in status["marks"] if mk[2] == "transfer" and mk[1] == b
              and mk[5] == a and mk[7] >= 100_000]
     assert moves, status["marks"]
-    metrics = parse_metrics(get(base + "/metrics?key=" + key)[1].decode())
-    assert metrics["tasknest_transferred_bytes_total"][()] >= 100_000
+    wait_until(lambda: parse_metrics(get(base + "/metrics?key=" + key)[1].decode())[
+        "tasknest_transferred_bytes_total"][()] >= 100_000, 10, message="bytes transferred")
     del x, y
 
 

@@ -219,12 +219,13 @@ class Dashboard:
         fut = asyncio.run_coroutine_threadsafe(call(), self.sched_loop)  # type: ignore[arg-type]
         return await asyncio.wrap_future(fut)
 
-    async def fresh(self) -> dict:
-        """The latest snapshot, made anew for this request while the state is small (a
-        scan under 5 ms); for a large one, reused for as long as the ticks are apart."""
+    async def fresh(self, max_age: float = 0.0) -> dict:
+        """The latest snapshot, made anew for this request if older than ``max_age``
+        while the state is small (a scan under 5 ms); for a large one, reused for as
+        long as the ticks are apart."""
         last = self.latest
         if last is None or time.monotonic() - self.latest_at >= (
-                0.0 if last["scan_seconds"] < 0.005 else
+                max_age if last["scan_seconds"] < 0.005 else
                 max(2 * TICK, last["scan_seconds"] / SCAN_SHARE)):
             snap = await self.on_scheduler(self._snapshot)
             self._publish(snap)
@@ -345,7 +346,7 @@ class Dashboard:
         return web.json_response(rows, dumps=_dumps)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        snap = await self.fresh()
+        snap = await self.fresh(TICK)     # (a scrape a second shares the tick's snapshot)
         body, ctype = render_metrics(snap)
         return web.Response(body=body, headers={"Content-Type": ctype})
 
