@@ -63,8 +63,8 @@ def main() -> None:
             poller.join(60)
         elapsed = time.perf_counter() - t0
         status = client.run_on_scheduler(lambda dask_scheduler: (
-            len(dask_scheduler.observer.stream), len(dask_scheduler.observer.recent),
-            len(dask_scheduler.observer.parent)))
+            dask_scheduler.observer.rows, len(dask_scheduler.observer.batches),
+            len(dask_scheduler.observer.edges())))
         print(f"{args.tasks} tasks in {elapsed:.1f} s ({args.tasks / elapsed:.0f} tasks/s)")
         for name, times in answers.items():
             if times:
@@ -72,7 +72,7 @@ def main() -> None:
                       f" ms, max {max(times) * 1e3:.1f} ms")
         print(f"scheduler RSS after each batch (MiB): "
               f"{', '.join(f'{r / 2**20:.0f}' for r in rss)}")
-        print(f"kept by the observer: {status[0]} task stream rows, {status[1]} recent runs, "
+        print(f"kept by the observer: {status[0]} task stream rows (in {status[1]} batches), "
               f"{status[2]} spawn edges")
 
 
