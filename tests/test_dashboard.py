@@ -292,3 +292,16 @@ def test_a_tls_cluster_has_its_dashboard_too():
         assert status == 200 and b"data-page=\"status\"" in body
         base = c.dashboard_link.split("/status")[0]
         assert get(base + "/api/v1/status")[0] == 401
+
+
+def test_the_pages_need_nothing_from_the_internet(board):
+    """Clusters have no internet: the script and style ship in the package, no CDN."""
+    c, base, key = board
+    from importlib.resources import files
+    static = files("tasknest.dashboard") / "static"
+    for name in ("app.js", "style.css"):
+        text = (static / name).read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
+        assert get(f"{base}/static/{name}?key={key}")[1].decode() == text
+    page = get(c.dashboard_link)[1].decode()
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)
