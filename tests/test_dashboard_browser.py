@@ -93,8 +93,9 @@ def test_a_browser_watches_a_nested_computation(browser, tmp_path):
         link = c.dashboard_link
         assert link == cluster.dashboard_link
         base = link.split("/status")[0]
-        # 255 tasks; the 4 tasks two levels down wait for the flag before they launch theirs
-        root = c.submit(gated_tree, 7, str(flag), 2, "g", 0.05)
+        # 255 tasks, 128 leaves of 0.15 s; the 4 tasks two levels down wait for the flag
+        # before they launch theirs
+        root = c.submit(gated_tree, 7, str(flag), 2, "g", 0.15)
         browser.get(link)
         wait_until(lambda: "live" in _text(browser, "id", "conn"), 60,
                    message="the page is live")

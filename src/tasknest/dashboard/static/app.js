@@ -104,12 +104,16 @@ function taskStream() {
   ctx.fillStyle = "#444";
   for (const [k, i] of lanes) ctx.fillText(k.slice(-30), 2, i * laneH + 10);
   let bars = 0;
-  for (const r of stream) {
-    if (r[5] < start) continue;
+  // longest first: a task run inline inside its parent (same thread) is drawn on top
+  const shown = stream.filter(r => r[5] >= start).sort((a, b) => (b[5] - b[4]) - (a[5] - a[4]));
+  ctx.strokeStyle = "#fff";
+  for (const r of shown) {
     const x = left + Math.max(0, r[4] - start) * scale;
     const w = Math.max(1, (r[5] - Math.max(r[4], start)) * scale);
+    const y = lanes.get(`${r[1]} #${r[2]}`) * laneH + 1;
     ctx.fillStyle = r[6] ? colour(r[3].replace(/-[^-]*$/, "")) : "#000";
-    ctx.fillRect(x, lanes.get(`${r[1]} #${r[2]}`) * laneH + 1, w, laneH - 3);
+    ctx.fillRect(x, y, w, laneH - 3);
+    if (w > 3) ctx.strokeRect(x + 0.5, y + 0.5, w - 1, laneH - 4);
     bars++;
   }
   let moved = 0;
