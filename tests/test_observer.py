@@ -129,3 +129,29 @@ def test_a_failure_listed_before_its_run_says_where_it_ran_once_that_arrives():
     address = st.workers[wid].address
     assert [(f["key"], f["worker"], f["time"], f["text"]) for f in obs.failures] == [
         ("bad-1", address, 6.0, "ValueError: no")]
+
+
+def test_malformed_monitor_contents_are_dropped_and_every_view_still_works():
+    from tasknest.dashboard.metrics import parse, render
+    st, obs, clock = cluster()
+    submit(st, "f-root")
+    good = monitor(runs=[("f-root", 0, 1.0, 2.0, True)], spawns=[("f-root", "g-1")])
+    st.handle("w-1", good)
+    bad = m.Monitor([["f-x", "thread?", "start", None, 1], [1, 2], ["ok-1", 0, 1.0, 2.0, True]],
+                    [["only-one"], [1, 2], ["p-1", "c-1"]],
+                    [["k", "stdout"], [1, "stdout", "x"]], ["a log line"],
+                    {"cpu": "lots", "memory": 5, "done": {"f": [1, "x"], 3: [1, 0]},
+                     "hist": [1, 2], "hist_sum": "x", "erred": [[1, 2], "x"], "http": 7},
+                    [["transfer", "a", 1, "", 1, 1], ["spill", 1.0, 1.0, "", 1]])
+    st.handle("w-1", bad)
+    obs.validate()
+    rows = list(obs.all_rows())
+    assert [r[3] for r in rows] == ["f-root", "?-malformed", "?-malformed", "ok-1"]
+    assert obs.edges() == {"g-1": "f-root", "c-1": "p-1"}
+    assert obs.stats["w-1"] == {"memory": 5} and not obs.marks
+    assert obs.done_by_func == {"f": [1, 0]}       # (the bad counts were not added)
+    snap = views.snapshot(st, obs, 0)
+    parse(render(snap)[0].decode())
+    assert views.tree(st, obs, "f-root")["nchildren"] == 1
+    assert views.task(st, obs, "ok-1")["duration"] == 1.0
+    assert obs.query("task_stream", None)[-1]["key"] == "ok-1"

@@ -37,12 +37,30 @@ FUNCS = 1_000          # function names counted
 PENDING = 3.0          # seconds output waits for its task's tree to be known
 
 
+NUM = (int, float)
+BAD_RUN = ["?-malformed", 0, 0.0, 0.0, False]
+STATS = {"cpu": NUM, "memory": int, "spilled": int, "keys": int, "time": NUM, "dropped": int,
+         "http": str}
+
+
+def _run_ok(r: Any) -> bool:
+    return (type(r) is list and len(r) == 5 and type(r[0]) is str and type(r[1]) is int
+            and type(r[2]) in NUM and type(r[3]) in NUM and type(r[4]) is bool)
+
+
+def _rows_ok(rows: list, *types: Any) -> list:
+    """The rows of the right shape (a worker's message is checked like any input)."""
+    return [r for r in rows if len(r) == len(types) and all(
+        isinstance(v, t) for v, t in zip(r, types))]
+
+
 class Observer:
     def __init__(self, state: "SchedulerState", clock: Callable[[], float]) -> None:
         self.state = state
         self.clock = clock
         self.batches: deque[tuple[int, str, list]] = deque()   # (seq of first row, worker, runs)
         self.rows = 0                      # rows in batches
+        self._unchecked = 0                # batches whose rows are not checked yet
         self.seq = 0                       # rows ever received
         self._recent: tuple[int, dict] = (-1, {})
         self.parent: dict[str, str] = {}
@@ -91,11 +109,14 @@ class Observer:
         address = ws.address
         runs = msg.runs
         if runs:
+            # (rows are checked when first read: nothing per task on arrival)
             self.batches.append((self.seq + 1, address, runs))
+            self._unchecked += 1
             self.seq += len(runs)
             self.rows += len(runs)
             while self.rows - len(self.batches[0][2]) >= STREAM:
                 self.rows -= len(self.batches.popleft()[2])
+            self._unchecked = min(self._unchecked, len(self.batches))
         if msg.spawns:
             self._spawns.append(msg.spawns)
             self._spawn_rows += len(msg.spawns)
@@ -105,15 +126,17 @@ class Observer:
         self._add_up(stats, address)
         if msg.logs:
             self.logs.setdefault(wid, deque(maxlen=LOG_LINES)).extend(msg.logs)
-        self.stats[wid] = stats
-        for kind, start, stop, peer, nkeys, nbytes in msg.events:
+        self.stats[wid] = {k: v for k, v in stats.items()
+                           if k in STATS and isinstance(v, STATS[k])}
+        for kind, start, stop, peer, nkeys, nbytes in _rows_ok(msg.events, str, NUM, NUM, str,
+                                                               int, int):
             self.mark_seq += 1
             self.marks.append([self.mark_seq, address, kind, start, stop, peer, nkeys, nbytes])
             if kind == "transfer":
                 self.transferred += nbytes
         if msg.output:
             now = self.clock()
-            for key, stream_name, text in msg.output:
+            for key, stream_name, text in _rows_ok(msg.output, str, str, str):
                 self.pending.append((now + PENDING, key, [funcname(key), address, key,
                                                           stream_name, text]))
         if self.pending:
@@ -122,9 +145,13 @@ class Observer:
     def _add_up(self, stats: dict, address: str) -> None:
         """The worker's aggregates of the runs in this message (protocol/monitoring.py)."""
         done = stats.pop("done", None)
-        if done:
+        if isinstance(done, dict):
             table = self.done_by_func
-            for name, (ok, bad) in done.items():
+            for name, counts in done.items():
+                if type(name) is not str or type(counts) is not list or len(counts) != 2 or not all(
+                        type(n) is int and n >= 0 for n in counts):
+                    continue
+                ok, bad = counts
                 counts = table.get(name)
                 if counts is None:
                     if len(table) >= FUNCS:
@@ -133,10 +160,13 @@ class Observer:
                 counts[0] += ok
                 counts[1] += bad
         hist = stats.pop("hist", None)
-        if hist and len(hist) == len(self.hist):
+        total = stats.pop("hist_sum", 0.0)
+        if type(hist) is list and len(hist) == len(self.hist) and all(
+                type(n) is int and n >= 0 for n in hist) and type(total) in NUM:
             self.hist = [a + b for a, b in zip(self.hist, hist)]
-            self.hist_sum += stats.pop("hist_sum", 0.0)
-        for key, stop in stats.pop("erred", ()):
+            self.hist_sum += total
+        erred = stats.pop("erred", None)
+        for key, stop in _rows_ok(erred if type(erred) is list else [], str, NUM):
             if key in self.failed:      # listed before its run arrived: say where it ran
                 self._failed_on(key, address, stop)
 
@@ -179,14 +209,26 @@ class Observer:
                 for r in self.all_rows() if start is None or r[5] >= start]
 
     # -- reading (on demand) -----------------------------------------------------------------
+    def _check(self) -> None:
+        """Rows of the wrong shape become a placeholder (numbering stays)."""
+        if not self._unchecked:
+            return
+        for first, _address, runs in list(self.batches)[-self._unchecked:]:
+            for i, r in enumerate(runs):
+                if not _run_ok(r):
+                    runs[i] = list(BAD_RUN)
+        self._unchecked = 0
+
     def all_rows(self) -> Iterator[list]:
         """Task stream rows, oldest first: [seq, worker, thread, key, start, stop, ok]."""
+        self._check()
         for first, address, runs in list(self.batches):
             for i, (key, thread, start, stop, ok) in enumerate(runs):
                 yield [first + i, address, thread, key, start, stop, ok]
 
     def rows_since(self, since: int, limit: int) -> list[list]:
         """The newest rows after ``since`` (at most ``limit``), oldest first."""
+        self._check()
         out: list[list] = []
         for first, address, runs in reversed(self.batches):
             if first + len(runs) - 1 <= since or len(out) >= limit:
@@ -206,6 +248,7 @@ class Observer:
         (built when asked, kept until new rows arrive)."""
         seq, table = self._recent
         if seq != self.seq:
+            self._check()
             table = {}
             for _first, address, runs in self.batches:
                 for key, _thread, start, stop, ok in runs:
@@ -219,8 +262,11 @@ class Observer:
         while self._spawns:
             batch = self._spawns.popleft()
             self._spawn_rows -= len(batch)
-            for p, child in batch:
-                if child in parent:
+            for pair in batch:
+                if len(pair) != 2:
+                    continue
+                p, child = pair
+                if child in parent or type(p) is not str or type(child) is not str:
                     continue
                 parent[child] = p
                 kids = children.get(p)
