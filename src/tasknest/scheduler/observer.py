@@ -39,7 +39,7 @@ PENDING = 3.0          # seconds output waits for its task's tree to be known
 
 NUM = (int, float)
 BAD_RUN = ["?-malformed", 0, 0.0, 0.0, False]
-STATS = {"cpu": NUM, "memory": int, "spilled": int, "keys": int, "time": NUM, "dropped": int,
+STATS: dict[str, Any] = {"cpu": NUM, "memory": int, "spilled": int, "keys": int, "time": NUM, "dropped": int,
          "http": str}
 
 
