@@ -189,7 +189,11 @@ class Worker:
         if self.listener is not None:
             self.listener.close()
         if self.http:
-            await self.http.close()
+            http, self.http = self.http, None
+            try:
+                await http.close()
+            except asyncio.CancelledError:   # (close() may run in a task it just cancelled)
+                pass
         if self.peers is not None:
             self.peers.close()
         self.finished.set()
