@@ -155,3 +155,20 @@ def test_malformed_monitor_contents_are_dropped_and_every_view_still_works():
     assert views.tree(st, obs, "f-root")["nchildren"] == 1
     assert views.task(st, obs, "ok-1")["duration"] == 1.0
     assert obs.query("task_stream", None)[-1]["key"] == "ok-1"
+
+
+def test_the_client_counts_repeated_lines_and_says_so():
+    import io
+    from tasknest.client.output import OutputPrinter
+    out = io.StringIO()
+    p = OutputPrinter(out)
+    line = ["f", "tcp://h:1", "f-1", "stdout", "same"]
+    p.show([line, line, line])
+    p.show([line])
+    assert out.getvalue() == "(f on tcp://h:1) same\n"
+    p.show([["g", "tcp://h:2", "g-1", "stderr", "other"]])
+    p.show([line])
+    p.close()
+    assert out.getvalue().splitlines() == [
+        "(f on tcp://h:1) same", "  (the line above repeated 3 more times)",
+        "(g on tcp://h:2 stderr) other", "(f on tcp://h:1) same"]

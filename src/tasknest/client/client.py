@@ -288,6 +288,9 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             await asyncio.get_running_loop().run_in_executor(None, self._cluster.close)
 
     async def _close_comm(self) -> None:
+        output = getattr(self, "_output", None)
+        if output is not None:
+            output.close()           # (a count of repeated lines still to show)
         if self._comm is not None:
             self._comm.flush()
             self._comm.close("client closed")
