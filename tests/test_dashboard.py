@@ -206,6 +206,11 @@ def test_task_output_reaches_the_client_on_a_command_line_cluster(capsys):
             assert c.submit(parent, "quiet").result() == "quiet"
             c.get_task_stream()
             assert "quiet" not in capsys.readouterr().out
+        for w in workers:                # a task's records went to its client, not also here
+            w.proc.kill()
+            w.proc.wait()
+            err = w.proc.stderr.read().decode()
+            assert "logs hello" not in err and "says hello" not in err, err
     finally:
         for p in [*workers, sched]:
             p.stop()

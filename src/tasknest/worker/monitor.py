@@ -125,6 +125,10 @@ class _TaskStream(io.TextIOBase):
         return getattr(self.real, "encoding", "utf-8")
 
 
+def _outside_tasks(record: logging.LogRecord) -> bool:
+    return current_task.get() is None
+
+
 class _TaskLogs(logging.Handler):
     """Records logged inside a task go to its monitor (and so to its client)."""
 
@@ -165,7 +169,10 @@ def install(monitor: Monitor) -> logging.Handler:
         _installed = True
         sys.stdout = _TaskStream(sys.stdout, "stdout")  # type: ignore[assignment]
         sys.stderr = _TaskStream(sys.stderr, "stderr")  # type: ignore[assignment]
-        logging.getLogger().addHandler(_TaskLogs())
+        root = logging.getLogger()
+        for h in root.handlers:     # a task's records reach its client, not these too
+            h.addFilter(_outside_tasks)
+        root.addHandler(_TaskLogs())
     handler = _WorkerLogs(monitor)
     logging.getLogger("tasknest").addHandler(handler)
     return handler
