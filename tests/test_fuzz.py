@@ -73,6 +73,7 @@ TYPED = {
     m.DATA: st.dictionaries(KEYS, st.none() | FRAMES, max_size=2),
     m.AMOUNTS: st.dictionaries(KEYS, st.integers(0, 3) | st.floats(0, 1e9), max_size=2),
     m.OPT_AMOUNTS: st.none() | st.dictionaries(KEYS, st.integers(0, 3), max_size=2),
+    m.LISTS: st.lists(st.lists(SCALARS | KEYS, max_size=6), max_size=3),
 }
 
 
@@ -87,7 +88,7 @@ ROLE_OPS = {   # what each kind of peer may send, so that fuzzing reaches the st
                "scatter", "query", "coord", "run"],
     "worker": ["define-func", "submit", "want", "release", "cancel", "task-finished",
                "task-erred", "claim", "secede", "rejoin", "idle", "steal-reply", "add-keys",
-               "missing-data", "put-data-done", "heartbeat", "coord", "run-done"],
+               "missing-data", "put-data-done", "heartbeat", "coord", "run-done", "monitor"],
     "peer": ["get-data", "register-peer"],
     "none": ALL_OPS,
 }

@@ -17,6 +17,8 @@ from .errors import (AuthenticationError, BlockingCallError, CallerError,  # noq
                      FutureCancelledError, KilledWorker, LostError, NotFoundError,
                      ProtocolError, RemoteError, SchedulerLostError, SerializationError,
                      TasknestError, TimedOutError)
+from .dashboard.report import performance_report  # noqa: E402
+from .progress import progress  # noqa: E402
 from .worker.context import (get_client, get_worker, local_executor, rejoin,  # noqa: E402
                              secede, worker_client)
 
@@ -29,5 +31,5 @@ __all__ = [
     "SchedulerLostError", "Security", "Semaphore", "SerializationError", "SubmissionError",
     "TasknestError", "TimedOutError", "Variable",
     "as_completed", "default_client", "fire_and_forget", "get_client", "get_worker",
-    "local_executor", "rejoin", "secede", "wait", "worker_client", "__version__",
+    "local_executor", "performance_report", "progress", "rejoin", "secede", "wait", "worker_client", "__version__",
 ]

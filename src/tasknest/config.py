@@ -31,6 +31,8 @@ KEYS: dict[str, tuple[type, Any, str]] = {
     "scheduler.heartbeat-timeout": (float, 30.0, "seconds without heartbeat before a worker "
                                                  "is declared dead"),
     "scheduler.allowed-failures": (int, 3, "worker deaths a task may witness"),
+    "scheduler.dashboard-address": (str, "127.0.0.1:8787", "HOST:PORT of the web dashboard "
+                                                           "(the next free port if taken)"),
     "worker.nthreads": (int, 1, "task threads per worker"),
     "worker.memory-limit": (str, "0", "e.g. 4GB; 0 for none"),
     "worker.resources": (str, "", 'what tasks may ask for, e.g. "GPU=2,MEM=16e9"'),

@@ -39,6 +39,7 @@ from .loop import get_runner
 from .coordination import DatasetsMixin
 from .operations import OperationsMixin, resources_arg
 from .placing import PlacingMixin
+from .output import OutputPrinter
 
 log = logging.getLogger("tasknest.client")
 
@@ -75,7 +76,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
     def __init__(self, address: Any = None, timeout: float | str | None = None,
                  asynchronous: bool = False, token: str | None = None, security: Any = None,
                  name: str | None = None, set_as_default: bool = True,
-                 **cluster_kwargs: Any) -> None:
+                 forward_output: bool = True, **cluster_kwargs: Any) -> None:
         seconds = _check_timeout(timeout)
         if seconds is None:        # (the configuration's client.timeout, 10 s by default)
             from ..config import get
@@ -101,6 +102,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         self._peers: PeerPool | None = None
         self._placed: dict[str, m.Message] = {}   # key -> its ``placed``, until the result
         self._info: dict = {}                       # what the scheduler said at welcome
+        self.forward_output = forward_output        # print what our tasks print
+        self._output = OutputPrinter()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         if cluster_kwargs and address is not None:
@@ -238,6 +241,9 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             await asyncio.get_running_loop().run_in_executor(None, self._cluster.close)
 
     async def _close_comm(self) -> None:
+        output = getattr(self, "_output", None)
+        if output is not None:
+            output.close()           # (a count of repeated lines still to show)
         if self._comm is not None:
             self._comm.flush()
             self._comm.close("client closed")
@@ -323,6 +329,9 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
                     fut.set_result(msg.value)  # type: ignore[attr-defined]
         elif op == "warn":
             log.warning("%s", msg.text)  # type: ignore[attr-defined]
+        elif op == "output":
+            if self.forward_output:
+                self._output.show(msg.lines)  # type: ignore[attr-defined]
         elif op == "welcome":
             self._info = msg.info  # type: ignore[attr-defined]
             if not self._welcome.done():
@@ -656,6 +665,34 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             ClosedClientError: the client is closed.
         """
         return self._shaped(self._query("has_what"), lambda v: self._by_workers(v, workers))
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The dashboard's URL, with the key that lets a browser in (None without one)."""
+        return self._info.get("dashboard")
+
+    def get_worker_logs(self) -> Any:
+        """``{worker address: [recent log lines]}``."""
+        return self._query("worker_logs")
+
+    def get_task_stream(self, start: float | None = None, filename: str | None = None) -> Any:
+        """The executions the scheduler remembers (the last 20,000), as dicts with key,
+        function, worker, thread, start, stop, status; since ``start`` (a time.time()) if
+        given. ``filename``: also write them as a Chrome trace (open in Perfetto).
+
+        Args:
+            start: only executions that started after this time.time().
+            filename: also write them there as a Chrome trace.
+
+        Returns:
+            A list of dicts, one per execution.
+        """
+        def shape(rows: list) -> list:
+            if filename is not None:
+                from ..protocol.monitoring import write_chrome_trace
+                write_chrome_trace(rows, filename)
+            return rows
+        return self._shaped(self._query("task_stream", start), shape)
 
     def scheduler_info(self, n_workers: int = 5) -> Any:
         """The scheduler and its workers, in dask's shape.

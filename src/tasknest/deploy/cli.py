@@ -17,6 +17,7 @@ from typing import Any
 
 from ..protocol.auth import new_token
 from ..errors import CallerError
+from ..dashboard import serve_dashboard
 from ..sizes import parse_size
 from .security import Security
 
@@ -166,8 +167,13 @@ async def _scheduler_main(args: argparse.Namespace) -> int:
     sched = await Scheduler(args.host, args.port, token, security and security.server_context(),
                             heartbeat_timeout=args.heartbeat_timeout,
                             allowed_failures=args.allowed_failures,
-                            max_frame=args.max_frame_size).start()
+                            max_frame=args.max_frame_size,
+                            dashboard_address=None if args.no_dashboard
+                            else args.dashboard_address,
+                            dashboard_factory=serve_dashboard).start()
     print(sched.address, flush=True)
+    if sched.dashboard is not None:
+        print(f"tasknest dashboard at {sched.dashboard.link}", file=sys.stderr, flush=True)
     if generated:
         print(f"tasknest scheduler at {sched.address}\n"
               f"token (pass to workers and clients with --token, $TASKNEST_TOKEN or a token "
@@ -194,7 +200,8 @@ async def _worker_main(args: argparse.Namespace) -> int:
                     port=args.port, token=_token(args), security=security,
                     memory_limit=parse_size(args.memory_limit),
                     reconnect_timeout=args.reconnect_timeout, max_frame=args.max_frame_size,
-                    resources=parse_resources(args.resources))
+                    resources=parse_resources(args.resources),
+                    http=not getattr(args, "no_metrics", False))
     try:
         await worker.start()
     except AuthenticationError as exc:
@@ -236,7 +243,8 @@ _COMMON = {"log_level": "log-level"}
 CONFIGURED = {
     "scheduler": {**_COMMON, "host": "scheduler.host", "port": "scheduler.port",
                   "heartbeat_timeout": "scheduler.heartbeat-timeout",
-                  "allowed_failures": "scheduler.allowed-failures"},
+                  "allowed_failures": "scheduler.allowed-failures",
+                  "dashboard_address": "scheduler.dashboard-address"},
     "worker": {**_COMMON, "nthreads": "worker.nthreads", "memory_limit": "worker.memory-limit",
                "resources": "worker.resources",
                "reconnect_timeout": "worker.reconnect-timeout"},
@@ -260,7 +268,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="workers a task may see die under it before it fails with KilledWorker")
     ps.add_argument("--max-frame-size", default="1GiB", type=_positive_size,
                     help="largest message frame accepted from any peer, e.g. 64MiB")
+    ps.add_argument("--dashboard-address", default=None,
+                    help="HOST:PORT of the web dashboard (default 127.0.0.1:8787, the next "
+                         "free port if taken)")
+    ps.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
     _common(ps)
+
+    pst = sub.add_parser("status", help="workers, tasks by state, what is running")
+    pst.add_argument("address", nargs="?", default=None,
+                     help="the scheduler (default tcp://scheduler.host:scheduler.port)")
+    _common(pst)
 
     pw = sub.add_parser("worker", help="run a worker")
     pw.add_argument("address", help="the scheduler, tcp://HOST:PORT or tls://HOST:PORT")
@@ -286,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                          "job's walltime)")
     pw.add_argument("--lifetime-stagger", type=float, default=0.0,
                     help="leave up to this many seconds before --lifetime, at random")
+    pw.add_argument("--no-metrics", action="store_true",
+                    help="serve no HTTP endpoint (/metrics, /health, /stacks)")
     _common(pw)
 
     sub.add_parser("demo", help="run the specification's examples on a local cluster")
@@ -317,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_nanny and _nanny_available():
             return _worker_with_nanny(args, argv)
         return run_loop(_worker_main(args))
+    if args.command == "status":
+        from ..config import get as config_get
+        from ..dashboard.status import main as status_main
+        address = args.address or (f"tcp://{config_get('scheduler.host')}:"
+                                   f"{config_get('scheduler.port')}")
+        return status_main(address, _token(args), _security(args))
     if args.command == "demo":
         from ..demo import main as demo_main
         return demo_main()

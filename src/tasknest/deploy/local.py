@@ -23,6 +23,7 @@ from typing import Any
 
 from ..protocol.auth import new_token
 from ..errors import CallerError, ClusterStartError, TasknestError
+from ..dashboard import serve_dashboard
 from ..sizes import parse_size
 from ..tls import server_ssl_context
 from .cluster import Cluster
@@ -40,7 +41,9 @@ class LocalCluster(Cluster):
                  memory_limit: int | str = 0, nanny: bool = True, timeout: float = 60.0,
                  heartbeat_timeout: float = 30.0, worker_args: list[str] | None = None,
                  max_frame_size: int | str | None = None, allowed_failures: int = 3,
-                 resources: dict[str, float] | None = None) -> None:
+                 resources: dict[str, float] | None = None,
+                 dashboard_address: str | None = "127.0.0.1:8787",
+                 dashboard: bool = True) -> None:
         Cluster.__init__(self)
         try:
             self.max_frame = None if max_frame_size is None else parse_size(max_frame_size)
@@ -72,6 +75,8 @@ class LocalCluster(Cluster):
         self.allowed_failures = allowed_failures
         self.worker_args = worker_args or []
         self.resources = dict(resources or {})     # each worker has these (resources=)
+        self.dashboard_address = dashboard_address if dashboard else None
+        self._dashboard_link: str | None = None
         if self.resources:
             self.worker_args = [*self.worker_args, "--resources",
                                 ",".join(f"{k}={v}" for k, v in self.resources.items())]
@@ -116,6 +121,8 @@ class LocalCluster(Cluster):
                "--port", "0", "--heartbeat-timeout", str(self.heartbeat_timeout),
                "--allowed-failures", str(self.allowed_failures),
                *(["--max-frame-size", str(self.max_frame)] if self.max_frame else []),
+               *(["--dashboard-address", self.dashboard_address] if self.dashboard_address
+                 else ["--no-dashboard"]),
                *self._tls_args()]
         self.scheduler_proc = _spawn(cmd, self._env(), self._log("scheduler"))
         self.scheduler_address = _first_line(self.scheduler_proc, self.timeout, "scheduler")
@@ -196,7 +203,9 @@ class LocalCluster(Cluster):
             sched = await Scheduler(self.host, 0, self.token, ssl_server,
                                     heartbeat_timeout=self.heartbeat_timeout,
                                     allowed_failures=self.allowed_failures,
-                                    max_frame=self.max_frame).start()
+                                    max_frame=self.max_frame,
+                                    dashboard_address=self.dashboard_address,
+                                    dashboard_factory=serve_dashboard).start()
             self._inproc.append(sched)
             self.scheduler_address = sched.address
         runner.run(start(), self.timeout)
@@ -258,6 +267,20 @@ class LocalCluster(Cluster):
                 p.wait()
         if self._own_security and self.security is not None:
             self.security.cleanup()
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The dashboard's URL with its key (None without a dashboard)."""
+        if self._dashboard_link is None and self.dashboard_address and self.status == "running":
+            if self._inproc:
+                board = self._inproc[0].dashboard
+                self._dashboard_link = board.link if board is not None else None
+            else:                      # ask the scheduler (it may have taken the next port)
+                from ..client.client import Client
+                with Client(self.scheduler_address, token=self.token, security=self.security,
+                            set_as_default=False) as c:
+                    self._dashboard_link = c.dashboard_link
+        return self._dashboard_link
 
     @property
     def workers(self) -> list[subprocess.Popen]:

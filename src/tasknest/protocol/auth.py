@@ -63,3 +63,12 @@ def verify_response(key: bytes, nonce_s: bytes, response: bytes) -> bytes | None
 
 def verify_confirm(key: bytes, nonce_s: bytes, nonce_c: bytes, confirm: bytes) -> bool:
     return hmac.compare_digest(confirm, _mac(key, b"S", nonce_c, nonce_s))
+
+
+def dashboard_key(token: str | None) -> str:
+    """The key that lets a browser into the dashboard and a scraper into /metrics: an
+    HMAC of the cluster's secret (never the secret itself, which cannot be derived
+    from it); a random one when the cluster has no secret."""
+    if not token:
+        return secrets.token_hex(16)
+    return hmac.new(token.encode(), b"tasknest-dashboard-v1", hashlib.sha256).hexdigest()[:32]

@@ -47,6 +47,7 @@ STRS = Check("list of str", _strs)
 OPT_STRS = Check("list of str or nil", lambda v: v is None or _strs(v))
 INTS = Check("list of int", lambda v: type(v) is list and _all(v, int))
 NUMS = Check("list of numbers", lambda v: type(v) is list and _all(v, (int, float)))
+LISTS = Check("list of lists", lambda v: type(v) is list and _all(v, list))
 FRAMES = Check("list of bytes", lambda v: type(v) is list and _all(v, bytes))
 OPT_FRAMES = Check("list of bytes or nil", lambda v: v is None or FRAMES(v))
 FRAMES_LIST = Check("list of lists of bytes", lambda v: type(v) is list and all(FRAMES(x) for x in v))
@@ -173,6 +174,9 @@ KeyMemory = _define("KeyMemory", "key-memory", key=str, type=str, nbytes=int, wh
 KeyErred = _define("KeyErred", "key-erred", key=str, exception=FRAMES, traceback=str, kind=str)
 KeyCancelled = _define("KeyCancelled", "key-cancelled", key=str, reason=str)
 Warn = _define("Warn", "warn", text=str)       # logged by the client as a warning
+# what tasks of this client (and tasks they launched) printed or logged:
+# [function, worker, key, stream, text] each
+Output = _define("Output", "output", lines=LISTS)
 
 # -- worker -> scheduler -------------------------------------------------------
 # notified: the clients the worker told itself (over their own connection to it)
@@ -202,6 +206,11 @@ NotHere = _define("NotHere", "not-here", key=str, attempt=int)  # that compute n
 Replicated = _define("Replicated", "replicated", rid=int, keys=STRS, nbytes=INTS)  # copies made
 
 RunDone = _define("RunDone", "run-done", rid=int, ok=bool, value=FRAMES)
+# what people see (worker/monitor.py, dashboard/): runs [key, thread, start, stop, ok],
+# spawns [parent, child], output [key, stream, text], the worker's log lines, its stats,
+# events [kind (transfer | spill), start, stop, peer, keys, bytes]
+Monitor = _define("Monitor", "monitor", runs=LISTS, spawns=LISTS, output=LISTS, logs=STRS,
+                  stats=dict, events=LISTS)
 
 # -- scheduler -> worker -------------------------------------------------------
 RunOn = _define("RunOn", "run-on", rid=int, call=bytes)    # answer run-done (unless rid 0)

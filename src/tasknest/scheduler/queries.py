@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from ..protocol import messages as m
 from .records import Task, WorkerInfo
 
-SYNCED = frozenset({"who_has", "has_what", "processing", "tasks"})
+SYNCED = frozenset({"who_has", "has_what", "processing", "tasks", "task_stream", "edges",
+                    "worker_logs", "tree_progress"})
 
 
 class QueriesMixin:
@@ -22,6 +23,7 @@ class QueriesMixin:
         workers: dict[str, WorkerInfo]
         _syncs: dict[int, list]
         _rid: int
+        components: list
 
         def _emit(self, target: str, msg: m.Message) -> None: ...
 
@@ -74,5 +76,11 @@ class QueriesMixin:
         elif what == "tasks":
             value = {k: t.state for k, t in self.tasks.items()}
         else:
-            error = f"unknown query {what!r}"
+            for c in self.components:     # (a component may answer: the observer's logs)
+                answer = getattr(c, "query", None)
+                if answer is not None and what in c.QUERIES:
+                    value = answer(what, arg)
+                    break
+            else:
+                error = f"unknown query {what!r}"
         self._emit(cid, m.Reply(msg.rid, value, error))  # type: ignore[attr-defined]

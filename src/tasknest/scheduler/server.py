@@ -19,6 +19,7 @@ from ..protocol import messages as m
 from ..protocol.calls import run_call
 from ..protocol.comm import Comm, Listener, listen
 from ..version import __version__
+from .observer import Observer
 from .operations import SCHEDULER
 from .state import SchedulerState
 
@@ -30,14 +31,16 @@ CLIENT_OPS = frozenset({"submit", "want", "release", "cancel", "retry", "fire-an
 WORKER_OPS = (CLIENT_OPS - {"placed", "lane-lost"}) | {"task-finished", "task-erred", "claim", "secede", "rejoin", "idle",
                            "steal-reply", "add-keys", "missing-data", "put-data-done",
                            "heartbeat", "goodbye", "paused", "synced", "not-here",
-                           "run-done", "replicated"}
+                           "run-done", "replicated", "monitor"}
 
 
 class Scheduler:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  ssl_context: Any = None, heartbeat_timeout: float = 30.0,
                  allowed_failures: int = 3, validate: bool | None = None,
-                 max_frame: int | None = None) -> None:
+                 max_frame: int | None = None,
+                 dashboard_address: str | None = None,
+                 dashboard_factory: Any = None) -> None:
         self.host = host
         self.port = port
         self.token = token
@@ -45,6 +48,12 @@ class Scheduler:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_frame = max_frame
         self.state = SchedulerState(allowed_failures=allowed_failures)
+        self.observer = Observer(self.state, time.time)   # what people see (dashboard/)
+        self.dashboard_address = dashboard_address        # HOST:PORT, or None: no dashboard
+        # (async (scheduler, address) -> dashboard: given by the deploy layer, since the
+        # dashboard reads this package and sits above it)
+        self.dashboard_factory = dashboard_factory
+        self.dashboard: Any = None
         self.started = time.time()
         self.comms: dict[str, Comm] = {}
         self.listener: Listener | None = None
@@ -63,7 +72,17 @@ class Scheduler:
         self.address = self.listener.address
         self._ticker = asyncio.ensure_future(self._tick())
         log.info("scheduler at %s", self.address)
+        if self.dashboard_address:
+            await self._start_dashboard(self.dashboard_address)
         return self
+
+    async def _start_dashboard(self, address: str) -> None:
+        if self.dashboard_factory is None:
+            return
+        try:
+            self.dashboard = await self.dashboard_factory(self, address)
+        except OSError as exc:      # the cluster works without it
+            log.warning("no dashboard: cannot listen on %s: %s", address, exc)
 
     async def close(self) -> None:
         self.closed.set()
@@ -71,6 +90,8 @@ class Scheduler:
             self.listener.close()
         if self._ticker is not None:
             self._ticker.cancel()
+        if self.dashboard is not None:
+            await self.dashboard.close()
         for comm in list(self.comms.values()):
             comm.send(m.Close("scheduler closing"))
             comm.close("scheduler closing")
@@ -81,6 +102,8 @@ class Scheduler:
             await asyncio.sleep(0.1 if self.state.retirement.active
                                 else min(1.0, self.heartbeat_timeout / 4))
             self._do(self.state.retirement.tick(time.monotonic()))
+            self.observer.tick()              # output that waited for its task's tree
+            self._do(self.state._flush())
             for wid in self.state.tick(time.monotonic(), self.heartbeat_timeout):
                 log.warning("worker %s missed heartbeats for %s s: removing it", wid,
                             self.heartbeat_timeout)
@@ -106,7 +129,8 @@ class Scheduler:
             comm.on_close.append(lambda _: self._client_gone(cid))
             self._do(self.state.add_client(cid))
             comm.send(m.Welcome(cid, {"version": __version__, "started": self.started,
-                                      "address": self.address}))
+                                      "address": self.address,
+                                      "dashboard": self.dashboard and self.dashboard.link}))
         elif msg.op == "register-worker":
             wid = f"w-{uuid.uuid4().hex[:12]}"
             self.comms[wid] = comm

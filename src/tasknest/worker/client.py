@@ -55,6 +55,8 @@ class WorkerClient(Client):
         self.loop = None
         self._loop_thread = None
         self.scheduler_address = worker.scheduler_address
+        self.forward_output = False
+        self._info: dict = {}
 
     def _bind(self) -> None:
         w = self.worker
@@ -129,6 +131,7 @@ class WorkerClient(Client):
         if not new:
             return fut
         w = self.worker
+        w.monitor.spawned(key)
         if workers is not None or resources:   # the scheduler decides where it may run
             w.send(m.Submit(key, fbytes, abytes, deps, priority, retries, workers, resources,
                             loose))

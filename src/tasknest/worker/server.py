@@ -41,6 +41,8 @@ from .spill import new_store, watch_memory
 from .state import WorkerState
 from .retiring import replicate, retire
 from .watchdog import Watchdog
+from .monitor import FLUSH, STATS_EVERY, Monitor, install as install_monitor
+from .monitor import sample as sample_monitor
 
 log = logging.getLogger("tasknest.worker")
 
@@ -56,7 +58,7 @@ class Worker:
                  security: Any = None, memory_limit: int = 0,
                  reconnect_timeout: float = 60.0, heartbeat_interval: float = 1.0,
                  validate: bool | None = None, max_frame: int | None = None,
-                 resources: dict[str, float] | None = None) -> None:
+                 resources: dict[str, float] | None = None, http: bool = True) -> None:
         if nthreads < 1:
             raise CallerError(f"nthreads must be at least 1, got {nthreads}")
         self.scheduler_address = scheduler_address
@@ -107,6 +109,9 @@ class Worker:
         self._tasks: set[asyncio.Future] = set()   # background coroutines, to cancel at close
         self.plugins: dict[str, Any] = {}          # name -> plugin (client.register_plugin)
         self._process = psutil.Process()
+        self.monitor = Monitor()           # runs, spawns, output, logs: for people to see
+        self.http: Any = http              # /metrics, /stacks (worker/http.py), once started
+        self._log_handler: Any = None
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> "Worker":
@@ -125,6 +130,10 @@ class Worker:
         self.peers = PeerPool(self.name, self.token, self.peer_ssl)
         await self._connect(self.reconnect_timeout)
         self._spawn(self._heartbeat())
+        self._log_handler = install_monitor(self.monitor)
+        if self.http:
+            await self._start_http()
+        self._spawn(self._report())
         if self.memory_limit:
             self._spawn(watch_memory(self))
         return self
@@ -165,6 +174,8 @@ class Worker:
                 except Exception:
                     log.warning("plugin %r failed to tear down", plugin, exc_info=True)
         self.pool.close()
+        if self._log_handler is not None:
+            logging.getLogger("tasknest").removeHandler(self._log_handler)
         comm = self.comm
         if comm is not None and not comm.closed:
             # say goodbye and let the scheduler close first: closing with its messages
@@ -179,6 +190,12 @@ class Worker:
             comm.close(reason)
         if self.listener is not None:
             self.listener.close()
+        if self.http:
+            http, self.http = self.http, None
+            try:
+                await http.close()
+            except asyncio.CancelledError:   # (close() may run in a task it just cancelled)
+                pass
         if self.peers is not None:
             self.peers.close()
         self.finished.set()
@@ -236,6 +253,36 @@ class Worker:
             except psutil.Error:
                 rss = 0
             self.send(m.Heartbeat(rss))
+
+    async def _start_http(self) -> None:
+        from ..protocol.auth import dashboard_key
+        from .http import WorkerHTTP
+        http = WorkerHTTP(self, dashboard_key(self.token) if self.token else None)
+        try:
+            address = await http.start(self.host)
+        except OSError as exc:         # the worker works without it
+            log.warning("no /metrics endpoint: %s", exc)
+            self.http = None
+            return
+        self.http = http
+        host = self.address.split("://", 1)[1].rsplit(":", 1)[0]   # (as peers reach us)
+        self.monitor.stats["http"] = address.replace(f"//{self.host}:", f"//{host}:")
+
+    async def _report(self) -> None:
+        """The monitor's records leave lazily, with the next batch (worker/monitor.py)."""
+        mon = self.monitor
+        last = 0.0
+        while not self.closing:
+            await asyncio.sleep(FLUSH)
+            now = time.monotonic()
+            if now - last >= STATS_EVERY:
+                last = now
+                sample_monitor(mon, self._process, self)
+            elif not mon.pending():
+                continue
+            comm = self.comm
+            if comm is not None:
+                comm.send_any(mon.take())
 
     # -- sending ------------------------------------------------------------------------------
     def _wake(self, here: bool = True) -> None:
@@ -346,6 +393,8 @@ class Worker:
                 done = self.apply(st.confirm(msg.key, msg.client, msg.seq,  # type: ignore
                                              msg.attempt))  # type: ignore[attr-defined]
         elif op == "sync":       # (send() puts what task threads queued first)
+            if self.monitor.pending():    # (what ran so far counts too: task stream)
+                self.send(self.monitor.take())
             self.send(m.Synced(msg.rid))  # type: ignore[attr-defined]
         elif op == "withdraw":
             with self.lock:
@@ -479,10 +528,14 @@ class Worker:
 
     async def _fetch(self, address: str, keys: list[str]) -> None:
         got: dict[str, Any] = {}
+        start = time.time()
         try:
             got = await self.peers.get_data(address, keys)  # type: ignore[union-attr]
         except Exception as exc:
             log.info("fetching %d keys from %s failed: %s", len(keys), address, exc)
+        if got:
+            self.monitor.transferred(address, len(got), sum(nbytes(f) for f in got.values()
+                                                           if f is not None), start, time.time())
         values: dict[str, Any] = {}
         for key in keys:
             frames = got.get(key)
@@ -555,13 +608,17 @@ class Worker:
         ident = threading.get_ident()
         contexts = self.contexts
         contexts[ident] = ctx
+        start = time.time()
+        ok = False
         try:
             result = func(*args, **kwargs)
+            ok = True
         except BaseException as exc:  # noqa: B036 - a task's failure, whatever it is
             if isinstance(exc, (KeyboardInterrupt,)) and not inline:
                 raise
             return self._failed(task.key, exc)
         finally:
+            self.monitor.ran(task.key, start, time.time(), ok)
             reset_task(tokens)
             if parent is None:
                 contexts.pop(ident, None)
@@ -572,17 +629,23 @@ class Worker:
     async def _run_async(self, key: str, ctx: TaskContext, func: Any, args: tuple,
                          kwargs: dict) -> None:
         tokens = set_task(ctx)
+        start = time.time()
+        ok = False
         try:
             result = await func(*args, **kwargs)
+            ok = True
         except BaseException as exc:  # noqa: B036
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return self._failed(key, exc)
         finally:
+            self.monitor.ran(key, start, time.time(), ok)
             reset_task(tokens)
         self._finished(key, result)
 
     def _finished(self, key: str, result: Any) -> None:
+        if self.monitor.output:       # what it printed reaches its client before its result
+            self.send(self.monitor.take())
         inline = None
         inner: list[str] = []
         size = plain_nbytes(result)
@@ -619,6 +682,8 @@ class Worker:
 
     def _failed(self, key: str, exc: BaseException, kind: str = "exception",
                 message: str | None = None) -> None:
+        if self.monitor.output:
+            self.send(self.monitor.take())
         if message is not None:
             tb = message
             frames: list = []
