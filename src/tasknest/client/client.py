@@ -37,6 +37,7 @@ from .loop import get_runner
 from .coordination import DatasetsMixin
 from .operations import OperationsMixin, resources_arg
 from .placing import PlacingMixin
+from .reconnect import RESENT, ReconnectMixin
 
 log = logging.getLogger("tasknest.client")
 
@@ -125,7 +126,7 @@ def _rebuild(obj: Any, values: dict[str, Any]) -> Any:
     return obj
 
 
-class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
+class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
     """A connection to a tasknest cluster. ``Executor`` is the same class."""
 
     _worker_side = False
@@ -133,12 +134,18 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
     def __init__(self, address: Any = None, timeout: float | str | None = None,
                  asynchronous: bool = False, token: str | None = None, security: Any = None,
                  name: str | None = None, set_as_default: bool = True,
+                 reconnect_timeout: float | str | None = None,
                  **cluster_kwargs: Any) -> None:
         seconds = _check_timeout(timeout)
         if seconds is None:        # (the configuration's client.timeout, 10 s by default)
             from ..config import get
             seconds = float(get("client.timeout"))
         timeout = seconds
+        again = _check_timeout(reconnect_timeout)
+        if again is None:          # (the configuration's client.reconnect-timeout, 60 s)
+            from ..config import get
+            again = float(get("client.reconnect-timeout"))
+        self.reconnect_timeout = again    # how long a lost scheduler may take to come back
         self.id = f"c-{name or 'client'}-{uuid.uuid4().hex[:12]}"
         self.asynchronous = asynchronous
         self.timeout = timeout
@@ -158,6 +165,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         self._cluster_kwargs = cluster_kwargs
         self._peers: PeerPool | None = None
         self._placed: dict[str, m.Message] = {}   # key -> its ``placed``, until the result
+        self._submits: dict[str, tuple] = {}      # key -> its recipe, until the result
+        self._requests: dict[int, m.Message] = {}  # rid -> request, until its reply
         self._info: dict = {}                       # what the scheduler said at welcome
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -230,6 +239,16 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
                              ssl_context=ssl_ctx, threadsafe=not self.asynchronous)
         self._peers = PeerPool(self.id, self._token, ssl_ctx, timeout=self.timeout,
                                on_push=self._handle, on_lost=self._stream_lost)
+        await self._open(comm)
+
+    async def _open(self, comm: Comm | None = None) -> None:
+        """Connect to the scheduler (again) under this client's id."""
+        if comm is None:
+            from ..deploy.security import client_ssl_context
+            comm = await connect(self.scheduler_address, self._token, timeout=self.timeout,
+                                 ssl_context=client_ssl_context(self._security,
+                                                                self.scheduler_address),
+                                 threadsafe=not self.asynchronous)
         welcome = asyncio.get_running_loop().create_future()
         self._welcome = welcome
         comm.start(self._handle)
@@ -320,16 +339,10 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             self._comm.send(m.Remind(pending))
 
     def _on_comm_closed(self, comm: Comm) -> None:
-        if self.status == "running":
-            self.status = "closed"
-            log.warning("lost the connection to the scheduler at %s: %s",
-                        self.scheduler_address, comm.close_reason)
-            self._fail_pending(SchedulerLostError(
-                f"lost the connection to the scheduler at {self.scheduler_address}: "
-                f"{comm.close_reason}"))
+        self._scheduler_lost(comm)      # (reconnect.py: wait for it to come back)
 
     def _check(self) -> None:
-        if self.status != "running":
+        if self.status != "running" and self.status != "reconnecting":
             if self.status == "new":
                 raise ClosedClientError("the client is not started: use `await Client(...)` "
                                         "or `async with Client(...)` in async code")
@@ -340,6 +353,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         op = msg.op
         if self._placed and op in ("key-memory", "key-erred", "key-cancelled"):
             self._placed_done(msg)
+        if self._submits and op in ("key-memory", "key-erred", "key-cancelled"):
+            self._submits.pop(msg.key, None)  # type: ignore[attr-defined]
         if op == "key-memory":
             st = self._states.get(msg.key)  # type: ignore[attr-defined]
             if st is not None:
@@ -362,6 +377,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
                 text = reason if reason.startswith(key) else f"{key} was cancelled: {reason}"
                 st.fail(FutureCancelledError(text), None, "cancelled")
         elif op == "reply":
+            self._requests.pop(msg.rid, None)  # type: ignore[attr-defined]
             fut = self._replies.pop(msg.rid, None)  # type: ignore[attr-defined]
             if fut is not None and not fut.done():
                 if msg.error:  # type: ignore[attr-defined]
@@ -385,6 +401,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         comm = self._comm
         if comm is None:
             raise ClosedClientError("the client is not connected")
+        if self.status == "reconnecting":
+            return          # (what is still needed is said again once reconnected)
         comm.send_any(msg)
 
     def _acquire(self, key: str, inform: bool = True) -> FutureState:
@@ -412,6 +430,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             self._refs.pop(key, None)
             self._states.pop(key, None)
             self._placed.pop(key, None)
+            self._submits.pop(key, None)
         if self.status == "running":
             # always through the thread-safe queue: this may run inside a garbage
             # collection that interrupted a send on the loop thread
@@ -523,6 +542,9 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
                     resources: dict | None = None, loose: bool = False) -> Future:
         fut, new = self._new_future(key)
         if new:
+            with self._lock:    # (sent again if the scheduler restarts before the result)
+                self._submits[key] = (fbytes, abytes, deps, priority, retries, workers,
+                                      resources, loose)
             lane = None if deps or resources else self._lane() if workers is None \
                 else self._lane_to(workers[0][1:]) if len(workers) == 1 and \
                 workers[0][:1] == "!" else None
@@ -661,7 +683,10 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         msg.rid = self._rid  # type: ignore[attr-defined]
         fut = asyncio.get_running_loop().create_future()
         self._replies[self._rid] = fut
-        self._comm.send(msg)  # type: ignore[union-attr]
+        if msg.op in RESENT:
+            self._requests[self._rid] = msg
+        if self.status != "reconnecting":
+            self._comm.send(msg)  # type: ignore[union-attr]
         return await asyncio.wait_for(fut, timeout)
 
     def _query(self, what: str, arg: Any = None) -> Any:

@@ -34,7 +34,8 @@ class LocalCluster:
                  memory_limit: int | str = 0, nanny: bool = True, timeout: float = 60.0,
                  heartbeat_timeout: float = 30.0, worker_args: list[str] | None = None,
                  max_frame_size: int | str | None = None, allowed_failures: int = 3,
-                 resources: dict[str, float] | None = None) -> None:
+                 resources: dict[str, float] | None = None,
+                 state_dir: str | bool | None = True, recovery_wait: float = 10.0) -> None:
         from ..errors import CallerError
         from .cli import parse_size
         try:
@@ -70,6 +71,16 @@ class LocalCluster:
         if self.resources:
             self.worker_args = [*self.worker_args, "--resources",
                                 ",".join(f"{k}={v}" for k, v in self.resources.items())]
+        # the scheduler's journal (processes only): a temporary folder of its own by
+        # default; a scheduler that dies is restarted on it, at the same address
+        self._own_state_dir = state_dir is True and processes
+        if self._own_state_dir:
+            import tempfile
+            state_dir = tempfile.mkdtemp(prefix="tasknest-state-")
+        self.state_dir = state_dir if isinstance(state_dir, str) and processes else None
+        self.recovery_wait = recovery_wait
+        self.scheduler_restarts = 0
+        self._watcher: threading.Thread | None = None
         self.scheduler_address = ""
         self.scheduler_proc: subprocess.Popen | None = None
         self.worker_procs: list[subprocess.Popen] = []
@@ -101,14 +112,22 @@ class LocalCluster:
     def _tls_args(self) -> list[str]:
         return self.security.cli_args() if self.security else []
 
+    def _scheduler_cmd(self, port: int) -> list[str]:
+        return [sys.executable, "-m", "tasknest", "scheduler", "--host", self.host,
+                "--port", str(port), "--heartbeat-timeout", str(self.heartbeat_timeout),
+                "--allowed-failures", str(self.allowed_failures),
+                *(["--max-frame-size", str(self.max_frame)] if self.max_frame else []),
+                *(["--state-dir", self.state_dir, "--recovery-wait", str(self.recovery_wait)]
+                  if self.state_dir else []),
+                *self._tls_args()]
+
     def _start_processes(self) -> None:
-        cmd = [sys.executable, "-m", "tasknest", "scheduler", "--host", self.host,
-               "--port", "0", "--heartbeat-timeout", str(self.heartbeat_timeout),
-               "--allowed-failures", str(self.allowed_failures),
-               *(["--max-frame-size", str(self.max_frame)] if self.max_frame else []),
-               *self._tls_args()]
-        self.scheduler_proc = _spawn(cmd, self._env())
+        self.scheduler_proc = _spawn(self._scheduler_cmd(0), self._env())
         self.scheduler_address = _first_line(self.scheduler_proc, self.timeout, "scheduler")
+        if self.state_dir:
+            self._watcher = threading.Thread(target=self._watch_scheduler, daemon=True,
+                                             name="tasknest-scheduler-watch")
+            self._watcher.start()
         for i in range(self.n_workers):
             self.add_worker(wait=False, name=f"local-{i}")
         for proc in self.worker_procs:
@@ -131,6 +150,39 @@ class LocalCluster:
         if wait:
             _first_line(proc, self.timeout, "worker")
         return proc
+
+    def _watch_scheduler(self) -> None:
+        """Restart a scheduler that died, on the same address and state dir: workers
+        and clients reconnect to it and the computation goes on."""
+        from ..protocol.comm import parse_address
+        port = parse_address(self.scheduler_address)[2]
+        while True:
+            proc = self.scheduler_proc
+            assert proc is not None
+            code = proc.wait()
+            if self.status == "closed":
+                return
+            for attempt in range(50):    # (the lock or the port may take a moment to free)
+                new = _spawn(self._scheduler_cmd(port), self._env())
+                try:
+                    address = _first_line(new, self.timeout, "scheduler")
+                except (RuntimeError, TimeoutError):
+                    if self.status == "closed":
+                        return
+                    time.sleep(0.05)
+                    continue
+                if self.status == "closed":
+                    new.terminate()
+                    new.wait()
+                    return
+                self.scheduler_proc = new
+                self.scheduler_restarts += 1
+                import logging
+                logging.getLogger("tasknest.deploy").warning(
+                    "the scheduler died (exit code %s): restarted at %s", code, address)
+                break
+            else:
+                return
 
     # -- in this process ----------------------------------------------------------------------
     def _start_inprocess(self) -> None:
@@ -187,6 +239,15 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if self._watcher is not None:
+            self._watcher.join(timeout)
+        procs = [p for p in [self.scheduler_proc] if p is not None and p.poll() is None]
+        for p in procs:     # (one the watcher started as we closed)
+            p.kill()
+            p.wait()
+        if self._own_state_dir and self.state_dir:
+            import shutil
+            shutil.rmtree(self.state_dir, ignore_errors=True)
         if self._own_security and self.security is not None:
             self.security.cleanup()
 

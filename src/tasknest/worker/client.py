@@ -40,6 +40,8 @@ class WorkerClient(Client):
         self._states: dict[str, FutureState] = {}
         self._refs: dict[str, int] = {}
         self._placed: dict = {}          # (tasks submit through claims, never place)
+        self._submits: dict = {}         # (the worker's resume re-asserts its futures)
+        self._requests: dict = {}
         self._recipes: dict[str, tuple] = {}   # keys our futures wait on: how to claim them
         self._replies: dict[int, asyncio.Future] = {}
         self._rid = 0
