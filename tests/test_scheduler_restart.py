@@ -50,8 +50,11 @@ def test_a_map_survives_scheduler_kills_and_no_finished_task_runs_again(tmp_path
             futures = client.map(logged_inc, range(n), path=path)
             for _ in range(3):
                 wait_until(lambda: os.path.exists(path), 30)
+                size = os.path.getsize(path)
                 kill_scheduler(cluster)
-                time.sleep(0.3)      # (let some work finish between kills)
+                wait_until(lambda: os.path.getsize(path) > size
+                           or all(f.done() for f in futures), 30,
+                           message="work went on after the restart")
             assert client.gather(futures) == [x + 1 for x in range(n)]
         with open(path) as f:
             lines = f.read().split()
@@ -68,8 +71,10 @@ def test_a_nested_tree_survives_scheduler_kills(tmp_path):
             future = client.submit(fib, 14, path, pure=False)
             for _ in range(2):
                 wait_until(lambda: os.path.exists(path), 30)
+                size = os.path.getsize(path)
                 kill_scheduler(cluster)
-                time.sleep(0.3)
+                wait_until(lambda: os.path.getsize(path) > size or future.done(), 30,
+                           message="work went on after the restart")
             assert future.result(timeout=60) == 377
         with open(path) as f:
             lines = f.read().split()
