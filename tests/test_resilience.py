@@ -249,7 +249,7 @@ def sleep_then(x, seconds):
 
 
 @pytest.mark.timeout(60)
-def test_scheduler_loss_fails_waiting_futures_and_workers_rejoin_a_restarted_one():
+def test_scheduler_loss_fails_waiting_futures_after_reconnect_timeout_and_workers_rejoin():
     token = "resilience-test-token"
     # the processes import this test module, as LocalCluster's would
     env = dict(os.environ, TASKNEST_TOKEN=token,
@@ -263,16 +263,18 @@ def test_scheduler_loss_fails_waiting_futures_and_workers_rejoin_a_restarted_one
         worker = spawn(["worker", address, "--reconnect-timeout", "30", "--nthreads", "2"], env)
         procs.append(worker)
         first_line(worker)
-        with Client(address, token=token) as client:
+        with Client(address, token=token, reconnect_timeout=2) as client:
             future = client.submit(sleep_then, 1, 20, pure=False)
             wait_until(lambda: any(w["processing"] for w in list(client.scheduler_info(-1)["workers"].values())), 20,
                        message="the task started")
             sched.kill()
             sched.wait()
             t0 = time.monotonic()
-            with pytest.raises(SchedulerLostError):
+            with pytest.raises(SchedulerLostError, match=r"did not come back within 2\.\d s "
+                                                          r"\(reconnect_timeout=2 s\)"):
                 future.result(timeout=20)
             elapsed = time.monotonic() - t0
+            assert elapsed >= 1.9
         print(f"\nwaiting result() raised {elapsed:.2f} s after the scheduler was killed")
         assert elapsed < 10
         # a scheduler restarted at the same address gets its worker back

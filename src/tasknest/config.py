@@ -38,6 +38,8 @@ KEYS: dict[str, tuple[type, Any, str]] = {
     "worker.resources": (str, "", 'what tasks may ask for, e.g. "GPU=2,MEM=16e9"'),
     "worker.reconnect-timeout": (float, 60.0, "seconds to keep trying a lost scheduler"),
     "client.timeout": (float, 10.0, "seconds to wait for the scheduler to answer a connect"),
+    "client.reconnect-timeout": (float, 60.0, "seconds a client waits for a lost scheduler "
+                                              "to come back before its futures fail"),
 }
 
 

@@ -40,6 +40,7 @@ from .coordination import DatasetsMixin
 from .operations import OperationsMixin, resources_arg
 from .placing import PlacingMixin
 from .output import OutputPrinter
+from .reconnect import RESENT, ReconnectMixin
 
 log = logging.getLogger("tasknest.client")
 
@@ -68,7 +69,7 @@ def _unsupported(**options: Any) -> None:
             raise CallerError(f"{name}= is not supported by this version of tasknest")
 
 
-class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
+class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
     """A connection to a tasknest cluster. ``Executor`` is the same class."""
 
     _worker_side = False
@@ -76,12 +77,19 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
     def __init__(self, address: Any = None, timeout: float | str | None = None,
                  asynchronous: bool = False, token: str | None = None, security: Any = None,
                  name: str | None = None, set_as_default: bool = True,
-                 forward_output: bool = True, **cluster_kwargs: Any) -> None:
+                 forward_output: bool = True,
+                 reconnect_timeout: float | str | None = None,
+                 **cluster_kwargs: Any) -> None:
         seconds = _check_timeout(timeout)
         if seconds is None:        # (the configuration's client.timeout, 10 s by default)
             from ..config import get
             seconds = float(get("client.timeout"))
         timeout = seconds
+        again = _check_timeout(reconnect_timeout)
+        if again is None:          # (the configuration's client.reconnect-timeout, 60 s)
+            from ..config import get
+            again = float(get("client.reconnect-timeout"))
+        self.reconnect_timeout = again    # how long a lost scheduler may take to come back
         self.id = f"c-{name or 'client'}-{uuid.uuid4().hex[:12]}"
         self.asynchronous = asynchronous
         self.timeout = timeout
@@ -101,6 +109,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         self._cluster_kwargs = cluster_kwargs
         self._peers: PeerPool | None = None
         self._placed: dict[str, m.Message] = {}   # key -> its ``placed``, until the result
+        self._submits: dict[str, tuple] = {}      # key -> its recipe, until the result
+        self._requests: dict[int, m.Message] = {}  # rid -> request, until its reply
         self._info: dict = {}                       # what the scheduler said at welcome
         self.forward_output = forward_output        # print what our tasks print
         self._output = OutputPrinter()
@@ -177,6 +187,15 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
                              ssl_context=ssl_ctx, threadsafe=not self.asynchronous)
         self._peers = PeerPool(self.id, self._token, ssl_ctx, timeout=self.timeout,
                                on_push=self._handle, on_lost=self._stream_lost)
+        await self._open(comm)
+
+    async def _open(self, comm: Comm | None = None) -> None:
+        """Connect to the scheduler (again) under this client's id."""
+        if comm is None:
+            comm = await connect(self.scheduler_address, self._token, timeout=self.timeout,
+                                 ssl_context=client_ssl_context(self._security,
+                                                                self.scheduler_address),
+                                 threadsafe=not self.asynchronous)
         welcome = asyncio.get_running_loop().create_future()
         self._welcome = welcome
         comm.start(self._handle)
@@ -279,16 +298,10 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             self._comm.send(m.Remind(pending))
 
     def _on_comm_closed(self, comm: Comm) -> None:
-        if self.status == "running":
-            self.status = "closed"
-            log.warning("lost the connection to the scheduler at %s: %s",
-                        self.scheduler_address, comm.close_reason)
-            self._fail_pending(SchedulerLostError(
-                f"lost the connection to the scheduler at {self.scheduler_address}: "
-                f"{comm.close_reason}"))
+        self._scheduler_lost(comm)      # (reconnect.py: wait for it to come back)
 
     def _check(self) -> None:
-        if self.status != "running":
+        if self.status != "running" and self.status != "reconnecting":
             if self.status == "new":
                 raise ClosedClientError("the client is not started: use `await Client(...)` "
                                         "or `async with Client(...)` in async code")
@@ -299,6 +312,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         op = msg.op
         if self._placed and op in ("key-memory", "key-erred", "key-cancelled"):
             self._placed_done(msg)
+        if self._submits and op in ("key-memory", "key-erred", "key-cancelled"):
+            self._submits.pop(msg.key, None)  # type: ignore[attr-defined]
         if op == "key-memory":
             st = self._states.get(msg.key)  # type: ignore[attr-defined]
             if st is not None:
@@ -321,6 +336,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
                 text = reason if reason.startswith(key) else f"{key} was cancelled: {reason}"
                 st.fail(FutureCancelledError(text), None, "cancelled")
         elif op == "reply":
+            self._requests.pop(msg.rid, None)  # type: ignore[attr-defined]
             fut = self._replies.pop(msg.rid, None)  # type: ignore[attr-defined]
             if fut is not None and not fut.done():
                 if msg.error:  # type: ignore[attr-defined]
@@ -347,6 +363,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         comm = self._comm
         if comm is None:
             raise ClosedClientError("the client is not connected")
+        if self.status == "reconnecting":
+            return          # (what is still needed is said again once reconnected)
         comm.send_any(msg)
 
     def _acquire(self, key: str, inform: bool = True) -> FutureState:
@@ -374,6 +392,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
             self._refs.pop(key, None)
             self._states.pop(key, None)
             self._placed.pop(key, None)
+            self._submits.pop(key, None)
         if self.status == "running":
             # always through the thread-safe queue: this may run inside a garbage
             # collection that interrupted a send on the loop thread
@@ -487,6 +506,9 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
                     fresh: bool = False) -> Future:
         fut, new = self._new_future(key)
         if new:
+            with self._lock:    # (sent again if the scheduler restarts before the result)
+                self._submits[key] = (fbytes, abytes, deps, priority, retries, workers,
+                                      resources, loose)
             lane = None if deps or resources else self._lane() if workers is None \
                 else self._lane_to(workers[0][1:]) if len(workers) == 1 and \
                 workers[0][:1] == "!" else None
@@ -634,7 +656,10 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         msg.rid = self._rid  # type: ignore[attr-defined]
         fut = asyncio.get_running_loop().create_future()
         self._replies[self._rid] = fut
-        self._comm.send(msg)  # type: ignore[union-attr]
+        if msg.op in RESENT:
+            self._requests[self._rid] = msg
+        if self.status != "reconnecting":
+            self._comm.send(msg)  # type: ignore[union-attr]
         return await asyncio.wait_for(fut, timeout)
 
     def _query(self, what: str, arg: Any = None) -> Any:

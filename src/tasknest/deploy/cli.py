@@ -164,13 +164,21 @@ async def _scheduler_main(args: argparse.Namespace) -> int:
     if args.insecure and not _is_loopback(args.host):
         print(f"tasknest: warning: listening on {args.host} WITHOUT authentication "
               "(--insecure): anyone who can reach it can run code here", file=sys.stderr)
-    sched = await Scheduler(args.host, args.port, token, security and security.server_context(),
-                            heartbeat_timeout=args.heartbeat_timeout,
-                            allowed_failures=args.allowed_failures,
-                            max_frame=args.max_frame_size,
-                            dashboard_address=None if args.no_dashboard
-                            else args.dashboard_address,
-                            dashboard_factory=serve_dashboard).start()
+    from ..scheduler.journal import StateDirInUse
+    try:
+        sched = await Scheduler(args.host, args.port, token,
+                                security and security.server_context(),
+                                heartbeat_timeout=args.heartbeat_timeout,
+                                allowed_failures=args.allowed_failures,
+                                max_frame=args.max_frame_size, state_dir=args.state_dir,
+                                recovery_wait=args.recovery_wait,
+                                fsync=args.journal_fsync,
+                                dashboard_address=None if args.no_dashboard
+                                else args.dashboard_address,
+                                dashboard_factory=serve_dashboard).start()
+    except StateDirInUse as exc:
+        print(f"tasknest scheduler: {exc}", file=sys.stderr)
+        return 2
     print(sched.address, flush=True)
     if sched.dashboard is not None:
         print(f"tasknest dashboard at {sched.dashboard.link}", file=sys.stderr, flush=True)
@@ -272,6 +280,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="HOST:PORT of the web dashboard (default 127.0.0.1:8787, the next "
                          "free port if taken)")
     ps.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
+    ps.add_argument("--state-dir", default=None,
+                    help="keep a journal here; a scheduler restarted on it (same command) "
+                         "picks up where the last one died")
+    ps.add_argument("--recovery-wait", type=float, default=10.0,
+                    help="seconds a restarted scheduler waits for the workers it knew "
+                         "before running their tasks elsewhere")
+    ps.add_argument("--journal-fsync", action="store_true",
+                    help="fsync the journal at every commit (survives the machine's crash, "
+                         "not only the process's)")
     _common(ps)
 
     pst = sub.add_parser("status", help="workers, tasks by state, what is running")

@@ -43,7 +43,8 @@ class LocalCluster(Cluster):
                  max_frame_size: int | str | None = None, allowed_failures: int = 3,
                  resources: dict[str, float] | None = None,
                  dashboard_address: str | None = "127.0.0.1:8787",
-                 dashboard: bool = True) -> None:
+                 dashboard: bool = True,
+                 state_dir: str | bool | None = True, recovery_wait: float = 10.0) -> None:
         Cluster.__init__(self)
         try:
             self.max_frame = None if max_frame_size is None else parse_size(max_frame_size)
@@ -80,6 +81,16 @@ class LocalCluster(Cluster):
         if self.resources:
             self.worker_args = [*self.worker_args, "--resources",
                                 ",".join(f"{k}={v}" for k, v in self.resources.items())]
+        # the scheduler's journal (processes only): a temporary folder of its own by
+        # default; a scheduler that dies is restarted on it, at the same address
+        self._own_state_dir = state_dir is True and processes
+        if self._own_state_dir:
+            import tempfile
+            state_dir = tempfile.mkdtemp(prefix="tasknest-state-")
+        self.state_dir = state_dir if isinstance(state_dir, str) and processes else None
+        self.recovery_wait = recovery_wait
+        self.scheduler_restarts = 0
+        self._watcher: threading.Thread | None = None
         self.scheduler_address = ""
         self.scheduler_proc: subprocess.Popen | None = None
         self.worker_procs: list[subprocess.Popen] = []
@@ -116,16 +127,25 @@ class LocalCluster(Cluster):
     def _tls_args(self) -> list[str]:
         return self.security.cli_args() if self.security else []
 
+    def _scheduler_cmd(self, port: int) -> list[str]:
+        return [sys.executable, "-m", "tasknest", "scheduler", "--host", self.host,
+                "--port", str(port), "--heartbeat-timeout", str(self.heartbeat_timeout),
+                "--allowed-failures", str(self.allowed_failures),
+                *(["--max-frame-size", str(self.max_frame)] if self.max_frame else []),
+                *(["--state-dir", self.state_dir, "--recovery-wait", str(self.recovery_wait)]
+                  if self.state_dir else []),
+                *(["--dashboard-address", self.dashboard_address] if self.dashboard_address
+                  else ["--no-dashboard"]),
+                *self._tls_args()]
+
     def _start_processes(self) -> None:
-        cmd = [sys.executable, "-m", "tasknest", "scheduler", "--host", self.host,
-               "--port", "0", "--heartbeat-timeout", str(self.heartbeat_timeout),
-               "--allowed-failures", str(self.allowed_failures),
-               *(["--max-frame-size", str(self.max_frame)] if self.max_frame else []),
-               *(["--dashboard-address", self.dashboard_address] if self.dashboard_address
-                 else ["--no-dashboard"]),
-               *self._tls_args()]
+        cmd = self._scheduler_cmd(0)
         self.scheduler_proc = _spawn(cmd, self._env(), self._log("scheduler"))
         self.scheduler_address = _first_line(self.scheduler_proc, self.timeout, "scheduler")
+        if self.state_dir:
+            self._watcher = threading.Thread(target=self._watch_scheduler, daemon=True,
+                                             name="tasknest-scheduler-watch")
+            self._watcher.start()
         names = self._new_names(self.n_workers)
         self._launched.extend(names)
         self._launch(names)
@@ -188,6 +208,39 @@ class LocalCluster(Cluster):
         if wait:
             _first_line(proc, self.timeout, "worker")
         return proc
+
+    def _watch_scheduler(self) -> None:
+        """Restart a scheduler that died, on the same address and state dir: workers
+        and clients reconnect to it and the computation goes on."""
+        from ..protocol.comm import parse_address
+        port = parse_address(self.scheduler_address)[2]
+        while True:
+            proc = self.scheduler_proc
+            assert proc is not None
+            code = proc.wait()
+            if self.status == "closed":
+                return
+            for attempt in range(50):    # (the lock or the port may take a moment to free)
+                new = _spawn(self._scheduler_cmd(port), self._env(), self._log("scheduler"))
+                try:
+                    address = _first_line(new, self.timeout, "scheduler")
+                except (RuntimeError, TimeoutError):
+                    if self.status == "closed":
+                        return
+                    time.sleep(0.05)
+                    continue
+                if self.status == "closed":
+                    new.terminate()
+                    new.wait()
+                    return
+                self.scheduler_proc = new
+                self.scheduler_restarts += 1
+                import logging
+                logging.getLogger("tasknest.deploy").warning(
+                    "the scheduler died (exit code %s): restarted at %s", code, address)
+                break
+            else:
+                return
 
     # -- in this process ----------------------------------------------------------------------
     def _start_inprocess(self) -> None:
@@ -265,6 +318,15 @@ class LocalCluster(Cluster):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if self._watcher is not None:
+            self._watcher.join(timeout)
+        procs = [p for p in [self.scheduler_proc] if p is not None and p.poll() is None]
+        for p in procs:     # (one the watcher started as we closed)
+            p.kill()
+            p.wait()
+        if self._own_state_dir and self.state_dir:
+            import shutil
+            shutil.rmtree(self.state_dir, ignore_errors=True)
         if self._own_security and self.security is not None:
             self.security.cleanup()
 

@@ -94,6 +94,7 @@ class Comm(asyncio.Protocol):
         self._draining = False
         self._undoable: dict[tuple, list] = {}   # (op, key) -> an unsent message, see UNDOES
         self._cancelled = 0
+        self.before_write: Callable[[], Any] | None = None   # e.g. commit a journal first
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -294,6 +295,8 @@ class Comm(asyncio.Protocol):
         any thread if the transport allows it)."""
         if self.closed or not self._outbox:
             return
+        if self.before_write is not None:   # (write-ahead: nothing leaves before it)
+            self.before_write()
         out, self._outbox = self._outbox, []
         if self._undoable:
             self._undoable.clear()

@@ -167,6 +167,8 @@ Placed = _define("Placed", "placed", key=str, fid=int, args=bytes, priority=NUMS
                  worker=str, seq=int, nbytes=int, type=str, pinned=bool)
 # the client's connection to that worker broke: the places it carried may never arrive
 LaneLost = _define("LaneLost", "lane-lost", worker=str)
+# a client back after the scheduler restarted: every key it holds futures on (and no other)
+Holding = _define("Holding", "holding", keys=STRS)
 
 # -- scheduler -> client --------------------------------------------------------
 KeyMemory = _define("KeyMemory", "key-memory", key=str, type=str, nbytes=int, who_has=STRS,
@@ -204,6 +206,12 @@ Paused = _define("Paused", "paused", paused=bool)          # memory high: no new
 Synced = _define("Synced", "synced", rid=int)     # everything sent before this has left
 NotHere = _define("NotHere", "not-here", key=str, attempt=int)  # that compute never came
 Replicated = _define("Replicated", "replicated", rid=int, keys=STRS, nbytes=INTS)  # copies made
+# after registering again with a restarted scheduler: results held (memory, nbytes, kinds:
+# their types),
+# tasks queued or running here [key, attempt, func, args, deps, priority, retries], and the
+# keys of the in-task client's futures (see scheduler/recovery.py)
+Resume = _define("Resume", "resume", memory=STRS, nbytes=INTS, kinds=STRS, tasks=ANY,
+                 wants=STRS)
 
 RunDone = _define("RunDone", "run-done", rid=int, ok=bool, value=FRAMES)
 # what people see (worker/monitor.py, dashboard/): runs [key, thread, start, stop, ok],
@@ -269,6 +277,8 @@ RULES: dict[str, Any] = {
     "scatter": _same_length("keys", "values"), "put-data": _same_length("keys", "values"),
     "add-keys": _same_length("keys", "nbytes"), "put-data-done": _same_length("keys", "nbytes"),
     "replicated": _same_length("keys", "nbytes"),
+    "resume": lambda msg: None if len(msg.memory) == len(msg.nbytes) == len(msg.kinds)
+    and type(msg.tasks) is list else "memory, nbytes and kinds differ in length",
     "query": lambda msg: None if msg.what != "who_has" or msg.arg is None or _strs(msg.arg)
     else "who_has takes a list of keys or nil",
 }

@@ -21,14 +21,16 @@ from ..protocol.comm import Comm, Listener, listen
 from ..version import __version__
 from .observer import Observer
 from .operations import SCHEDULER
+from .persist import Persistence
+from .recovery import Recovery
 from .state import SchedulerState
 
 log = logging.getLogger("tasknest.scheduler")
 
 CLIENT_OPS = frozenset({"submit", "want", "release", "cancel", "retry", "fire-and-forget",
                         "scatter", "query", "remind", "placed", "lane-lost", "coord", "run",
-                        "restart", "retire"})
-WORKER_OPS = (CLIENT_OPS - {"placed", "lane-lost"}) | {"task-finished", "task-erred", "claim", "secede", "rejoin", "idle",
+                        "restart", "retire", "holding"})
+WORKER_OPS = (CLIENT_OPS - {"placed", "lane-lost", "holding"}) | {"resume", "task-finished", "task-erred", "claim", "secede", "rejoin", "idle",
                            "steal-reply", "add-keys", "missing-data", "put-data-done",
                            "heartbeat", "goodbye", "paused", "synced", "not-here",
                            "run-done", "replicated", "monitor"}
@@ -40,7 +42,8 @@ class Scheduler:
                  allowed_failures: int = 3, validate: bool | None = None,
                  max_frame: int | None = None,
                  dashboard_address: str | None = None,
-                 dashboard_factory: Any = None) -> None:
+                 dashboard_factory: Any = None, state_dir: str | None = None,
+                 recovery_wait: float = 10.0, fsync: bool = False) -> None:
         self.host = host
         self.port = port
         self.token = token
@@ -54,6 +57,12 @@ class Scheduler:
         # dashboard reads this package and sits above it)
         self.dashboard_factory = dashboard_factory
         self.dashboard: Any = None
+        self.recovery = Recovery(self.state)     # workers and clients that come back
+        # the state dir: a journal of intents, replayed when the scheduler comes back
+        self.persist = None if state_dir is None else Persistence(
+            self, self.recovery, state_dir, fsync, recovery_wait)
+        if state_dir is None:     # compute numbers above those of an earlier scheduler's
+            self.state._attempts = int(time.time() * 1000) << 12
         self.started = time.time()
         self.comms: dict[str, Comm] = {}
         self.listener: Listener | None = None
@@ -65,11 +74,15 @@ class Scheduler:
         self.address = ""
 
     async def start(self) -> "Scheduler":
+        if self.persist is not None:
+            self.persist.open()
         scheme = "tls" if self.ssl_context is not None else "tcp"
         kwargs = {"max_frame": self.max_frame} if self.max_frame else {}
         self.listener = await listen(f"{scheme}://{self.host}:{self.port}", self._on_comm,
                                      self.token, self.ssl_context, **kwargs)
         self.address = self.listener.address
+        if self.persist is not None:
+            self.persist.listening(self.address)
         self._ticker = asyncio.ensure_future(self._tick())
         log.info("scheduler at %s", self.address)
         if self.dashboard_address:
@@ -95,6 +108,8 @@ class Scheduler:
         for comm in list(self.comms.values()):
             comm.send(m.Close("scheduler closing"))
             comm.close("scheduler closing")
+        if self.persist is not None:
+            self.persist.close()
 
     async def _tick(self) -> None:
         while True:
@@ -118,6 +133,8 @@ class Scheduler:
         comm.start(lambda msg: self._register(comm, msg))
 
     def _register(self, comm: Comm, msg: m.Message) -> None:
+        if self.persist is not None:
+            self.persist.connected(comm)
         if msg.op == "register-client":
             cid = msg.client_id  # type: ignore[attr-defined]
             if not cid.startswith("c-") or cid in self.comms:
@@ -141,6 +158,8 @@ class Scheduler:
                 wid, msg.address, msg.name, max(1, msg.nthreads), msg.pid,  # type: ignore
                 msg.memory_limit, msg.keys, time.monotonic(),  # type: ignore[attr-defined]
                 msg.resources))  # type: ignore[attr-defined]
+            if self.persist is not None:
+                self.persist.worker_joined(wid, msg.address)  # type: ignore[attr-defined]
             log.info("worker %s joined from %s", msg.address, comm.peer)  # type: ignore
         else:
             raise ProtocolError(f"expected a registration, got {msg.op!r}")
@@ -148,6 +167,8 @@ class Scheduler:
 
     def _client_gone(self, cid: str) -> None:
         self.comms.pop(cid, None)
+        if self.persist is not None:
+            self.persist.gone(cid)
         self._do(self.state.remove_client(cid))
         self._check()
 
@@ -158,6 +179,8 @@ class Scheduler:
         if ws is not None:
             (log.info if self.closed.is_set() or said is not None or "closing" in reason
              else log.warning)("worker %s left: %s", ws.address, said or reason)
+        if self.persist is not None:
+            self.persist.gone(wid)
         self._do(self.state.remove_worker(wid, reason))
         self._check()
 
@@ -178,6 +201,11 @@ class Scheduler:
         ws = self.state.workers.get(source)
         if ws is not None:
             ws.last_seen = time.monotonic()
+        persist = self.persist
+        if persist is not None:
+            if persist.held is not None and persist.hold(source, msg):
+                return               # recovering: handled once every worker is back
+            persist.record(source, msg)
         self._do(self.state.handle(source, msg))
         self._check()
 

@@ -45,6 +45,8 @@ class WorkerClient(Client):
         self._states: dict[str, FutureState] = {}
         self._refs: dict[str, int] = {}
         self._placed: dict = {}          # (tasks submit through claims, never place)
+        self._submits: dict = {}         # (the worker's resume re-asserts its futures)
+        self._requests: dict = {}
         self._recipes: dict[str, tuple] = {}   # keys our futures wait on: how to claim them
         self._shared: set[str] = set()         # pure keys claimed here (see _release)
         self._lingering: collections.deque = collections.deque()   # (due, key, state)

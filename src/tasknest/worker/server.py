@@ -37,6 +37,7 @@ from ..version import __version__
 from .client import WorkerClient
 from .context import TaskContext, current_task, reset_task, set_task
 from .pool import Pool
+from .resume import inventory as inventory_of
 from .spill import new_store, watch_memory
 from .state import WorkerState
 from .retiring import replicate, retire
@@ -112,6 +113,7 @@ class Worker:
         self.monitor = Monitor()           # runs, spawns, output, logs: for people to see
         self.http: Any = http              # /metrics, /stacks (worker/http.py), once started
         self._log_handler: Any = None
+        self._offline: list[m.Message] = []       # errors to report once reconnected
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> "Worker":
@@ -138,19 +140,24 @@ class Worker:
             self._spawn(watch_memory(self))
         return self
 
-    async def _connect(self, timeout: float) -> None:
+    async def _connect(self, timeout: float, resume: bool = False) -> None:
         comm = await connect(self.scheduler_address, self.token, timeout=timeout,
                              ssl_context=self.peer_ssl)
         welcome = self.loop.create_future()  # type: ignore[union-attr]
         self._welcome = welcome
         comm.start(self._handle)
-        with self.lock:
-            held = self.state.held_keys()
-        comm.send(m.RegisterWorker(self.name, self.address, self.nthreads, os.getpid(),
-                                   self.memory_limit, held, __version__, self.resources))
-        if self.paused:
-            comm.send(m.Paused(True))
-        self.comm = comm
+        with self.lock:    # (no task thread reports before the registration and resume)
+            held = [] if resume else self.state.held_keys()
+            comm.send(m.RegisterWorker(self.name, self.address, self.nthreads, os.getpid(),
+                                       self.memory_limit, held, __version__, self.resources))
+            if resume:     # where we stand: what the scheduler missed, summed up
+                comm.send(m.Resume(*inventory_of(self.state, list(self.client._states))))
+                offline, self._offline = self._offline, []
+                for report in offline:
+                    comm.send(report)
+            if self.paused:
+                comm.send(m.Paused(True))
+            self.comm = comm
         msg = await asyncio.wait_for(welcome, timeout)
         self.id = msg.id
         self.client._bind()
@@ -207,21 +214,23 @@ class Worker:
             asyncio.ensure_future(self.close(f"scheduler gone while retiring: "
                                              f"{comm.close_reason}"))
             return
-        log.warning("lost the scheduler at %s (%s); reconnecting for up to %s s",
-                    self.scheduler_address, comm.close_reason, self.reconnect_timeout)
-        with self.lock:
-            self.state = WorkerState(self.address)
-            self.data.clear()
-            self.frames_cache.clear()
-        self.client._fail_pending(SchedulerLostError(
-            f"lost the scheduler at {self.scheduler_address}: {comm.close_reason}"))
+        log.warning("lost the scheduler at %s (%s); carrying on and reconnecting for up to "
+                    "%s s", self.scheduler_address, comm.close_reason, self.reconnect_timeout)
+        # tasks run on and results stay: a scheduler that comes back hears where we stand
+        self.comm = None
+        error = SchedulerLostError(f"lost the scheduler at {self.scheduler_address}: "
+                                   f"{comm.close_reason}")
+        replies, self.client._replies = self.client._replies, {}
+        for fut in replies.values():       # (requests in flight are not answered again)
+            if not fut.done():
+                fut.set_exception(error)
         self._spawn(self._reconnect())
 
     async def _reconnect(self) -> None:
         deadline = time.monotonic() + self.reconnect_timeout
         while True:
             try:
-                await self._connect(max(0.1, deadline - time.monotonic()))
+                await self._connect(max(0.1, deadline - time.monotonic()), resume=True)
                 return
             except Exception as exc:
                 # e.g. a dying scheduler that accepted us and then reset the handshake
@@ -302,6 +311,8 @@ class Worker:
         comm = self.comm
         if comm is not None:
             _queue(comm, msg, now)
+        elif msg.op == "task-erred":   # (the resume sums up all else the scheduler missed)
+            self._offline.append(msg)
 
     # -- actions (lock held) ------------------------------------------------------------------
     def apply(self, actions: list, now: bool = False) -> list:

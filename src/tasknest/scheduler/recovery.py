@@ -1,0 +1,186 @@
+"""Recovery: a restarted scheduler learns the facts again from those who hold them.
+
+The journal gave back the intents (intents.py): every task released, every
+holder wanting what it wanted. Then:
+
+* each worker registers again and sends ``resume``: the results it holds, the
+  tasks queued or running on it (with the compute number they answer), the keys
+  its in-task client holds. Results become ``memory`` there, tasks
+  ``processing`` there, as compute number n: its report is taken as usual.
+  A task two workers report (a steal or a claim race the old scheduler had not
+  settled) is kept by the first; the other is told to let go.
+* ``settle()`` ends recovery, once every worker the journal knew is back (or the
+  wait ran out): the holders of workers that did not come back let go, and
+  whatever is still wanted and neither held nor running is computed again.
+* a client that comes back sends ``holding``: the keys it holds futures on,
+  which replace what the journal said it wanted (releases it sent while the
+  scheduler was away are thereby applied).
+
+A component of SchedulerState: pure, the shell decides when recovery ends.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ProtocolError
+from ..protocol import messages as m
+from .records import Task
+
+if TYPE_CHECKING:
+    from .state import SchedulerState
+
+
+class Recovery:
+    def __init__(self, state: "SchedulerState") -> None:
+        self.state = state
+        self.pending = False        # recovering: tasks are not (re)assigned yet
+        state.register("resume", self._on_resume)
+        state.register("holding", self._on_holding)
+
+    # -- workers ---------------------------------------------------------------------------
+    def _on_resume(self, wid: str, msg: Any) -> None:
+        st = self.state
+        ws = st.workers.get(wid)
+        if ws is None:
+            return
+        wants = set(msg.wants)
+        free: list[str] = []
+        for key, nbytes, type_name in zip(msg.memory, msg.nbytes, msg.kinds):
+            ts = st.tasks.get(key)
+            if ts is None:
+                if key not in wants:        # nobody holds it any more
+                    free.append(key)
+                    continue
+                ts = st.tasks[key] = Task(key, None, None, [], [0, 0, 0])  # (no recipe)
+            if ts.state == "erred":
+                free.append(key)
+            elif ts.state == "processing":  # running elsewhere too: the result is here
+                st._task_done(ts, ws, nbytes, type_name, None, [], [])
+            else:
+                ts.nbytes, ts.type = nbytes, type_name
+                st._add_replica(ts, ws)
+                if ts.state != "memory":
+                    ts.state = "memory"
+                    ts.waiting_on.clear()
+                    if not self.pending:
+                        st._memory_reached(ts, wid)
+        if free:
+            st._emit(wid, m.Free(free))
+        for entry in msg.tasks:
+            self._resume_task(ws, entry, wants)
+        for key in msg.wants:
+            ts = st.tasks.get(key)
+            if ts is None:
+                st._emit(wid, m.Unknown(key))      # its future claims the task anew
+                continue
+            st._want(ts, wid)
+            if not self.pending:
+                if ts.state == "released":
+                    st._recompute(ts)
+                else:
+                    st._report(ts, wid)
+
+    def _resume_task(self, ws: Any, entry: Any, wants: set[str]) -> None:
+        st = self.state
+        try:
+            key, attempt, func, args, deps, priority, retries = entry
+            ok = (type(key) is str and type(attempt) is int and type(func) is bytes
+                  and type(args) is bytes and m.STRS(deps) and m.NUMS(priority)
+                  and type(retries) is int)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ProtocolError(f"resume: a task entry is malformed: {str(entry)[:80]}")
+        ts = st.tasks.get(key)
+        if ts is None:
+            ts = st._new_task(key, func, args, deps, priority, retries, None)
+            if ts is None:              # its inputs are forgotten: it cannot be placed
+                st._emit(ws.id, m.ClaimRejected(key) if attempt == 0 else m.Free([key]))
+                missing = [d for d in deps if d not in st.tasks]
+                st._emit(ws.id, m.KeyErred(key, [], f"dependencies {missing} of {key} were "
+                                           "lost with the scheduler", "lost"))
+                return
+        if ts.state in ("released", "waiting"):
+            if ts.func is None:
+                ts.func, ts.args = func, args
+            st.unrunnable.pop(ts.key, None)
+            st._set_processing(ts, ws)
+            ts.attempt = attempt
+            ts.waiting_on = {d for d in ts.deps if st.tasks[d].state != "memory"}
+            if not self.pending:
+                self._inputs(ts)
+        elif ts.state == "processing" and ts.processing_on == ws.id:
+            pass
+        else:                           # it runs, or ran, elsewhere: this copy goes
+            st._emit(ws.id, m.ClaimRejected(key) if attempt == 0 else m.Free([key]))
+            if key in wants:
+                st._want(ts, ws.id)
+                st._report(ts, ws.id)
+
+    def _inputs(self, ts: Task) -> None:
+        """A task running on a worker again: inputs lost meanwhile are recomputed, and
+        the worker hears where the others live."""
+        st = self.state
+        for dk in ts.deps:
+            dts = st.tasks[dk]
+            if dts.state == "released":
+                st._recompute(dts)
+            elif dts.state == "memory" and ts.processing_on not in dts.who_has:
+                st._emit(ts.processing_on, st._key_memory(dts, inline=False))  # type: ignore
+
+    # -- clients ---------------------------------------------------------------------------
+    def _on_holding(self, cid: str, msg: Any) -> None:
+        st = self.state
+        keys = set(msg.keys)
+        for key in list(st.clients.get(cid, ())):
+            if key not in keys:
+                ts = st.tasks.get(key)
+                if ts is not None:
+                    st._unwant(ts, cid)
+                    st._maybe_release(ts)
+        st.clients.setdefault(cid, set())
+        for key in msg.keys:
+            ts = st.tasks.get(key)
+            if ts is None:
+                st._emit(cid, m.KeyErred(key, [], f"{key} was lost with the scheduler (its "
+                                         "recipe and result are gone)", "lost"))
+                continue
+            st._want(ts, cid)
+            if ts.state == "released":
+                st._recompute(ts)
+            else:
+                st._report(ts, cid)
+
+    # -- the end of recovery -------------------------------------------------------------------
+    def settle(self) -> list:
+        """Every worker that will come back has: run what is wanted and nowhere."""
+        st = self.state
+        self.pending = False
+        for holder in [h for h in st.clients if h[:2] in ("w-", "!w")
+                       and h.lstrip("!") not in st.workers]:
+            st._drop_client(holder)
+        for ts in list(st.tasks.values()):
+            if st.tasks.get(ts.key) is not ts:
+                continue
+            if ts.state == "processing":
+                self._inputs(ts)
+            elif ts.state == "memory":
+                for dk in list(ts.dependents):
+                    dts = st.tasks.get(dk)
+                    if dts is not None and dts.state == "processing" \
+                            and dts.processing_on not in ts.who_has:
+                        st._emit(dts.processing_on, st._key_memory(ts, inline=False))  # type: ignore
+        for ts in list(st.tasks.values()):
+            if st.tasks.get(ts.key) is not ts or ts.state != "released":
+                continue
+            if st._needed(ts):
+                st._recompute(ts)
+            else:
+                st._maybe_release(ts)
+        for cid, keys in st.clients.items():     # what finished while we were away
+            if cid[:2] == "w-":
+                for key in keys:
+                    ts = st.tasks[key]
+                    if ts.state in ("memory", "erred"):
+                        st._report(ts, cid)
+        return st._flush()
