@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ProtocolError
+from ..memory import give_back
 from ..protocol import messages as m
 from ..protocol.calls import run_call
 from ..protocol.comm import Comm, Listener, listen
@@ -86,6 +87,8 @@ class Scheduler:
                     comm.close("heartbeats missed")
                 else:
                     self._do(self.state.remove_worker(wid, "heartbeats missed"))
+            if self.state.compact():   # a large run just ended: its memory goes back
+                give_back()
 
     # -- connections -------------------------------------------------------------------
     def _on_comm(self, comm: Comm) -> None:

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from ..memory import sparse
 from ..protocol import messages as m
 from .resources import free_for
-from .records import ALLOWED_FAILURES, FIRE_AND_FORGET, Task, WorkerInfo
+from .records import ALLOWED_FAILURES, EMPTY, FIRE_AND_FORGET, NOTHING, Task, WorkerInfo
 from .invariants import InvariantsMixin
 from .coordination import Coordination
 from .operations import Operations
@@ -159,7 +160,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             ts.state = "released"
             if key in started:   # only a task that may have been running is suspected
                 ts.suspicious += 1
-                ts.died_on.append(ws.address)
+                ts.died_on = [*ts.died_on, ws.address]
             (killed if ts.suspicious > self.allowed_failures else lost).append(ts)
         for key in ws.has_what:
             ts = self.tasks[key]
@@ -247,6 +248,24 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         """Workers whose heartbeats stopped; the shell removes them."""
         return [w.id for w in self.workers.values() if now - w.last_seen > timeout]
 
+    def compact(self) -> bool:
+        """Right-size the tables a large run left mostly empty (dicts and sets never
+        shrink by themselves); True if any was, so the shell may give memory back."""
+        shrank = False
+        if sparse(self.tasks):
+            self.tasks, shrank = dict(self.tasks), True
+        if sparse(self.unrunnable):
+            self.unrunnable = dict(self.unrunnable)
+        for cid, wants in self.clients.items():
+            if sparse(wants):
+                self.clients[cid], shrank = set(wants), True
+        for ws in self.workers.values():
+            if sparse(ws.processing):
+                ws.processing, shrank = set(ws.processing), True
+            if sparse(ws.has_what):
+                ws.has_what, shrank = set(ws.has_what), True
+        return shrank
+
     def heartbeat(self, wid: str, now: float, memory: int = 0) -> None:
         ws = self.workers.get(wid)
         if ws is not None:
@@ -263,7 +282,11 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         ts = Task(key, func, args, deps, priority, retries, restrict)
         tasks[key] = ts
         for dk in deps:
-            tasks[dk].dependents.add(key)
+            dts = tasks[dk]
+            if dts.dependents:
+                dts.dependents.add(key)
+            else:
+                dts.dependents = {key}
         return ts
 
     def _on_submit(self, cid: str, msg: m.Message) -> None:
@@ -330,7 +353,10 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             if ts.state in ("memory", "erred"):
                 self._report(ts, cid)
                 continue
-            ts.tell.add(cid)
+            if ts.tell:
+                ts.tell.add(cid)
+            else:
+                ts.tell = {cid}
 
     def _on_release(self, cid: str, msg: m.Message) -> None:
         wants = self.clients.get(cid)
@@ -374,7 +400,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         ts.state = "released"
         ts.error = None
         ts.suspicious = 0
-        ts.died_on = []
+        ts.died_on = NOTHING
         self._recompute(ts)
 
     def _cancel(self, ts: Task, reason: str) -> None:
@@ -424,7 +450,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             if dts.state == "erred":      # it can never run: err it (and tell the claimer)
                 self._err(ts, *dts.error)  # type: ignore[misc]
                 return
-        ts.waiting_on = {d for d in ts.deps if self.tasks[d].state != "memory"}
+        ts.waiting_on = {d for d in ts.deps if self.tasks[d].state != "memory"} or EMPTY
         self._set_processing(ts, ws)
         ts.attempt = 0
         if self.idle:
@@ -481,7 +507,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         ts.stealing = None
         ts.running = False
         ts.state = "memory"
-        ts.waiting_on.clear()
+        ts.waiting_on = EMPTY
         self.unrunnable.pop(key, None)
         if inner or ts.inner:
             self._hold_inner(ts, inner)
@@ -498,6 +524,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             if its is not None:
                 self._want(its, holder)
                 ts.inner.append(ik)
+        ts.inner = ts.inner or NOTHING
         for ik in before:
             its = self.tasks.get(ik)
             if its is not None and ik not in ts.inner:
@@ -509,7 +536,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
     def _memory_reached(self, ts: Task, source: str, notified: list[str] = ()) -> None:  # type: ignore[assignment]
         ff = FIRE_AND_FORGET in ts.who_wants
         skip = set(notified) - ts.tell if notified else ()
-        ts.tell.clear()
+        ts.tell = EMPTY
         for cid in ts.who_wants:
             if cid[0] in "cw" and cid != source and cid not in skip:
                 self._emit(cid, self._key_memory(ts, inline=True))
@@ -626,15 +653,17 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         if ts.func is None:
             self._err(ts, [], f"the data of {ts.key} was lost and it has no recipe", "lost")
             return
-        ts.waiting_on = set()
+        waiting: set[str] = set() if ts.deps else EMPTY
         for dk in ts.deps:
             dts = self.tasks[dk]
             if dts.state == "erred":
                 exc, tb, kind = dts.error  # type: ignore[misc]
+                ts.waiting_on = EMPTY
                 self._err(ts, exc, tb, kind)
                 return
             if dts.state != "memory":
-                ts.waiting_on.add(dk)
+                waiting.add(dk)
+        ts.waiting_on = waiting or EMPTY
         ts.state = "waiting"
         for dk in list(ts.waiting_on):
             self._recompute(self.tasks[dk])
@@ -705,7 +734,10 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
                                     notify, ts.attempt))
 
     def _add_replica(self, ts: Task, ws: WorkerInfo) -> None:
-        ts.who_has.add(ws.id)
+        if ts.who_has:
+            ts.who_has.add(ws.id)
+        else:
+            ts.who_has = {ws.id}
         ws.has_what.add(ts.key)
 
     def _key_memory(self, ts: Task, inline: bool) -> m.Message:
@@ -737,7 +769,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
                 if ws is not None:
                     ws.has_what.discard(ts.key)
                     self._emit(wid, m.Free([ts.key]))
-            ts.who_has.clear()
+            ts.who_has = EMPTY
             ts.value = None
             ts.state = "released"
         elif ts.state in ("waiting", "processing"):

@@ -27,6 +27,7 @@ from tblib import Traceback
 from .. import __version__
 from ..client.future import collect_inner, describe_type, error_from
 from ..errors import ProtocolError, SchedulerLostError, SerializationError
+from ..memory import give_back, sparse
 from ..protocol import messages as m
 from ..protocol.calls import run_call
 from ..protocol.comm import Comm, Listener, connect, listen
@@ -226,6 +227,20 @@ class Worker:
             except psutil.Error:
                 rss = 0
             self.send(m.Heartbeat(rss))
+            self._compact()
+
+    def _compact(self) -> None:
+        """After a large run, right-size the tables it left mostly empty and give the
+        memory back to the system."""
+        with self.lock:
+            shrank = self.state.compact()
+            if type(self.data) is dict and sparse(self.data):
+                self.data, shrank = dict(self.data), True
+            if sparse(self.frames_cache):
+                self.frames_cache = dict(self.frames_cache)
+            shrank = self.client.compact() or shrank
+        if shrank:
+            give_back()
 
     # -- sending ------------------------------------------------------------------------------
     def _wake(self, here: bool = True) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from ..memory import sparse
 from ..protocol import messages as m
 from .placing import PlacingMixin
 from .records import Action, WTask, heap_priority
@@ -42,6 +43,15 @@ class WorkerState(PlacingMixin):
         self._erred: list[str] = []    # erred records to forget at the next event
         self.places: dict[tuple[str, int], str] = {}   # (client, seq) -> key: awaiting confirm
         self.early: dict[tuple[str, int], tuple[str, int]] = {}   # confirms before their place
+
+    def compact(self) -> bool:
+        """Right-size the tables a large run left mostly empty; True if any was."""
+        shrank = False
+        if sparse(self.tasks):
+            self.tasks, shrank = dict(self.tasks), True
+        if sparse(self.executing):
+            self.executing = set(self.executing)
+        return shrank
 
     # == incoming work ===================================================================
     def compute(self, key: str, func: bytes, args: bytes, deps: dict[str, list[str]],
