@@ -26,6 +26,23 @@ _MIN_TABLE = 64 * 1024     # a table smaller than this is never worth copying
 _SLACK = 8                 # copy when it holds under 1/8 of what its slots could
 
 
+class _Empty(frozenset):
+    """The one empty set every record starts with: most tasks never have dependents,
+    dependencies to wait on or clients to tell, and an empty set costs 216 bytes and
+    a garbage-collector visit. Reads work; ``discard``/``clear`` do nothing; ``add``
+    fails loudly (the writer assigns a real set first)."""
+    __slots__ = ()
+
+    def discard(self, item: Any) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+EMPTY: Any = _Empty()
+
+
 def sparse(table: Any) -> bool:
     """Whether a dict or set holds far fewer entries than it has room for."""
     size = sys.getsizeof(table)

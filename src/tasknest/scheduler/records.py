@@ -3,25 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..memory import EMPTY
+
 FIRE_AND_FORGET = "@ff"      # the pseudo-client that holds fire-and-forget tasks
 ALLOWED_FAILURES = 3         # worker deaths a task may witness before KilledWorker
 
 
-class _Empty(frozenset):
-    """The one empty set every record starts with: most tasks never have dependents,
-    dependencies to wait on or clients to tell, and an empty set costs 216 bytes and
-    a garbage-collector visit. Reads work; ``discard``/``clear`` do nothing; ``add``
-    fails loudly (the writer assigns a real set first)."""
-    __slots__ = ()
-
-    def discard(self, item: Any) -> None:
-        pass
-
-    def clear(self) -> None:
-        pass
-
-
-EMPTY: Any = _Empty()
 NOTHING: Any = ()           # the shared empty list of the same kind (deps, inner, died_on)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-from ..memory import sparse
+from ..memory import EMPTY, sparse
 from ..protocol import messages as m
 from .placing import PlacingMixin
 from .records import Action, WTask, heap_priority
@@ -117,12 +117,15 @@ class WorkerState(PlacingMixin):
         t.owned = t.state != "erred"
 
     def _resolve_deps(self, t: WTask, deps: dict[str, list[str]], out: list[Action]) -> None:
-        t.waiting_on = set()
+        t.waiting_on = set() if deps else EMPTY
         for dk, addrs in deps.items():
             d = self.tasks.get(dk)
             if d is None:
                 d = self.tasks[dk] = WTask(dk, "remote")
-            d.dependents.add(t.key)
+            if d.dependents:
+                d.dependents.add(t.key)
+            else:
+                d.dependents = {t.key}
             if d.state == "memory":
                 continue
             if d.state == "erred":
@@ -287,7 +290,7 @@ class WorkerState(PlacingMixin):
                    out: list[Action]) -> None:
         t.state = "erred"
         t.error = (exception, traceback, kind)
-        t.waiting_on.clear()
+        t.waiting_on = EMPTY
         self._erred.append(t.key)
         out.append(("done", t.key))
         for dk in list(t.dependents):
@@ -326,7 +329,7 @@ class WorkerState(PlacingMixin):
 
     def _release_inputs(self, t: WTask, out: list[Action]) -> None:
         """Drop fetched copies that no local task needs any more."""
-        t.waiting_on.clear()           # it will not run here (any more)
+        t.waiting_on = EMPTY           # it will not run here (any more)
         for dk in t.deps:
             d = self.tasks.get(dk)
             if d is None:
