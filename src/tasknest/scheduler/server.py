@@ -34,6 +34,9 @@ WORKER_OPS = (CLIENT_OPS - {"placed", "lane-lost"}) | {"task-finished", "task-er
                            "run-done"}
 
 
+HEARTBEATS_PER_S = 100
+
+
 class Scheduler:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  ssl_context: Any = None, heartbeat_timeout: float = 30.0,
@@ -112,7 +115,11 @@ class Scheduler:
             self.comms[wid] = comm
             comm.handler = lambda msg: self._dispatch(wid, msg, WORKER_OPS)
             comm.on_close.append(lambda c: self._worker_gone(wid, c.close_reason))
-            comm.send(m.Welcome(wid, {"version": __version__}))
+            # ~100 heartbeats a second in all, however many workers: 500 idle ones
+            # must not keep the scheduler busy (each is a wake-up and a frame)
+            every = min(max(1.0, len(self.state.workers) / HEARTBEATS_PER_S),
+                        self.heartbeat_timeout / 5)
+            comm.send(m.Welcome(wid, {"version": __version__, "heartbeat": every}))
             self._do(self.state.add_worker(
                 wid, msg.address, msg.name, max(1, msg.nthreads), msg.pid,  # type: ignore
                 msg.memory_limit, msg.keys, time.monotonic(),  # type: ignore[attr-defined]

@@ -72,6 +72,7 @@ class Worker:
         self.memory_limit = memory_limit
         self.reconnect_timeout = reconnect_timeout
         self.heartbeat_interval = heartbeat_interval
+        self._beat_every = heartbeat_interval     # (the scheduler may ask for less often)
         self.validate = bool(os.environ.get("TASKNEST_VALIDATE")) if validate is None else validate
         self.lock = threading.Lock()
         self._validate_pending = False
@@ -140,6 +141,7 @@ class Worker:
         self.comm = comm
         msg = await asyncio.wait_for(welcome, timeout)
         self.id = msg.id
+        self._beat_every = max(self.heartbeat_interval, float(msg.info.get("heartbeat", 0)))
         self.client._bind()
         from ..client import client as client_module
         if client_module._default is None:    # futures unpickled here bind to this worker
@@ -220,8 +222,10 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
 
     async def _heartbeat(self) -> None:
+        # a random phase spreads the beats of workers that joined together
+        await asyncio.sleep(random.uniform(0, self._beat_every))
         while not self.closing:
-            await asyncio.sleep(self.heartbeat_interval)
+            await asyncio.sleep(self._beat_every)
             try:
                 rss = self._process.memory_info().rss
             except psutil.Error:
