@@ -351,7 +351,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             elif ts.state in ("memory", "erred"):
                 self._report(ts, cid)
             else:    # told when it ends: a worker's direct word went to a released future
-                ts.tell.add(cid)
+                ts.tell = {*ts.tell, cid}
 
     def _on_remind(self, cid: str, msg: m.Message) -> None:
         """The client lost a connection a worker would have told it a result through:
