@@ -3,6 +3,8 @@ timings (those are in ``python -m benchmarks.fleet`` and the scale benchmark).""
 from __future__ import annotations
 
 import gc
+import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -13,6 +15,10 @@ from tasknest.scheduler.state import SchedulerState
 from tasknest.protocol import messages as m
 
 from conftest import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the fleet harness lives at the repository root
+    sys.path.insert(0, str(ROOT))
 
 
 def chain(n: int) -> int:
