@@ -1,7 +1,9 @@
 """Scale: does tasknest's cost per task stay flat from a thousand to a million tasks?
 
     python -m benchmarks.scale [--sizes 1000,10000,100000,1000000] [--rounds 3]
-                               [--workers 2,50,200,500] [--write docs/benchmarks.md]
+                               [--workers 2,50,200,500] [--tasks 100000]
+
+prints its tables in Markdown (for docs/benchmarks.md).
 
 For each size, on 2 workers x 1 thread: ``gather(map(abs, range(n)))`` — tasks/s,
 µs per task, time until ``map()`` returns, time to the first result, peak RSS and
