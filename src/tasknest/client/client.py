@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Callable, Iterable
 
+from ..memory import give_back, sparse
 from ..errors import (CallerError, ClosedClientError, CommClosedError, FutureCancelledError,
                       RemoteError, SchedulerLostError, TimedOutError)
 from ..protocol import messages as m
@@ -393,12 +394,40 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             self._states.pop(key, None)
             self._placed.pop(key, None)
             self._submits.pop(key, None)
+            emptied = not self._refs and sparse(self._states)
+        if emptied and not self._worker_side:    # the last future of a large run went
+            self._give_back_soon()
         if self.status == "running":
             # always through the thread-safe queue: this may run inside a garbage
             # collection that interrupted a send on the loop thread
             comm = self._comm
             if comm is not None:
                 comm.send_threadsafe(m.Release([key]))
+
+    def compact(self) -> bool:
+        """Right-size the future tables a large run left mostly empty; True if any was."""
+        with self._lock:
+            shrank = sparse(self._states) or sparse(self._refs)
+            if shrank:
+                self._states, self._refs = dict(self._states), dict(self._refs)
+            if sparse(self._placed):
+                self._placed = dict(self._placed)
+        return shrank
+
+    def _give_back_soon(self) -> None:
+        """Once, on the loop thread (not inside the garbage collection or the user's
+        ``del`` that dropped the futures): shrink the tables, return the memory."""
+        def run() -> None:
+            self._give_back_pending = False
+            if self.compact():
+                give_back()
+        if self.loop is None or getattr(self, "_give_back_pending", False):
+            return
+        self._give_back_pending = True
+        try:
+            self.loop.call_soon_threadsafe(run)
+        except RuntimeError:     # the loop is closed: nothing left to give back
+            pass
 
     def _new_future(self, key: str) -> tuple[Future, bool]:
         with self._lock:

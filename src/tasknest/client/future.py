@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .client import Client
 
 _NOTHING = object()
+_NONE: Any = ()        # shared empty list of a state (most never get callbacks)
 _state_lock = threading.Lock()    # orders settling against callback registration
 _collect = threading.local()      # keys of futures pickled inside a task's result
 
@@ -48,12 +49,12 @@ class FutureState:
         self.nbytes = 0
         self.frames: list | None = None
         self.value: Any = _NOTHING
-        self.who_has: list[str] = []
+        self.who_has: list[str] = _NONE
         self.error: BaseException | None = None
         self.traceback: str | None = None       # the remote traceback as text
         self.tb: types.TracebackType | None = None   # ... and as frames
         self._event: threading.Event | None = None
-        self.callbacks: list[Callable[[], None]] = []
+        self.callbacks: list[Callable[[], None]] = _NONE
 
     def done(self) -> bool:
         return self.status != "pending"
@@ -73,21 +74,24 @@ class FutureState:
         with _state_lock:
             if self.status != "pending":
                 return False
-            self.callbacks.append(cb)
+            if self.callbacks:
+                self.callbacks.append(cb)
+            else:
+                self.callbacks = [cb]
             return True
 
     def remove_callback(self, cb: Callable[[], None]) -> None:
         with _state_lock:
             try:
                 self.callbacks.remove(cb)
-            except ValueError:
+            except (ValueError, AttributeError):
                 pass
 
     def _settle(self) -> None:
         if self._event is not None:
             self._event.set()
         with _state_lock:
-            callbacks, self.callbacks = self.callbacks, []
+            callbacks, self.callbacks = self.callbacks, _NONE
         for cb in callbacks:
             try:
                 cb()

@@ -1,8 +1,15 @@
 """The scheduler's records of tasks and workers (plain data, no behaviour)."""
 from __future__ import annotations
 
+from typing import Any
+
+from ..memory import EMPTY
+
 FIRE_AND_FORGET = "@ff"      # the pseudo-client that holds fire-and-forget tasks
 ALLOWED_FAILURES = 3         # worker deaths a task may witness before KilledWorker
+
+
+NOTHING: Any = ()           # the shared empty list of the same kind (deps, inner, died_on)
 
 
 class Task:
@@ -17,16 +24,16 @@ class Task:
         self.key = key
         self.func = func
         self.args = args
-        self.deps = deps
+        self.deps = deps or NOTHING
         self.priority = priority
         self.retries = retries
         self.restrict = restrict
         self.resources: dict | None = None   # held on its worker while processing there
         self.loose = False                   # restrict is a wish (allow_other_workers)
         self.state = "released"
-        self.waiting_on: set[str] = set()
-        self.dependents: set[str] = set()
-        self.who_has: set[str] = set()
+        self.waiting_on: set[str] = EMPTY
+        self.dependents: set[str] = EMPTY
+        self.who_has: set[str] = EMPTY
         self.processing_on: str | None = None
         self.who_wants: set[str] = set()
         self.nbytes = 0
@@ -34,15 +41,15 @@ class Task:
         self.value: list | None = None
         self.error: tuple[list, str, str] | None = None     # exception frames, traceback, kind
         self.suspicious = 0
-        self.inner: list[str] = []
+        self.inner: list[str] = NOTHING
         self.scattered = False
         self.stealing: str | None = None
         self.running = False                                  # seceded, so surely started
         self.started = False                                  # a steal found it running
         self.attempt = 0          # number of the compute in force (0: claimed by its worker)
         self.placed: tuple | None = None   # (client, attempt) that confirmed a placed copy
-        self.died_on: list[str] = []                          # workers lost while it may have run
-        self.tell: set[str] = set()   # clients that asked again: told by the scheduler, always
+        self.died_on: list[str] = NOTHING                          # workers lost while it may have run
+        self.tell: set[str] = EMPTY   # clients that asked again: told by the scheduler, always
 
     def __repr__(self) -> str:
         return f"<Task {self.key} {self.state}>"

@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from ..errors import ProtocolError
+from ..memory import give_back
 from ..protocol import messages as m
 from ..protocol.calls import run_call
 from ..protocol.comm import Comm, Listener, listen
@@ -34,6 +35,9 @@ WORKER_OPS = (CLIENT_OPS - {"placed", "lane-lost", "holding"}) | {"resume", "tas
                            "steal-reply", "add-keys", "missing-data", "put-data-done",
                            "heartbeat", "goodbye", "paused", "synced", "not-here",
                            "run-done", "replicated", "monitor"}
+
+
+HEARTBEATS_PER_S = 100
 
 
 class Scheduler:
@@ -127,6 +131,8 @@ class Scheduler:
                     comm.close("heartbeats missed")
                 else:
                     self._do(self.state.remove_worker(wid, "heartbeats missed"))
+            if self.state.compact():   # a large run just ended: its memory goes back
+                give_back()
 
     # -- connections -------------------------------------------------------------------
     def _on_comm(self, comm: Comm) -> None:
@@ -153,7 +159,11 @@ class Scheduler:
             self.comms[wid] = comm
             comm.handler = lambda msg: self._dispatch(wid, msg, WORKER_OPS)
             comm.on_close.append(lambda c: self._worker_gone(wid, c.close_reason))
-            comm.send(m.Welcome(wid, {"version": __version__}))
+            # ~100 heartbeats a second in all, however many workers: 500 idle ones
+            # must not keep the scheduler busy (each is a wake-up and a frame)
+            every = min(max(1.0, len(self.state.workers) / HEARTBEATS_PER_S),
+                        self.heartbeat_timeout / 5)
+            comm.send(m.Welcome(wid, {"version": __version__, "heartbeat": every}))
             self._do(self.state.add_worker(
                 wid, msg.address, msg.name, max(1, msg.nthreads), msg.pid,  # type: ignore
                 msg.memory_limit, msg.keys, time.monotonic(),  # type: ignore[attr-defined]

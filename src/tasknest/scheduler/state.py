@@ -23,9 +23,10 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..errors import ProtocolError
+from ..memory import sparse
 from ..protocol import messages as m
 from .resources import free_for
-from .records import ALLOWED_FAILURES, FIRE_AND_FORGET, Task, WorkerInfo
+from .records import ALLOWED_FAILURES, EMPTY, FIRE_AND_FORGET, NOTHING, Task, WorkerInfo
 from .invariants import InvariantsMixin
 from .coordination import Coordination
 from .operations import Operations
@@ -34,6 +35,11 @@ from .placing import PlacingMixin
 from .queries import QueriesMixin
 from .scatter import ScatterMixin
 from .stealing import StealingMixin
+
+
+SMALL_CLUSTER = 16     # up to this many workers, a task goes to the least loaded of all
+RING_WINDOW = 8        # beyond, to the least loaded of this many next in turn
+OFFER_THIEVES = 4      # idle workers offered a share of a worker's new work per event
 
 
 class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, InvariantsMixin):
@@ -53,6 +59,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         self._syncs: dict[int, list] = {}     # sync rid -> [client, query, workers pending]
         self._rid = 0
         self._rr = 0
+        self._ring: list[WorkerInfo] | None = None   # the workers in turn (_any_worker)
         self._attempts = 0        # computes sent so far: each is numbered
         self.orphans: dict[str, set[str]] = {}    # holder -> rerun parents (see _hold_orphans)
         self.addresses: dict[str, str] = {}       # worker address -> id
@@ -116,6 +123,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
                    memory_limit: int, keys: Iterable[str], now: float,
                    resources: dict | None = None) -> list:
         ws = WorkerInfo(wid, address, name, nthreads, pid, memory_limit, now)
+        self._ring = None
         ws.resources = dict(resources or {})
         self.workers[wid] = ws
         self.addresses[address] = wid
@@ -141,6 +149,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         for c in self.components:
             c.source_gone(wid)
         ws = self.workers.pop(wid, None)
+        self._ring = None
         self.idle.discard(wid)
         self.paused.discard(wid)
         self._fruitless.pop(wid, None)
@@ -162,7 +171,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             ts.state = "released"
             if key in started:   # only a task that may have been running is suspected
                 ts.suspicious += 1
-                ts.died_on.append(ws.address)
+                ts.died_on = [*ts.died_on, ws.address]
             (killed if ts.suspicious > self.allowed_failures else lost).append(ts)
         for key in ws.has_what:
             ts = self.tasks[key]
@@ -250,6 +259,24 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         """Workers whose heartbeats stopped; the shell removes them."""
         return [w.id for w in self.workers.values() if now - w.last_seen > timeout]
 
+    def compact(self) -> bool:
+        """Right-size the tables a large run left mostly empty (dicts and sets never
+        shrink by themselves); True if any was, so the shell may give memory back."""
+        shrank = False
+        if sparse(self.tasks):
+            self.tasks, shrank = dict(self.tasks), True
+        if sparse(self.unrunnable):
+            self.unrunnable = dict(self.unrunnable)
+        for cid, wants in self.clients.items():
+            if sparse(wants):
+                self.clients[cid], shrank = set(wants), True
+        for ws in self.workers.values():
+            if sparse(ws.processing):
+                ws.processing, shrank = set(ws.processing), True
+            if sparse(ws.has_what):
+                ws.has_what, shrank = set(ws.has_what), True
+        return shrank
+
     def heartbeat(self, wid: str, now: float, memory: int = 0) -> None:
         ws = self.workers.get(wid)
         if ws is not None:
@@ -266,7 +293,11 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         ts = Task(key, func, args, deps, priority, retries, restrict)
         tasks[key] = ts
         for dk in deps:
-            tasks[dk].dependents.add(key)
+            dts = tasks[dk]
+            if dts.dependents:
+                dts.dependents.add(key)
+            else:
+                dts.dependents = {key}
         return ts
 
     def _on_submit(self, cid: str, msg: m.Message) -> None:
@@ -323,7 +354,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             elif ts.state in ("memory", "erred"):
                 self._report(ts, cid)
             else:    # told when it ends: a worker's direct word went to a released future
-                ts.tell.add(cid)
+                ts.tell = {*ts.tell, cid}
 
     def _on_remind(self, cid: str, msg: m.Message) -> None:
         """The client lost a connection a worker would have told it a result through:
@@ -335,7 +366,10 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             if ts.state in ("memory", "erred"):
                 self._report(ts, cid)
                 continue
-            ts.tell.add(cid)
+            if ts.tell:
+                ts.tell.add(cid)
+            else:
+                ts.tell = {cid}
 
     def _on_release(self, cid: str, msg: m.Message) -> None:
         wants = self.clients.get(cid)
@@ -379,7 +413,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         ts.state = "released"
         ts.error = None
         ts.suspicious = 0
-        ts.died_on = []
+        ts.died_on = NOTHING
         self._recompute(ts)
 
     def _cancel(self, ts: Task, reason: str) -> None:
@@ -431,7 +465,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             if dts.state == "erred":      # it can never run: err it (and tell the claimer)
                 self._err(ts, *dts.error)  # type: ignore[misc]
                 return
-        ts.waiting_on = {d for d in ts.deps if self.tasks[d].state != "memory"}
+        ts.waiting_on = {d for d in ts.deps if self.tasks[d].state != "memory"} or EMPTY
         self._set_processing(ts, ws)
         ts.attempt = 0
         if msg.confirm:  # type: ignore[attr-defined]
@@ -448,10 +482,19 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
                 self._recompute(dts)
 
     def _offer(self, wid: str) -> None:
-        """A worker took on new work: idle workers may steal some of it."""
-        for thief_id in list(self.idle):
-            if thief_id != wid:
-                self._balance(self.workers[thief_id])
+        """A worker took on new work: idle workers may steal some of it (a few per
+        event, so a claim costs O(1) however many workers idle; the next claims
+        offer to the next ones)."""
+        asked = 0
+        victim = self.workers[wid]
+        for thief_id in self.idle:        # (_balance only sends: the set stays as it is)
+            thief = self.workers[thief_id]
+            if thief_id == wid or thief.asked:
+                continue
+            self._balance(thief, victim)
+            asked += 1
+            if asked >= OFFER_THIEVES:
+                break
 
     def _on_task_finished(self, wid: str, msg: m.Message) -> None:
         key = msg.key  # type: ignore[attr-defined]
@@ -490,7 +533,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         ts.stealing = None
         ts.running = False
         ts.state = "memory"
-        ts.waiting_on.clear()
+        ts.waiting_on = EMPTY
         self.unrunnable.pop(key, None)
         if inner or ts.inner:
             self._hold_inner(ts, inner)
@@ -507,6 +550,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             if its is not None:
                 self._want(its, holder)
                 ts.inner.append(ik)
+        ts.inner = ts.inner or NOTHING
         for ik in before:
             its = self.tasks.get(ik)
             if its is not None and ik not in ts.inner:
@@ -518,7 +562,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
     def _memory_reached(self, ts: Task, source: str, notified: list[str] = ()) -> None:  # type: ignore[assignment]
         ff = FIRE_AND_FORGET in ts.who_wants
         skip = set(notified) - ts.tell if notified else ()
-        ts.tell.clear()
+        ts.tell = EMPTY
         for cid in ts.who_wants:
             if cid[0] in "cw" and cid != source and cid not in skip:
                 self._emit(cid, self._key_memory(ts, inline=True))
@@ -635,15 +679,17 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         if ts.func is None:
             self._err(ts, [], f"the data of {ts.key} was lost and it has no recipe", "lost")
             return
-        ts.waiting_on = set()
+        waiting: set[str] = set() if ts.deps else EMPTY
         for dk in ts.deps:
             dts = self.tasks[dk]
             if dts.state == "erred":
                 exc, tb, kind = dts.error  # type: ignore[misc]
+                ts.waiting_on = EMPTY
                 self._err(ts, exc, tb, kind)
                 return
             if dts.state != "memory":
-                ts.waiting_on.add(dk)
+                waiting.add(dk)
+        ts.waiting_on = waiting or EMPTY
         ts.state = "waiting"
         for dk in list(ts.waiting_on):
             self._recompute(self.tasks[dk])
@@ -693,10 +739,35 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             best = min(workers, key=lambda w: (
                 -sum(self.tasks[d].nbytes for d in ts.deps if w.id in self.tasks[d].who_has),
                 w.load()))
+        elif len(workers) > SMALL_CLUSTER and not ts.restrict and not ts.resources:
+            best = self._any_worker()
         else:
             best = min(workers, key=WorkerInfo.load)
         self._set_processing(ts, best)
         self._send_compute(ts, best)
+
+    def _any_worker(self) -> WorkerInfo:
+        """A worker for a task that may run anywhere, in O(1) whatever the cluster's
+        size: one that said it is idle, else the least loaded of a few next in turn
+        (a scan of every worker per task made 500 workers slower than 2)."""
+        for wid in self.idle:
+            ws = self.workers[wid]
+            if not ws.paused:
+                return ws
+        window = self._next_workers(RING_WINDOW)
+        return min((w for w in window if not w.paused), key=WorkerInfo.load, default=window[0])
+
+    def _next_workers(self, k: int) -> list[WorkerInfo]:
+        """k workers next in turn (all of them, if there are no more than k)."""
+        ring = self._ring
+        if ring is None:
+            ring = self._ring = list(self.workers.values())
+        n = len(ring)
+        if n <= k:
+            return ring
+        start = self._rr % n
+        self._rr = start + 1
+        return ring[start:start + k] if start + k <= n else ring[start:] + ring[:start + k - n]
 
     def _set_processing(self, ts: Task, ws: WorkerInfo) -> None:
         ts.state = "processing"
@@ -716,7 +787,10 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
                                     notify, ts.attempt))
 
     def _add_replica(self, ts: Task, ws: WorkerInfo) -> None:
-        ts.who_has.add(ws.id)
+        if ts.who_has:
+            ts.who_has.add(ws.id)
+        else:
+            ts.who_has = {ws.id}
         ws.has_what.add(ts.key)
 
     def _key_memory(self, ts: Task, inline: bool) -> m.Message:
@@ -748,7 +822,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
                 if ws is not None:
                     ws.has_what.discard(ts.key)
                     self._emit(wid, m.Free([ts.key]))
-            ts.who_has.clear()
+            ts.who_has = EMPTY
             ts.value = None
             ts.state = "released"
         elif ts.state in ("waiting", "processing"):

@@ -17,6 +17,7 @@ from .records import Task, WorkerInfo
 STEAL_BATCH = 64
 STEAL_SCAN = 2048          # candidates looked at per steal round
 STEAL_DATA_LIMIT = 4096    # bytes of inputs a stolen task may need moved
+STEAL_VICTIMS = 16         # workers looked at for a victim (all, in a cluster this small)
 
 
 def _steal_order(ts: "Task") -> tuple:
@@ -44,6 +45,7 @@ class StealingMixin:
         def _set_processing(self, ts: Task, ws: WorkerInfo) -> None: ...
         def _send_compute(self, ts: Task, ws: WorkerInfo) -> None: ...
         def _assign(self, ts: Task) -> None: ...
+        def _next_workers(self, k: int) -> list[WorkerInfo]: ...
 
     def _on_idle(self, wid: str, msg: m.Message) -> None:
         ws = self.workers.get(wid)
@@ -91,15 +93,20 @@ class StealingMixin:
         if thief is not None and thief.idle:
             self._balance(thief)          # still nothing for it: try other tasks
 
-    def _balance(self, thief: WorkerInfo) -> None:
-        """An idle worker wants work: ask the busiest worker for unstarted tasks."""
+    def _balance(self, thief: WorkerInfo, victim: WorkerInfo | None = None) -> None:
+        """An idle worker wants work: ask the busiest worker (or ``victim``, one that
+        just took on work) for unstarted tasks."""
         if thief.asked:
             return                        # wait for the answers to earlier requests
-        victims = [w for w in self.workers.values()
-                   if w is not thief and len(w.processing) - w.seceded > _slots(w)]
-        if not victims:
-            return
-        victim = max(victims, key=lambda w: len(w.processing) - w.seceded - _slots(w))
+        if victim is not None:
+            if len(victim.processing) - victim.seceded <= _slots(victim):
+                return
+        else:   # (a sample of the workers in turn: an idle report costs O(1) with 500)
+            victims = [w for w in self._next_workers(STEAL_VICTIMS)
+                       if w is not thief and len(w.processing) - w.seceded > _slots(w)]
+            if not victims:
+                return
+            victim = max(victims, key=lambda w: len(w.processing) - w.seceded - _slots(w))
         excess = len(victim.processing) - victim.seceded - _slots(victim)
         last = self._fruitless.get(thief.id)
         if last is not None and last[0] == victim.id and len(victim.processing) < 2 * last[1] + 16:

@@ -1,6 +1,7 @@
 """The worker's record of a key (plain data, no behaviour), and its ready-queue order."""
 from __future__ import annotations
 
+from ..memory import EMPTY
 from ..protocol import messages as m
 
 Action = tuple
@@ -20,8 +21,8 @@ class WTask:
         self.deps: list[str] = []
         self.priority: tuple = ()
         self.retries = 0
-        self.waiting_on: set[str] = set()
-        self.dependents: set[str] = set()
+        self.waiting_on: set[str] = EMPTY    # (shared until it has some: see memory.py)
+        self.dependents: set[str] = EMPTY
         self.claimed = False
         self.owned = False            # the scheduler counts this worker as holding it
         self.who_has: list[str] = []

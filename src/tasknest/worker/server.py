@@ -26,6 +26,7 @@ from tblib import Traceback
 
 from ..client.future import collect_inner, describe_type, error_from
 from ..errors import CallerError, ProtocolError, SchedulerLostError, SerializationError
+from ..memory import give_back, sparse
 from ..protocol import messages as m
 from ..protocol.calls import run_call
 from ..protocol.comm import Comm, Listener, connect, listen
@@ -76,6 +77,7 @@ class Worker:
         self.memory_limit = memory_limit
         self.reconnect_timeout = reconnect_timeout
         self.heartbeat_interval = heartbeat_interval
+        self._beat_every = heartbeat_interval     # (the scheduler may ask for less often)
         self.validate = bool(os.environ.get("TASKNEST_VALIDATE")) if validate is None else validate
         self.lock = threading.Lock()
         self.confirmed = threading.Condition(self.lock)   # the scheduler answered claims
@@ -160,6 +162,7 @@ class Worker:
             self.comm = comm
         msg = await asyncio.wait_for(welcome, timeout)
         self.id = msg.id
+        self._beat_every = max(self.heartbeat_interval, float(msg.info.get("heartbeat", 0)))
         self.client._bind()
         set_default(self.client, only_if_unset=True)  # futures unpickled here bind to it
         comm.on_close.append(self._scheduler_lost)
@@ -255,13 +258,29 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
 
     async def _heartbeat(self) -> None:
+        # a random phase spreads the beats of workers that joined together
+        await asyncio.sleep(random.uniform(0, self._beat_every))
         while not self.closing:
-            await asyncio.sleep(self.heartbeat_interval)
+            await asyncio.sleep(self._beat_every)
             try:
                 rss = self._process.memory_info().rss
             except psutil.Error:
                 rss = 0
             self.send(m.Heartbeat(rss))
+            self._compact()
+
+    def _compact(self) -> None:
+        """After a large run, right-size the tables it left mostly empty and give the
+        memory back to the system."""
+        with self.lock:
+            shrank = self.state.compact()
+            if type(self.data) is dict and sparse(self.data):
+                self.data, shrank = dict(self.data), True
+            if sparse(self.frames_cache):
+                self.frames_cache = dict(self.frames_cache)
+            shrank = self.client.compact() or shrank
+        if shrank:
+            give_back()
 
     async def _start_http(self) -> None:
         from ..protocol.auth import dashboard_key

@@ -29,6 +29,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from ..memory import EMPTY, sparse
 from ..protocol import messages as m
 from .placing import PlacingMixin
 from .records import Action, WTask, heap_priority
@@ -45,6 +46,15 @@ class WorkerState(PlacingMixin):
         self._erred: list[str] = []    # erred records to forget at the next event
         self.places: dict[tuple[str, int], str] = {}   # (client, seq) -> key: awaiting confirm
         self.early: dict[tuple[str, int], tuple[str, int]] = {}   # confirms before their place
+
+    def compact(self) -> bool:
+        """Right-size the tables a large run left mostly empty; True if any was."""
+        shrank = False
+        if sparse(self.tasks):
+            self.tasks, shrank = dict(self.tasks), True
+        if sparse(self.executing):
+            self.executing = set(self.executing)
+        return shrank
 
     # == incoming work ===================================================================
     def compute(self, key: str, func: bytes, args: bytes, deps: dict[str, list[str]],
@@ -130,12 +140,15 @@ class WorkerState(PlacingMixin):
         t.owned = t.state != "erred"
 
     def _resolve_deps(self, t: WTask, deps: dict[str, list[str]], out: list[Action]) -> None:
-        t.waiting_on = set()
+        t.waiting_on = set() if deps else EMPTY
         for dk, addrs in deps.items():
             d = self.tasks.get(dk)
             if d is None:
                 d = self.tasks[dk] = WTask(dk, "remote")
-            d.dependents.add(t.key)
+            if d.dependents:
+                d.dependents.add(t.key)
+            else:
+                d.dependents = {t.key}
             if d.state == "memory":
                 continue
             if d.state == "erred":
@@ -321,7 +334,7 @@ class WorkerState(PlacingMixin):
         t.state = "erred"
         t.unconfirmed = False
         t.error = (exception, traceback, kind)
-        t.waiting_on.clear()
+        t.waiting_on = EMPTY
         self._erred.append(t.key)
         out.append(("done", t.key))
         for dk in list(t.dependents):
@@ -360,7 +373,7 @@ class WorkerState(PlacingMixin):
 
     def _release_inputs(self, t: WTask, out: list[Action]) -> None:
         """Drop fetched copies that no local task needs any more."""
-        t.waiting_on.clear()           # it will not run here (any more)
+        t.waiting_on = EMPTY           # it will not run here (any more)
         for dk in t.deps:
             d = self.tasks.get(dk)
             if d is None:

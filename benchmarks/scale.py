@@ -1,0 +1,136 @@
+"""Scale: does tasknest's cost per task stay flat from a thousand to a million tasks?
+
+    python -m benchmarks.scale [--sizes 1000,10000,100000,1000000] [--rounds 3]
+                               [--workers 2,50,200,500] [--tasks 100000]
+
+prints its tables in Markdown (for docs/benchmarks.md).
+
+For each size, on 2 workers x 1 thread: ``gather(map(abs, range(n)))`` — tasks/s,
+µs per task, time until ``map()`` returns, time to the first result, peak RSS and
+bytes per task of the scheduler, the workers and the client (sampled every 20 ms),
+and RSS of each after the futures are dropped (over ``--rounds`` rounds). Then
+100,000 tasks on 2 / 50 / 200 / 500 workers (``benchmarks.fleet`` instances) and the
+scheduler's CPU while they idle. Only tasknest; the rival systems' figures at the
+sizes they finish are in the main table (``python -m benchmarks.run``).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import threading
+import time
+from typing import Any
+
+import psutil
+
+from tasknest import Client, LocalCluster, wait
+from benchmarks.fleet import start_fleet, stop_fleet
+
+MIB = 2 ** 20
+
+
+class Peaks(threading.Thread):
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        super().__init__(daemon=True)
+        self.procs = {k: [psutil.Process(p) for p in v] for k, v in pids.items()}
+        self.peak = {k: 0 for k in pids}
+        self.done = threading.Event()
+
+    def sample(self) -> dict[str, int]:
+        return {k: sum(p.memory_info().rss for p in ps) for k, ps in self.procs.items()}
+
+    def run(self) -> None:
+        while not self.done.wait(0.02):
+            for k, v in self.sample().items():
+                self.peak[k] = max(self.peak[k], v)
+
+
+def flat(n: int, rounds: int) -> list[dict[str, Any]]:
+    rows = []
+    with LocalCluster(n_workers=2, threads_per_worker=1) as cl, Client(cl) as c:
+        c.submit(abs, -1, pure=False).result()
+        workers = [int(w["pid"]) for w in c.scheduler_info(-1)["workers"].values()]
+        pids = {"scheduler": [cl.scheduler_proc.pid], "workers": workers,
+                "client": [psutil.Process().pid]}
+        for r in range(rounds):
+            sampler = Peaks(pids)
+            before = sampler.sample()
+            sampler.start()
+            t0 = time.perf_counter()
+            futures = c.map(abs, range(n))
+            t_map = time.perf_counter() - t0
+            wait(futures[:1])
+            t_first = time.perf_counter() - t0
+            values = c.gather(futures)
+            dt = time.perf_counter() - t0
+            assert values[-1] == n - 1
+            sampler.done.set()
+            sampler.join()
+            del futures, values
+            gc.collect()
+            deadline = time.monotonic() + 30
+            while any(c.has_what().values()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(2.5)     # the scheduler and workers give memory back on their tick
+            after = sampler.sample()
+            rows.append({"n": n, "round": r + 1, "rate": n / dt, "us": dt / n * 1e6,
+                         "map_s": t_map, "first_s": t_first, "before": before,
+                         "peak": dict(sampler.peak), "after": after})
+            print(_row(rows[-1]), flush=True)
+    return rows
+
+
+def _row(x: dict[str, Any]) -> str:
+    n = x["n"]
+    per = " / ".join(f"{(x['peak'][k] - x['before'][k]) / n:,.0f}"
+                     for k in ("scheduler", "client", "workers"))
+    rss = " / ".join(f"{x['before'][k] / MIB:.0f} → {x['peak'][k] / MIB:.0f} → "
+                     f"{x['after'][k] / MIB:.0f}" for k in ("scheduler", "client", "workers"))
+    return (f"| {n:,} | {x['round']} | {x['rate']:,.0f} | {x['us']:.1f} | {x['map_s']:.2f} | "
+            f"{x['first_s']:.2f} | {per} | {rss} |")
+
+
+def many(nworkers: int, ntasks: int) -> dict[str, Any]:
+    with LocalCluster(n_workers=0) as cl, Client(cl) as c:
+        procs = start_fleet(cl.scheduler_address, cl.token, nworkers)
+        try:
+            deadline = time.monotonic() + 60
+            while len(c.scheduler_info(-1)["workers"]) < nworkers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("workers did not join")
+                time.sleep(0.1)
+            sched = psutil.Process(cl.scheduler_proc.pid)
+            time.sleep(2)
+            a, t = sum(sched.cpu_times()[:2]), time.monotonic()
+            time.sleep(10)
+            idle = (sum(sched.cpu_times()[:2]) - a) / (time.monotonic() - t) * 100
+            t0 = time.perf_counter()
+            assert c.gather(c.map(abs, range(ntasks)))[-1] == ntasks - 1
+            rate = ntasks / (time.perf_counter() - t0)
+        finally:
+            stop_fleet(procs)
+    row = {"workers": nworkers, "rate": rate, "idle_cpu": idle}
+    print(f"| {nworkers} | {ntasks:,} | {rate:,.0f} | {idle:.1f} % |", flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000,10000,100000,1000000")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", default="2,50,200,500")
+    ap.add_argument("--tasks", type=int, default=100_000)
+    args = ap.parse_args(argv)
+    print("| tasks | round | tasks/s | µs/task | map() returns s | first result s | "
+          "peak bytes/task: scheduler / client / workers | RSS MiB before → peak → after: "
+          "scheduler / client / workers |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in (int(s) for s in args.sizes.split(",") if s):
+        flat(n, args.rounds)
+    print("\n| workers | tasks | tasks/s | scheduler CPU, idle |\n|---|---|---|---|")
+    for k in (int(s) for s in args.workers.split(",") if s):
+        many(k, args.tasks)
+
+
+if __name__ == "__main__":
+    main()

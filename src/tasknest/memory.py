@@ -1,0 +1,74 @@
+"""Giving memory back after a large run.
+
+Two things keep a process's memory after its records are gone:
+
+* Live tables. A dict or set never shrinks when entries leave: the scheduler's
+  table of a million tasks keeps its ~40 MiB of slots while it holds ten.
+  ``shrunk`` copies a table that is mostly empty slots (cheap: it is a copy of
+  what is left, and the test is O(1)).
+* The allocator. Freed small objects leave partly used pymalloc arenas and
+  glibc heaps behind; ``give_back`` runs a full collection and asks glibc to
+  return free pages to the system (``malloc_trim``).
+
+Both are meant for moments when much was just freed, never per task.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import sys
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_MIN_TABLE = 64 * 1024     # a table smaller than this is never worth copying
+_SLACK = 8                 # copy when it holds under 1/8 of what its slots could
+
+
+class _Empty(frozenset):
+    """The one empty set every record starts with: most tasks never have dependents,
+    dependencies to wait on or clients to tell, and an empty set costs 216 bytes and
+    a garbage-collector visit. Reads work; ``discard``/``clear`` do nothing; ``add``
+    fails loudly (the writer assigns a real set first)."""
+    __slots__ = ()
+
+    def discard(self, item: Any) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+EMPTY: Any = _Empty()
+
+
+def sparse(table: Any) -> bool:
+    """Whether a dict or set holds far fewer entries than it has room for."""
+    size = sys.getsizeof(table)
+    return size > _MIN_TABLE and len(table) * 32 * _SLACK < size
+
+
+def shrunk(table: T) -> T:
+    """``table`` itself, or a right-sized copy of it if it is mostly empty slots."""
+    if sparse(table):
+        return type(table)(table)  # type: ignore[call-arg]
+    return table
+
+
+def _malloc_trim() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):    # not glibc: nothing to ask
+        return None
+
+
+_trim = _malloc_trim() if sys.platform.startswith("linux") else None
+
+
+def give_back() -> None:
+    """Collect cycles and hand free heap pages back to the operating system."""
+    gc.collect()
+    if _trim is not None:
+        _trim(0)
