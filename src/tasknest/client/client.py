@@ -30,6 +30,7 @@ from ..errors import (CallerError, ClosedClientError, CommClosedError, FutureCan
 from ..protocol import messages as m
 from ..protocol.comm import Comm, connect
 from ..protocol.peers import PeerPool
+from ..protocol import sharedmem
 from ..protocol.serialize import dumps_call, dumps_function, dumps_value, nbytes
 from ..timeouts import parse_timeout
 from .future import Future, FutureState, describe_type, error_from
@@ -229,7 +230,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
         comm = await connect(self.scheduler_address, self._token, timeout=self.timeout,
                              ssl_context=ssl_ctx, threadsafe=not self.asynchronous)
         self._peers = PeerPool(self.id, self._token, ssl_ctx, timeout=self.timeout,
-                               on_push=self._handle, on_lost=self._stream_lost)
+                               on_push=self._handle, on_lost=self._stream_lost,
+                               host=sharedmem.host_id() if sharedmem.available() else "")
         welcome = asyncio.get_running_loop().create_future()
         self._welcome = welcome
         comm.start(self._handle)

@@ -34,7 +34,8 @@ class LocalCluster:
                  memory_limit: int | str = 0, nanny: bool = True, timeout: float = 60.0,
                  heartbeat_timeout: float = 30.0, worker_args: list[str] | None = None,
                  max_frame_size: int | str | None = None, allowed_failures: int = 3,
-                 resources: dict[str, float] | None = None) -> None:
+                 resources: dict[str, float] | None = None,
+                 shared_memory: bool = True) -> None:
         from ..errors import CallerError
         from .cli import parse_size
         try:
@@ -67,6 +68,7 @@ class LocalCluster:
         self.allowed_failures = allowed_failures
         self.worker_args = worker_args or []
         self.resources = dict(resources or {})     # each worker has these (resources=)
+        self.shared_memory = shared_memory         # workers share results through /dev/shm
         if self.resources:
             self.worker_args = [*self.worker_args, "--resources",
                                 ",".join(f"{k}={v}" for k, v in self.resources.items())]
@@ -126,6 +128,8 @@ class LocalCluster:
             cmd += ["--memory-limit", str(self.memory_limit)]
         if not self.nanny:
             cmd += ["--no-nanny"]
+        if not self.shared_memory:
+            cmd += ["--no-shared-memory"]
         proc = _spawn(cmd, self._env())
         self.worker_procs.append(proc)
         if wait:
@@ -152,7 +156,8 @@ class LocalCluster:
             for i in range(self.n_workers):
                 w = Worker(sched.address, self.threads_per_worker, f"local-{i}", self.host,
                            token=self.token, security=security,
-                           max_frame=self.max_frame or None, resources=self.resources)
+                           max_frame=self.max_frame or None, resources=self.resources,
+                           shared_memory=self.shared_memory)
                 await w.start()
                 self._inproc.append(w)
         runner.run(start(), self.timeout)
@@ -174,6 +179,7 @@ class LocalCluster:
                 pass
             self._inproc.clear()
         procs = [p for p in [*self.worker_procs, self.scheduler_proc] if p is not None]
+        pids = _descendants(procs)
         for p in procs:
             if p.poll() is None:
                 try:
@@ -187,6 +193,9 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        from ..protocol.sharedmem import remove_segments
+        for pid in pids:        # segments of workers killed before they could remove them
+            remove_segments(pid)
         if self._own_security and self.security is not None:
             self.security.cleanup()
 
@@ -268,3 +277,16 @@ def _close_all() -> None:
             c.close(timeout=3)
         except Exception:
             pass
+
+
+def _descendants(procs: list) -> list[int]:
+    """The pids of these processes and of all their children (workers under nannies)."""
+    import psutil
+    pids = []
+    for p in procs:
+        pids.append(p.pid)
+        try:
+            pids += [c.pid for c in psutil.Process(p.pid).children(recursive=True)]
+        except psutil.Error:
+            pass
+    return pids

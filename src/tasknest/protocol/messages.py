@@ -220,6 +220,9 @@ Place = _define("Place", "place", key=str, fid=int, args=bytes, priority=NUMS, r
 
 # -- peer data transfer (worker <-> worker, client -> worker) -------------------
 GetData = _define("GetData", "get-data", rid=int, keys=STRS)
+# the asker's host (sharedmem.host_id): a worker on the same one answers large values
+# with references to shared-memory segments; "" takes it back
+PeerHost = _define("PeerHost", "peer-host", host=str)
 Data = _define("Data", "data", rid=int, values=DATA)
 
 
