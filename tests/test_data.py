@@ -14,7 +14,7 @@ np = pytest.importorskip("numpy")
 
 from tasknest import Client, LocalCluster, wait  # noqa: E402
 from tasknest.protocol import sharedmem  # noqa: E402
-from tasknest.protocol.frames import FrameError, FrameReader, encode  # noqa: E402
+from tasknest.protocol.frames import FrameError, FrameReader, encode, mark_buffers  # noqa: E402
 from tasknest.protocol.serialize import dumps_value, loads_value  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ def identity(x: object) -> object:
 def test_frames_roundtrip_in_place() -> None:
     """A received array is backed by the buffer the reader allocated for it."""
     a = np.arange(100_000, dtype="float64")
-    chunks, _ = encode([["data", 1, {"k": dumps_value(a)}]])
+    chunks, _ = encode([mark_buffers(["data", 1, {"k": dumps_value(a)}])])
     got: list = []
     reader = FrameReader(1 << 30, lambda payload, bufs: got.append((payload, bufs)))
     reader.frames()
