@@ -29,9 +29,9 @@ def counting_places(client: Client) -> list[str]:
     placed: list[str] = []
     original = client._place
 
-    def place(key, *args):
+    def place(key, *args, **kwargs):
         placed.append(key)
-        return original(key, *args)
+        return original(key, *args, **kwargs)
     client._place = place  # type: ignore[method-assign]
     return placed
 

@@ -206,7 +206,7 @@ class Cluster:
         if c.refs[key] == 1:
             self.seq += 1
             address = self.workers[wid].address
-            record = m.Placed(key, 1, b"", [0, 0, self.seq], 0, address, self.seq, -1, "")
+            record = m.Placed(key, 1, b"", [0, 0, self.seq], 0, address, self.seq, -1, "", False)
             c.placed[key] = (wid, record)
             self.to_sched[cid].append(record)
             self.lanes.setdefault((cid, wid), deque()).append(
@@ -1338,9 +1338,34 @@ def test_a_late_error_of_a_released_run_does_not_err_the_resubmitted_one():
 
 
 # == placed tasks ============================================================================
-def placed(key: str, worker: int = 1, seq: int = 1, nbytes: int = -1) -> m.Message:
+def placed(key: str, worker: int = 1, seq: int = 1, nbytes: int = -1,
+           pinned: bool = False) -> m.Message:
     return m.Placed(key, 1, b"args", [0, 0, seq], 0, f"tcp://127.0.0.1:{9000 + worker}", seq,
-                    nbytes, "int" if nbytes >= 0 else "")
+                    nbytes, "int" if nbytes >= 0 else "", pinned)
+
+
+def test_a_pinned_placed_task_is_never_stolen_by_an_idle_worker():
+    s = sched()
+    for seq in range(1, 7):           # w-2 is idle: unpinned ones would be stolen
+        out = do(s, "c-1", placed(f"p{seq}", worker=1, seq=seq, pinned=True))
+        assert not [msg for _, msg in out if msg.op == "steal"]
+    assert all(s.tasks[f"p{i}"].processing_on == "w-1" for i in range(1, 7))
+
+
+def test_a_pinned_placed_task_on_a_worker_that_left_errs_as_lost():
+    s = sched()
+    out = do(s, "c-1", placed("a", worker=7, pinned=True))
+    assert ops(out) == [("c-1", "key-erred", "a")] and s.tasks["a"].error[2] == "lost"
+
+
+def test_a_key_wanted_again_after_its_release_is_reported_though_the_worker_told_the_placer():
+    # the worker's direct word reached the client's released future; the new one waits
+    s = sched()
+    do(s, "c-1", placed("a", worker=1))
+    attempt = s.tasks["a"].attempt
+    do(s, "c-1", m.Want(["a"]))
+    out = do(s, "w-1", m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"], attempt))
+    assert ops(out) == [("c-1", "key-memory", "a")]
 
 
 def test_a_placed_task_is_processing_where_the_client_put_it_and_is_confirmed_there():

@@ -532,7 +532,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin):
                 self._send(m.Submit(key, fbytes, abytes, deps, priority, retries, workers,
                                     resources, loose))
             else:
-                self._place(key, fbytes, abytes, priority, retries, *lane)
+                self._place(key, fbytes, abytes, priority, retries, *lane,
+                            pinned=workers is not None)
         return fut
 
     def map(self, func: Callable, *iterables: Iterable, key: Any = None,

@@ -59,9 +59,9 @@ class PlacingMixin:
         return addr, comm
 
     def _place(self, key: str, fbytes: bytes, abytes: bytes, priority: list, retries: int,
-               addr: str, comm: Comm) -> None:
+               addr: str, comm: Comm, pinned: bool = False) -> None:
         seq = priority[2]            # unique in this process
-        record = m.Placed(key, fbytes, abytes, priority, retries, addr, seq, -1, "")
+        record = m.Placed(key, fbytes, abytes, priority, retries, addr, seq, -1, "", pinned)
         with self._lock:
             self._placed[key] = record
         self._send(record)

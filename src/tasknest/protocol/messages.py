@@ -157,9 +157,10 @@ Reply = _define("Reply", "reply", rid=int, value=ANY, error=OPT_STR)
 
 # a task a client placed straight on a worker (see docs/architecture.md, "Placed tasks"):
 # the recipe for the scheduler, sent lazily; nbytes/type are filled in (nbytes >= 0) if the
-# result has reached the client by the time the message leaves
+# result has reached the client by the time the message leaves; pinned: it may run on that
+# worker only (an actor's call), so it is never stolen
 Placed = _define("Placed", "placed", key=str, fid=int, args=bytes, priority=NUMS, retries=int,
-                 worker=str, seq=int, nbytes=int, type=str)
+                 worker=str, seq=int, nbytes=int, type=str, pinned=bool)
 # the client's connection to that worker broke: the places it carried may never arrive
 LaneLost = _define("LaneLost", "lane-lost", worker=str)
 

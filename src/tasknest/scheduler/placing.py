@@ -46,9 +46,10 @@ class PlacingMixin:
         this one, so the scheduler is never surprised by them."""
         key = msg.key  # type: ignore[attr-defined]
         wid = self.addresses.get(msg.worker)  # type: ignore[attr-defined]
+        restrict = ["!" + msg.worker] if msg.pinned else None  # type: ignore[attr-defined]
         if wid is None:          # that worker is gone: its copy went with it
             self._submitted(cid, key, msg.fid, msg.args, [], msg.priority,  # type: ignore
-                            msg.retries, None)  # type: ignore[attr-defined]
+                            msg.retries, restrict)  # type: ignore[attr-defined]
             return
         ws = self.workers[wid]
         self.placers[cid] = max(self.placers.get(cid, 0), msg.seq)  # type: ignore[attr-defined]
@@ -66,6 +67,8 @@ class PlacingMixin:
                                         msg.retries)  # type: ignore[attr-defined]
         elif ts.func is None:
             ts.func, ts.args = msg.fid, msg.args  # type: ignore[attr-defined]
+        if restrict is not None:
+            ts.restrict = restrict       # never stolen: it runs there or errs as lost
         self._want(ts, cid)
         self._set_processing(ts, ws)
         self._attempts += 1

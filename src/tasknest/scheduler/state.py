@@ -317,8 +317,10 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
             self._want(ts, cid)
             if ts.state == "released":
                 self._recompute(ts)
-            else:
+            elif ts.state in ("memory", "erred"):
                 self._report(ts, cid)
+            else:    # told when it ends: a worker's direct word went to a released future
+                ts.tell.add(cid)
 
     def _on_remind(self, cid: str, msg: m.Message) -> None:
         """The client lost a connection a worker would have told it a result through:
