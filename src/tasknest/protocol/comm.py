@@ -569,7 +569,8 @@ async def connect(address: str, token: str | bytes | None = None, timeout: float
         try:
             comm = Comm(key, server_side=False, max_frame=max_frame)
             if threadsafe and ssl_context is None:
-                await asyncio.wait_for(open_connection(loop, comm, host, port), remaining)
+                await asyncio.wait_for(open_connection(loop, comm, host, port),  # type: ignore[arg-type]
+                                       remaining)
             else:
                 await asyncio.wait_for(loop.create_connection(
                     lambda: comm, host, port, ssl=ssl_context,

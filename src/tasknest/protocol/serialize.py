@@ -141,7 +141,7 @@ def _as_memoryview(buf: Any, fmt: str, shape: tuple, readonly: bool) -> memoryvi
     elif readonly and not view.readonly:
         view = view.toreadonly()
     try:
-        return view.cast("B").cast(fmt, shape)
+        return view.cast("B").cast(fmt, shape)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         return view
 
@@ -166,7 +166,7 @@ def _reduce(obj: Any) -> Any:
         # it): one contiguous copy here, and the receiver reads it in place
         return obj.copy().__reduce_ex__(5)
     if t is memoryview:
-        data = obj if obj.c_contiguous else memoryview(obj.tobytes()).cast(obj.format, obj.shape)
+        data = obj if obj.c_contiguous else memoryview(obj.tobytes()).cast(obj.format, obj.shape)  # type: ignore[call-overload]
         return _as_memoryview, (pickle.PickleBuffer(data), obj.format, obj.shape, obj.readonly)
     return NotImplemented
 

@@ -68,7 +68,8 @@ def _loads(data: bytearray | memoryview) -> Any:
     view = memoryview(data)
     count = struct.unpack_from("<I", view)[0]
     sizes = struct.unpack_from(f"<{count}Q", view, 4)
-    frames, pos = [], 4 + 8 * count
+    frames: list[Any] = []
+    pos = 4 + 8 * count
     for size in sizes:
         frames.append(view[pos:pos + size])
         pos += size
@@ -85,7 +86,8 @@ class SpillBuffer(MutableMapping):
         self.spilled_count = 0
         self.on_spill: Any = None       # called with a key written to disk
         self._buffer = zict.Buffer(
-            {}, zict.Func(_dumps, _loads, zict.File(self.directory)), n=target,
+            {}, zict.Func(_dumps, _loads, zict.File(self.directory)),  # type: ignore[arg-type]
+            n=target,
             weight=lambda _k, v: sizeof(v),
             fast_to_slow_callbacks=[self._on_spill])
 
