@@ -280,6 +280,9 @@ def render(meta: dict[str, Any], results: list[dict[str, Any]], existing: str = 
         title = w.title if len(group) == 1 else f"{key}: in a worker vs gathered to the driver"
         out += ["", f"### {title}", ""] + _table(group, cells, systems)
     out += ["", "## Per-hop cost breakdown", "", _breakdown(existing), ""]
+    i, j = existing.find("<!-- data:start -->"), existing.find("<!-- data:end -->")
+    if i != -1 and j > i:       # the data suite's section (benchmarks/data.py) stays
+        out += [existing[i:j + len("<!-- data:end -->")], ""]
     return "\n".join(out)
 
 

@@ -35,7 +35,7 @@ POINTS = [
     ("tasknest.protocol.comm", "Comm", "send_threadsafe", "queued for the loop", "enter"),
     ("tasknest.protocol.comm", "Comm", "_drain_threadsafe", "loop took the queue", "enter"),
     ("tasknest.protocol.comm", "Comm", "_write_outbox", "frame written", "enter"),
-    ("tasknest.protocol.comm", "Comm", "data_received", "frame read", "enter"),
+    ("tasknest.protocol.comm", "Comm", "buffer_updated", "frame read", "enter"),
     ("tasknest.worker.server", "Worker", "execute", "task thread starts", "enter"),
     ("tasknest.worker.server", "Worker", "_finished", "task returned", "enter"),
     ("tasknest.client.future", "FutureState", "_settle", "future settled", "enter"),

@@ -28,6 +28,7 @@ from ..errors import (CallerError, ClosedClientError, CommClosedError, FutureCan
 from ..protocol import messages as m
 from ..protocol.comm import Comm, connect
 from ..protocol.peers import PeerPool
+from ..protocol import sharedmem
 from ..protocol.serialize import dumps_call, dumps_function, dumps_value, nbytes
 from ..names import funcname as _funcname, unique_token
 from ..registry import clients as _clients, current_client, default_client, set_default
@@ -187,7 +188,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         comm = await connect(self.scheduler_address, self._token, timeout=self.timeout,
                              ssl_context=ssl_ctx, threadsafe=not self.asynchronous)
         self._peers = PeerPool(self.id, self._token, ssl_ctx, timeout=self.timeout,
-                               on_push=self._handle, on_lost=self._stream_lost)
+                               on_push=self._handle, on_lost=self._stream_lost,
+                               host=sharedmem.host_id() if sharedmem.available() else "")
         await self._open(comm)
 
     async def _open(self, comm: Comm | None = None) -> None:

@@ -209,7 +209,8 @@ async def _worker_main(args: argparse.Namespace) -> int:
                     memory_limit=parse_size(args.memory_limit),
                     reconnect_timeout=args.reconnect_timeout, max_frame=args.max_frame_size,
                     resources=parse_resources(args.resources),
-                    http=not getattr(args, "no_metrics", False))
+                    http=not getattr(args, "no_metrics", False),
+                    shared_memory=not args.no_shared_memory)
     try:
         await worker.start()
     except AuthenticationError as exc:
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     ps.add_argument("--heartbeat-timeout", type=float, default=None)
     ps.add_argument("--allowed-failures", type=int, default=None,
                     help="workers a task may see die under it before it fails with KilledWorker")
-    ps.add_argument("--max-frame-size", default="1GiB", type=_positive_size,
+    ps.add_argument("--max-frame-size", default=None, type=_positive_size,
                     help="largest message frame accepted from any peer, e.g. 64MiB")
     ps.add_argument("--dashboard-address", default=None,
                     help="HOST:PORT of the web dashboard (default 127.0.0.1:8787, the next "
@@ -308,8 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     pw.add_argument("--reconnect-timeout", type=float, default=None,
                     help="seconds to keep trying a lost scheduler before exiting")
     pw.add_argument("--no-nanny", action="store_true", help="run without a supervisor")
-    pw.add_argument("--max-frame-size", default="1GiB", type=_positive_size,
-                    help="largest message frame accepted from a peer, e.g. 64MiB")
+    pw.add_argument("--no-shared-memory", action="store_true",
+                    help="never share results with same-host processes through /dev/shm")
+    pw.add_argument("--max-frame-size", default=None, type=_positive_size,
+                    help="largest message frame accepted from a peer, e.g. 64MiB "
+                         "(default: the machine's memory)")
     pw.add_argument("--insecure", action="store_true", help="connect without a token")
     pw.add_argument("--retire-timeout", type=float, default=60.0,
                     help="on SIGTERM (or at the end of --lifetime) the worker retires: it "

@@ -44,7 +44,8 @@ class LocalCluster(Cluster):
                  resources: dict[str, float] | None = None,
                  dashboard_address: str | None = "127.0.0.1:8787",
                  dashboard: bool = True,
-                 state_dir: str | bool | None = True, recovery_wait: float = 10.0) -> None:
+                 state_dir: str | bool | None = True, recovery_wait: float = 10.0,
+                 shared_memory: bool = True) -> None:
         Cluster.__init__(self)
         try:
             self.max_frame = None if max_frame_size is None else parse_size(max_frame_size)
@@ -78,6 +79,7 @@ class LocalCluster(Cluster):
         self.resources = dict(resources or {})     # each worker has these (resources=)
         self.dashboard_address = dashboard_address if dashboard else None
         self._dashboard_link: str | None = None
+        self.shared_memory = shared_memory         # workers share results through /dev/shm
         if self.resources:
             self.worker_args = [*self.worker_args, "--resources",
                                 ",".join(f"{k}={v}" for k, v in self.resources.items())]
@@ -202,6 +204,8 @@ class LocalCluster(Cluster):
             cmd += ["--memory-limit", str(self.memory_limit)]
         if not self.nanny:
             cmd += ["--no-nanny"]
+        if not self.shared_memory:
+            cmd += ["--no-shared-memory"]
         proc = _spawn(cmd, self._env(), self._log(name))
         self.worker_procs.append(proc)
         self._by_name[name] = proc
@@ -274,7 +278,8 @@ class LocalCluster(Cluster):
             for name in names:
                 w = Worker(self.scheduler_address, self.threads_per_worker, name, self.host,
                            token=self.token, security=self.security,
-                           max_frame=self.max_frame or None, resources=self.resources)
+                           max_frame=self.max_frame or None, resources=self.resources,
+                           shared_memory=self.shared_memory)
                 await w.start()
                 self._inproc.append(w)
                 self._by_name[name] = w
@@ -305,6 +310,7 @@ class LocalCluster(Cluster):
                 pass
             self._inproc.clear()
         procs = [p for p in [*self.worker_procs, self.scheduler_proc] if p is not None]
+        pids = _descendants(procs)
         for p in procs:
             if p.poll() is None:
                 try:
@@ -318,6 +324,9 @@ class LocalCluster(Cluster):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        from ..protocol.sharedmem import remove_segments
+        for pid in pids:        # segments of workers killed before they could remove them
+            remove_segments(pid)
         if self._watcher is not None:
             self._watcher.join(timeout)
         procs = [p for p in [self.scheduler_proc] if p is not None and p.poll() is None]
@@ -445,3 +454,16 @@ def _close_all() -> None:
             c.close(timeout=3)
         except Exception:
             pass
+
+
+def _descendants(procs: list) -> list[int]:
+    """The pids of these processes and of all their children (workers under nannies)."""
+    import psutil
+    pids = []
+    for p in procs:
+        pids.append(p.pid)
+        try:
+            pids += [c.pid for c in psutil.Process(p.pid).children(recursive=True)]
+        except psutil.Error:
+            pass
+    return pids

@@ -100,11 +100,14 @@ class Nanny:
             return 0
 
     def _cleanup(self) -> None:
-        """Remove the spill files of a worker that could not (it was killed)."""
+        """Remove the spill files and shared-memory segments of a worker that could not
+        (it was killed)."""
         import shutil
+        from ..protocol.sharedmem import remove_segments
         from ..worker.spill import spill_directories
         for path in spill_directories(self.proc.pid):  # type: ignore[union-attr]
             shutil.rmtree(path, ignore_errors=True)
+        remove_segments(self.proc.pid)  # type: ignore[union-attr]
 
     def _kill(self) -> None:
         try:

@@ -3,6 +3,9 @@
     send(msg) ──> outbox ──(one flush per loop tick)──> [len:8][msgpack [msg, msg, ...]]
     bytes ──> handshake ──> frame splitter ──> catalogue.decode ──> handler(msg)
 
+Large buffers of values travel out of band (``frames``): written from their own
+memory with ``writev`` and read in place into buffers of their announced size.
+
 Every connection first runs the shared-secret handshake (``auth``) on raw bytes;
 nothing is decoded before it succeeds. A malformed frame, an unknown op, a bad
 field type or an oversized length prefix closes that one connection with a
@@ -19,16 +22,18 @@ import threading
 import time
 from typing import Any, Callable
 
-import msgpack
+import psutil
 
 from ..errors import AuthenticationError, CallerError, CommClosedError, ConnectError, ProtocolError
-from . import auth
+from . import auth, frames
 from .transport import open_connection
 from .messages import FUNC_OPS, LAZY_OPS, MERGE_OPS, UNDOES, DefineFunc, Message, decode
 
 log = logging.getLogger("tasknest.comm")
 
-DEFAULT_MAX_FRAME = 1 << 30          # 1 GiB
+# a frame (with its out-of-band buffers) may be as large as the machine's memory
+DEFAULT_MAX_FRAME = max(1 << 30, psutil.virtual_memory().total)
+IOV_BATCH = 64           # buffers per writev
 HANDSHAKE_TIMEOUT = 10.0
 _HEADER = 8
 BATCH_WINDOW = 0.002     # seconds a message from another thread may wait for company
@@ -59,7 +64,7 @@ def unparse_address(scheme: str, host: str, port: int) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-class Comm(asyncio.Protocol):
+class Comm(asyncio.BufferedProtocol):
     """One authenticated, framed, batched message stream."""
 
     def __init__(self, key: bytes, server_side: bool, max_frame: int = DEFAULT_MAX_FRAME) -> None:
@@ -76,7 +81,7 @@ class Comm(asyncio.Protocol):
         self.on_close: list[Callable[["Comm"], Any]] = []
         self.funcs: dict[int, bytes] = {}          # received function table
         self._func_ids: dict[bytes, int] = {}      # sent function table
-        self._buf = bytearray()
+        self._reader = frames.FrameReader(max_frame, self._frame)
         self._authed = False
         self._nonce_s = b""
         self._nonce_c = b""
@@ -88,8 +93,9 @@ class Comm(asyncio.Protocol):
         self._urgent = False               # the queue holds a message someone waits on
         self._lock = threading.RLock()     # the outgoing frame (other threads may write it)
         self._direct = False               # other threads write their frames themselves
-        self._fd = -1                      # ... straight to this socket (plain TCP) ...
-        self._tail: list = []              # ... unless bytes are waiting for the loop
+        self._fd = -1                      # ... straight to (a dup of) this socket (plain TCP)
+        self._tail: collections.deque = collections.deque()  # ... unless bytes wait for the loop
+        self._writer = False               # the loop waits for the socket to take the tail
         self._loop_thread = threading.get_ident()
         self._draining = False
         self._undoable: dict[tuple, list] = {}   # (op, key) -> an unsent message, see UNDOES
@@ -106,7 +112,10 @@ class Comm(asyncio.Protocol):
             self._direct = True
         elif sock is not None and transport.get_extra_info("sslcontext") is None:
             self._direct = True
-            self._fd = sock.fileno()
+            # our own descriptor of the socket: its number cannot be reused while we hold it
+            self._fd = os.dup(sock.fileno())
+            # resume_writing tells when the transport's own buffer is empty again
+            transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
         if sock is not None:
             try:
                 import socket
@@ -122,63 +131,59 @@ class Comm(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed(self.close_reason or (f"connection lost: {exc}" if exc else "connection closed by peer"))
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self.closed:         # bytes that raced with an abort are never looked at
             return
-        buf = self._buf
-        buf += data
-        if not self._authed:
-            if not self._handshake():
-                return
-        while len(buf) >= _HEADER:
-            n = int.from_bytes(buf[:_HEADER], "little")
-            if n > self.max_frame:
-                return self.abort(f"frame of {n} bytes exceeds the limit of {self.max_frame}")
-            end = _HEADER + n
-            if len(buf) < end:
-                return
-            if end == len(buf):     # the frame is all there is (large ones are): no copy
-                payload: Any = memoryview(buf)[_HEADER:]
-                buf = self._buf = bytearray()
-            else:
-                with memoryview(buf) as view:
-                    payload = bytes(view[_HEADER:end])
-                del buf[:end]
-            self._frame(payload)
-            if self.closed:
-                return
+        try:
+            self._reader.updated(nbytes)
+            if not self._authed and self._handshake():
+                self._reader.frames()
+        except frames.FrameError as exc:
+            self.abort(str(exc))
+
+    def data_received(self, data: bytes) -> None:
+        """For a transport that is not buffer-aware: copy into the reader's buffers."""
+        view = memoryview(data)
+        while view and not self.closed:
+            buf = self.get_buffer(-1)
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            view = view[n:]
+            self.buffer_updated(n)
 
     # -- handshake ---------------------------------------------------------------
     def _handshake(self) -> bool:
-        buf = self._buf
+        take = self._reader.take
         if self.server_side:
-            if len(buf) < auth.RESPONSE_LEN:
+            response = take(auth.RESPONSE_LEN)
+            if response is None:
                 return False
-            confirm = auth.verify_response(self.key, self._nonce_s, bytes(buf[:auth.RESPONSE_LEN]))
+            confirm = auth.verify_response(self.key, self._nonce_s, response)
             if confirm is None:
                 self.abort("authentication failed: wrong or missing token")
                 return False
-            del buf[:auth.RESPONSE_LEN]
             self.transport.write(confirm)  # type: ignore[union-attr]
         else:
             if not self._nonce_c:
-                if len(buf) < auth.CHALLENGE_LEN:
+                greeting = take(auth.CHALLENGE_LEN)
+                if greeting is None:
                     return False
-                reply = auth.respond(self.key, bytes(buf[:auth.CHALLENGE_LEN]))
+                reply = auth.respond(self.key, greeting)
                 if reply is None:
                     self.abort("peer is not a tasknest endpoint (bad handshake greeting)")
                     return False
-                self._nonce_s = bytes(buf[5:auth.CHALLENGE_LEN])
+                self._nonce_s = greeting[5:]
                 self._nonce_c, response = reply
-                del buf[:auth.CHALLENGE_LEN]
                 self.transport.write(response)  # type: ignore[union-attr]
-            if len(buf) < auth.CONFIRM_LEN:
+            confirm = take(auth.CONFIRM_LEN)
+            if confirm is None:
                 return False
-            if not auth.verify_confirm(self.key, self._nonce_s, self._nonce_c,
-                                       bytes(buf[:auth.CONFIRM_LEN])):
+            if not auth.verify_confirm(self.key, self._nonce_s, self._nonce_c, confirm):
                 self.abort("authentication failed: the server does not hold our token")
                 return False
-            del buf[:auth.CONFIRM_LEN]
         self._authed = True
         if not self.ready.done():
             self.ready.set_result(self)
@@ -189,9 +194,11 @@ class Comm(asyncio.Protocol):
             self.abort("handshake timed out")
 
     # -- receiving -----------------------------------------------------------------
-    def _frame(self, payload: bytes | memoryview) -> None:
+    def _frame(self, payload: Any, bufs: list) -> None:
+        if self.closed:
+            return
         try:
-            raw = msgpack.unpackb(payload, raw=False, use_list=True)
+            raw = frames.decode(payload, bufs)
             if type(raw) is not list:
                 raise ProtocolError("frame is not a list of messages")
             msgs = [decode(m) for m in raw]
@@ -281,6 +288,8 @@ class Comm(asyncio.Protocol):
             if op in FUNC_OPS and type(msg.fid) is bytes:  # type: ignore[attr-defined]
                 msg.fid = self.func_id(msg.fid)  # type: ignore[attr-defined]
             encoded = msg.encode()
+            if op in frames.VALUE_OPS:      # large buffers go out of band
+                encoded = frames.mark_buffers(encoded)
             self._outbox.append(encoded)
             if op in _UNDONE:
                 self._undoable[(op, msg.key)] = encoded  # type: ignore[attr-defined]
@@ -304,55 +313,82 @@ class Comm(asyncio.Protocol):
             out = [x for x in out if x[0] is not None]
             self._cancelled = 0
         try:
-            payload = msgpack.packb(out, use_bin_type=True)
+            chunks, _ = frames.encode(out)
         except Exception as exc:  # a bug in a message; fail loudly but keep the link
             log.error("cannot encode a frame for %s: %s", self.peer, exc)
             return
-        header = len(payload).to_bytes(_HEADER, "little")
-        # one system call for small frames, no copy of large ones
-        chunks = [header + payload] if len(payload) < 65536 else [header, payload]
-        if self._fd >= 0 and (self._tail or threading.get_ident() != self._loop_thread):
+        # large buffers never go to the loop's transport, which would copy them
+        if self._fd >= 0 and (self._tail or len(chunks) > 2
+                              or threading.get_ident() != self._loop_thread):
             self._write_direct(chunks)
         else:
             self.transport.writelines(chunks)  # type: ignore[union-attr]
 
-    # A thread other than the loop's writes its frame to the socket itself (no wake-up
-    # of the loop, no wait for the GIL it holds) while the loop's transport has nothing
-    # unsent; otherwise, and for what the kernel does not take at once, the bytes
-    # queue in ``_tail`` and the loop hands them to its transport, in order. All
-    # writes hold ``_lock``, so the two never interleave.
+    # A frame is written to the socket at once, by whichever thread made it, while the
+    # loop's transport has nothing unsent; otherwise, and for what the kernel does not
+    # take at once, its chunks queue in ``_tail`` (memoryviews: never copied) and the
+    # loop writes them as the socket takes them, in order. All writes hold ``_lock``.
     def _write_direct(self, chunks: list) -> None:
         transport = self.transport
         assert transport is not None
-        # a closing transport's descriptor may be closed, and its number reused, at any
-        # moment: only the loop may still write to it
-        if not self._tail and threading.get_ident() != self._loop_thread \
-                and not transport.is_closing() and not transport.get_write_buffer_size():
-            try:
-                n = os.writev(self._fd, chunks)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError:       # the loop's transport will meet the error and report it
-                n = 0
+        if not self._tail and not transport.is_closing() \
+                and not transport.get_write_buffer_size():
+            n = self._writev(chunks[:IOV_BATCH])
             rest = []
             for c in chunks:
-                if n >= len(c):
-                    n -= len(c)
+                size = len(c) if type(c) is not memoryview else c.nbytes
+                if n >= size:
+                    n -= size
                 else:
-                    rest.append(memoryview(c)[n:] if n else c)
+                    rest.append(memoryview(c).cast("B")[n:] if n else c)
                     n = 0
             if not rest:
                 return
             chunks = rest
-        if not self._tail:
+        if not self._tail and not self._writer:
             self._call_threadsafe(self._write_tail)
         self._tail.extend(chunks)
 
+    def _writev(self, chunks: list) -> int:
+        try:
+            return os.writev(self._fd, chunks)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:       # the loop's transport will meet the error and report it
+            return 0
+
     def _write_tail(self) -> None:
+        """Write the queued chunks as far as the socket takes them (the loop's thread)."""
         with self._lock:
-            tail, self._tail = self._tail, []
-            if tail and not self.closed and not self.transport.is_closing():  # type: ignore
-                self.transport.writelines(tail)  # type: ignore[union-attr]
+            tail = self._tail
+            transport = self.transport
+            while tail:
+                if self.closed or transport is None or transport.is_closing():
+                    tail.clear()
+                    break
+                if transport.get_write_buffer_size():
+                    return                    # resume_writing calls again once it is empty
+                batch = [tail[i] for i in range(min(IOV_BATCH, len(tail)))]
+                n = self._writev(batch)
+                for c in batch:
+                    size = len(c) if type(c) is not memoryview else c.nbytes
+                    if n >= size:
+                        n -= size
+                        tail.popleft()
+                    else:
+                        if n:
+                            tail[0] = memoryview(c).cast("B")[n:]
+                        if not self._writer:    # wait until the socket takes more
+                            self._writer = True
+                            self.loop.add_writer(self._fd, self._write_tail)
+                        return
+            if self._writer:
+                self._writer = False
+                self.loop.remove_writer(self._fd)
+
+    def resume_writing(self) -> None:
+        if self._tail:
+            self._write_tail()
 
     def send_now(self, msg: Message) -> None:
         """Send at once from any thread: another thread writes the frame itself (plain
@@ -471,6 +507,14 @@ class Comm(asyncio.Protocol):
         if self.closed and not self.on_close:
             return
         self.closed = True
+        with self._lock:
+            self._tail.clear()
+            if self._fd >= 0:
+                if self._writer:
+                    self._writer = False
+                    self.loop.remove_writer(self._fd)
+                os.close(self._fd)
+                self._fd = -1
         self.close_reason = self.close_reason or reason
         if not self.ready.done():
             self.ready.set_exception(CommClosedError(self.close_reason))
@@ -524,7 +568,8 @@ async def connect(address: str, token: str | bytes | None = None, timeout: float
         try:
             comm = Comm(key, server_side=False, max_frame=max_frame)
             if threadsafe and ssl_context is None:
-                await asyncio.wait_for(open_connection(loop, comm, host, port), remaining)
+                await asyncio.wait_for(open_connection(loop, comm, host, port),  # type: ignore[arg-type]
+                                       remaining)
             else:
                 await asyncio.wait_for(loop.create_connection(
                     lambda: comm, host, port, ssl=ssl_context,

@@ -48,7 +48,8 @@ OPT_STRS = Check("list of str or nil", lambda v: v is None or _strs(v))
 INTS = Check("list of int", lambda v: type(v) is list and _all(v, int))
 NUMS = Check("list of numbers", lambda v: type(v) is list and _all(v, (int, float)))
 LISTS = Check("list of lists", lambda v: type(v) is list and _all(v, list))
-FRAMES = Check("list of bytes", lambda v: type(v) is list and _all(v, bytes))
+BYTES_LIKE = (bytes, bytearray)      # large buffers arrive in place, some as bytearrays
+FRAMES = Check("list of bytes", lambda v: type(v) is list and _all(v, BYTES_LIKE))
 OPT_FRAMES = Check("list of bytes or nil", lambda v: v is None or FRAMES(v))
 FRAMES_LIST = Check("list of lists of bytes", lambda v: type(v) is list and all(FRAMES(x) for x in v))
 AMOUNTS = Check("map of str to non-negative numbers",
@@ -247,6 +248,9 @@ Place = _define("Place", "place", key=str, fid=int, args=bytes, priority=NUMS, r
 
 # -- peer data transfer (worker <-> worker, client -> worker) -------------------
 GetData = _define("GetData", "get-data", rid=int, keys=STRS)
+# the asker's host (sharedmem.host_id): a worker on the same one answers large values
+# with references to shared-memory segments; "" takes it back
+PeerHost = _define("PeerHost", "peer-host", host=str)
 Data = _define("Data", "data", rid=int, values=DATA)
 
 # -- what an op means to a connection (protocol/comm.py reads these, never op names) ------

@@ -4,17 +4,24 @@
                   <──data(rid, {key: frames|None})──
     client        ──place──────────────────> worker (a task, straight)
                   <──key-memory/key-erred── worker (results it waits for, one hop)
+
+A pool that names its host (``peer-host``) gets large values of workers on the
+same host as shared-memory references, and maps them; one it cannot map is asked
+for again over TCP.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from typing import Any, Callable
 
 from ..errors import CommClosedError
-from . import messages as m
+from . import messages as m, sharedmem
 from .comm import Comm, connect
+
+log = logging.getLogger("tasknest.peers")
 
 
 class PeerPool:
@@ -22,7 +29,7 @@ class PeerPool:
 
     def __init__(self, name: str, token: Any, ssl_context: ssl.SSLContext | None = None,
                  timeout: float = 10.0, on_push: Callable[[m.Message], Any] | None = None,
-                 on_lost: Callable[[str], Any] | None = None) -> None:
+                 on_lost: Callable[[str], Any] | None = None, host: str = "") -> None:
         self.name = name
         self.token = token
         self.ssl_context = ssl_context
@@ -35,6 +42,7 @@ class PeerPool:
         self.unreachable: dict[str, float] = {}
         self.rid = 0
         self.closed = False
+        self.host = host              # sharedmem.host_id() if this process maps segments
 
     def ensure(self, address: str) -> None:
         """Open a connection to ``address`` in the background, if there is none."""
@@ -67,6 +75,8 @@ class PeerPool:
         comm.start(self._on_message)
         comm.on_close.append(self._on_close)
         comm.send(m.RegisterPeer(self.name))
+        if self.host:
+            comm.send(m.PeerHost(self.host))
         self.comms[address] = comm
         return comm
 
@@ -99,7 +109,23 @@ class PeerPool:
         fut = asyncio.get_running_loop().create_future()
         self.pending[self.rid] = (fut, comm)
         comm.send(m.GetData(self.rid, keys))
-        return await fut
+        values = await fut
+        failed = []
+        for key, frames in values.items():
+            if sharedmem.is_shared(frames):
+                try:
+                    values[key] = sharedmem.attach(frames)
+                except (OSError, ValueError) as exc:
+                    failed.append(key)
+                    log.info("cannot map %s from %s (%s): fetching it over TCP", key, address, exc)
+        if failed:        # not this host's memory after all, or freed meanwhile
+            comm.send(m.PeerHost(""))
+            self.rid += 1
+            fut = asyncio.get_running_loop().create_future()
+            self.pending[self.rid] = (fut, comm)
+            comm.send(m.GetData(self.rid, failed))
+            values.update(await fut)
+        return values
 
     def close(self) -> None:
         self.closed = True

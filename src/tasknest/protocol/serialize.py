@@ -121,22 +121,106 @@ def loads_call(data: bytes, values: dict[str, Any]) -> tuple[tuple, dict]:
 
 
 # -- values ----------------------------------------------------------------------
+# Large bytes, bytearrays and memoryviews travel as out-of-band buffers too (pickle would
+# copy them into its stream), and come back as the very object the receiver read into.
+_OOB_MIN = 64 * 1024
+
+
+def _as_bytes(buf: Any) -> bytes:
+    return buf if type(buf) is bytes else bytes(buf)
+
+
+def _as_bytearray(buf: Any) -> bytearray:
+    return buf if type(buf) is bytearray else bytearray(buf)
+
+
+def _as_memoryview(buf: Any, fmt: str, shape: tuple, readonly: bool) -> memoryview:
+    view = memoryview(buf)
+    if view.readonly and not readonly:
+        view = memoryview(bytearray(view))
+    elif readonly and not view.readonly:
+        view = view.toreadonly()
+    try:
+        return view.cast("B").cast(fmt, shape)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return view
+
+
+class _Large:
+    """A large bytes or bytearray (pickle never asks reducer_override about them)."""
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        rebuild = _as_bytes if type(self.data) is bytes else _as_bytearray
+        return rebuild, (pickle.PickleBuffer(self.data),)
+
+
+def _reduce(obj: Any) -> Any:
+    t = type(obj)
+    if t.__name__ == "ndarray" and t.__module__ == "numpy" and not obj.flags.forc \
+            and obj.dtype.hasobject is False and obj.nbytes >= _OOB_MIN:
+        # numpy pickles a strided view in-band (a copy into the stream, another out of
+        # it): one contiguous copy here, and the receiver reads it in place
+        return obj.copy().__reduce_ex__(5)
+    if t is memoryview:
+        data = obj if obj.c_contiguous else memoryview(obj.tobytes()).cast(obj.format, obj.shape)  # type: ignore[call-overload]
+        return _as_memoryview, (pickle.PickleBuffer(data), obj.format, obj.shape, obj.readonly)
+    return NotImplemented
+
+
+class _ValuePickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        return _reduce(obj)
+
+
+class _ValueCloudPickler(cloudpickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        found = _reduce(obj)
+        return super().reducer_override(obj) if found is NotImplemented else found
+
+
+def _big(x: Any) -> bool:
+    return (type(x) is bytes or type(x) is bytearray) and len(x) >= _OOB_MIN
+
+
+def _wrap_bytes(obj: Any) -> Any:
+    """Large bytes/bytearrays at the top, or directly in a list, tuple or dict: out of band."""
+    t = type(obj)
+    if _big(obj):
+        return _Large(obj)
+    if t is list or t is tuple:
+        if any(map(_big, obj)):
+            return t(_Large(x) if _big(x) else x for x in obj)
+    elif t is dict:
+        if any(map(_big, obj.values())):
+            return {k: _Large(x) if _big(x) else x for k, x in obj.items()}
+    return obj
+
+
 def dumps_value(obj: Any) -> list:
-    """Pickle a value with out-of-band buffers: [header, *buffers]."""
+    """Pickle a value with out-of-band buffers: [header, *buffers] (the buffers are views
+    of the value's own memory, not copies)."""
     buffers: list[pickle.PickleBuffer] = []
+    obj = _wrap_bytes(obj)
+    stream = io.BytesIO()
     try:
         try:
-            header = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+            _ValuePickler(stream, protocol=5, buffer_callback=buffers.append).dump(obj)
         except Exception:
             buffers.clear()
-            header = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+            stream = io.BytesIO()
+            _ValueCloudPickler(stream, protocol=5, buffer_callback=buffers.append).dump(obj)
     except Exception as exc:
         raise SerializationError(f"cannot pickle {type(obj).__name__} value: "
                                  f"{type(exc).__name__}: {exc}") from exc
-    return [header, *[b.raw() for b in buffers]]
+    return [stream.getvalue(), *[b.raw() for b in buffers]]
 
 
 def loads_value(frames: list) -> Any:
+    """Unpickle over the frames' buffers: a received array is backed by the received bytes."""
     try:
         return pickle.loads(frames[0], buffers=frames[1:])
     except Exception as exc:
@@ -166,4 +250,4 @@ def plain_nbytes(obj: Any) -> int | None:
 
 
 def nbytes(frames: list) -> int:
-    return sum(len(f) if not isinstance(f, memoryview) else f.nbytes for f in frames)
+    return sum(f.nbytes if isinstance(f, memoryview) else len(f) for f in frames)

@@ -14,6 +14,7 @@ else keeps the event loop's own transports, which read faster.
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import threading
 from typing import Any
@@ -32,7 +33,8 @@ class SocketTransport:
         self._fd = sock.fileno()
         self._protocol = protocol
         self._lock = threading.Lock()
-        self._buffer = bytearray()     # bytes the kernel would not take yet
+        self._buffer: collections.deque = collections.deque()  # what the kernel did not take
+        self._buffered = 0
         self._writing = False          # waiting for the loop to report writability
         self._closing = False
         self._closed = False
@@ -60,25 +62,32 @@ class SocketTransport:
                 return
             if self._buffer:
                 for c in chunks:
-                    self._buffer += c
+                    self._queue(c)
                 return
             try:
-                n = self._sock.sendmsg(chunks)
+                n = self._sock.sendmsg(chunks[:64])
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError as exc:
                 self._in_loop(self._lost, exc)
                 return
             for c in chunks:
-                size = len(c)
+                size = _size(c)
                 if n >= size:
                     n -= size
                     continue
-                self._buffer += memoryview(c)[n:]
+                self._queue(memoryview(c).cast("B")[n:] if n else c)   # kept, not copied
                 n = 0
             if self._buffer:
                 self._writing = True
                 self._in_loop(self._loop.add_writer, self._fd, self._on_writable)
+
+    def _queue(self, chunk: Any) -> None:
+        self._buffer.append(chunk)
+        self._buffered += _size(chunk)
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffered
 
     def close(self) -> None:
         """Close once what was written has been sent."""
@@ -94,6 +103,7 @@ class SocketTransport:
         with self._lock:
             self._closing = True
             self._buffer.clear()
+            self._buffered = 0
         self._in_loop(self._finish, None)
 
     # -- the loop's side ----------------------------------------------------------------------
@@ -107,31 +117,50 @@ class SocketTransport:
                 pass
 
     def _on_readable(self) -> None:
+        protocol: Any = self._protocol
+        buffered = hasattr(protocol, "get_buffer")
         try:
-            data = self._sock.recv(READ_SIZE)
+            if buffered:          # read in place (a large buffer: straight into it)
+                n = self._sock.recv_into(protocol.get_buffer(-1))
+            else:
+                data = self._sock.recv(READ_SIZE)
+                n = len(data)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._lost(exc)
             return
-        if not data:
+        if not n:
             self._lost(None)
             return
-        self._protocol.data_received(data)
+        if buffered:
+            protocol.buffer_updated(n)
+        else:
+            protocol.data_received(data)
 
     def _on_writable(self) -> None:
         error: Exception | None = None
         with self._lock:
+            buf = self._buffer
             try:
-                n = self._sock.send(self._buffer)
+                n = self._sock.sendmsg([buf[i] for i in range(min(64, len(buf)))])
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 error = exc
-                self._buffer.clear()
+                buf.clear()
+                self._buffered = 0
             else:
-                del self._buffer[:n]
-                if self._buffer:
+                self._buffered -= n
+                while n:
+                    size = _size(buf[0])
+                    if n >= size:
+                        n -= size
+                        buf.popleft()
+                    else:
+                        buf[0] = memoryview(buf[0]).cast("B")[n:]
+                        n = 0
+                if buf:
                     return
             self._writing = False
             self._loop.remove_writer(self._fd)
@@ -145,6 +174,7 @@ class SocketTransport:
         with self._lock:
             self._closing = True
             self._buffer.clear()
+            self._buffered = 0
         self._finish(exc)
 
     def _finish(self, exc: Exception | None) -> None:
@@ -181,3 +211,7 @@ async def open_connection(loop: asyncio.AbstractEventLoop, protocol: asyncio.Pro
         return SocketTransport(loop, sock, protocol)
     raise last or OSError(f"cannot resolve {host}:{port}")
 
+
+
+def _size(chunk: Any) -> int:
+    return chunk.nbytes if type(chunk) is memoryview else len(chunk)

@@ -39,6 +39,7 @@ from .client import WorkerClient
 from .context import TaskContext, current_task, reset_task, set_task
 from .pool import Pool
 from .resume import inventory as inventory_of
+from .sharing import SharedSegments
 from .spill import new_store, watch_memory
 from .state import WorkerState
 from .retiring import replicate, retire
@@ -60,7 +61,8 @@ class Worker:
                  security: Any = None, memory_limit: int = 0,
                  reconnect_timeout: float = 60.0, heartbeat_interval: float = 1.0,
                  validate: bool | None = None, max_frame: int | None = None,
-                 resources: dict[str, float] | None = None, http: bool = True) -> None:
+                 resources: dict[str, float] | None = None, http: bool = True,
+                 shared_memory: bool = True) -> None:
         if nthreads < 1:
             raise CallerError(f"nthreads must be at least 1, got {nthreads}")
         self.scheduler_address = scheduler_address
@@ -87,6 +89,9 @@ class Worker:
         self.data: MutableMapping[str, Any] = new_store(memory_limit)   # spills under a limit
         self.paused = False               # memory above the pause fraction: start no task
         self.frames_cache: dict[str, list] = {}
+        self.shared = SharedSegments(shared_memory)   # large results, for same-host readers
+        if hasattr(self.data, "on_spill"):
+            self.data.on_spill = self.shared.release  # type: ignore[attr-defined]
         self.client_comms: dict[str, Comm] = {}   # client id -> its connection to this worker
         self._told: set[Comm] = set()             # client comms with messages from threads
         self._placed_at = -1.0            # when a client last placed a task here
@@ -131,7 +136,7 @@ class Worker:
             self.address = self.address.replace(
                 f"//{self.host}:" if self.host else "//:", f"//{_route_to(self.scheduler_address)}:")
         self.state.address = self.address
-        self.peers = PeerPool(self.name, self.token, self.peer_ssl)
+        self.peers = PeerPool(self.name, self.token, self.peer_ssl, host=self.shared.host)
         await self._connect(self.reconnect_timeout)
         self._spawn(self._heartbeat())
         self._log_handler = install_monitor(self.monitor)
@@ -208,6 +213,7 @@ class Worker:
                 pass
         if self.peers is not None:
             self.peers.close()
+        self.shared.close()
         self.finished.set()
 
     def _scheduler_lost(self, comm: Comm) -> None:
@@ -354,6 +360,7 @@ class Worker:
             elif kind == "drop":
                 self.data.pop(a[1], None)
                 self.frames_cache.pop(a[1], None)
+                self.shared.release(a[1])
         for address, keys in fetches.items():
             self._start_fetch(address, keys)
         if self.validate and not self._validate_pending and self.loop is not None:
@@ -507,11 +514,15 @@ class Worker:
     # -- peers --------------------------------------------------------------------------------
     def _on_peer(self, comm: Comm) -> None:
         client = ""                       # the client at the other end, once it says so
+        same_host = False                 # it maps our shared-memory segments
 
         def handler(msg: m.Message) -> None:
-            nonlocal client
+            nonlocal client, same_host
             if msg.op == "get-data":
-                comm.send(m.Data(msg.rid, {k: self._frames(k) for k in msg.keys}))  # type: ignore
+                comm.send(m.Data(msg.rid, {k: self._frames(k, same_host)  # type: ignore
+                                           for k in msg.keys}))  # type: ignore[attr-defined]
+            elif msg.op == "peer-host":
+                same_host = bool(self.shared.host) and msg.host == self.shared.host  # type: ignore
             elif msg.op == "place" and client:
                 self._placed_at = time.perf_counter()
                 with self.lock:
@@ -540,7 +551,11 @@ class Worker:
             _queue(comm, msg, now)
             self._told.add(comm)     # woken with the scheduler's comm when the thread waits
 
-    def _frames(self, key: str) -> list | None:
+    def _frames(self, key: str, same_host: bool = False) -> list | None:
+        if same_host:
+            ref = self.shared.reference(key)
+            if ref is not None and key in self.data:
+                return ref
         frames = self.frames_cache.get(key)
         if frames is not None:
             return [bytes(f) if isinstance(f, memoryview) else f for f in frames]
@@ -696,6 +711,11 @@ class Worker:
             size = nbytes(frames)
             if size <= INLINE_LIMIT:
                 inline = [bytes(f) if isinstance(f, memoryview) else f for f in frames]
+            elif self.shared.enabled:
+                # one copy into shared memory now; same-host readers map it from then on
+                shared = self.shared.share(key, frames)
+                if shared is not None:
+                    result = shared
         with self.lock:
             self.data[key] = result
             if inline is not None:

@@ -7,24 +7,29 @@ Built on ``zict`` (the mapping toolkit made for exactly this): a ``Buffer`` of a
 plain dict in front of pickled files in a private directory, weighed by an
 estimate of each value's size. Only workers with a memory limit use it; others
 keep a plain dict.
+
+A value goes to disk as its pickle-5 frames, written from the value's own memory
+(no pickle stream holding a copy), and comes back read into one buffer of the
+file's size, over which it is unpickled: an array read back is backed by that
+buffer, not copied out of it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import pickle
 import shutil
+import struct
 import sys
 import tempfile
 from collections.abc import MutableMapping
 from typing import Any, Iterator
 
-import cloudpickle
 import psutil
 import zict
 
 from ..protocol import messages as m
+from ..protocol.serialize import dumps_value, loads_value
 
 log = logging.getLogger("tasknest.worker")
 
@@ -52,11 +57,24 @@ def sizeof(value: Any, _depth: int = 0) -> int:
     return sys.getsizeof(value)
 
 
-def _dumps(value: Any) -> bytes:
-    try:
-        return pickle.dumps(value, protocol=5)
-    except Exception:
-        return cloudpickle.dumps(value, protocol=5)
+def _dumps(value: Any) -> list:
+    """[count:4][size:8 × count], then the frames as they are (zict writes the list)."""
+    frames = dumps_value(value)
+    sizes = [f.nbytes if isinstance(f, memoryview) else len(f) for f in frames]
+    return [struct.pack(f"<I{len(sizes)}Q", len(sizes), *sizes), *frames]
+
+
+def _loads(data: bytearray | memoryview) -> Any:
+    view = memoryview(data)
+    count = struct.unpack_from("<I", view)[0]
+    sizes = struct.unpack_from(f"<{count}Q", view, 4)
+    frames: list[Any] = []
+    pos = 4 + 8 * count
+    for size in sizes:
+        frames.append(view[pos:pos + size])
+        pos += size
+    frames[0] = bytes(frames[0])
+    return loads_value(frames)
 
 
 class SpillBuffer(MutableMapping):
@@ -66,13 +84,17 @@ class SpillBuffer(MutableMapping):
         # the pid in the name lets a nanny clean up after a worker that was killed
         self.directory = tempfile.mkdtemp(prefix=f"tasknest-spill-{os.getpid()}-", dir=directory)
         self.spilled_count = 0
+        self.on_spill: Any = None       # called with a key written to disk
         self._buffer = zict.Buffer(
-            {}, zict.Func(_dumps, pickle.loads, zict.File(self.directory)), n=target,
+            {}, zict.Func(_dumps, _loads, zict.File(self.directory)),  # type: ignore[arg-type]
+            n=target,
             weight=lambda _k, v: sizeof(v),
             fast_to_slow_callbacks=[self._on_spill])
 
     def _on_spill(self, key: str, _value: Any) -> None:
         self.spilled_count += 1
+        if self.on_spill is not None:     # its shared-memory copy goes too
+            self.on_spill(key)
         log.debug("spilled %s to disk", key)
 
     @property
