@@ -101,3 +101,41 @@ def test_a_client_connecting_after_a_restart_sees_the_restored_state(tmp_path):
                 wait_until(lambda: other.who_has([future])[future.key], 30)
                 assert list(other.has_what().values()) == [[future.key]] or \
                     future.key in sum(other.has_what().values(), [])
+
+
+@pytest.mark.timeout(60)
+def test_a_scheduler_gone_before_its_welcome_is_noticed_at_once():
+    """A scheduler killed between the handshake and its welcome: the worker and the
+    client hear of it at once (and, reconnecting, try again) instead of waiting out
+    their timeouts for a welcome that cannot come."""
+    import asyncio
+
+    from tasknest.errors import CommClosedError
+    from tasknest.protocol.comm import listen
+    from tasknest.worker.server import Worker
+
+    async def main() -> None:
+        registrations = []
+
+        def on_comm(comm):
+            def handle(msg):
+                registrations.append(msg.op)
+                comm.close("killed before the welcome")
+            comm.start(handle)
+
+        listener = await listen("tcp://127.0.0.1:0", on_comm, "secret")
+        worker = Worker(listener.address, token="secret", reconnect_timeout=40, http=False)
+        start = time.monotonic()
+        with pytest.raises(CommClosedError, match="before the welcome"):
+            await worker.start()
+        assert time.monotonic() - start < 10, "waited for a welcome from a closed connection"
+        await worker.close()
+        client = Client(listener.address, token="secret", timeout=40, asynchronous=True)
+        start = time.monotonic()
+        with pytest.raises(Exception, match="before the welcome"):
+            await client
+        assert time.monotonic() - start < 10, "waited for a welcome from a closed connection"
+        assert registrations == ["register-worker", "register-client"]
+        listener.close()
+
+    asyncio.run(main())

@@ -203,9 +203,9 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         self._welcome = welcome
         comm.start(self._handle)
         # (a scheduler killed before it welcomed us: try again at once, not after the timeout)
-        comm.on_close.append(lambda c: welcome.done() or welcome.set_exception(
+        comm.when_closed(lambda c: welcome.done() or welcome.set_exception(
             CommClosedError(f"closed before the welcome: {c.close_reason}")))
-        comm.on_close.append(self._on_comm_closed)
+        comm.when_closed(self._on_comm_closed)
         comm.send(m.RegisterClient(self.id, __version__))
         self._comm = comm
         try:

@@ -503,6 +503,14 @@ class Comm(asyncio.BufferedProtocol):
             self.transport.close()
         self._closed(reason)
 
+    def when_closed(self, callback: Callable[["Comm"], Any]) -> None:
+        """Call ``callback(comm)`` once the comm closes: at once if it already has
+        (a peer can vanish between an ``await`` and the line that registers interest)."""
+        if self.closed:
+            callback(self)
+        else:
+            self.on_close.append(callback)
+
     def _closed(self, reason: str) -> None:
         if self.closed and not self.on_close:
             return

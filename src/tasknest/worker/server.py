@@ -154,7 +154,7 @@ class Worker:
         welcome = self.loop.create_future()  # type: ignore[union-attr]
         self._welcome = welcome
         # a scheduler killed before it welcomed us must not leave us waiting out the timeout
-        comm.on_close.append(lambda c: welcome.done() or welcome.set_exception(
+        comm.when_closed(lambda c: welcome.done() or welcome.set_exception(
             CommClosedError(f"closed before the welcome: {c.close_reason}")))
         comm.start(self._handle)
         with self.lock:    # (no task thread reports before the registration and resume)
@@ -174,7 +174,7 @@ class Worker:
         self._beat_every = max(self.heartbeat_interval, float(msg.info.get("heartbeat", 0)))
         self.client._bind()
         set_default(self.client, only_if_unset=True)  # futures unpickled here bind to it
-        comm.on_close.append(self._scheduler_lost)
+        comm.when_closed(self._scheduler_lost)
         log.info("worker %s (%s) connected to %s", self.address, self.name,
                  self.scheduler_address)
 
