@@ -126,13 +126,13 @@ def test_a_scheduler_gone_before_its_welcome_is_noticed_at_once():
         listener = await listen("tcp://127.0.0.1:0", on_comm, "secret")
         worker = Worker(listener.address, token="secret", reconnect_timeout=40, http=False)
         start = time.monotonic()
-        with pytest.raises(CommClosedError, match="before the welcome"):
+        with pytest.raises(CommClosedError, match="closed before the welcome"):
             await worker.start()
         assert time.monotonic() - start < 10, "waited for a welcome from a closed connection"
         await worker.close()
         client = Client(listener.address, token="secret", timeout=40, asynchronous=True)
         start = time.monotonic()
-        with pytest.raises(Exception, match="before the welcome"):
+        with pytest.raises(Exception, match="closed before the welcome"):
             await client
         assert time.monotonic() - start < 10, "waited for a welcome from a closed connection"
         assert registrations == ["register-worker", "register-client"]

@@ -238,3 +238,12 @@ def test_each_local_cluster_makes_its_own_secret():
     finally:
         a.close()
         b.close()
+
+
+def test_a_generated_token_never_reads_as_an_option():
+    """`tasknest worker ADDRESS --token TOKEN` must accept any token we print: one in 64
+    url-safe tokens would start with "-" and argparse would take it for an option."""
+    from tasknest.protocol.auth import new_token
+    tokens = [new_token() for _ in range(3000)]
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == len(tokens)

@@ -203,8 +203,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         self._welcome = welcome
         comm.start(self._handle)
         # (a scheduler killed before it welcomed us: try again at once, not after the timeout)
-        comm.when_closed(lambda c: welcome.done() or welcome.set_exception(
-            CommClosedError(f"closed before the welcome: {c.close_reason}")))
+        comm.fail_on_close(welcome, "the welcome")
         comm.when_closed(self._on_comm_closed)
         comm.send(m.RegisterClient(self.id, __version__))
         self._comm = comm

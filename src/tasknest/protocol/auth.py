@@ -26,7 +26,11 @@ CONFIRM_LEN = MAC
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    # never a leading "-": `--token -x...` would be read as an option by the shell tools
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def key_of(token: str | bytes | None) -> bytes:

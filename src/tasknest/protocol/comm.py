@@ -511,6 +511,15 @@ class Comm(asyncio.BufferedProtocol):
         else:
             self.on_close.append(callback)
 
+    def fail_on_close(self, future: asyncio.Future, what: str) -> None:
+        """A reply awaited on this comm fails when it closes: nobody waits out a timeout
+        for an answer that can no longer come."""
+        def fail(comm: "Comm") -> None:
+            if not future.done():
+                future.set_exception(CommClosedError(
+                    f"connection closed before {what}: {comm.close_reason}"))
+        self.when_closed(fail)
+
     def _closed(self, reason: str) -> None:
         if self.closed and not self.on_close:
             return

@@ -25,8 +25,7 @@ import psutil
 from tblib import Traceback
 
 from ..client.future import collect_inner, describe_type, error_from
-from ..errors import (CallerError, CommClosedError, ProtocolError, SchedulerLostError,
-                      SerializationError)
+from ..errors import CallerError, ProtocolError, SchedulerLostError, SerializationError
 from ..memory import give_back, sparse
 from ..protocol import messages as m
 from ..protocol.calls import run_call
@@ -154,8 +153,7 @@ class Worker:
         welcome = self.loop.create_future()  # type: ignore[union-attr]
         self._welcome = welcome
         # a scheduler killed before it welcomed us must not leave us waiting out the timeout
-        comm.when_closed(lambda c: welcome.done() or welcome.set_exception(
-            CommClosedError(f"closed before the welcome: {c.close_reason}")))
+        comm.fail_on_close(welcome, "the welcome")
         comm.start(self._handle)
         with self.lock:    # (no task thread reports before the registration and resume)
             held = [] if resume else self.state.held_keys()
