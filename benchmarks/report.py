@@ -268,6 +268,11 @@ def render(meta: dict[str, Any], results: list[dict[str, Any]], existing: str = 
         "```",
         "",
         "## Results",
+        "",
+        "![time of dask.distributed and Ray relative to tasknest, per workload]"
+        "(img/benchmarks.png)",
+        "",
+        "(`python -m benchmarks.plot` draws it from `benchmarks/results/latest.json`.)",
     ]
     seen_groups: set[str] = set()
     for w in WORKLOADS.values():

@@ -180,6 +180,11 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.render(meta, cells, out.read_text() if out.exists() else ""))
     print(f"wrote {a.output} and {a.json}", file=sys.stderr)
+    try:                 # the picture is a courtesy: matplotlib comes with the bench extra
+        from .plot import plot
+        print(f"wrote {plot(json_path)}", file=sys.stderr)
+    except ImportError as exc:
+        print(f"no plot drawn ({exc}): pip install matplotlib", file=sys.stderr)
 
 
 if __name__ == "__main__":
