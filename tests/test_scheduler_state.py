@@ -1337,7 +1337,7 @@ def test_idle_workers_take_unstarted_tasks_of_a_paused_one():
     do(s, "c-1", submit("a"))                  # on w-1, which has a slot for it
     do(s, "w-2", m.Paused(False))
     do(s, "w-2", m.Idle())                     # nothing to take: w-1 will start it
-    assert s.steals == {}
+    assert s.stealing.steals == {}
     out = do(s, "w-1", m.Paused(True))         # now w-1 will not (unless it already did:
     assert ops(out) == [("w-1", "steal", "a")]  # its steal-reply says which)
     assert s.workers["w-1"].paused and "w-1" not in s.idle

@@ -104,7 +104,7 @@ class Recorder:
         self.append(["W", source, msg.keys])
 
     def _put_data_done(self, source: str, msg: Any, state: Any) -> None:
-        entry = state._scatters.get(msg.rid)
+        entry = state.scatters.pending.get(msg.rid)
         if entry is not None:
             self.append(["D", msg.keys])
             self.append(["W", entry[0], msg.keys])

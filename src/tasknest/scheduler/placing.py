@@ -6,8 +6,8 @@ a worker, and tells us afterwards (``placed``).
     worker ──not-here (a counted copy never came)──> scheduler: run it elsewhere
 
 Each ``placed`` gets exactly one ``confirm``; the client's later messages about the
-key come after it on the same connection. Mixed into SchedulerState, whose records
-and transitions it shares.
+key come after it on the same connection. A component of SchedulerState: it owns
+the clients' place counts and uses the state's transitions.
 """
 from __future__ import annotations
 
@@ -16,28 +16,18 @@ from typing import TYPE_CHECKING
 from ..protocol import messages as m
 from .records import Task, WorkerInfo
 
+if TYPE_CHECKING:
+    from .state import SchedulerState
 
-class PlacingMixin:
-    if TYPE_CHECKING:
-        tasks: dict[str, Task]
-        workers: dict[str, WorkerInfo]
-        addresses: dict[str, str]
-        placers: dict[str, int]
-        _attempts: int
 
-        def _emit(self, target: str, msg: m.Message) -> None: ...
-        def _submitted(self, cid: str, key: str, func: bytes, args: bytes, deps: list[str],
-                       priority: list, retries: int, restrict: list | None) -> None: ...
-        def _want(self, ts: Task, cid: str) -> None: ...
-        def _report(self, ts: Task, cid: str) -> None: ...
-        def _set_processing(self, ts: Task, ws: WorkerInfo) -> None: ...
-        def _send_compute(self, ts: Task, ws: WorkerInfo) -> None: ...
-        def _task_done(self, ts: Task, ws: WorkerInfo, nbytes: int, type_name: str,
-                       value: list | None, inner: list[str], notified: list[str]) -> None: ...
-        def _offer(self, wid: str) -> None: ...
-        def _recompute(self, ts: Task) -> None: ...
-
-        idle: set[str]
+class Placing:
+    def __init__(self, state: "SchedulerState") -> None:
+        self.state = state
+        self.placers: dict[str, int] = {}    # client -> highest seq of its placed tasks
+        state.register("placed", self._on_placed)
+        state.register("lane-lost", self._on_lane_lost)
+        state.register("not-here", self._on_not_here)
+        state.components.append(self)
 
     def _on_placed(self, cid: str, msg: m.Message) -> None:
         """The client placed a dependency-free task straight on a worker, which runs it
@@ -45,40 +35,40 @@ class PlacingMixin:
         exactly one ``confirm``; the client's later messages about the key come after
         this one, so the scheduler is never surprised by them."""
         key = msg.key  # type: ignore[attr-defined]
-        wid = self.addresses.get(msg.worker)  # type: ignore[attr-defined]
+        wid = self.state.addresses.get(msg.worker)  # type: ignore[attr-defined]
         restrict = ["!" + msg.worker] if msg.pinned else None  # type: ignore[attr-defined]
         if wid is None:          # that worker is gone: its copy went with it
-            self._submitted(cid, key, msg.fid, msg.args, [], msg.priority,  # type: ignore
+            self.state._submitted(cid, key, msg.fid, msg.args, [], msg.priority,  # type: ignore
                             msg.retries, restrict)  # type: ignore[attr-defined]
             return
-        ws = self.workers[wid]
+        ws = self.state.workers[wid]
         self.placers[cid] = max(self.placers.get(cid, 0), msg.seq)  # type: ignore[attr-defined]
-        ts = self.tasks.get(key)
+        ts = self.state.tasks.get(key)
         if ts is not None and ts.state != "released":
-            self._want(ts, cid)
+            self.state._want(ts, cid)
             # the copy there is the one we count, or it goes (the task lives elsewhere)
             here = ts.processing_on == wid or wid in ts.who_has
-            self._emit(wid, m.Confirm(key, cid, msg.seq,  # type: ignore[attr-defined]
+            self.state._emit(wid, m.Confirm(key, cid, msg.seq,  # type: ignore[attr-defined]
                                       ts.attempt if here else -1))
-            self._report(ts, cid)
+            self.state._report(ts, cid)
             return
         if ts is None:
-            ts = self.tasks[key] = Task(key, msg.fid, msg.args, [], msg.priority,  # type: ignore
+            ts = self.state.tasks[key] = Task(key, msg.fid, msg.args, [], msg.priority,  # type: ignore
                                         msg.retries)  # type: ignore[attr-defined]
         elif ts.func is None:
             ts.func, ts.args = msg.fid, msg.args  # type: ignore[attr-defined]
         if restrict is not None:
             ts.restrict = restrict       # never stolen: it runs there or errs as lost
-        self._want(ts, cid)
-        self._set_processing(ts, ws)
-        self._attempts += 1
-        ts.attempt = self._attempts
+        self.state._want(ts, cid)
+        self.state._set_processing(ts, ws)
+        self.state._attempts += 1
+        ts.attempt = self.state._attempts
         ts.placed = (cid, ts.attempt)
-        self._emit(wid, m.Confirm(key, cid, msg.seq, ts.attempt))  # type: ignore[attr-defined]
+        self.state._emit(wid, m.Confirm(key, cid, msg.seq, ts.attempt))  # type: ignore[attr-defined]
         if msg.nbytes >= 0:  # type: ignore[attr-defined] # the result reached the client already
-            self._task_done(ts, ws, msg.nbytes, msg.type, None, [], [cid])  # type: ignore
-        elif self.idle:
-            self._offer(wid)
+            self.state._task_done(ts, ws, msg.nbytes, msg.type, None, [], [cid])  # type: ignore
+        elif self.state.idle:
+            self.state.stealing.offer(wid)
 
     def _on_lane_lost(self, cid: str, msg: m.Message) -> None:
         """The client's connection to a worker broke: tasks it placed there may never
@@ -86,27 +76,37 @@ class PlacingMixin:
         (a worker that has the copy adopts the compute), and the worker forgets the
         confirms it keeps for places that will never come (any later place has a
         higher seq)."""
-        wid = self.addresses.get(msg.worker)  # type: ignore[attr-defined]
+        wid = self.state.addresses.get(msg.worker)  # type: ignore[attr-defined]
         if wid is None or cid not in self.placers:
             return                       # that worker is gone (its tasks went on), or none
-        ws = self.workers[wid]
+        ws = self.state.workers[wid]
         for key in list(ws.processing):
-            ts = self.tasks[key]
+            ts = self.state.tasks[key]
             if ts.placed == (cid, ts.attempt):
-                self._send_compute(ts, ws)
-        self._emit(wid, m.Withdraw(cid, self.placers[cid]))
+                self.state._send_compute(ts, ws)
+        self.state._emit(wid, m.Withdraw(cid, self.placers[cid]))
 
     def _on_not_here(self, wid: str, msg: m.Message) -> None:
         """A copy a client placed there, which we counted as this compute, never
         arrived (or is gone): if that is still the task's run, run it elsewhere."""
-        ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
+        ts = self.state.tasks.get(msg.key)  # type: ignore[attr-defined]
         if ts is not None and ts.state == "processing" and ts.processing_on == wid \
                 and ts.attempt == msg.attempt:  # type: ignore[attr-defined]
-            self.workers[wid].processing.discard(ts.key)
+            self.state.workers[wid].processing.discard(ts.key)
             if ts.running:
-                self.workers[wid].seceded -= 1
+                self.state.workers[wid].seceded -= 1
             ts.processing_on = None
             ts.running = False
             ts.stealing = None
             ts.state = "released"
-            self._recompute(ts)
+            self.state._recompute(ts)
+
+    # -- the component's hooks ------------------------------------------------------------
+    def source_gone(self, source: str) -> None:
+        self.placers.pop(source, None)
+
+    def worker_added(self, wid: str) -> None:
+        pass
+
+    def validate(self) -> None:
+        pass

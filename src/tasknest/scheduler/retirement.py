@@ -129,13 +129,7 @@ class Retirement:
             if not fits:
                 continue
             thief = min(fits, key=lambda w: (w.load() + w.asked / w.nthreads))
-            ts.stealing = thief.id
-            earlier = st.steals.get(key)
-            if earlier is not None and earlier[0] in st.workers:
-                st.workers[earlier[0]].asked -= 1
-            st.steals[key] = (thief.id, ws.id)
-            thief.asked += 1
-            st._emit(ws.id, m.Steal(key))
+            st.stealing.ask(ts, thief, ws)
 
     def _replicate(self, r: Retiring, ws: "WorkerInfo", others: list["WorkerInfo"]) -> None:
         plan: dict[str, list[str]] = {}

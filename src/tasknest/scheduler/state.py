@@ -27,22 +27,21 @@ from ..memory import sparse
 from ..protocol import messages as m
 from .resources import free_for
 from .records import ALLOWED_FAILURES, EMPTY, FIRE_AND_FORGET, NOTHING, Task, WorkerInfo
-from .invariants import InvariantsMixin
+from . import invariants
 from .coordination import Coordination
 from .operations import Operations
+from .placing import Placing
+from .queries import Queries
 from .retirement import Retirement
-from .placing import PlacingMixin
-from .queries import QueriesMixin
-from .scatter import ScatterMixin
-from .stealing import StealingMixin
+from .scatter import Scatters
+from .stealing import Stealing
 
 
 SMALL_CLUSTER = 16     # up to this many workers, a task goes to the least loaded of all
 RING_WINDOW = 8        # beyond, to the least loaded of this many next in turn
-OFFER_THIEVES = 4      # idle workers offered a share of a worker's new work per event
 
 
-class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, InvariantsMixin):
+class SchedulerState:
     def __init__(self, allowed_failures: int = ALLOWED_FAILURES, inline_limit: int = 64 * 1024) -> None:
         self.tasks: dict[str, Task] = {}
         self.workers: dict[str, WorkerInfo] = {}
@@ -50,23 +49,24 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         self.unrunnable: dict[str, Task] = {}            # ready, but no (allowed) worker
         self.idle: set[str] = set()                      # workers that asked for work
         self.paused: set[str] = set()                    # workers paused for memory
-        self.steals: dict[str, tuple[str, str]] = {}     # key -> (thief, victim), while asked
-        self._fruitless: dict[str, tuple[str, int]] = {} # thief -> (victim, its size) at a vain scan
         self.allowed_failures = allowed_failures
         self.inline_limit = inline_limit
         self.out: list[tuple[str, m.Message]] = []
-        self._scatters: dict[int, list] = {}  # put-data rid -> [client, rid, pending, keys, error]
-        self._syncs: dict[int, list] = {}     # sync rid -> [client, query, workers pending]
-        self._rid = 0
         self._rr = 0
         self._ring: list[WorkerInfo] | None = None   # the workers in turn (_any_worker)
         self._attempts = 0        # computes sent so far: each is numbered
         self.orphans: dict[str, set[str]] = {}    # holder -> rerun parents (see _hold_orphans)
         self.addresses: dict[str, str] = {}       # worker address -> id
-        self.placers: dict[str, int] = {}         # client -> highest seq of its placed tasks
         self._handlers = {op: getattr(self, "_on_" + op.replace("-", "_"))
                           for op in m.CATALOGUE if hasattr(self, "_on_" + op.replace("-", "_"))}
-        self.components: list[Any] = []   # own their records: source_gone(), validate()
+        # components own their records, register their handlers and hear of
+        # source_gone(id), worker_added(id) and validate() (retirement wraps stealing's
+        # "paused", so it comes after it)
+        self.components: list[Any] = []
+        self.stealing = Stealing(self)
+        self.scatters = Scatters(self)
+        self.queries = Queries(self)
+        self.placing = Placing(self)
         self.coordination = Coordination(self)
         self.operations = Operations(self)
         self.retirement = Retirement(self)
@@ -94,6 +94,10 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
     def _emit(self, target: str, msg: m.Message) -> None:
         self.out.append((target, msg))
 
+    def validate(self) -> None:
+        """Raise AssertionError if the records contradict each other."""
+        invariants.validate(self)
+
     def _flush(self) -> list[tuple[str, m.Message]]:
         out, self.out = self.out, []
         return out
@@ -107,7 +111,6 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         for c in self.components:
             c.source_gone(cid)
         self._drop_client(cid)
-        self.placers.pop(cid, None)
         for wid in self.workers:     # places it made that we never heard of go (the
             self._emit(wid, m.ClientGone(cid))   # confirms of the others went before)
         return self._flush()
@@ -152,8 +155,8 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         self._ring = None
         self.idle.discard(wid)
         self.paused.discard(wid)
-        self._fruitless.pop(wid, None)
         if ws is None:
+            self.stealing.worker_lost(wid)
             return self._flush()
         if self.addresses.get(ws.address) == wid:   # (a restarted worker may share it)
             del self.addresses[ws.address]
@@ -180,16 +183,9 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
                 ts.state = "released"
                 ts.value = None
                 lost.append(ts)
-        for ts in self.tasks.values():
-            if ts.stealing == wid:
-                ts.stealing = None
-        for key, (thief, victim) in list(self.steals.items()):   # no answer will come
-            if wid in (thief, victim):
-                del self.steals[key]
-                if thief in self.workers:
-                    self.workers[thief].asked -= 1
-        self._scatter_lost(ws, reason)
-        self._sync_lost(wid)
+        self.stealing.worker_lost(wid)
+        self.scatters.worker_lost(ws, reason)
+        self.queries.worker_lost(wid)
         for ts in killed:
             self._err(ts, [], f"task {ts.key} was running on {ts.suspicious} workers that died "
                               f"({', '.join(ts.died_on)}; the last: {reason})", "killed")
@@ -471,7 +467,7 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
         if msg.confirm:  # type: ignore[attr-defined]
             self._emit(wid, m.ClaimAccepted([key]))   # (before any steal of it)
         if self.idle:
-            self._offer(wid)
+            self.stealing.offer(wid)
         for dk in ts.deps:
             dts = self.tasks[dk]
             if dts.state == "memory" and wid not in dts.who_has:
@@ -480,21 +476,6 @@ class SchedulerState(PlacingMixin, StealingMixin, ScatterMixin, QueriesMixin, In
                 self._emit(wid, self._key_erred(dts))
             elif dts.state == "released":
                 self._recompute(dts)
-
-    def _offer(self, wid: str) -> None:
-        """A worker took on new work: idle workers may steal some of it (a few per
-        event, so a claim costs O(1) however many workers idle; the next claims
-        offer to the next ones)."""
-        asked = 0
-        victim = self.workers[wid]
-        for thief_id in self.idle:        # (_balance only sends: the set stays as it is)
-            thief = self.workers[thief_id]
-            if thief_id == wid or thief.asked:
-                continue
-            self._balance(thief, victim)
-            asked += 1
-            if asked >= OFFER_THIEVES:
-                break
 
     def _on_task_finished(self, wid: str, msg: m.Message) -> None:
         key = msg.key  # type: ignore[attr-defined]
