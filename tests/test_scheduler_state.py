@@ -224,7 +224,7 @@ class Cluster:
         msg = self.lanes[(cid, wid)].popleft()
         self.log.append(f"{wid} <- lane {cid}: {msg!r}")
         w = self.workers[wid]
-        self._apply(w, w.state.place(msg.key, msg.fid, msg.args, msg.priority,  # type: ignore
+        self._apply(w, w.state.place(msg.key, msg.func, msg.args, msg.priority,  # type: ignore
                                      msg.retries, cid, msg.seq))  # type: ignore[attr-defined]
 
     def break_lane(self, cid: str, wid: str) -> None:
@@ -324,7 +324,7 @@ class Cluster:
         st = w.state
         op = msg.op
         if op == "compute":
-            out = st.compute(msg.key, msg.fid, msg.args, msg.deps, msg.priority,  # type: ignore
+            out = st.compute(msg.key, msg.func, msg.args, msg.deps, msg.priority,  # type: ignore
                              msg.retries, msg.notify, msg.attempt)  # type: ignore[attr-defined]
         elif op == "free":
             out = st.free(msg.keys)  # type: ignore[attr-defined]

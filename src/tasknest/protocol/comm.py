@@ -205,14 +205,15 @@ class Comm(asyncio.BufferedProtocol):
         except Exception as exc:
             return self.abort(f"malformed frame: {type(exc).__name__}: {exc}")
         for msg in msgs:
-            if msg.op == "define-func":
-                self.funcs[msg.fid] = msg.func  # type: ignore[attr-defined]
+            if type(msg) is DefineFunc:
+                self.funcs[msg.fid] = msg.func
                 continue
-            if msg.op in FUNC_OPS:
-                fid = self.funcs.get(msg.fid)  # type: ignore[attr-defined]
-                if fid is None:
-                    return self.abort(f"{msg.op} names function #{msg.fid} never defined")  # type: ignore
-                msg.fid = fid  # type: ignore[attr-defined]
+            if msg.op in FUNC_OPS:       # (the wire holds the function's number)
+                number: Any = msg.func  # type: ignore[attr-defined]
+                func = self.funcs.get(number)
+                if func is None:
+                    return self.abort(f"{msg.op} names function #{number} never defined")
+                msg.func = func  # type: ignore[attr-defined]
             if self.handler is None:
                 self._pending.append(msg)
                 continue
@@ -285,9 +286,9 @@ class Comm(asyncio.BufferedProtocol):
                 return
             self._outbox.append([op, list(msg.keys)])  # type: ignore[attr-defined]
         else:
-            if op in FUNC_OPS and type(msg.fid) is bytes:  # type: ignore[attr-defined]
-                msg.fid = self.func_id(msg.fid)  # type: ignore[attr-defined]
             encoded = msg.encode()
+            if op in FUNC_OPS:   # its function by number (the message itself is not
+                encoded[2] = self.func_id(encoded[2])   # changed: it may go elsewhere too)
             if op in frames.VALUE_OPS:      # large buffers go out of band
                 encoded = frames.mark_buffers(encoded)
             self._outbox.append(encoded)

@@ -7,9 +7,18 @@ the door with a clear reason.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import sys
+from types import UnionType
+from typing import (TYPE_CHECKING, Annotated, Any, ClassVar, Optional, Union, get_args,
+                    get_origin)
 
 from ..errors import ProtocolError
+
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+else:
+    def dataclass_transform(**_: Any) -> Any:   # (what mypy reads; nothing at run time)
+        return lambda cls: cls
 
 NONE = type(None)
 OPT_STR = (str, NONE)
@@ -63,40 +72,67 @@ DATA = Check("map of str to bytes lists or nil",
              lambda v: type(v) is dict and _all(v, str) and all(OPT_FRAMES(x) for x in v.values()))
 
 
-class Message:
-    """Base of all messages: slotted, positional, with a class-level ``op``."""
-
-    __slots__ = ()
-    op: ClassVar[str]
-    fields: ClassVar[tuple[str, ...]]
-    types: ClassVar[tuple[Any, ...]]
-
-    def encode(self) -> list:
-        return [self.op, *[getattr(self, f) for f in self.fields]]
-
-    def __repr__(self) -> str:
-        body = ", ".join(f"{f}={getattr(self, f)!r:.60}" for f in self.fields)
-        return f"{type(self).__name__}({body})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.encode() == other.encode()  # type: ignore[attr-defined]
-
-
-CATALOGUE: dict[str, type[Message]] = {}
+# Field types: what mypy sees, and (Annotated) the check a decoder runs on the wire value
+Strs = Annotated[list[str], STRS]
+OptStrs = Annotated[Optional[list[str]], OPT_STRS]
+Ints = Annotated[list[int], INTS]
+Nums = Annotated[list, NUMS]                    # priority [user, depth, seq]: ints or floats
+Lists = Annotated[list[list], LISTS]
+Frames = Annotated[list[bytes], FRAMES]
+OptFrames = Annotated[Optional[list[bytes]], OPT_FRAMES]
+FramesList = Annotated[list[list[bytes]], FRAMES_LIST]
+Amounts = Annotated[dict, AMOUNTS]
+OptAmounts = Annotated[Optional[dict], OPT_AMOUNTS]
+WhoHas = Annotated[dict[str, list[str]], WHO_HAS]
+DataMap = Annotated[dict[str, Optional[list[bytes]]], DATA]
+# a pickled function: on the wire the number ``define-func`` gave it on this connection
+# (protocol/comm.py swaps it both ways), in memory always the bytes
+FUNC_NUMBER = Check("function number", lambda v: type(v) is int)
+Func = Annotated[bytes, FUNC_NUMBER]
 
 
-def _define(_cls_name: str, _op: str, **fields: Any) -> Any:
-    """Make a message class with generated (fast) __init__, encode and decode."""
-    names = tuple(fields)
-    types = tuple(fields.values())
+def _wire_type(hint: Any) -> Any:
+    """The check of a field's wire value, from its annotation."""
+    if get_origin(hint) is Annotated:
+        check = hint.__metadata__[0]
+        return int if check is FUNC_NUMBER else check
+    if hint is Any:
+        return ANY
+    if get_origin(hint) in (Union, UnionType):
+        return tuple(get_args(hint))
+    return hint
+
+
+@dataclass_transform()
+class _Catalogued(type):
+    """Makes each message class from its annotated fields: slots, and generated (fast)
+    ``__init__``, ``encode`` and validating ``decode``; registers it by its ``op``."""
+
+    def __new__(mcs, name: str, bases: tuple, ns: dict[str, Any]) -> Any:
+        if "op" not in ns:                       # (the base class itself)
+            return super().__new__(mcs, name, bases, ns)
+        module = sys.modules[ns["__module__"]].__dict__
+        hints = {f: eval(a, module) if isinstance(a, str) else a
+                 for f, a in ns.get("__annotations__", {}).items()}
+        names = tuple(hints)
+        types = tuple(_wire_type(h) for h in hints.values())
+        ns.update(_generate(ns["op"], names, types))
+        ns.update(__slots__=names, fields=names, types=types)
+        ns.pop("__annotations__", None)           # (slots and class annotations clash)
+        cls = super().__new__(mcs, name, bases, ns)
+        CATALOGUE[ns["op"]] = cls
+        return cls
+
+
+def _generate(op: str, names: tuple[str, ...], types: tuple[Any, ...]) -> dict[str, Any]:
     args = ", ".join(names)
     ns: dict[str, Any] = {"ProtocolError": ProtocolError}
     body = "".join(f"    self.{n} = {n}\n" for n in names) or "    pass\n"
     src = [f"def __init__(self, {args}):\n{body}",
-           f"def encode(self):\n    return [{_op!r}, {''.join(f'self.{n}, ' for n in names)}]\n",
-           "def decode(raw):",
+           f"def encode(self):\n    return [{op!r}, {''.join(f'self.{n}, ' for n in names)}]\n",
+           "def decode(cls, raw):",
            f"    if len(raw) != {len(names) + 1}:",
-           f"        raise ProtocolError(f'{_op}: expected {len(names)} fields, got {{len(raw) - 1}}')"]
+           f"        raise ProtocolError(f'{op}: expected {len(names)} fields, got {{len(raw) - 1}}')"]
     for i, (name, typ) in enumerate(zip(names, types), 1):
         ns[f"t{i}"] = typ.fn if type(typ) is Check else typ
         if typ is ANY:
@@ -106,157 +142,518 @@ def _define(_cls_name: str, _op: str, **fields: Any) -> Any:
         else:
             cond = f"not isinstance(raw[{i}], t{i})"
             what = "has type {type(raw[%d]).__name__}" % i
-        src.append(f"    if {cond}:\n        raise ProtocolError(f\"{_op}: field '{name}' {what}\")")
+        src.append(f"    if {cond}:\n        raise ProtocolError(f\"{op}: field '{name}' {what}\")")
     src.append(f"    return cls({', '.join(f'raw[{i}]' for i in range(1, len(names) + 1))})")
     exec("\n".join(src), ns)
-    cls = type(_cls_name, (Message,), {"__slots__": names, "op": _op, "fields": names,
-                                       "types": types, "__init__": ns["__init__"],
-                                       "encode": ns["encode"]})
-    ns["cls"] = cls
-    cls.decode = staticmethod(ns["decode"])  # type: ignore[attr-defined]
-    CATALOGUE[_op] = cls
-    return cls
+    return {"__init__": ns["__init__"], "encode": ns["encode"],
+            "decode": classmethod(ns["decode"])}
+
+
+CATALOGUE: dict[str, Any] = {}
+
+
+class Message(metaclass=_Catalogued):
+    """Base of all messages: slotted, with a class-level ``op`` and annotated fields
+    (in wire order); built by keyword or position."""
+
+    __slots__ = ()
+    op: ClassVar[str]
+    fields: ClassVar[tuple[str, ...]]
+    types: ClassVar[tuple[Any, ...]]
+
+    def encode(self) -> list:
+        return [self.op, *[getattr(self, f) for f in self.fields]]
+
+    @classmethod
+    def decode(cls, raw: list) -> "Message":
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{f}={getattr(self, f)!r:.60}" for f in self.fields)
+        return f"{type(self).__name__}({body})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Message) and type(self) is type(other) \
+            and self.encode() == other.encode()
 
 
 # -- connection set-up ---------------------------------------------------------
-RegisterClient = _define("RegisterClient", "register-client", client_id=str, version=str)
-RegisterWorker = _define("RegisterWorker", "register-worker", name=str, address=str, nthreads=int,
-                         pid=int, memory_limit=int, keys=STRS, version=str, resources=AMOUNTS)
-RegisterPeer = _define("RegisterPeer", "register-peer", name=str)
-Welcome = _define("Welcome", "welcome", id=str, info=dict)
-Refused = _define("Refused", "refused", reason=str)
+class RegisterClient(Message):
+    op = 'register-client'
+    client_id: str
+    version: str
+
+
+class RegisterWorker(Message):
+    op = 'register-worker'
+    name: str
+    address: str
+    nthreads: int
+    pid: int
+    memory_limit: int
+    keys: Strs
+    version: str
+    resources: Amounts
+
+
+class RegisterPeer(Message):
+    op = 'register-peer'
+    name: str
+
+
+class Welcome(Message):
+    op = 'welcome'
+    id: str
+    info: dict
+
+
+class Refused(Message):
+    op = 'refused'
+    reason: str
+
 
 # -- functions are sent once per connection and then referred to by number -----
-DefineFunc = _define("DefineFunc", "define-func", fid=int, func=bytes)
+class DefineFunc(Message):
+    op = 'define-func'
+    fid: int
+    func: bytes
+
 
 # -- client (or a worker's own client) -> scheduler ----------------------------
 # task: key, fid, args (pickled), deps, priority [user, depth, seq], retries, workers, origin
 # resources: {name: amount} it holds on its worker while there; loose: workers= is a wish
-Submit = _define("Submit", "submit", key=str, fid=int, args=bytes, deps=STRS, priority=NUMS,
-                 retries=int, workers=OPT_STRS, resources=OPT_AMOUNTS, loose=bool)
-Want = _define("Want", "want", keys=STRS)                 # hold futures on existing keys
-Remind = _define("Remind", "remind", keys=STRS)           # report these (known ones) yourself
-Release = _define("Release", "release", keys=STRS)        # no future refers to these any more
-Cancel = _define("Cancel", "cancel", keys=STRS)
-Retry = _define("Retry", "retry", keys=STRS)
-FireAndForget = _define("FireAndForget", "fire-and-forget", keys=STRS)
-Scatter = _define("Scatter", "scatter", rid=int, keys=STRS, values=FRAMES_LIST, broadcast=bool,
-                  workers=OPT_STRS)
+class Submit(Message):
+    op = 'submit'
+    key: str
+    func: Func
+    args: bytes
+    deps: Strs
+    priority: Nums
+    retries: int
+    workers: OptStrs
+    resources: OptAmounts
+    loose: bool
+
+
+class Want(Message):    # hold futures on existing keys
+    op = 'want'
+    keys: Strs
+
+
+class Remind(Message):    # report these (known ones) yourself
+    op = 'remind'
+    keys: Strs
+
+
+class Release(Message):    # no future refers to these any more
+    op = 'release'
+    keys: Strs
+
+
+class Cancel(Message):
+    op = 'cancel'
+    keys: Strs
+
+
+class Retry(Message):
+    op = 'retry'
+    keys: Strs
+
+
+class FireAndForget(Message):
+    op = 'fire-and-forget'
+    keys: Strs
+
+
+class Scatter(Message):
+    op = 'scatter'
+    rid: int
+    keys: Strs
+    values: FramesList
+    broadcast: bool
+    workers: OptStrs
+
 # coordination primitives (scheduler/coordination.py): kind queue|variable|dataset|event|
 # semaphore, an action on the one called name; holder: the lease of a semaphore; value and
 # keys: a pickled value and the futures inside it; answered by ``reply`` (rid)
-Coord = _define("Coord", "coord", rid=int, kind=str, name=str, action=str, holder=str,
-                value=OPT_FRAMES, keys=STRS, arg=ANY)
+class Coord(Message):
+    op = 'coord'
+    rid: int
+    kind: str
+    name: str
+    action: str
+    holder: str
+    value: OptFrames
+    keys: Strs
+    arg: Any
+
 # a function outside any task (scheduler/operations.py): call = pickled (fn, args, kwargs);
 # where: workers | scheduler; plugin: a name keeps it for workers that join later
-Run = _define("Run", "run", rid=int, call=bytes, workers=OPT_STRS, where=str, plugin=str)
+class Run(Message):
+    op = 'run'
+    rid: int
+    call: bytes
+    workers: OptStrs
+    where: str
+    plugin: str
+
 # every task errs ("restarted"), every worker exits (its nanny starts it again); answered
 # once as many new workers have joined
-Restart = _define("Restart", "restart", rid=int)
-Query = _define("Query", "query", rid=int, what=str, arg=ANY)
+class Restart(Message):
+    op = 'restart'
+    rid: int
+
+
+class Query(Message):
+    op = 'query'
+    rid: int
+    what: str
+    arg: Any
+
 # graceful retirement (scheduler/retirement.py): these workers (addresses or names; none
 # from a worker: itself) get no new task, hand over what only they hold, drain running
 # tasks for up to timeout_ms, then leave; answered by ``reply`` [addresses]
-Retire = _define("Retire", "retire", rid=int, workers=STRS, timeout_ms=int)
-Reply = _define("Reply", "reply", rid=int, value=ANY, error=OPT_STR)
+class Retire(Message):
+    op = 'retire'
+    rid: int
+    workers: Strs
+    timeout_ms: int
+
+
+class Reply(Message):
+    op = 'reply'
+    rid: int
+    value: Any
+    error: str | None
+
 
 # a task a client placed straight on a worker (see docs/architecture.md, "Placed tasks"):
 # the recipe for the scheduler, sent lazily; nbytes/type are filled in (nbytes >= 0) if the
 # result has reached the client by the time the message leaves; pinned: it may run on that
 # worker only (an actor's call), so it is never stolen
-Placed = _define("Placed", "placed", key=str, fid=int, args=bytes, priority=NUMS, retries=int,
-                 worker=str, seq=int, nbytes=int, type=str, pinned=bool)
+class Placed(Message):
+    op = 'placed'
+    key: str
+    func: Func
+    args: bytes
+    priority: Nums
+    retries: int
+    worker: str
+    seq: int
+    nbytes: int
+    type: str
+    pinned: bool
+
 # the client's connection to that worker broke: the places it carried may never arrive
-LaneLost = _define("LaneLost", "lane-lost", worker=str)
+class LaneLost(Message):
+    op = 'lane-lost'
+    worker: str
+
 # a client back after the scheduler restarted: every key it holds futures on (and no other)
-Holding = _define("Holding", "holding", keys=STRS)
+class Holding(Message):
+    op = 'holding'
+    keys: Strs
+
 
 # -- scheduler -> client --------------------------------------------------------
-KeyMemory = _define("KeyMemory", "key-memory", key=str, type=str, nbytes=int, who_has=STRS,
-                    value=OPT_FRAMES)
-KeyErred = _define("KeyErred", "key-erred", key=str, exception=FRAMES, traceback=str, kind=str)
-KeyCancelled = _define("KeyCancelled", "key-cancelled", key=str, reason=str)
-Warn = _define("Warn", "warn", text=str)       # logged by the client as a warning
+class KeyMemory(Message):
+    op = 'key-memory'
+    key: str
+    type: str
+    nbytes: int
+    who_has: Strs
+    value: OptFrames
+
+
+class KeyErred(Message):
+    op = 'key-erred'
+    key: str
+    exception: Frames
+    traceback: str
+    kind: str
+
+
+class KeyCancelled(Message):
+    op = 'key-cancelled'
+    key: str
+    reason: str
+
+
+class Warn(Message):    # logged by the client as a warning
+    op = 'warn'
+    text: str
+
 # what tasks of this client (and tasks they launched) printed or logged:
 # [function, worker, key, stream, text] each
-Output = _define("Output", "output", lines=LISTS)
+class Output(Message):
+    op = 'output'
+    lines: Lists
+
 
 # -- worker -> scheduler -------------------------------------------------------
 # notified: the clients the worker told itself (over their own connection to it)
 # attempt: the number of the compute this answers (0: a task claimed here), so that the
 # report of a run the scheduler has released since is never taken for a newer one's
-TaskFinished = _define("TaskFinished", "task-finished", key=str, nbytes=int, type=str,
-                       value=OPT_FRAMES, inner=STRS, notified=STRS, attempt=int)
-TaskErred = _define("TaskErred", "task-erred", key=str, exception=FRAMES, traceback=str, kind=str,
-                    attempt=int)
+class TaskFinished(Message):
+    op = 'task-finished'
+    key: str
+    nbytes: int
+    type: str
+    value: OptFrames
+    inner: Strs
+    notified: Strs
+    attempt: int
+
+
+class TaskErred(Message):
+    op = 'task-erred'
+    key: str
+    exception: Frames
+    traceback: str
+    kind: str
+    attempt: int
+
 # confirm: the worker runs it only once the scheduler says the key is its own (answered by
 # ``claim-accepted`` or ``claim-rejected``): a pure key another worker may claim at once
-Claim = _define("Claim", "claim", key=str, fid=int, args=bytes, deps=STRS, priority=NUMS,
-                retries=int, confirm=bool)
-Secede = _define("Secede", "secede", key=str)
-Rejoin = _define("Rejoin", "rejoin", key=str)
-Idle = _define("Idle", "idle")
+class Claim(Message):
+    op = 'claim'
+    key: str
+    func: Func
+    args: bytes
+    deps: Strs
+    priority: Nums
+    retries: int
+    confirm: bool
+
+
+class Secede(Message):
+    op = 'secede'
+    key: str
+
+
+class Rejoin(Message):
+    op = 'rejoin'
+    key: str
+
+
+class Idle(Message):
+    op = 'idle'
+
 # later: not given, but not started either (a task here waits to run it next): ask again
-StealReply = _define("StealReply", "steal-reply", key=str, ok=bool, later=bool)
-AddKeys = _define("AddKeys", "add-keys", keys=STRS, nbytes=INTS)
-MissingData = _define("MissingData", "missing-data", key=str, worker=str)
-PutDataDone = _define("PutDataDone", "put-data-done", rid=int, keys=STRS, nbytes=INTS)
-Heartbeat = _define("Heartbeat", "heartbeat", memory=int)
-Goodbye = _define("Goodbye", "goodbye", reason=str)      # leaving on purpose (not a crash)
-Paused = _define("Paused", "paused", paused=bool)          # memory high: no new task starts
-Synced = _define("Synced", "synced", rid=int)     # everything sent before this has left
-NotHere = _define("NotHere", "not-here", key=str, attempt=int)  # that compute never came
-Replicated = _define("Replicated", "replicated", rid=int, keys=STRS, nbytes=INTS)  # copies made
+class StealReply(Message):
+    op = 'steal-reply'
+    key: str
+    ok: bool
+    later: bool
+
+
+class AddKeys(Message):
+    op = 'add-keys'
+    keys: Strs
+    nbytes: Ints
+
+
+class MissingData(Message):
+    op = 'missing-data'
+    key: str
+    worker: str
+
+
+class PutDataDone(Message):
+    op = 'put-data-done'
+    rid: int
+    keys: Strs
+    nbytes: Ints
+
+
+class Heartbeat(Message):
+    op = 'heartbeat'
+    memory: int
+
+
+class Goodbye(Message):    # leaving on purpose (not a crash)
+    op = 'goodbye'
+    reason: str
+
+
+class Paused(Message):    # memory high: no new task starts
+    op = 'paused'
+    paused: bool
+
+
+class Synced(Message):    # everything sent before this has left
+    op = 'synced'
+    rid: int
+
+
+class NotHere(Message):    # that compute never came
+    op = 'not-here'
+    key: str
+    attempt: int
+
+
+class Replicated(Message):    # copies made
+    op = 'replicated'
+    rid: int
+    keys: Strs
+    nbytes: Ints
+
 # after registering again with a restarted scheduler: results held (memory, nbytes, kinds:
 # their types),
 # tasks queued or running here [key, attempt, func, args, deps, priority, retries], and the
 # keys of the in-task client's futures (see scheduler/recovery.py)
-Resume = _define("Resume", "resume", memory=STRS, nbytes=INTS, kinds=STRS, tasks=ANY,
-                 wants=STRS)
+class Resume(Message):
+    op = 'resume'
+    memory: Strs
+    nbytes: Ints
+    kinds: Strs
+    tasks: Any
+    wants: Strs
 
-RunDone = _define("RunDone", "run-done", rid=int, ok=bool, value=FRAMES)
+
+class RunDone(Message):
+    op = 'run-done'
+    rid: int
+    ok: bool
+    value: Frames
+
 # what people see (worker/monitor.py, dashboard/): runs [key, thread, start, stop, ok],
 # spawns [parent, child], output [key, stream, text], the worker's log lines, its stats,
 # events [kind (transfer | spill), start, stop, peer, keys, bytes]
-Monitor = _define("Monitor", "monitor", runs=LISTS, spawns=LISTS, output=LISTS, logs=STRS,
-                  stats=dict, events=LISTS)
+class Monitor(Message):
+    op = 'monitor'
+    runs: Lists
+    spawns: Lists
+    output: Lists
+    logs: Strs
+    stats: dict
+    events: Lists
+
 
 # -- scheduler -> worker -------------------------------------------------------
-RunOn = _define("RunOn", "run-on", rid=int, call=bytes)    # answer run-done (unless rid 0)
+class RunOn(Message):    # answer run-done (unless rid 0)
+    op = 'run-on'
+    rid: int
+    call: bytes
+
 # notify: clients waiting for the result, to be told straight from the worker if connected
 # attempt: numbers each assignment; the worker's report carries it back
-Compute = _define("Compute", "compute", key=str, fid=int, args=bytes, deps=WHO_HAS, priority=NUMS,
-                  retries=int, notify=STRS, attempt=int)
-Free = _define("Free", "free", keys=STRS)
-Steal = _define("Steal", "steal", key=str)
-ClaimRejected = _define("ClaimRejected", "claim-rejected", key=str)
-ClaimAccepted = _define("ClaimAccepted", "claim-accepted", keys=STRS)  # claims kept (confirm)
-PutData = _define("PutData", "put-data", rid=int, keys=STRS, values=FRAMES_LIST)
-Close = _define("Close", "close", reason=str)
-Sync = _define("Sync", "sync", rid=int)           # answer ``synced`` after what you sent
-Unknown = _define("Unknown", "unknown", key=str)  # a worker wanted a key we do not know
-Replicate = _define("Replicate", "replicate", rid=int, keys=STRS, source=str)  # copy these from there
+class Compute(Message):
+    op = 'compute'
+    key: str
+    func: Func
+    args: bytes
+    deps: WhoHas
+    priority: Nums
+    retries: int
+    notify: Strs
+    attempt: int
+
+
+class Free(Message):
+    op = 'free'
+    keys: Strs
+
+
+class Steal(Message):
+    op = 'steal'
+    key: str
+
+
+class ClaimRejected(Message):
+    op = 'claim-rejected'
+    key: str
+
+
+class ClaimAccepted(Message):    # claims kept (confirm)
+    op = 'claim-accepted'
+    keys: Strs
+
+
+class PutData(Message):
+    op = 'put-data'
+    rid: int
+    keys: Strs
+    values: FramesList
+
+
+class Close(Message):
+    op = 'close'
+    reason: str
+
+
+class Sync(Message):    # answer ``synced`` after what you sent
+    op = 'sync'
+    rid: int
+
+
+class Unknown(Message):    # a worker wanted a key we do not know
+    op = 'unknown'
+    key: str
+
+
+class Replicate(Message):    # copy these from there
+    op = 'replicate'
+    rid: int
+    keys: Strs
+    source: str
+
 # the scheduler's answer to a client's ``placed``: attempt >= 0: your copy is the task, as
 # that compute (report it as such); -1: drop your copy (the task lives elsewhere)
-Confirm = _define("Confirm", "confirm", key=str, client=str, seq=int, attempt=int)
-ClientGone = _define("ClientGone", "client-gone", client=str)   # its unconfirmed places go
-Withdraw = _define("Withdraw", "withdraw", client=str, upto=int)  # its places <= upto came
+class Confirm(Message):
+    op = 'confirm'
+    key: str
+    client: str
+    seq: int
+    attempt: int
+
+
+class ClientGone(Message):    # its unconfirmed places go
+    op = 'client-gone'
+    client: str
+
+
+class Withdraw(Message):    # its places <= upto came
+    op = 'withdraw'
+    client: str
+    upto: int
+
 
 # -- client -> worker, straight: a task to run here (the scheduler hears by ``placed``) --
-Place = _define("Place", "place", key=str, fid=int, args=bytes, priority=NUMS, retries=int,
-                seq=int)
+class Place(Message):
+    op = 'place'
+    key: str
+    func: Func
+    args: bytes
+    priority: Nums
+    retries: int
+    seq: int
+
 
 # -- peer data transfer (worker <-> worker, client -> worker) -------------------
-GetData = _define("GetData", "get-data", rid=int, keys=STRS)
+class GetData(Message):
+    op = 'get-data'
+    rid: int
+    keys: Strs
+
 # the asker's host (sharedmem.host_id): a worker on the same one answers large values
 # with references to shared-memory segments; "" takes it back
-PeerHost = _define("PeerHost", "peer-host", host=str)
-Data = _define("Data", "data", rid=int, values=DATA)
+class PeerHost(Message):
+    op = 'peer-host'
+    host: str
+
+
+class Data(Message):
+    op = 'data'
+    rid: int
+    values: DataMap
+
 
 # -- what an op means to a connection (protocol/comm.py reads these, never op names) ------
-# ``fid`` names a function sent once per connection by ``define-func``: the sender swaps
-# the pickled bytes for a number, the receiver swaps the number back
+# ``func`` (a ``Func``, second field) is a function sent once per connection by
+# ``define-func``: on the wire its number, the receiver swaps the number back for the bytes
 FUNC_OPS = frozenset({"submit", "claim", "compute", "place", "placed"})
+assert all(CATALOGUE[op].fields[1] == "func" for op in FUNC_OPS)
 # adjacent ones in one frame merge their key lists
 MERGE_OPS = frozenset({"release", "free", "want", "claim-accepted"})
 # bookkeeping nobody waits on: it leaves with the batch's timer (or with the next message
@@ -295,7 +692,7 @@ def decode(raw: Any) -> Message:
     cls = CATALOGUE.get(raw[0])
     if cls is None:
         raise ProtocolError(f"unknown op {raw[0][:40]!r}")
-    msg = cls.decode(raw)  # type: ignore[attr-defined]
+    msg = cls.decode(raw)
     rule = RULES.get(msg.op)
     if rule is not None:
         problem = rule(msg)

@@ -75,16 +75,16 @@ class Recorder:
 
     # -- messages ---------------------------------------------------------------------
     def _submit(self, source: str, msg: Any, state: Any) -> None:
-        self.recipe(msg.key, msg.fid, msg.args, msg.deps, msg.priority, msg.retries,
+        self.recipe(msg.key, msg.func, msg.args, msg.deps, msg.priority, msg.retries,
                     msg.workers, msg.resources, msg.loose)
         self.append(["W", source, [msg.key]])
 
     def _claim(self, source: str, msg: Any, state: Any) -> None:
-        self.recipe(msg.key, msg.fid, msg.args, msg.deps, msg.priority, msg.retries)
+        self.recipe(msg.key, msg.func, msg.args, msg.deps, msg.priority, msg.retries)
         self.append(["W", source, [msg.key]])
 
     def _placed(self, source: str, msg: Any, state: Any) -> None:
-        self.recipe(msg.key, msg.fid, msg.args, [], msg.priority, msg.retries)
+        self.recipe(msg.key, msg.func, msg.args, [], msg.priority, msg.retries)
         self.append(["W", source, [msg.key]])
 
     def _want(self, source: str, msg: Any, state: Any) -> None:

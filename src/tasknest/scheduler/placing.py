@@ -38,7 +38,7 @@ class Placing:
         wid = self.state.addresses.get(msg.worker)  # type: ignore[attr-defined]
         restrict = ["!" + msg.worker] if msg.pinned else None  # type: ignore[attr-defined]
         if wid is None:          # that worker is gone: its copy went with it
-            self.state._submitted(cid, key, msg.fid, msg.args, [], msg.priority,  # type: ignore
+            self.state._submitted(cid, key, msg.func, msg.args, [], msg.priority,  # type: ignore
                             msg.retries, restrict)  # type: ignore[attr-defined]
             return
         ws = self.state.workers[wid]
@@ -53,10 +53,10 @@ class Placing:
             self.state._report(ts, cid)
             return
         if ts is None:
-            ts = self.state.tasks[key] = Task(key, msg.fid, msg.args, [], msg.priority,  # type: ignore
+            ts = self.state.tasks[key] = Task(key, msg.func, msg.args, [], msg.priority,  # type: ignore
                                         msg.retries)  # type: ignore[attr-defined]
         elif ts.func is None:
-            ts.func, ts.args = msg.fid, msg.args  # type: ignore[attr-defined]
+            ts.func, ts.args = msg.func, msg.args  # type: ignore[attr-defined]
         if restrict is not None:
             ts.restrict = restrict       # never stolen: it runs there or errs as lost
         self.state._want(ts, cid)

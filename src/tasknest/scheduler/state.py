@@ -297,7 +297,7 @@ class SchedulerState:
         return ts
 
     def _on_submit(self, cid: str, msg: m.Message) -> None:
-        self._submitted(cid, msg.key, msg.fid, msg.args, msg.deps, msg.priority,  # type: ignore
+        self._submitted(cid, msg.key, msg.func, msg.args, msg.deps, msg.priority,  # type: ignore
                         msg.retries, msg.workers, msg.resources, msg.loose)  # type: ignore
 
     def _submitted(self, cid: str, key: str, func: bytes, args: bytes, deps: list[str],
@@ -445,7 +445,7 @@ class SchedulerState:
             self._report(ts, wid)
             return
         if ts is None:
-            ts = self._new_task(key, msg.fid, msg.args, msg.deps, msg.priority,  # type: ignore
+            ts = self._new_task(key, msg.func, msg.args, msg.deps, msg.priority,  # type: ignore
                                 msg.retries, None)  # type: ignore[attr-defined]
             if ts is None:
                 self._emit(wid, m.ClaimRejected(key))
@@ -454,7 +454,7 @@ class SchedulerState:
                                            "unknown to the scheduler (released?)", "lost"))
                 return
         elif ts.func is None:
-            ts.func, ts.args = msg.fid, msg.args  # type: ignore[attr-defined]
+            ts.func, ts.args = msg.func, msg.args  # type: ignore[attr-defined]
         self._want(ts, wid)
         for dk in ts.deps:
             dts = self.tasks[dk]
@@ -764,6 +764,7 @@ class SchedulerState:
         notify = [c for c in ts.who_wants if c[0] == "c"]   # users' clients (c-...)
         self._attempts += 1
         ts.attempt = self._attempts
+        assert ts.func is not None and ts.args is not None, ts   # (a recipe, not data)
         self._emit(ws.id, m.Compute(ts.key, ts.func, ts.args, deps, ts.priority, ts.retries,
                                     notify, ts.attempt))
 

@@ -411,7 +411,7 @@ class Worker:
         done: list = []
         if op == "compute":
             with self.lock:
-                done = self.apply(st.compute(msg.key, msg.fid, msg.args, msg.deps,  # type: ignore
+                done = self.apply(st.compute(msg.key, msg.func, msg.args, msg.deps,  # type: ignore
                                              msg.priority, msg.retries, msg.notify,  # type: ignore
                                              msg.attempt))  # type: ignore[attr-defined]
         elif op == "free":
@@ -529,7 +529,7 @@ class Worker:
                 self._placed_at = time.perf_counter()
                 with self.lock:
                     done = self.apply(self.state.place(
-                        msg.key, msg.fid, msg.args, msg.priority, msg.retries,  # type: ignore
+                        msg.key, msg.func, msg.args, msg.priority, msg.retries,  # type: ignore
                         client, msg.seq))  # type: ignore[attr-defined]
                 if done:
                     self.settle(done)

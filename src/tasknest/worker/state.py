@@ -131,9 +131,12 @@ class WorkerState(PlacingMixin):
             t.state = "executing"
         if t.state in ("memory", "erred"):
             msg: Any = t.held
-            if msg is None:               # reported before, as another compute: again
-                msg = m.TaskFinished(t.key, t.nbytes, t.type, None, [], [], attempt) \
-                    if t.state == "memory" else m.TaskErred(t.key, *t.error, attempt)  # type: ignore[misc]
+            if msg is None and t.state == "memory":   # reported before, as another
+                msg = m.TaskFinished(t.key, t.nbytes, t.type, None, [], [], attempt)  # compute
+            elif msg is None:
+                assert t.error is not None
+                exception, traceback, kind = t.error
+                msg = m.TaskErred(t.key, exception, traceback, kind, attempt)
             msg.attempt = attempt
             out.append(("send", msg))
             t.held = None
