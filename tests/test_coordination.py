@@ -28,7 +28,7 @@ def sched() -> SchedulerState:
 def coord(s: SchedulerState, source: str, rid: int, kind: str, name: str, action: str,
           holder: str = "", value: list | None = None, keys: list | None = None,
           arg: object = None) -> list:
-    out = s.handle(source, m.Coord(rid, kind, name, action, holder, value, keys or [], arg))
+    out = s.handle(source, m.Coord(rid=rid, kind=kind, name=name, action=action, holder=holder, value=value, keys=keys or [], arg=arg))
     s.validate()
     return [(t, msg.rid, msg.value, msg.error) for t, msg in out if msg.op == "reply"]
 
@@ -47,17 +47,17 @@ def test_queue_get_waits_for_a_put_and_is_served_in_order():
 
 def test_a_future_in_a_queue_is_held_until_a_getter_holds_it():
     s = sched()
-    s.handle("c-1", m.Submit("k", 1, b"", [], [0, 0, 0], 0, None, None, False))
-    s.handle("w-1", m.TaskFinished("k", 8, "int", None, [], [], 1))
+    s.handle("c-1", m.Submit(key="k", func=1, args=b"", deps=[], priority=[0, 0, 0], retries=0, workers=None, resources=None, loose=False))
+    s.handle("w-1", m.TaskFinished(key="k", nbytes=8, type="int", value=None, inner=[], notified=[], attempt=1))
     coord(s, "c-1", 1, "queue", "q", "put", value=[b"f"], keys=["k"])
-    s.handle("c-1", m.Release(["k"]))          # the putter lets go: the queue holds it
+    s.handle("c-1", m.Release(keys=["k"]))          # the putter lets go: the queue holds it
     s.validate()
     assert s.tasks["k"].state == "memory"
     coord(s, "c-2", 1, "queue", "q", "get")
     assert s.tasks["k"].who_wants == {"c-2"}   # the getter holds it before it hears
-    out = s.handle("c-2", m.Release(["k"]))
+    out = s.handle("c-2", m.Release(keys=["k"]))
     s.validate()
-    assert ("w-1", m.Free(["k"])) in out and "k" not in s.tasks
+    assert ("w-1", m.Free(keys=["k"])) in out and "k" not in s.tasks
 
 
 def test_abandoned_wait_is_answered_timeout_unless_granted_first():
@@ -76,7 +76,7 @@ def test_semaphore_leases_go_with_the_connection_that_took_them():
     assert coord(s, "c-1", 1, "semaphore", "s", "acquire", "L2", arg=1) == []
     out = s.remove_worker("w-1", "killed")
     s.validate()
-    assert ("c-1", m.Reply(1, True, None)) in out
+    assert ("c-1", m.Reply(rid=1, value=True, error=None)) in out
     assert coord(s, "c-2", 1, "semaphore", "s", "acquire", "L3", arg=2)[0][3]   # 1 != 2 leases
     assert coord(s, "c-2", 2, "semaphore", "s", "release", "L2")[0][3]   # not c-2's lease
     assert coord(s, "c-1", 2, "semaphore", "s", "release", "L2") == [("c-1", 2, True, None)]
@@ -97,16 +97,16 @@ def test_waiters_of_a_client_that_leaves_are_dropped():
 def test_variable_and_dataset_hold_their_futures_until_replaced_or_dropped():
     s = sched()
     for key in ("a", "b"):
-        s.handle("c-1", m.Submit(key, 1, b"", [], [0, 0, 0], 0, None, None, False))
-        s.handle("c-1", m.Release([key]))
+        s.handle("c-1", m.Submit(key=key, func=1, args=b"", deps=[], priority=[0, 0, 0], retries=0, workers=None, resources=None, loose=False))
+        s.handle("c-1", m.Release(keys=[key]))
     s.validate()
-    s.handle("c-1", m.Submit("a", 1, b"", [], [0, 0, 0], 0, None, None, False))
-    s.handle("c-1", m.Submit("b", 1, b"", [], [0, 0, 0], 0, None, None, False))
+    s.handle("c-1", m.Submit(key="a", func=1, args=b"", deps=[], priority=[0, 0, 0], retries=0, workers=None, resources=None, loose=False))
+    s.handle("c-1", m.Submit(key="b", func=1, args=b"", deps=[], priority=[0, 0, 0], retries=0, workers=None, resources=None, loose=False))
     coord(s, "c-1", 1, "variable", "v", "set", value=[b"a"], keys=["a"])
     coord(s, "c-1", 2, "dataset", "d", "publish", value=[b"b"], keys=["b"])
     assert coord(s, "c-1", 3, "dataset", "d", "publish", value=[b"x"]) == [
         ("c-1", 3, {"exists": True}, None)]
-    s.handle("c-1", m.Release(["a", "b"]))
+    s.handle("c-1", m.Release(keys=["a", "b"]))
     s.validate()
     assert set(s.tasks) == {"a", "b"}
     coord(s, "c-1", 4, "variable", "v", "set", value=[b"1"])       # replaced: a goes

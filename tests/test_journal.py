@@ -83,10 +83,10 @@ def _state_with_tasks():
     st = SchedulerState()
     rec_log = []
     rec = Recorder(rec_log.append)
-    msgs = [("c-a", m.Submit("x", b"f", b"a1", [], [0, 0, 1], 0, None, None, False)),
-            ("c-a", m.Submit("y", b"f", b"a2", ["x"], [0, 0, 2], 1, None, None, False)),
-            ("c-b", m.Submit("z", b"g", b"a3", [], [0, 0, 3], 0, None, None, False)),
-            ("c-b", m.Release(["z"]))]
+    msgs = [("c-a", m.Submit(key="x", func=b"f", args=b"a1", deps=[], priority=[0, 0, 1], retries=0, workers=None, resources=None, loose=False)),
+            ("c-a", m.Submit(key="y", func=b"f", args=b"a2", deps=["x"], priority=[0, 0, 2], retries=1, workers=None, resources=None, loose=False)),
+            ("c-b", m.Submit(key="z", func=b"g", args=b"a3", deps=[], priority=[0, 0, 3], retries=0, workers=None, resources=None, loose=False)),
+            ("c-b", m.Release(keys=["z"]))]
     for source, msg in msgs:
         rec.record(source, msg, st)
         st.handle(source, msg)

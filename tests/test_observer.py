@@ -35,8 +35,7 @@ def monitor(runs=(), spawns=(), output=(), logs=(), stats=None, events=()):
     stats = dict(stats or {})
     if runs:
         stats.update(aggregate(runs))
-    return m.Monitor(runs, [list(s) for s in spawns], [list(o) for o in output], list(logs),
-                     stats, [list(e) for e in events])
+    return m.Monitor(runs=runs, spawns=[list(s) for s in spawns], output=[list(o) for o in output], logs=list(logs), stats=stats, events=[list(e) for e in events])
 
 
 def outputs(actions):
@@ -44,13 +43,13 @@ def outputs(actions):
 
 
 def submit(st, key):
-    return st.handle("c-user", m.Submit(key, 1, b"", [], [0, 0, 0], 0, None, None, False))
+    return st.handle("c-user", m.Submit(key=key, func=1, args=b"", deps=[], priority=[0, 0, 0], retries=0, workers=None, resources=None, loose=False))
 
 
 def test_output_goes_to_the_client_that_submitted_the_root():
     st, obs, clock = cluster()
     submit(st, "f-root")
-    st.handle("w-1", m.Claim("g-child", 1, b"", [], [0, -1, 0], 0, False))
+    st.handle("w-1", m.Claim(key="g-child", func=1, args=b"", deps=[], priority=[0, -1, 0], retries=0, confirm=False))
     acts = st.handle("w-1", monitor(spawns=[("f-root", "g-child"), ("g-child", "h-grand")],
                                     output=[("h-grand", "stdout", "hello")]))
     assert outputs(acts) == [("c-user", [["h", "tcp://h:1", "h-grand", "stdout", "hello"]])]
@@ -120,8 +119,7 @@ def test_a_failure_listed_before_its_run_says_where_it_ran_once_that_arrives():
     submit(st, "bad-1")
     ts = st.tasks["bad-1"]
     wid = ts.processing_on
-    st.handle(wid, m.TaskErred("bad-1", [], "Traceback ...\nValueError: no", "exception",
-                               ts.attempt))
+    st.handle(wid, m.TaskErred(key="bad-1", exception=[], traceback="Traceback ...\nValueError: no", kind="exception", attempt=ts.attempt))
     views.snapshot(st, obs, 0)
     assert [(f["key"], f["worker"]) for f in obs.failures] == [("bad-1", "")]
     st.handle(wid, monitor(runs=[("bad-1", 0, 5.0, 6.0, False)]))
@@ -137,12 +135,8 @@ def test_malformed_monitor_contents_are_dropped_and_every_view_still_works():
     submit(st, "f-root")
     good = monitor(runs=[("f-root", 0, 1.0, 2.0, True)], spawns=[("f-root", "g-1")])
     st.handle("w-1", good)
-    bad = m.Monitor([["f-x", "thread?", "start", None, 1], [1, 2], ["ok-1", 0, 1.0, 2.0, True]],
-                    [["only-one"], [1, 2], ["p-1", "c-1"]],
-                    [["k", "stdout"], [1, "stdout", "x"]], ["a log line"],
-                    {"cpu": "lots", "memory": 5, "done": {"f": [1, "x"], 3: [1, 0]},
-                     "hist": [1, 2], "hist_sum": "x", "erred": [[1, 2], "x"], "http": 7},
-                    [["transfer", "a", 1, "", 1, 1], ["spill", 1.0, 1.0, "", 1]])
+    bad = m.Monitor(runs=[["f-x", "thread?", "start", None, 1], [1, 2], ["ok-1", 0, 1.0, 2.0, True]], spawns=[["only-one"], [1, 2], ["p-1", "c-1"]], output=[["k", "stdout"], [1, "stdout", "x"]], logs=["a log line"], stats={"cpu": "lots", "memory": 5, "done": {"f": [1, "x"], 3: [1, 0]},
+                     "hist": [1, 2], "hist_sum": "x", "erred": [[1, 2], "x"], "http": 7}, events=[["transfer", "a", 1, "", 1, 1], ["spill", 1.0, 1.0, "", 1]])
     st.handle("w-1", bad)
     obs.validate()
     rows = list(obs.all_rows())

@@ -29,18 +29,18 @@ def test_scheduler_holds_resources_while_processing():
     s.add_worker("w-1", "tcp://127.0.0.1:9001", "w-1", 4, 1, 0, [], 0.0, {"GPU": 1})
     s.add_worker("w-2", "tcp://127.0.0.1:9002", "w-2", 4, 2, 0, [], 0.0, {})
     for key in "abc":
-        s.handle("c-1", m.Submit(key, 1, b"", [], [0, 0, 0], 0, None, {"GPU": 1}, False))
+        s.handle("c-1", m.Submit(key=key, func=1, args=b"", deps=[], priority=[0, 0, 0], retries=0, workers=None, resources={"GPU": 1}, loose=False))
         s.validate()
     assert s.workers["w-1"].processing == {"a"} and set(s.unrunnable) == {"b", "c"}
-    s.handle("w-1", m.TaskFinished("a", 8, "int", None, [], [], s.tasks["a"].attempt))
+    s.handle("w-1", m.TaskFinished(key="a", nbytes=8, type="int", value=None, inner=[], notified=[], attempt=s.tasks["a"].attempt))
     s.validate()
     assert len(s.workers["w-1"].processing) == 1 and len(s.unrunnable) == 1
-    out = s.handle("c-1", m.Submit("d", 1, b"", [], [0, 0, 0], 0, None, {"TPU": 1}, False))
+    out = s.handle("c-1", m.Submit(key="d", func=1, args=b"", deps=[], priority=[0, 0, 0], retries=0, workers=None, resources={"TPU": 1}, loose=False))
     s.validate()
     assert [msg.op for _, msg in out] == ["warn"] and "d" in s.unrunnable
     # allow_other_workers: the named worker is absent, so anywhere
-    s.handle("c-1", m.Submit("e", 1, b"", [], [0, 0, 0], 0, ["nope"], None, True))
-    s.handle("c-1", m.Submit("f", 1, b"", [], [0, 0, 0], 0, ["nope"], None, False))
+    s.handle("c-1", m.Submit(key="e", func=1, args=b"", deps=[], priority=[0, 0, 0], retries=0, workers=["nope"], resources=None, loose=True))
+    s.handle("c-1", m.Submit(key="f", func=1, args=b"", deps=[], priority=[0, 0, 0], retries=0, workers=["nope"], resources=None, loose=False))
     s.validate()
     assert s.tasks["e"].state == "processing" and "f" in s.unrunnable
 

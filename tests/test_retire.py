@@ -34,7 +34,7 @@ def lines(path):
 
 def retiring_now(c):
     from tasknest.protocol import messages as m
-    rows = c._request(m.Query(0, "demand", None), 10)["workers"]
+    rows = c._request(m.Query(rid=0, what="demand", arg=None), 10)["workers"]
     return [w["name"] for w in rows if w["retiring"]]
 
 
@@ -111,19 +111,19 @@ def test_retirement_state_machine_copies_then_closes():
     st.add_client("c-1")
     st.add_worker("w-a", "tcp://a:1", "a", 1, 1, 0, [], 0.0)
     st.add_worker("w-b", "tcp://b:1", "b", 1, 2, 0, [], 0.0)
-    out = st.handle("c-1", m.Submit("k", 1, b"", [], [0, 0, 0], 0, ["a"], None, False))
+    out = st.handle("c-1", m.Submit(key="k", func=1, args=b"", deps=[], priority=[0, 0, 0], retries=0, workers=["a"], resources=None, loose=False))
     attempt = next(msg.attempt for t, msg in out if msg.op == "compute")
-    st.handle("w-a", m.TaskFinished("k", 8, "int", None, [], [], attempt))
+    st.handle("w-a", m.TaskFinished(key="k", nbytes=8, type="int", value=None, inner=[], notified=[], attempt=attempt))
     st.validate()
-    out = st.handle("c-1", m.Retire(7, ["a"], 30000))
+    out = st.handle("c-1", m.Retire(rid=7, workers=["a"], timeout_ms=30000))
     st.validate()
     assert [(t, msg.op) for t, msg in out] == [("w-b", "replicate")]
     rep = out[0][1]
     assert rep.keys == ["k"] and rep.source == "tcp://a:1"
     # while it retires, new work goes elsewhere, even when asked for there loosely
-    out = st.handle("c-1", m.Submit("j", 1, b"", [], [0, 0, 1], 0, ["a"], None, True))
+    out = st.handle("c-1", m.Submit(key="j", func=1, args=b"", deps=[], priority=[0, 0, 1], retries=0, workers=["a"], resources=None, loose=True))
     assert [t for t, msg in out if msg.op == "compute"] == ["w-b"]
-    out = st.handle("w-b", m.Replicated(rep.rid, ["k"], [8]))
+    out = st.handle("w-b", m.Replicated(rid=rep.rid, keys=["k"], nbytes=[8]))
     st.validate()
     assert ("w-a", "close") in [(t, msg.op) for t, msg in out]
     assert st.tasks["k"].who_has == {"w-a", "w-b"}

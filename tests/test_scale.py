@@ -70,12 +70,11 @@ def test_flat_records_return_to_zero_and_tables_shrink() -> None:
         keys = [f"abs-{i}" for i in range(100_000)]
         computes = []
         for i, k in enumerate(keys):
-            computes += s.handle("c-1", m.Submit(k, b"f", b"a", [], [0, 0, i], 0, None, None,
-                                                 False))
+            computes += s.handle("c-1", m.Submit(key=k, func=b"f", args=b"a", deps=[], priority=[0, 0, i], retries=0, workers=None, resources=None, loose=False))
         for target, c in computes:
-            s.handle(target, m.TaskFinished(c.key, 28, "int", [b"x"], [], [], c.attempt))
+            s.handle(target, m.TaskFinished(key=c.key, nbytes=28, type="int", value=[b"x"], inner=[], notified=[], attempt=c.attempt))
         for i in range(0, len(keys), 1000):
-            s.handle("c-1", m.Release(keys[i:i + 1000]))
+            s.handle("c-1", m.Release(keys=keys[i:i + 1000]))
         assert len(s.tasks) == 0
         assert not s.clients["c-1"]
         assert all(not w.processing and not w.has_what for w in s.workers.values())
@@ -92,7 +91,7 @@ def test_many_workers_dispatch_spreads_work() -> None:
     for i in range(200):
         s.add_worker(f"w-{i}", f"tcp://h:{i}", str(i), 1, 1, 0, [], 0.0)
     for i in range(4000):
-        s.handle("c-1", m.Submit(f"k-{i}", b"f", b"a", [], [0, 0, i], 0, None, None, False))
+        s.handle("c-1", m.Submit(key=f"k-{i}", func=b"f", args=b"a", deps=[], priority=[0, 0, i], retries=0, workers=None, resources=None, loose=False))
     loads = [len(w.processing) for w in s.workers.values()]
     assert sum(loads) == 4000 and min(loads) >= 10 and max(loads) <= 30, loads
     s.validate()

@@ -94,7 +94,7 @@ def test_stealing_asks_the_busy_worker_and_hands_the_task_to_the_thief() -> None
     assert asked and all(target == "w-0" for target, _ in out)
     assert core.workers["w-1"].asked == len(asked)
     stealing.validate()
-    core.feed("w-0", m.StealReply(asked[0], True, False))
+    core.feed("w-0", m.StealReply(key=asked[0], ok=True, later=False))
     assert ("compute", asked[0], "w-1") in core.calls
     assert core.tasks[asked[0]].processing_on == "w-1"
     assert core.workers["w-1"].asked == len(asked) - 1
@@ -127,7 +127,7 @@ def test_a_running_task_refused_is_never_asked_for_again() -> None:
     queue(core, "w-0", 4)
     out = core.feed("w-1", m.Idle())
     key = next(msg.key for _, msg in out if msg.op == "steal")
-    core.feed("w-0", m.StealReply(key, False, False))
+    core.feed("w-0", m.StealReply(key=key, ok=False, later=False))
     assert core.tasks[key].started and core.tasks[key].processing_on == "w-0"
     stealing.validate()
 
@@ -135,10 +135,10 @@ def test_a_running_task_refused_is_never_asked_for_again() -> None:
 def test_queries_wait_for_every_worker_to_sync_and_a_lost_one_stops_the_wait() -> None:
     core = FakeCore(2)
     queries = Queries(core)                 # type: ignore[arg-type]
-    out = core.feed("c-1", m.Query(7, "has_what", None))
+    out = core.feed("c-1", m.Query(rid=7, what="has_what", arg=None))
     assert sorted(target for target, msg in out if msg.op == "sync") == ["w-0", "w-1"]
     rid = out[0][1].rid
-    assert core.feed("w-0", m.Synced(rid)) == []
+    assert core.feed("w-0", m.Synced(rid=rid)) == []
     queries.validate()
     del core.workers["w-1"]
     queries.worker_lost("w-1")
@@ -151,13 +151,12 @@ def test_queries_wait_for_every_worker_to_sync_and_a_lost_one_stops_the_wait() -
 def test_scatter_spreads_keys_and_answers_once_every_worker_stored_them() -> None:
     core = FakeCore(2)
     scatters = Scatters(core)               # type: ignore[arg-type]
-    out = core.feed("c-1", m.Scatter(3, ["a", "b", "c", "d"], [[b"1"], [b"2"], [b"3"], [b"4"]],
-                                     False, []))
+    out = core.feed("c-1", m.Scatter(rid=3, keys=["a", "b", "c", "d"], values=[[b"1"], [b"2"], [b"3"], [b"4"]], broadcast=False, workers=[]))
     puts = {target: msg for target, msg in out}
     assert set(puts) == {"w-0", "w-1"} and all(len(p.keys) == 2 for p in puts.values())
     answers = []
     for wid, put in puts.items():
-        answers += core.feed(wid, m.PutDataDone(put.rid, put.keys, [1] * len(put.keys)))
+        answers += core.feed(wid, m.PutDataDone(rid=put.rid, keys=put.keys, nbytes=[1] * len(put.keys)))
     (target, reply), = answers             # one answer, once every worker stored its part
     assert target == "c-1" and reply.rid == 3 and reply.value == ["a", "b", "c", "d"]
     assert all(core.tasks[k].state == "memory" for k in "abcd")
@@ -169,12 +168,12 @@ def test_scatter_spreads_keys_and_answers_once_every_worker_stored_them() -> Non
 def test_a_scatter_to_a_worker_that_dies_answers_with_an_error() -> None:
     core = FakeCore(2)
     scatters = Scatters(core)               # type: ignore[arg-type]
-    out = core.feed("c-1", m.Scatter(4, ["a", "b"], [[b"1"], [b"2"]], False, []))
+    out = core.feed("c-1", m.Scatter(rid=4, keys=["a", "b"], values=[[b"1"], [b"2"]], broadcast=False, workers=[]))
     assert len(out) == 2
     ws = core.workers.pop("w-1")
     scatters.worker_lost(ws, "killed")
     put = dict(out)["w-0"]
-    (target, reply), = core.feed("w-0", m.PutDataDone(put.rid, put.keys, [1]))
+    (target, reply), = core.feed("w-0", m.PutDataDone(rid=put.rid, keys=put.keys, nbytes=[1]))
     assert target == "c-1" and reply.rid == 4
     assert reply.error and "died during the scatter" in reply.error and "killed" in reply.error
     assert not scatters.pending

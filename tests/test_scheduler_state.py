@@ -120,7 +120,7 @@ class Cluster:
                     assert ts is not None and c.id in ts.who_wants, (key, ts)
                     c.refs[key] += 1
                     if c.refs[key] == 1:
-                        self.to_sched[c.id].append(m.Want([key]))
+                        self.to_sched[c.id].append(m.Want(keys=[key]))
         elif msg.op in ("key-memory", "key-erred", "key-cancelled"):
             placed = c.placed.pop(msg.key, None)  # type: ignore[attr-defined]
             if placed is not None and msg.op == "key-memory":   # as Client._placed_done
@@ -203,8 +203,7 @@ class Cluster:
         c.refs[key] += 1
         if c.refs[key] == 1:
             self.seq += 1
-            self.to_sched[cid].append(m.Submit(key, 1, b"", deps, [0, 0, self.seq], retries, None, None,
-                                                      False))
+            self.to_sched[cid].append(m.Submit(key=key, func=1, args=b"", deps=deps, priority=[0, 0, self.seq], retries=retries, workers=None, resources=None, loose=False))
 
     def place(self, cid: str, wid: str, key: str) -> None:
         """The client places a dependency-free task straight on a worker."""
@@ -214,11 +213,11 @@ class Cluster:
         if c.refs[key] == 1:
             self.seq += 1
             address = self.workers[wid].address
-            record = m.Placed(key, 1, b"", [0, 0, self.seq], 0, address, self.seq, -1, "", False)
+            record = m.Placed(key=key, func=1, args=b"", priority=[0, 0, self.seq], retries=0, worker=address, seq=self.seq, nbytes=-1, type="", pinned=False)
             c.placed[key] = (wid, record)
             self.to_sched[cid].append(record)
             self.lanes.setdefault((cid, wid), deque()).append(
-                m.Place(key, 1, b"", [0, 0, self.seq], 0, self.seq))
+                m.Place(key=key, func=1, args=b"", priority=[0, 0, self.seq], retries=0, seq=self.seq))
 
     def deliver_lane(self, cid: str, wid: str) -> None:
         msg = self.lanes[(cid, wid)].popleft()
@@ -240,9 +239,9 @@ class Cluster:
         for key, (w, _) in list(c.placed.items()):      # as Client._stream_lost
             if w == wid:
                 del c.placed[key]
-        self.to_sched[cid].append(m.LaneLost(self.workers[wid].address))
+        self.to_sched[cid].append(m.LaneLost(worker=self.workers[wid].address))
         if c.refs:
-            self.to_sched[cid].append(m.Remind(sorted(c.refs)))
+            self.to_sched[cid].append(m.Remind(keys=sorted(c.refs)))
 
     def coord(self, cid: str, kind: str, name: str, action: str, holder: str = "",
               keys: list[str] | None = None, arg: object = None) -> None:
@@ -250,8 +249,7 @@ class Cluster:
         self.log.append(f"coord {cid} {kind} {name} {action} {holder} {keys} {arg}")
         c = self.clients[cid]
         c.rid += 1
-        self.to_sched[cid].append(m.Coord(c.rid, kind, name, action, holder, [b"v"],
-                                          keys or [], arg))
+        self.to_sched[cid].append(m.Coord(rid=c.rid, kind=kind, name=name, action=action, holder=holder, value=[b"v"], keys=keys or [], arg=arg))
 
     def clear_coordination(self) -> None:
         """Before draining: values still in queues and variables go to a client (or away)."""
@@ -267,7 +265,7 @@ class Cluster:
         c = self.clients[cid]
         c.rid += 1
         c.queries.add(c.rid)
-        self.to_sched[cid].append(m.Query(c.rid, what, None))
+        self.to_sched[cid].append(m.Query(rid=c.rid, what=what, arg=None))
 
     def release(self, cid: str, key: str) -> None:
         self.log.append(f"release {cid} {key}")
@@ -276,7 +274,7 @@ class Cluster:
         if not c.refs[key]:
             del c.refs[key]
             c.placed.pop(key, None)
-            self.to_sched[cid].append(m.Release([key]))
+            self.to_sched[cid].append(m.Release(keys=[key]))
 
     def want(self, cid: str, key: str) -> None:
         """A future arrives from elsewhere (pickled across clients)."""
@@ -284,15 +282,15 @@ class Cluster:
         c = self.clients[cid]
         c.refs[key] += 1
         if c.refs[key] == 1:
-            self.to_sched[cid].append(m.Want([key]))
+            self.to_sched[cid].append(m.Want(keys=[key]))
 
     def cancel(self, cid: str, key: str) -> None:
         self.log.append(f"cancel {cid} {key}")
-        self.to_sched[cid].append(m.Cancel([key]))
+        self.to_sched[cid].append(m.Cancel(keys=[key]))
 
     def fire_and_forget(self, cid: str, key: str) -> None:
         self.log.append(f"fire_and_forget {cid} {key}")
-        self.to_sched[cid].append(m.FireAndForget([key]))
+        self.to_sched[cid].append(m.FireAndForget(keys=[key]))
         self.release(cid, key)
 
     def scatter(self, cid: str, keys: list[str], broadcast: bool) -> None:
@@ -302,8 +300,7 @@ class Cluster:
         for k in keys:
             c.refs[k] += 1
         c.pending_scatter[c.rid] = keys
-        self.to_sched[cid].append(m.Scatter(c.rid, keys, [[b"x"] for _ in keys], broadcast,
-                                            None))
+        self.to_sched[cid].append(m.Scatter(rid=c.rid, keys=keys, values=[[b"x"] for _ in keys], broadcast=broadcast, workers=None))
 
     def releasable(self, cid: str) -> list[str]:
         """Keys a client may drop now (a scatter's futures only once it returned)."""
@@ -360,7 +357,7 @@ class Cluster:
             keys = list(msg.keys)  # type: ignore[attr-defined]
             w.data.update(keys)
             out = st.put_data(keys, [1] * len(keys))
-            out.append(("send", m.PutDataDone(msg.rid, keys, [1] * len(keys))))  # type: ignore
+            out.append(("send", m.PutDataDone(rid=msg.rid, keys=keys, nbytes=[1] * len(keys))))  # type: ignore
         elif op == "confirm":
             out = st.confirm(msg.key, msg.client, msg.seq, msg.attempt)  # type: ignore
         elif op == "client-gone":
@@ -368,7 +365,7 @@ class Cluster:
         elif op == "withdraw":
             out = st.withdraw(msg.client, msg.upto)  # type: ignore[attr-defined]
         elif op == "sync":
-            out = [("send", m.Synced(msg.rid))]  # type: ignore[attr-defined]
+            out = [("send", m.Synced(rid=msg.rid))]  # type: ignore[attr-defined]
         else:
             out = []
         self._apply(w, out)
@@ -427,7 +424,7 @@ class Cluster:
         w.recipes[child] = list(deps)
         t = w.state.tasks.get(child)
         if t is not None and t.state not in ("erred", "cancelled") and t.attempt != -1:
-            self.to_sched[wid].append(m.Want([child]))
+            self.to_sched[wid].append(m.Want(keys=[child]))
             if t.state == "memory":
                 w.settled.add(child)
             return
@@ -458,19 +455,19 @@ class Cluster:
         w.refs[data_key] += 1
         w.data.add(data_key)
         self._apply(w, w.state.put_data([data_key], [1]))
-        self.to_sched[wid].append(m.AddKeys([data_key], [1]))
+        self.to_sched[wid].append(m.AddKeys(keys=[data_key], nbytes=[1]))
 
     def secede(self, wid: str, key: str) -> None:
         w = self.workers[wid]
         self.log.append(f"{wid} {key} secedes")
         w.running[key].seceded = True
-        self.to_sched[wid].append(m.Secede(key))
+        self.to_sched[wid].append(m.Secede(key=key))
 
     def rejoin(self, wid: str, key: str) -> None:
         w = self.workers[wid]
         self.log.append(f"{wid} {key} rejoins")
         w.running[key].seceded = False
-        self.to_sched[wid].append(m.Rejoin(key))
+        self.to_sched[wid].append(m.Rejoin(key=key))
 
     def stack(self, wid: str, key: str) -> list[str]:
         """The task and those it runs inline for."""
@@ -502,7 +499,7 @@ class Cluster:
         if not w.refs[key]:
             del w.refs[key]
             w.recipes.pop(key, None)
-            self.to_sched[w.id].append(m.Release([key]))
+            self.to_sched[w.id].append(m.Release(keys=[key]))
 
     def finish(self, wid: str, key: str, n_inner: int = 0, rejoin: bool = True) -> None:
         w = self.workers[wid]
@@ -510,7 +507,7 @@ class Cluster:
         inner = list(dict.fromkeys(r.children))[:n_inner]
         self.log.append(f"{wid} finishes {key} inner={inner}")
         if r.seceded and rejoin:
-            self.to_sched[wid].append(m.Rejoin(key))
+            self.to_sched[wid].append(m.Rejoin(key=key))
         kept = list(r.children)
         for k in inner:
             kept.remove(k)
@@ -539,7 +536,7 @@ class Cluster:
         w = self.workers[wid]
         w.paused = not w.paused
         self.log.append(f"{wid} {'pauses' if w.paused else 'resumes'}")
-        self.to_sched[wid].append(m.Paused(w.paused))
+        self.to_sched[wid].append(m.Paused(paused=w.paused))
 
     # -- quiescence ----------------------------------------------------------------------
     def step_all(self) -> bool:
@@ -638,15 +635,15 @@ def do(s: SchedulerState, source: str, msg: m.Message) -> list:
 
 
 def submit(key: str, deps: list[str] | None = None, retries: int = 0, seq: int = 0) -> m.Message:
-    return m.Submit(key, 1, b"args", deps or [], [0, 0, seq], retries, None, None, False)
+    return m.Submit(key=key, func=1, args=b"args", deps=deps or [], priority=[0, 0, seq], retries=retries, workers=None, resources=None, loose=False)
 
 
 def finished(key: str, value: list | None = None) -> m.Message:
-    return m.TaskFinished(key, 8, "int", value, [], [], 0)
+    return m.TaskFinished(key=key, nbytes=8, type="int", value=value, inner=[], notified=[], attempt=0)
 
 
 def erred(key: str, kind: str = "exception") -> m.Message:
-    return m.TaskErred(key, [b"exc"], "Traceback", kind, 0)
+    return m.TaskErred(key=key, exception=[b"exc"], traceback="Traceback", kind=kind, attempt=0)
 
 
 def ops(out: list) -> list[tuple[str, str, str]]:
@@ -656,7 +653,7 @@ def ops(out: list) -> list[tuple[str, str, str]]:
 def test_submit_sends_compute_to_a_worker():
     s = sched()
     out = do(s, "c-1", submit("a"))
-    assert len(out) == 1 and out[0][1] == m.Compute("a", 1, b"args", {}, [0, 0, 0], 0, ["c-1"], 1)
+    assert len(out) == 1 and out[0][1] == m.Compute(key="a", func=1, args=b"args", deps={}, priority=[0, 0, 0], retries=0, notify=["c-1"], attempt=1)
     assert s.tasks["a"].state == "processing" and s.tasks["a"].processing_on == out[0][0]
 
 
@@ -664,11 +661,11 @@ def test_task_finished_reports_memory_to_wanting_clients_only():
     s = sched()
     s.add_client("c-2")
     wid = do(s, "c-1", submit("a"))[0][0]
-    do(s, "c-2", m.Want(["a"]))
+    do(s, "c-2", m.Want(keys=["a"]))
     out = do(s, wid, finished("a", [b"v"]))
     assert sorted(t for t, _ in out) == ["c-1", "c-2"]
-    assert out[0][1] == m.KeyMemory("a", "int", 8, ["tcp://127.0.0.1:9001"] if wid == "w-1"
-                                    else ["tcp://127.0.0.1:9002"], [b"v"])
+    assert out[0][1] == m.KeyMemory(key="a", type="int", nbytes=8, who_has=["tcp://127.0.0.1:9001"] if wid == "w-1"
+                                    else ["tcp://127.0.0.1:9002"], value=[b"v"])
     assert s.tasks["a"].who_has == {wid}
 
 
@@ -676,17 +673,17 @@ def test_release_frees_the_result_and_forgets_the_record():
     s = sched()
     wid = do(s, "c-1", submit("a"))[0][0]
     do(s, wid, finished("a"))
-    out = do(s, "c-1", m.Release(["a"]))
-    assert out == [(wid, m.Free(["a"]))]
+    out = do(s, "c-1", m.Release(keys=["a"]))
+    assert out == [(wid, m.Free(keys=["a"]))]
     assert s.tasks == {} and not s.workers[wid].has_what and not s.clients["c-1"]
 
 
 def test_release_while_processing_frees_the_worker_copy():
     s = sched()
     wid = do(s, "c-1", submit("a"))[0][0]
-    assert do(s, "c-1", m.Release(["a"])) == [(wid, m.Free(["a"]))]
+    assert do(s, "c-1", m.Release(keys=["a"])) == [(wid, m.Free(keys=["a"]))]
     assert s.tasks == {} and not s.workers[wid].processing
-    assert do(s, wid, finished("a")) == [(wid, m.Free(["a"]))]   # a late result is dropped
+    assert do(s, wid, finished("a")) == [(wid, m.Free(keys=["a"]))]   # a late result is dropped
 
 
 def test_dependencies_wait_then_run_with_who_has():
@@ -697,20 +694,20 @@ def test_dependencies_wait_then_run_with_who_has():
     out = do(s, wa, finished("a"))
     compute = [(t, msg) for t, msg in out if msg.op == "compute"]
     addr = s.workers[wa].address
-    assert compute == [(wa, m.Compute("b", 1, b"args", {"a": [addr]}, [0, 0, 0], 0, ["c-1"], 2))]
+    assert compute == [(wa, m.Compute(key="b", func=1, args=b"args", deps={"a": [addr]}, priority=[0, 0, 0], retries=0, notify=["c-1"], attempt=2))]
 
 
 def test_dependency_result_is_kept_while_a_dependent_needs_it():
     s = sched()
     wa = do(s, "c-1", submit("a"))[0][0]
     do(s, "c-1", submit("b", ["a"]))
-    do(s, "c-1", m.Release(["a"]))
+    do(s, "c-1", m.Release(keys=["a"]))
     do(s, wa, finished("a"))
     assert s.tasks["a"].state == "memory"          # b still needs it
     wb = s.tasks["b"].processing_on
     do(s, wb, finished("b"))
-    out = do(s, "c-1", m.Release(["b"]))
-    assert sorted(out, key=repr) == sorted([(wb, m.Free(["b"])), (wa, m.Free(["a"]))], key=repr)
+    out = do(s, "c-1", m.Release(keys=["b"]))
+    assert sorted(out, key=repr) == sorted([(wb, m.Free(keys=["b"])), (wa, m.Free(keys=["a"]))], key=repr)
     assert s.tasks == {}
 
 
@@ -723,7 +720,7 @@ def test_task_erred_propagates_to_dependents():
     assert sorted(k for _, op, k in ops(out) if op == "key-erred") == ["a", "b", "c"]
     assert {s.tasks[k].state for k in "abc"} == {"erred"}
     assert s.tasks["c"].error == ([b"exc"], "Traceback", "exception")
-    do(s, "c-1", m.Release(["a", "b", "c"]))
+    do(s, "c-1", m.Release(keys=["a", "b", "c"]))
     assert s.tasks == {}
 
 
@@ -737,12 +734,12 @@ def test_submit_on_an_erred_dependency_errs_at_once():
 
 def test_claim_creates_processing_and_a_second_claim_is_rejected():
     s = sched()
-    claim = m.Claim("pure", 1, b"", [], [0, 1, 1], 0, False)
+    claim = m.Claim(key="pure", func=1, args=b"", deps=[], priority=[0, 1, 1], retries=0, confirm=False)
     assert do(s, "w-1", claim) == []
     ts = s.tasks["pure"]
     assert ts.state == "processing" and ts.processing_on == "w-1" and ts.who_wants == {"w-1"}
     out = do(s, "w-2", claim)
-    assert out == [("w-2", m.ClaimRejected("pure"))]
+    assert out == [("w-2", m.ClaimRejected(key="pure"))]
     assert ts.who_wants == {"w-1", "w-2"} and ts.processing_on == "w-1"
     out = do(s, "w-1", finished("pure"))
     assert ops(out) == [("w-2", "key-memory", "pure")]     # the claimer knows already
@@ -750,22 +747,22 @@ def test_claim_creates_processing_and_a_second_claim_is_rejected():
 
 def test_claim_of_a_finished_key_reports_it():
     s = sched()
-    do(s, "w-1", m.Claim("pure", 1, b"", [], [0, 1, 1], 0, False))
+    do(s, "w-1", m.Claim(key="pure", func=1, args=b"", deps=[], priority=[0, 1, 1], retries=0, confirm=False))
     do(s, "w-1", finished("pure"))
-    out = do(s, "w-2", m.Claim("pure", 1, b"", [], [0, 1, 2], 0, False))
+    out = do(s, "w-2", m.Claim(key="pure", func=1, args=b"", deps=[], priority=[0, 1, 2], retries=0, confirm=False))
     assert ops(out) == [("w-2", "claim-rejected", "pure"), ("w-2", "key-memory", "pure")]
 
 
 def test_idle_worker_steals_from_the_busiest():
     s = sched()
     for i in range(4):                  # w-2 is new, so idle: claims on w-1 are stolen
-        out = do(s, "w-1", m.Claim(f"k{i}", 1, b"", [], [0, 1, i], 0, False))
+        out = do(s, "w-1", m.Claim(key=f"k{i}", func=1, args=b"", deps=[], priority=[0, 1, i], retries=0, confirm=False))
         if out:
             break
     steals = [msg.key for t, msg in out if t == "w-1" and msg.op == "steal"]
     assert steals and all(s.tasks[k].stealing == "w-2" for k in steals)
     key = steals[0]
-    out = do(s, "w-1", m.StealReply(key, True, False))
+    out = do(s, "w-1", m.StealReply(key=key, ok=True, later=False))
     assert [(t, msg.op, msg.key) for t, msg in out if msg.op == "compute"] == \
         [("w-2", "compute", key)]
     assert s.tasks[key].processing_on == "w-2" and s.tasks[key].who_wants == {"w-1"}
@@ -775,21 +772,21 @@ def test_refused_steal_leaves_the_task_with_its_worker():
     s = sched()
     out = []
     for i in range(3):
-        out += do(s, "w-1", m.Claim(f"k{i}", 1, b"", [], [0, 1, i], 0, False))
+        out += do(s, "w-1", m.Claim(key=f"k{i}", func=1, args=b"", deps=[], priority=[0, 1, i], retries=0, confirm=False))
     key = next(msg.key for t, msg in out if msg.op == "steal")
-    do(s, "w-1", m.StealReply(key, False, False))
+    do(s, "w-1", m.StealReply(key=key, ok=False, later=False))
     assert s.tasks[key].processing_on == "w-1" and s.tasks[key].stealing is None
 
 
 def test_scatter_replies_once_every_worker_stored_its_part():
     s = sched()
-    out = do(s, "c-1", m.Scatter(7, ["x", "y"], [[b"1"], [b"2"]], True, None))
+    out = do(s, "c-1", m.Scatter(rid=7, keys=["x", "y"], values=[[b"1"], [b"2"]], broadcast=True, workers=None))
     puts = {t: msg for t, msg in out}
     assert set(puts) == {"w-1", "w-2"} and all(p.op == "put-data" for p in puts.values())
-    out = do(s, "w-1", m.PutDataDone(puts["w-1"].rid, ["x", "y"], [1, 1]))
+    out = do(s, "w-1", m.PutDataDone(rid=puts["w-1"].rid, keys=["x", "y"], nbytes=[1, 1]))
     assert "reply" not in [msg.op for _, msg in out]
-    out = do(s, "w-2", m.PutDataDone(puts["w-2"].rid, ["x", "y"], [1, 1]))
-    assert ("c-1", m.Reply(7, ["x", "y"], None)) in out
+    out = do(s, "w-2", m.PutDataDone(rid=puts["w-2"].rid, keys=["x", "y"], nbytes=[1, 1]))
+    assert ("c-1", m.Reply(rid=7, value=["x", "y"], error=None)) in out
     assert s.tasks["x"].who_has == {"w-1", "w-2"} and s.tasks["x"].scattered
 
 
@@ -811,7 +808,7 @@ def test_worker_death_recomputes_lost_results_through_released_dependencies():
     do(s, "c-1", submit("b", ["a"]))
     wb = s.tasks["b"].processing_on
     do(s, wb, finished("b"))
-    do(s, "c-1", m.Release(["a"]))
+    do(s, "c-1", m.Release(keys=["a"]))
     assert s.tasks["a"].state == "released"        # kept as b's recipe (lineage)
     s.add_worker("w-3", "tcp://127.0.0.1:9003", "w-3", 1, 3, 0, [], 0.0)
     out = s.remove_worker(wb)
@@ -825,8 +822,8 @@ def test_worker_death_recomputes_lost_results_through_released_dependencies():
 
 def test_worker_death_loses_scattered_data_for_good():
     s = sched(n_workers=1)
-    out = do(s, "c-1", m.Scatter(1, ["x"], [[b"1"]], False, None))
-    do(s, "w-1", m.PutDataDone(out[0][1].rid, ["x"], [1]))
+    out = do(s, "c-1", m.Scatter(rid=1, keys=["x"], values=[[b"1"]], broadcast=False, workers=None))
+    do(s, "w-1", m.PutDataDone(rid=out[0][1].rid, keys=["x"], nbytes=[1]))
     s.add_worker("w-2", "tcp://127.0.0.1:9002", "w-2", 1, 2, 0, [], 0.0)
     out = s.remove_worker("w-1")
     s.validate()
@@ -850,8 +847,8 @@ def test_cancel_tells_the_clients_and_frees_the_work():
     s.add_client("c-2")
     wid = do(s, "c-1", submit("a"))[0][0]
     do(s, "c-1", submit("b", ["a"]))
-    do(s, "c-2", m.Want(["a"]))
-    out = do(s, "c-1", m.Cancel(["a"]))
+    do(s, "c-2", m.Want(keys=["a"]))
+    out = do(s, "c-1", m.Cancel(keys=["a"]))
     assert sorted(ops(out)) == sorted([("c-1", "key-cancelled", "b"), ("c-1", "key-cancelled", "a"),
                                        ("c-2", "key-cancelled", "a"), (wid, "free", "")])
     assert s.tasks == {}
@@ -860,21 +857,21 @@ def test_cancel_tells_the_clients_and_frees_the_work():
 def test_fire_and_forget_keeps_the_task_until_it_is_done():
     s = sched()
     wid = do(s, "c-1", submit("a"))[0][0]
-    do(s, "c-1", m.FireAndForget(["a"]))
-    assert do(s, "c-1", m.Release(["a"])) == []
+    do(s, "c-1", m.FireAndForget(keys=["a"]))
+    assert do(s, "c-1", m.Release(keys=["a"])) == []
     assert s.tasks["a"].state == "processing"
     out = do(s, wid, finished("a"))
-    assert out == [(wid, m.Free(["a"]))] and s.tasks == {}
+    assert out == [(wid, m.Free(keys=["a"]))] and s.tasks == {}
 
 
 def test_secede_frees_a_slot_and_rejoin_takes_it_back():
     s = sched(n_workers=1)
     do(s, "c-1", submit("a"))
-    do(s, "w-1", m.Secede("a"))
+    do(s, "w-1", m.Secede(key="a"))
     assert s.workers["w-1"].seceded == 1 and s.tasks["a"].running
-    do(s, "w-1", m.Rejoin("a"))
+    do(s, "w-1", m.Rejoin(key="a"))
     assert s.workers["w-1"].seceded == 0
-    do(s, "w-1", m.Secede("a"))
+    do(s, "w-1", m.Secede(key="a"))
     do(s, "w-1", finished("a"))                     # ends seceded: the slot comes back
     assert s.workers["w-1"].seceded == 0
 
@@ -883,7 +880,7 @@ def test_secede_frees_a_slot_and_rejoin_takes_it_back():
 def test_scatter_to_a_worker_that_dies_still_replies():
     # before: the client waited forever for a put-data-done that never came
     s = sched(n_workers=1)
-    do(s, "c-1", m.Scatter(3, ["x"], [[b"1"]], False, None))
+    do(s, "c-1", m.Scatter(rid=3, keys=["x"], values=[[b"1"]], broadcast=False, workers=None))
     out = s.remove_worker("w-1")
     s.validate()
     assert len(out) == 1 and out[0][0] == "c-1" and out[0][1].op == "reply"
@@ -898,29 +895,29 @@ def test_submit_with_an_unknown_dependency_leaves_no_dangling_dependent():
     assert ops(out) == [("c-1", "key-erred", "b")] and out[0][1].kind == "lost"
     assert s.tasks["a"].dependents == set()
     do(s, wid, finished("a"))
-    do(s, "c-1", m.Release(["a"]))
+    do(s, "c-1", m.Release(keys=["a"]))
     assert s.tasks == {}
 
 
 def test_scatter_whose_client_left_is_freed_when_it_lands():
     # before: the put-data-done re-created the client's want list and the data stayed forever
     s = sched(n_workers=1)
-    do(s, "c-1", m.Scatter(1, ["x"], [[b"1"]], False, None))
+    do(s, "c-1", m.Scatter(rid=1, keys=["x"], values=[[b"1"]], broadcast=False, workers=None))
     s.remove_client("c-1")
-    out = do(s, "w-1", m.PutDataDone(1, ["x"], [1]))
-    assert out == [("w-1", m.Free(["x"]))]
+    out = do(s, "w-1", m.PutDataDone(rid=1, keys=["x"], nbytes=[1]))
+    assert out == [("w-1", m.Free(keys=["x"]))]
     assert s.tasks == {} and "c-1" not in s.clients
 
 
 def test_claim_whose_dependency_erred_errs_instead_of_processing_forever():
     # before: the claim stayed processing@w-1 although the worker had erred it locally
     s = sched()
-    do(s, "w-1", m.Claim("a", 1, b"", [], [0, 1, 1], 0, False))
+    do(s, "w-1", m.Claim(key="a", func=1, args=b"", deps=[], priority=[0, 1, 1], retries=0, confirm=False))
     do(s, "w-1", erred("a"))
-    out = do(s, "w-1", m.Claim("b", 1, b"", ["a"], [0, 1, 2], 0, False))
+    out = do(s, "w-1", m.Claim(key="b", func=1, args=b"", deps=["a"], priority=[0, 1, 2], retries=0, confirm=False))
     assert ops(out) == [("w-1", "key-erred", "b")]
     assert s.tasks["b"].state == "erred" and not s.workers["w-1"].processing
-    do(s, "w-1", m.Release(["a", "b"]))
+    do(s, "w-1", m.Release(keys=["a", "b"]))
     assert s.tasks == {}
 
 
@@ -931,7 +928,7 @@ def test_claim_of_a_key_already_assigned_to_the_same_worker_is_kept():
     # worker dropped its only copy: processing there forever
     s = sched(n_workers=1)
     do(s, "c-1", submit("pure"))
-    assert do(s, "w-1", m.Claim("pure", 1, b"", [], [0, 1, 1], 0, False)) == []
+    assert do(s, "w-1", m.Claim(key="pure", func=1, args=b"", deps=[], priority=[0, 1, 1], retries=0, confirm=False)) == []
     assert s.tasks["pure"].who_wants == {"c-1", "w-1"}
     assert ops(do(s, "w-1", finished("pure"))) == [("c-1", "key-memory", "pure")]
 
@@ -1306,26 +1303,26 @@ def test_compute_names_the_waiting_clients_and_told_ones_are_not_told_twice():
     s = sched()
     s.add_client("c-2")
     wid = do(s, "c-1", submit("a"))[0][0]
-    do(s, "c-2", m.Want(["a"]))
-    out = do(s, wid, m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"], 0))
+    do(s, "c-2", m.Want(keys=["a"]))
+    out = do(s, wid, m.TaskFinished(key="a", nbytes=8, type="int", value=[b"v"], inner=[], notified=["c-1"], attempt=0))
     assert ops(out) == [("c-2", "key-memory", "a")]     # c-1 heard from the worker
 
 
 def test_a_reminding_client_is_told_by_the_scheduler_whatever_the_worker_says():
     s = sched()
     wid = do(s, "c-1", submit("a"))[0][0]
-    assert do(s, "c-1", m.Remind(["a", "never-submitted"])) == []   # unknown keys: on their way
-    out = do(s, wid, m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"], 0))
+    assert do(s, "c-1", m.Remind(keys=["a", "never-submitted"])) == []   # unknown keys: on their way
+    out = do(s, wid, m.TaskFinished(key="a", nbytes=8, type="int", value=[b"v"], inner=[], notified=["c-1"], attempt=0))
     assert ops(out) == [("c-1", "key-memory", "a")]
-    assert ops(do(s, "c-1", m.Remind(["a"]))) == [("c-1", "key-memory", "a")]
+    assert ops(do(s, "c-1", m.Remind(keys=["a"]))) == [("c-1", "key-memory", "a")]
 
 
 def test_a_paused_worker_gets_no_new_task_while_another_can_take_it():
     s = sched()
-    do(s, "w-1", m.Paused(True))
+    do(s, "w-1", m.Paused(paused=True))
     assert [t for t, _ in do(s, "c-1", submit("a"))] == ["w-2"]
     assert [t for t, _ in do(s, "c-1", submit("b"))] == ["w-2"]
-    do(s, "w-2", m.Paused(True))              # all paused: it queues somewhere anyway
+    do(s, "w-2", m.Paused(paused=True))              # all paused: it queues somewhere anyway
     assert len(do(s, "c-1", submit("c"))) == 1
     do(s, "w-1", m.Idle())                    # a paused worker's idle is not believed
     assert "w-1" not in s.idle
@@ -1333,12 +1330,12 @@ def test_a_paused_worker_gets_no_new_task_while_another_can_take_it():
 
 def test_idle_workers_take_unstarted_tasks_of_a_paused_one():
     s = sched()
-    do(s, "w-2", m.Paused(True))
+    do(s, "w-2", m.Paused(paused=True))
     do(s, "c-1", submit("a"))                  # on w-1, which has a slot for it
-    do(s, "w-2", m.Paused(False))
+    do(s, "w-2", m.Paused(paused=False))
     do(s, "w-2", m.Idle())                     # nothing to take: w-1 will start it
     assert s.stealing.steals == {}
-    out = do(s, "w-1", m.Paused(True))         # now w-1 will not (unless it already did:
+    out = do(s, "w-1", m.Paused(paused=True))         # now w-1 will not (unless it already did:
     assert ops(out) == [("w-1", "steal", "a")]  # its steal-reply says which)
     assert s.workers["w-1"].paused and "w-1" not in s.idle
 
@@ -1350,16 +1347,16 @@ def test_a_late_report_of_a_released_run_is_not_taken_for_the_resubmitted_one():
     s = sched()
     first = do(s, "c-1", submit("a"))
     w1, attempt1 = first[0][0], first[0][1].attempt
-    assert do(s, "c-1", m.Release(["a"])) == [(w1, m.Free(["a"]))]
+    assert do(s, "c-1", m.Release(keys=["a"])) == [(w1, m.Free(keys=["a"]))]
     second = do(s, "c-1", submit("a"))
     w2, attempt2 = second[0][0], second[0][1].attempt
     assert second[0][1].op == "compute" and attempt2 != attempt1
-    late = m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"], attempt1)
+    late = m.TaskFinished(key="a", nbytes=8, type="int", value=[b"v"], inner=[], notified=["c-1"], attempt=attempt1)
     assert do(s, w1, late) == []
     ts = s.tasks["a"]
     assert ts.state == "processing" and ts.processing_on == w2 and not ts.who_has
     # the new run's report counts, and the client hears of it
-    out = do(s, w2, m.TaskFinished("a", 8, "int", [b"v"], [], [], attempt2))
+    out = do(s, w2, m.TaskFinished(key="a", nbytes=8, type="int", value=[b"v"], inner=[], notified=[], attempt=attempt2))
     assert ops(out) == [("c-1", "key-memory", "a")]
     assert s.tasks["a"].who_has == {w2}
 
@@ -1368,17 +1365,16 @@ def test_a_late_error_of_a_released_run_does_not_err_the_resubmitted_one():
     s = sched()
     first = do(s, "c-1", submit("a"))
     w1, attempt1 = first[0][0], first[0][1].attempt
-    do(s, "c-1", m.Release(["a"]))
+    do(s, "c-1", m.Release(keys=["a"]))
     do(s, "c-1", submit("a"))
-    assert do(s, w1, m.TaskErred("a", [b"exc"], "Traceback", "exception", attempt1)) == []
+    assert do(s, w1, m.TaskErred(key="a", exception=[b"exc"], traceback="Traceback", kind="exception", attempt=attempt1)) == []
     assert s.tasks["a"].state == "processing"
 
 
 # == placed tasks ============================================================================
 def placed(key: str, worker: int = 1, seq: int = 1, nbytes: int = -1,
            pinned: bool = False) -> m.Message:
-    return m.Placed(key, 1, b"args", [0, 0, seq], 0, f"tcp://127.0.0.1:{9000 + worker}", seq,
-                    nbytes, "int" if nbytes >= 0 else "", pinned)
+    return m.Placed(key=key, func=1, args=b"args", priority=[0, 0, seq], retries=0, worker=f"tcp://127.0.0.1:{9000 + worker}", seq=seq, nbytes=nbytes, type="int" if nbytes >= 0 else "", pinned=pinned)
 
 
 def test_a_pinned_placed_task_is_never_stolen_by_an_idle_worker():
@@ -1400,8 +1396,8 @@ def test_a_key_wanted_again_after_its_release_is_reported_though_the_worker_told
     s = sched()
     do(s, "c-1", placed("a", worker=1))
     attempt = s.tasks["a"].attempt
-    do(s, "c-1", m.Want(["a"]))
-    out = do(s, "w-1", m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"], attempt))
+    do(s, "c-1", m.Want(keys=["a"]))
+    out = do(s, "w-1", m.TaskFinished(key="a", nbytes=8, type="int", value=[b"v"], inner=[], notified=["c-1"], attempt=attempt))
     assert ops(out) == [("c-1", "key-memory", "a")]
 
 
@@ -1409,20 +1405,20 @@ def test_a_placed_task_is_processing_where_the_client_put_it_and_is_confirmed_th
     s = sched()
     out = do(s, "c-1", placed("a", worker=2))
     attempt = s.tasks["a"].attempt
-    assert out == [("w-2", m.Confirm("a", "c-1", 1, attempt))] and attempt > 0
+    assert out == [("w-2", m.Confirm(key="a", client="c-1", seq=1, attempt=attempt))] and attempt > 0
     assert s.tasks["a"].processing_on == "w-2" and s.tasks["a"].who_wants == {"c-1"}
-    out = do(s, "w-2", m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"], attempt))
+    out = do(s, "w-2", m.TaskFinished(key="a", nbytes=8, type="int", value=[b"v"], inner=[], notified=["c-1"], attempt=attempt))
     assert out == [] and s.tasks["a"].who_has == {"w-2"}     # the client heard already
 
 
 def test_a_placed_task_whose_result_came_first_is_in_memory_there_at_once():
     s = sched()
     s.add_client("c-2")
-    do(s, "c-2", m.Want(["x"]))      # (unknown: c-2 hears it is lost; it asks again below)
+    do(s, "c-2", m.Want(keys=["x"]))      # (unknown: c-2 hears it is lost; it asks again below)
     out = do(s, "c-1", placed("a", worker=1, nbytes=8))
     assert s.tasks["a"].state == "memory" and s.tasks["a"].who_has == {"w-1"}
     assert ops(out) == [("w-1", "confirm", "a")]
-    assert ops(do(s, "c-2", m.Want(["a"]))) == [("c-2", "key-memory", "a")]
+    assert ops(do(s, "c-2", m.Want(keys=["a"]))) == [("c-2", "key-memory", "a")]
 
 
 def test_a_placed_key_known_elsewhere_drops_the_copy_and_one_counted_there_keeps_it():
@@ -1431,9 +1427,9 @@ def test_a_placed_key_known_elsewhere_drops_the_copy_and_one_counted_there_keeps
     other = 3 - int(wid[2:])
     s.add_client("c-2")
     out = do(s, "c-2", placed("a", worker=other))
-    assert out == [(f"w-{other}", m.Confirm("a", "c-2", 1, -1))]
+    assert out == [(f"w-{other}", m.Confirm(key="a", client="c-2", seq=1, attempt=-1))]
     out = do(s, "c-2", placed("a", worker=int(wid[2:]), seq=2))
-    assert out == [(wid, m.Confirm("a", "c-2", 2, s.tasks["a"].attempt))]
+    assert out == [(wid, m.Confirm(key="a", client="c-2", seq=2, attempt=s.tasks["a"].attempt))]
     assert s.tasks["a"].who_wants == {"c-1", "c-2"}
 
 
@@ -1447,17 +1443,17 @@ def test_a_lost_lane_sends_what_was_placed_there_the_usual_way():
     s = sched()
     do(s, "c-1", placed("a", worker=1, seq=3))
     first = s.tasks["a"].attempt
-    out = do(s, "c-1", m.LaneLost("tcp://127.0.0.1:9001"))
+    out = do(s, "c-1", m.LaneLost(worker="tcp://127.0.0.1:9001"))
     assert ops(out) == [("w-1", "compute", "a"), ("w-1", "withdraw", "")]
-    assert out[1][1] == m.Withdraw("c-1", 3) and s.tasks["a"].attempt > first
+    assert out[1][1] == m.Withdraw(client="c-1", upto=3) and s.tasks["a"].attempt > first
 
 
 def test_not_here_reruns_the_placed_task_if_that_run_is_still_the_one():
     s = sched()
     do(s, "c-1", placed("a", worker=1))
     attempt = s.tasks["a"].attempt
-    assert do(s, "w-1", m.NotHere("a", attempt - 1)) == []        # an older run: ignored
-    out = do(s, "w-1", m.NotHere("a", attempt))
+    assert do(s, "w-1", m.NotHere(key="a", attempt=attempt - 1)) == []        # an older run: ignored
+    out = do(s, "w-1", m.NotHere(key="a", attempt=attempt))
     assert [op for _, op, _ in ops(out)] == ["compute"] and s.tasks["a"].attempt > attempt
 
 
@@ -1465,37 +1461,37 @@ def test_the_client_leaving_tells_workers_its_places_are_over():
     s = sched()
     do(s, "c-1", placed("a", worker=1))
     out = s.remove_client("c-1")
-    assert ("w-1", m.ClientGone("c-1")) in out and ("w-2", m.ClientGone("c-1")) in out
+    assert ("w-1", m.ClientGone(client="c-1")) in out and ("w-2", m.ClientGone(client="c-1")) in out
 
 
 def test_a_stale_report_from_a_worker_no_longer_running_the_task_frees_its_copy():
     s = sched()
     do(s, "c-1", placed("a", worker=1))
     first = s.tasks["a"].attempt
-    do(s, "w-1", m.Paused(True))
-    do(s, "w-1", m.NotHere("a", first))                 # it runs on w-2 now
+    do(s, "w-1", m.Paused(paused=True))
+    do(s, "w-1", m.NotHere(key="a", attempt=first))                 # it runs on w-2 now
     assert s.tasks["a"].processing_on == "w-2"
-    out = do(s, "w-1", m.TaskFinished("a", 8, "int", None, [], [], first))
-    assert out == [("w-1", m.Free(["a"]))]
+    out = do(s, "w-1", m.TaskFinished(key="a", nbytes=8, type="int", value=None, inner=[], notified=[], attempt=first))
+    assert out == [("w-1", m.Free(keys=["a"]))]
 
 
 def test_where_queries_wait_for_every_worker_to_sync():
     s = sched()
-    out = do(s, "c-1", m.Query(5, "who_has", None))
+    out = do(s, "c-1", m.Query(rid=5, what="who_has", arg=None))
     assert sorted(ops(out)) == [("w-1", "sync", ""), ("w-2", "sync", "")]
     rid = out[0][1].rid
-    assert do(s, "w-1", m.Synced(rid)) == []
+    assert do(s, "w-1", m.Synced(rid=rid)) == []
     out = s.remove_worker("w-2")           # a worker that dies answers no more
-    assert out == [("c-1", m.Reply(5, {}, None))]
-    assert ops(do(s, "c-1", m.Query(6, "workers", None))) == [("c-1", "reply", "")]
+    assert out == [("c-1", m.Reply(rid=5, value={}, error=None))]
+    assert ops(do(s, "c-1", m.Query(rid=6, what="workers", arg=None))) == [("c-1", "reply", "")]
 
 
 def test_a_workers_want_of_a_forgotten_key_is_answered_unknown_a_clients_lost():
     # the worker's own release went first: the scheduler forgot the key; its in-task
     # client claims it anew if it still waits (a stale answer is dropped there)
     s = sched()
-    assert do(s, "w-1", m.Want(["gone"])) == [("w-1", m.Unknown("gone"))]
-    out = do(s, "c-1", m.Want(["gone"]))
+    assert do(s, "w-1", m.Want(keys=["gone"])) == [("w-1", m.Unknown(key="gone"))]
+    out = do(s, "c-1", m.Want(keys=["gone"]))
     assert ops(out) == [("c-1", "key-erred", "gone")] and out[0][1].kind == "lost"
 
 
@@ -1510,7 +1506,7 @@ def test_a_want_answered_unknown_claims_the_task_anew_if_its_future_still_waits(
     w.running["parent"].children.remove("child")
     c._worker_release(w, "child")         # released: the release is on its way
     c.claim(wid, "parent", "child")       # still running here: wanted, not claimed
-    assert c.to_sched[wid][-1] == m.Want(["child"]) and "child" not in w.settled
+    assert c.to_sched[wid][-1] == m.Want(keys=["child"]) and "child" not in w.settled
     while c.to_sched[wid]:
         c.deliver_to_scheduler(wid)       # release (the scheduler frees it), then want
     c.deliver_to_worker(wid)              # free: the run here is cancelled
@@ -1532,19 +1528,19 @@ def test_a_result_computed_again_holds_its_own_inner_futures_not_the_lost_ones()
     s = sched()
     first = do(s, "c-1", submit("t"))[0]
     wid, other = first[0], "w-2" if first[0] == "w-1" else "w-1"
-    do(s, wid, m.Claim("k-old", 1, b"", [], [0, 1, 1], 0, False))
-    do(s, wid, m.TaskFinished("t", 8, "dict", None, ["k-old"], [], first[1].attempt))
-    do(s, wid, m.Release(["k-old"]))          # only the result holds it now
+    do(s, wid, m.Claim(key="k-old", func=1, args=b"", deps=[], priority=[0, 1, 1], retries=0, confirm=False))
+    do(s, wid, m.TaskFinished(key="t", nbytes=8, type="dict", value=None, inner=["k-old"], notified=[], attempt=first[1].attempt))
+    do(s, wid, m.Release(keys=["k-old"]))          # only the result holds it now
     assert s.tasks["k-old"].who_wants == {"^t"}
     out = s.remove_worker(wid)                # t's result (and k-old) lost: t runs again
     s.validate()
     again = next(msg for _, msg in out if msg.op == "compute" and msg.key == "t")
-    do(s, other, m.Claim("k-new", 1, b"", [], [0, 1, 2], 0, False))
-    do(s, other, m.TaskFinished("t", 8, "dict", None, ["k-new"], [], again.attempt))
+    do(s, other, m.Claim(key="k-new", func=1, args=b"", deps=[], priority=[0, 1, 2], retries=0, confirm=False))
+    do(s, other, m.TaskFinished(key="t", nbytes=8, type="dict", value=None, inner=["k-new"], notified=[], attempt=again.attempt))
     assert s.tasks["k-new"].who_wants == {"^t", other}
     assert "k-old" not in s.tasks or "^t" not in s.tasks["k-old"].who_wants
-    do(s, other, m.Release(["k-new"]))
-    do(s, "c-1", m.Release(["t"]))
+    do(s, other, m.Release(keys=["k-new"]))
+    do(s, "c-1", m.Release(keys=["t"]))
     assert s.tasks == {}
 
 

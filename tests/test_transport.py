@@ -45,7 +45,7 @@ def test_threads_writing_at_once_interleave_whole_messages_in_order():
 
         def sender(t: int) -> None:
             for i in range(per_thread):
-                comm.send_threadsafe(m.Want([f"t{t}-{i}-" + "x" * (i % 300)]))
+                comm.send_threadsafe(m.Want(keys=[f"t{t}-{i}-" + "x" * (i % 300)]))
                 if i % 7 == 0:
                     comm.wake()
             comm.wake()

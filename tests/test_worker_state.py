@@ -55,7 +55,7 @@ def test_compute_without_deps_is_ready():
     assert ("ready",) in out and ws.tasks["a"].state == "ready"
     run(ws, "a")
     out = finish(ws, "a")
-    assert sent(out) == [m.TaskFinished("a", 8, "int", None, [], [], 0)]
+    assert sent(out) == [m.TaskFinished(key="a", nbytes=8, type="int", value=None, inner=[], notified=[], attempt=0)]
     assert ("done", "a") in out
     assert ws.tasks["a"].state == "memory" and ws.held_keys() == ["a"]
 
@@ -82,7 +82,7 @@ def test_claim_queues_locally_and_tells_the_scheduler():
     ws = WorkerState(ME)
     out = ws.claim("child", 1, b"", [], prio(1, 5), 0)
     ws.validate()
-    assert sent(out) == [m.Claim("child", 1, b"", [], prio(1, 5), 0, False)]
+    assert sent(out) == [m.Claim(key="child", func=1, args=b"", deps=[], priority=prio(1, 5), retries=0, confirm=False)]
     t = ws.tasks["child"]
     assert t.state == "ready" and t.claimed and t.owned
 
@@ -142,7 +142,7 @@ def test_erred_with_retries_runs_again_then_reports():
     run(ws, "a")
     out = ws.erred("a", [b"e"], "tb", "exception")
     ws.validate()
-    assert sent(out) == [m.TaskErred("a", [b"e"], "tb", "exception", 0)]
+    assert sent(out) == [m.TaskErred(key="a", exception=[b"e"], traceback="tb", kind="exception", attempt=0)]
     assert ("done", "a") in out and ws.tasks["a"].state == "erred"
 
 
@@ -174,7 +174,7 @@ def test_steal_of_a_ready_task_succeeds_and_forgets_it():
     compute(ws, "a")
     out = ws.steal("a")
     ws.validate()
-    assert sent(out) == [m.StealReply("a", True, False)]
+    assert sent(out) == [m.StealReply(key="a", ok=True, later=False)]
     assert "a" not in ws.tasks and ws.pop_ready() is None
 
 
@@ -182,9 +182,9 @@ def test_steal_of_an_executing_task_fails():
     ws = WorkerState(ME)
     compute(ws, "a")
     run(ws, "a")
-    assert sent(ws.steal("a")) == [m.StealReply("a", False, False)]
+    assert sent(ws.steal("a")) == [m.StealReply(key="a", ok=False, later=False)]
     assert ws.tasks["a"].state == "executing"
-    assert sent(ws.steal("unknown")) == [m.StealReply("unknown", False, False)]
+    assert sent(ws.steal("unknown")) == [m.StealReply(key="unknown", ok=False, later=False)]
 
 
 def test_stolen_task_with_local_dependent_waits_for_its_result():
@@ -276,7 +276,7 @@ def test_fetch_failure_tries_the_next_holder_and_tells_the_scheduler():
     addrs = kinds(out, "fetch")[0][2]
     out = ws.fetch_failed("far", addrs[0])
     ws.validate()
-    assert sent(out) == [m.MissingData("far", addrs[0])]
+    assert sent(out) == [m.MissingData(key="far", worker=addrs[0])]
     assert kinds(out, "fetch") == [("fetch", "far", addrs[1:])]
 
 
@@ -664,8 +664,8 @@ def test_finished_tells_connected_waiting_clients_directly():
     assert ws.pop_ready().key == "a"
     out = ws.finished("a", 8, "int", [b"v"], [], {"c-1", "c-3"})   # c-2 is not connected
     assert kinds(out, "tell") == [
-        ("tell", "c-1", m.KeyMemory("a", "int", 8, ["tcp://127.0.0.1:9001"], [b"v"]))]
-    assert sent(out) == [m.TaskFinished("a", 8, "int", [b"v"], [], ["c-1"], 0)]
+        ("tell", "c-1", m.KeyMemory(key="a", type="int", nbytes=8, who_has=["tcp://127.0.0.1:9001"], value=[b"v"]))]
+    assert sent(out) == [m.TaskFinished(key="a", nbytes=8, type="int", value=[b"v"], inner=[], notified=["c-1"], attempt=0)]
     ws.validate()
 
 
@@ -707,10 +707,10 @@ def test_a_placed_task_runs_at_once_and_its_report_waits_for_the_confirm():
     assert ws.pop_ready().key == "p"
     out = ws.finished("p", 8, "int", [b"v"], [], {C})
     # the client hears now; the scheduler, which may not know the task yet, later
-    assert kinds(out, "tell") == [("tell", C, m.KeyMemory("p", "int", 8, [ME], [b"v"]))]
+    assert kinds(out, "tell") == [("tell", C, m.KeyMemory(key="p", type="int", nbytes=8, who_has=[ME], value=[b"v"]))]
     assert not sent(out)
     out = ws.confirm("p", C, 1, 7)
-    assert sent(out) == [m.TaskFinished("p", 8, "int", [b"v"], [], [C], 7)]
+    assert sent(out) == [m.TaskFinished(key="p", nbytes=8, type="int", value=[b"v"], inner=[], notified=[C], attempt=7)]
     ws.validate()
     assert ws.free(["p"]) == [("drop", "p")] and ws.tasks == {}
 
@@ -747,10 +747,10 @@ def test_a_free_on_its_way_does_not_take_a_copy_a_client_counts_on():
     ws.pop_ready()
     ws.finished("k", 8, "int", None, [], ())
     out = place(ws, "k", 1)                       # in memory: the client hears at once
-    assert kinds(out, "tell") == [("tell", C, m.KeyMemory("k", "int", 8, [ME], None))]
+    assert kinds(out, "tell") == [("tell", C, m.KeyMemory(key="k", type="int", nbytes=8, who_has=[ME], value=None))]
     assert ws.free(["k"]) == [] and ws.tasks["k"].state == "memory"
     out = ws.confirm("k", C, 1, 9)                # the scheduler counts this copy anew
-    assert sent(out) == [m.TaskFinished("k", 8, "int", None, [], [], 9)]
+    assert sent(out) == [m.TaskFinished(key="k", nbytes=8, type="int", value=None, inner=[], notified=[], attempt=9)]
     assert ws.tasks["k"].owned and ws.tasks["k"].attempt == 9
     # the same, but the task lives elsewhere now: the uncounted copy goes
     ws2 = WorkerState(ME)
@@ -766,7 +766,7 @@ def test_a_confirm_counting_a_copy_that_never_came_says_not_here():
     ws = WorkerState(ME)
     ws.confirm("p", C, 1, 7)
     out = ws.client_gone(C)                 # the client left: its place will never come
-    assert sent(out) == [m.NotHere("p", 7)] and ws.early == {}
+    assert sent(out) == [m.NotHere(key="p", attempt=7)] and ws.early == {}
     ws.confirm("q", C, 2, 8)
     ws.withdraw(C, 2)                       # its lane broke: the scheduler sent q by compute
     assert ws.early == {}
@@ -776,7 +776,7 @@ def test_a_free_or_steal_of_a_run_still_on_its_way_leaves_other_records_alone():
     ws = WorkerState(ME)
     ws.claim("k", 1, b"", [], prio(1, 1), 0)     # a task here claimed the key too
     ws.confirm("k", C, 1, 7)                      # a client's place of it, not arrived yet
-    assert sent(ws.steal("k")) == [m.StealReply("k", False, False)]
+    assert sent(ws.steal("k")) == [m.StealReply(key="k", ok=False, later=False)]
     assert ws.free(["k"]) == [] and ws.tasks["k"].state == "ready"
     assert ws.early == {(C, 1): ("k", -1)}        # that run is not wanted any more
     place(ws, "k", 1)
@@ -797,7 +797,7 @@ def test_a_task_here_submitting_an_uncounted_placed_key_claims_it():
     ws = WorkerState(ME)
     place(ws, "p", 1)
     out = ws.claim("p", 1, b"", [], prio(1, 2), 0)
-    assert sent(out) == [m.Claim("p", 1, b"", [], prio(1, 2), 0, False)]
+    assert sent(out) == [m.Claim(key="p", func=1, args=b"", deps=[], priority=prio(1, 2), retries=0, confirm=False)]
     assert ws.tasks["p"].claimed and ws.tasks["p"].state == "ready"
     ws.validate()
 
@@ -807,9 +807,9 @@ def test_a_placed_task_that_fails_tells_its_client_and_holds_the_report():
     place(ws, "p", 1)
     ws.pop_ready()
     out = ws.erred("p", [b"e"], "tb", "exception", {C})
-    assert kinds(out, "tell") == [("tell", C, m.KeyErred("p", [b"e"], "tb", "exception"))]
+    assert kinds(out, "tell") == [("tell", C, m.KeyErred(key="p", exception=[b"e"], traceback="tb", kind="exception"))]
     assert not sent(out)
     ws.idle(True)                                 # (erred records are reaped: not this one)
-    assert sent(ws.confirm("p", C, 1, 4)) == [m.TaskErred("p", [b"e"], "tb", "exception", 4)]
+    assert sent(ws.confirm("p", C, 1, 4)) == [m.TaskErred(key="p", exception=[b"e"], traceback="tb", kind="exception", attempt=4)]
     ws.idle(True)
     assert ws.tasks == {}
