@@ -61,7 +61,7 @@ class PlacingMixin:
     def _place(self, key: str, fbytes: bytes, abytes: bytes, priority: list, retries: int,
                addr: str, comm: Comm, pinned: bool = False) -> None:
         seq = priority[2]            # unique in this process
-        record = m.Placed(key, fbytes, abytes, priority, retries, addr, seq, -1, "", pinned)
+        record = m.Placed(key, fbytes, abytes, priority, retries, addr, seq, m.NOT_YET, "", pinned)
         with self._lock:
             self._placed[key] = record
         self._send(record)

@@ -327,10 +327,13 @@ class Reply(Message):
     error: str | None
 
 
+NOT_YET = -1     # Placed.nbytes: the result has not reached the client
+
+
 # a task a client placed straight on a worker (see docs/architecture.md, "Placed tasks"):
-# the recipe for the scheduler, sent lazily; nbytes/type are filled in (nbytes >= 0) if the
-# result has reached the client by the time the message leaves; pinned: it may run on that
-# worker only (an actor's call), so it is never stolen
+# the recipe for the scheduler, sent lazily; nbytes/type are filled in (else NOT_YET) if
+# the result has reached the client by the time the message leaves; pinned: it may run on
+# that worker only (an actor's call), so it is never stolen
 class Placed(Message):
     op = 'placed'
     key: str

@@ -7,7 +7,9 @@ checks its own records in its ``validate()``, called from here.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
+
+from .records import TaskState
 
 if TYPE_CHECKING:
     from .state import SchedulerState
@@ -17,7 +19,7 @@ def validate(st: "SchedulerState") -> None:
     """Raise AssertionError if the records contradict each other."""
     for key, ts in st.tasks.items():
         assert ts.key == key
-        assert ts.state in ("released", "waiting", "processing", "memory", "erred"), ts
+        assert ts.state in get_args(TaskState), ts
         if ts.state == "memory":
             assert ts.who_has, f"{ts} in memory nowhere"
             for w in ts.who_has:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
-from .records import Task, WorkerInfo
+from .records import UNCOUNTED, Task, WorkerInfo
 
 if TYPE_CHECKING:
     from .state import SchedulerState
@@ -49,7 +49,7 @@ class Placing:
             # the copy there is the one we count, or it goes (the task lives elsewhere)
             here = ts.processing_on == wid or wid in ts.who_has
             self.state._emit(wid, m.Confirm(key, cid, msg.seq,  # type: ignore[attr-defined]
-                                      ts.attempt if here else -1))
+                                      ts.attempt if here else UNCOUNTED))
             self.state._report(ts, cid)
             return
         if ts is None:
@@ -65,7 +65,7 @@ class Placing:
         ts.attempt = self.state._attempts
         ts.placed = (cid, ts.attempt)
         self.state._emit(wid, m.Confirm(key, cid, msg.seq, ts.attempt))  # type: ignore[attr-defined]
-        if msg.nbytes >= 0:  # type: ignore[attr-defined] # the result reached the client already
+        if msg.nbytes != m.NOT_YET:  # type: ignore[attr-defined] # the result reached the client already
             self.state._task_done(ts, ws, msg.nbytes, msg.type, None, [], [cid])  # type: ignore
         elif self.state.idle:
             self.state.stealing.offer(wid)

@@ -1,7 +1,7 @@
 """The scheduler's records of tasks and workers (plain data, no behaviour)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from ..memory import EMPTY
 
@@ -9,6 +9,10 @@ FIRE_AND_FORGET = "@ff"      # the pseudo-client that holds fire-and-forget task
 ALLOWED_FAILURES = 3         # worker deaths a task may witness before KilledWorker
 
 
+# released -> waiting -> processing@W -> memory@{W..} | erred
+TaskState = Literal["released", "waiting", "processing", "memory", "erred"]
+CLAIMED = 0          # attempt of a task a worker claimed (no compute of ours)
+UNCOUNTED = -1       # a confirm's attempt: the client's copy is not the task, drop it
 NOTHING: Any = ()           # the shared empty list of the same kind (deps, inner, died_on)
 
 
@@ -30,7 +34,7 @@ class Task:
         self.restrict = restrict
         self.resources: dict | None = None   # held on its worker while processing there
         self.loose = False                   # restrict is a wish (allow_other_workers)
-        self.state = "released"
+        self.state: TaskState = "released"
         self.waiting_on: set[str] = EMPTY
         self.dependents: set[str] = EMPTY
         self.who_has: set[str] = EMPTY

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
 from ..protocol import messages as m
-from .records import Task
+from .records import CLAIMED, Task
 
 if TYPE_CHECKING:
     from .state import SchedulerState
@@ -95,7 +95,7 @@ class Recovery:
         if ts is None:
             ts = st._new_task(key, func, args, deps, priority, retries, None)
             if ts is None:              # its inputs are forgotten: it cannot be placed
-                st._emit(ws.id, m.ClaimRejected(key) if attempt == 0 else m.Free([key]))
+                st._emit(ws.id, m.ClaimRejected(key) if attempt == CLAIMED else m.Free([key]))
                 missing = [d for d in deps if d not in st.tasks]
                 st._emit(ws.id, m.KeyErred(key, [], f"dependencies {missing} of {key} were "
                                            "lost with the scheduler", "lost"))
@@ -112,7 +112,7 @@ class Recovery:
         elif ts.state == "processing" and ts.processing_on == ws.id:
             pass
         else:                           # it runs, or ran, elsewhere: this copy goes
-            st._emit(ws.id, m.ClaimRejected(key) if attempt == 0 else m.Free([key]))
+            st._emit(ws.id, m.ClaimRejected(key) if attempt == CLAIMED else m.Free([key]))
             if key in wants:
                 st._want(ts, ws.id)
                 st._report(ts, ws.id)

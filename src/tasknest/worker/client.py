@@ -23,6 +23,7 @@ from ..errors import BlockingCallError, CallerError, TimedOutError
 from ..names import funcname
 from ..protocol import messages as m
 from .context import current_task
+from .records import UNCOUNTED
 
 if TYPE_CHECKING:
     from .server import Worker
@@ -141,7 +142,7 @@ class WorkerClient(Client):
         with w.lock:
             self._recipes[key] = (fbytes, abytes, deps, priority, retries, not fresh)
             t = w.state.tasks.get(key)
-            if t is not None and t.state not in ("erred", "cancelled") and t.attempt != -1:
+            if t is not None and t.state not in ("erred", "cancelled") and t.attempt != UNCOUNTED:
                 # here already: want it
                 w.send(m.Want([key]))
                 done = w.settle_from_state([key])

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
-from .records import Action, WTask, heap_priority
+from .records import UNCOUNTED, Action, WTask, heap_priority
 
 
 class PlacingMixin:
@@ -54,12 +54,12 @@ class PlacingMixin:
             t = self.tasks[key] = WTask(key, "new")
             t.func, t.args, t.priority, t.retries = func, args, heap_priority(priority), retries
             t.stolen = t.claimed = False
-            t.attempt = -1             # a copy the scheduler has not counted (yet)
+            t.attempt = UNCOUNTED             # a copy the scheduler has not counted (yet)
             t.owned = True
             self._resolve_deps(t, {}, out)
         elif t.state == "cancelled":   # freed while it ran, and wanted again: that run counts
             t.state = "executing"
-            t.attempt = -1
+            t.attempt = UNCOUNTED
             t.owned = True
         elif t.state == "memory":
             out.append(("tell", client, m.KeyMemory(key, t.type, t.nbytes, [self.address],
@@ -93,7 +93,7 @@ class PlacingMixin:
             t.placers = tuple(p for p in t.placers if p != pk)
         if attempt >= 0:
             self._counted_here(key, attempt, out)
-        elif t is not None and not t.placers and t.attempt == -1:
+        elif t is not None and not t.placers and t.attempt == UNCOUNTED:
             self._drop_placed(t, out)
         return out
 
@@ -134,7 +134,7 @@ class PlacingMixin:
             t = self.tasks.get(self.places.pop(pk))
             if t is not None and pk in t.placers:
                 t.placers = tuple(p for p in t.placers if p != pk)
-                if not t.placers and t.attempt == -1:
+                if not t.placers and t.attempt == UNCOUNTED:
                     self._drop_placed(t, out)
         for pk in [pk for pk in self.early if pk[0] == client]:
             key, attempt = self.early.pop(pk)

@@ -1,10 +1,20 @@
 """The worker's record of a key (plain data, no behaviour), and its ready-queue order."""
 from __future__ import annotations
 
+from typing import Literal
+
 from ..memory import EMPTY
 from ..protocol import messages as m
 
 Action = tuple
+
+# waiting -> ready -> executing -> memory | erred; remote: computed elsewhere; fetching: a
+# copy on its way; confirming: a pure claim waiting for the scheduler's word; cancelled:
+# freed while it ran; new: only within the event that makes the record
+WState = Literal["new", "waiting", "ready", "executing", "memory", "erred", "remote",
+                 "fetching", "confirming", "cancelled"]
+CLAIMED = 0          # attempt of a task claimed here (not a compute of the scheduler's)
+UNCOUNTED = -1       # attempt of a copy the scheduler does not count (yet): its report waits
 
 
 class WTask:
@@ -13,9 +23,9 @@ class WTask:
                  "notify", "attempt", "placers", "held", "type", "unconfirmed",
                  "awaited")
 
-    def __init__(self, key: str, state: str) -> None:
+    def __init__(self, key: str, state: WState) -> None:
         self.key = key
-        self.state = state
+        self.state: WState = state
         self.func: bytes | None = None
         self.args: bytes | None = None
         self.deps: list[str] = []
@@ -30,9 +40,9 @@ class WTask:
         self.error: tuple[list, str, str] | None = None
         self.stolen = False
         self.notify: list[str] = []   # clients to tell straight from here when it finishes
-        self.attempt = 0              # the scheduler's compute this run answers (0: claimed)
+        self.attempt = CLAIMED        # the scheduler's compute this run answers
         self.placers: tuple = ()      # (client, seq) of places awaiting their confirm
-        self.held: m.Message | None = None   # the report of an uncounted copy (attempt -1)
+        self.held: m.Message | None = None   # the report of an UNCOUNTED copy
         self.type = ""
         self.unconfirmed = False      # a pure claim the scheduler has not accepted yet
         self.awaited = 0              # local tasks waiting to run it once it is accepted

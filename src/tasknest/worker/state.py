@@ -27,12 +27,12 @@ not thread-safe: the shell calls it under one lock.
 from __future__ import annotations
 
 import heapq
-from typing import Any
+from typing import Any, get_args
 
 from ..memory import EMPTY, sparse
 from ..protocol import messages as m
 from .placing import PlacingMixin
-from .records import Action, WTask, heap_priority
+from .records import CLAIMED, UNCOUNTED, Action, WState, WTask, heap_priority
 
 
 class WorkerState(PlacingMixin):
@@ -59,7 +59,7 @@ class WorkerState(PlacingMixin):
     # == incoming work ===================================================================
     def compute(self, key: str, func: bytes, args: bytes, deps: dict[str, list[str]],
                 priority: list, retries: int, notify: list[str] | None = None,
-                attempt: int = 0) -> list[Action]:
+                attempt: int = CLAIMED) -> list[Action]:
         """The scheduler assigned a task here (its ``attempt``-th assignment)."""
         out: list[Action] = []
         if self._erred:
@@ -99,9 +99,9 @@ class WorkerState(PlacingMixin):
             self._reap(out)
         t = self.tasks.get(key)
         if t is not None and t.state == "cancelled":   # still running: that run counts again
-            t.state, t.claimed, t.owned, t.attempt = "executing", True, True, 0
+            t.state, t.claimed, t.owned, t.attempt = "executing", True, True, CLAIMED
             return out
-        if t is not None and t.attempt == -1 and t.state in (
+        if t is not None and t.attempt == UNCOUNTED and t.state in (
                 "ready", "waiting", "executing", "memory", "erred"):
             t.claimed = True      # a client's placed copy the scheduler may not know yet:
             return out            # it hears of it from here too (the claim)
@@ -291,7 +291,7 @@ class WorkerState(PlacingMixin):
         notified = [c for c in t.notify if c in connected] if t.notify and not inner else []
         t.notify = []
         report = m.TaskFinished(key, nbytes, type_name, inline, inner, notified, t.attempt)
-        if t.attempt == -1:
+        if t.attempt == UNCOUNTED:
             t.held = report                  # until the scheduler counts the placed copy
         else:     # queued before the clients hear: a ``sync`` after that finds it sent
             out.append(("send", report))
@@ -320,7 +320,7 @@ class WorkerState(PlacingMixin):
             self._make_ready(t, out)
             return out
         report = m.TaskErred(key, exception, traceback, kind, t.attempt)
-        if t.attempt == -1:                  # tell the placing client, hold the report
+        if t.attempt == UNCOUNTED:                  # tell the placing client, hold the report
             for cid in t.notify:
                 if cid in connected:
                     out.append(("tell", cid, m.KeyErred(key, exception, traceback, kind)))
@@ -483,13 +483,13 @@ class WorkerState(PlacingMixin):
         for key in keys:
             pk = self._early_run(key)
             if pk is not None:    # that run (still on its way) is not wanted any more
-                self.early[pk] = (key, -1)
+                self.early[pk] = (key, UNCOUNTED)
                 continue
             t = self.tasks.get(key)
             if t is None:
                 continue
             if t.placers:         # a client counts on this copy: it stays, uncounted by the
-                t.attempt = -1    # scheduler now, till the confirm says whether it counts
+                t.attempt = UNCOUNTED    # scheduler now, till the confirm says whether it counts
                 continue
             if t.state == "executing":
                 t.state = "cancelled"     # its result is dropped when it finishes
@@ -556,9 +556,7 @@ class WorkerState(PlacingMixin):
     def validate(self) -> None:
         for key, t in self.tasks.items():
             assert t.key == key
-            assert t.state in ("waiting", "ready", "executing", "memory", "erred", "remote",
-                               "fetching", "cancelled", "new", "confirming"), t
-            assert t.state != "new", t
+            assert t.state in get_args(WState) and t.state != "new", t
             # a pure claim never runs before the scheduler said it is this worker's
             assert (t.state == "confirming") <= t.unconfirmed, t
             assert not t.unconfirmed or t.state in ("waiting", "confirming"), t
@@ -575,7 +573,7 @@ class WorkerState(PlacingMixin):
             for pk in t.placers:
                 assert self.places.get(pk) == key, (t, pk)
             if t.held is not None:
-                assert t.attempt == -1 and t.state in ("memory", "erred"), t
+                assert t.attempt == UNCOUNTED and t.state in ("memory", "erred"), t
         for key in self.executing:     # a running task keeps its record until it ends
             assert key in self.tasks and self.tasks[key].state in ("executing", "cancelled"), key
         queued = {k for _, k in self.ready}
