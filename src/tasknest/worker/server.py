@@ -49,6 +49,12 @@ from .monitor import sample as sample_monitor
 
 log = logging.getLogger("tasknest.worker")
 
+STATE_OPS = WorkerState.OPS          # what the scheduler tells the pure core
+CLIENT_OPS = frozenset({"key-memory", "key-erred"})   # ... that the in-task client hears too
+# what the shell handles itself: op -> Worker._on_<op>
+SHELL_OPS = ("sync", "put-data", "key-cancelled", "reply", "unknown", "run-on", "welcome",
+             "close", "replicate")
+
 INLINE_LIMIT = 64 * 1024      # results up to this size travel with task-finished
 GOODBYE_WAIT = 2.0            # seconds a leaving worker waits for the scheduler to hang up
 SPIN = 0.0005                 # seconds a thread out of work waits awake for a placed task
@@ -86,6 +92,7 @@ class Worker:
         self.confirm_waiters = 0
         self._validate_pending = False
         self.state = WorkerState()
+        self._handlers = {op: getattr(self, "_on_" + op.replace("-", "_")) for op in SHELL_OPS}
         self.data: MutableMapping[str, Any] = new_store(memory_limit)   # spills under a limit
         self.paused = False               # memory above the pause fraction: start no task
         self.frames_cache: dict[str, list] = {}
@@ -406,78 +413,61 @@ class Worker:
 
     # -- messages from the scheduler (loop thread) ----------------------------------------
     def _handle(self, msg: m.Message) -> None:
+        """A message from the scheduler: the pure core's (``WorkerState.handle``) or the
+        shell's own (``_on_<op>``)."""
         op = msg.op
-        st = self.state
         done: list = []
-        if op == "compute":
+        if op in STATE_OPS:
             with self.lock:
-                done = self.apply(st.compute(msg.key, msg.func, msg.args, msg.deps,  # type: ignore
-                                             msg.priority, msg.retries, msg.notify,  # type: ignore
-                                             msg.attempt))  # type: ignore[attr-defined]
-        elif op == "free":
-            with self.lock:
-                done = self.apply(st.free(msg.keys))  # type: ignore[attr-defined]
-                done += self.client._freed(msg.keys)  # type: ignore[attr-defined]
-        elif op == "steal":
-            with self.lock:
-                done = self.apply(st.steal(msg.key))  # type: ignore[attr-defined]
-        elif op == "claim-rejected":
-            with self.lock:
-                done = self.apply(st.claim_rejected(msg.key))  # type: ignore[attr-defined]
-        elif op == "claim-accepted":
-            with self.lock:
-                done = self.apply(st.claim_accepted(msg.keys))  # type: ignore[attr-defined]
-        elif op == "confirm":
-            with self.lock:
-                done = self.apply(st.confirm(msg.key, msg.client, msg.seq,  # type: ignore
-                                             msg.attempt))  # type: ignore[attr-defined]
-        elif op == "sync":       # (send() puts what task threads queued first)
-            if self.monitor.pending():    # (what ran so far counts too: task stream)
-                self.send(self.monitor.take())
-            self.send(m.Synced(msg.rid))  # type: ignore[attr-defined]
-        elif op == "withdraw":
-            with self.lock:
-                done = self.apply(st.withdraw(msg.client, msg.upto))  # type: ignore[attr-defined]
-        elif op == "client-gone":
-            with self.lock:
-                done = self.apply(st.client_gone(msg.client))  # type: ignore[attr-defined]
-        elif op == "key-memory":
-            with self.lock:
-                t = st.tasks.get(msg.key)  # type: ignore[attr-defined]
-                if msg.value is not None and t is not None and t.state in (  # type: ignore
-                        "remote", "fetching") and t.dependents:
-                    # the value came along: no need to fetch it from a peer
-                    done = self._inline_arrival(t, msg.value)  # type: ignore[attr-defined]
+                if isinstance(msg, m.KeyMemory) and self._arrived_inline(msg):
+                    done = self._inline_arrival(msg)
                 else:
-                    done = self.apply(st.key_memory(msg.key, msg.who_has))  # type: ignore
-            self.client._handle(msg)
-        elif op == "key-erred":
-            with self.lock:
-                done = self.apply(st.key_erred(msg.key, msg.exception,  # type: ignore
-                                               msg.traceback, msg.kind))  # type: ignore
-            self.client._handle(msg)
-        elif op == "put-data":
-            self._put_data(msg)
-        elif op in ("key-cancelled", "reply"):
-            self.client._handle(msg)
-        elif op == "unknown":
-            self.client._unknown(msg.key)  # type: ignore[attr-defined]
-        elif op == "run-on":
-            self._spawn(self._run_on(msg))
-        elif op == "welcome":
-            if not self._welcome.done():
-                self._welcome.set_result(msg)
-        elif op == "close":
-            asyncio.ensure_future(self.close(f"scheduler asked: {msg.reason}"))  # type: ignore
-        elif op == "replicate":
-            self._spawn(replicate(self, msg))
+                    done = self.apply(self.state.handle(msg))
+                if isinstance(msg, m.Free):
+                    done += self.client._freed(msg.keys)
+            if op in CLIENT_OPS:          # (the in-task client's futures hear of it too)
+                self.client._handle(msg)
         else:
-            log.debug("worker ignores %s", op)
+            handler = self._handlers.get(op)
+            if handler is None:
+                log.debug("worker ignores %s", op)
+            else:
+                handler(msg)
         if self.confirm_waiters:      # a task waits for a claim's word: this may be it
             with self.lock:
                 self.confirmed.notify_all()
         if done:
             self.settle(done)
+
+    def _on_sync(self, msg: m.Sync) -> None:
+        if self.monitor.pending():    # (send() puts what task threads queued first; what
+            self.send(self.monitor.take())   # ran so far counts too: task stream)
+        self.send(m.Synced(msg.rid))
+
+    def _on_put_data(self, msg: m.PutData) -> None:
+        self._put_data(msg)
+
+    def _on_key_cancelled(self, msg: m.KeyCancelled) -> None:
+        self.client._handle(msg)
+
+    def _on_reply(self, msg: m.Reply) -> None:
+        self.client._handle(msg)
+
+    def _on_unknown(self, msg: m.Unknown) -> None:
+        self.client._unknown(msg.key)
+
+    def _on_run_on(self, msg: m.RunOn) -> None:
+        self._spawn(self._run_on(msg))
+
+    def _on_welcome(self, msg: m.Welcome) -> None:
+        if not self._welcome.done():
+            self._welcome.set_result(msg)
+
+    def _on_close(self, msg: m.Close) -> None:
+        asyncio.ensure_future(self.close(f"scheduler asked: {msg.reason}"))
+
+    def _on_replicate(self, msg: m.Replicate) -> None:
+        self._spawn(replicate(self, msg))
 
     async def _run_on(self, msg: m.Message) -> None:
         """client.run / a plugin's setup: outside any task, in a thread of its own."""
@@ -487,14 +477,22 @@ class Worker:
         elif not ok:
             log.warning("a plugin failed to set up: %s", _describe(frames))
 
-    def _inline_arrival(self, t: Any, frames: list) -> list:
+    def _arrived_inline(self, msg: m.KeyMemory) -> bool:
+        """The value came along with key-memory, and a local task waits for it: no need
+        to fetch it from a peer (lock held)."""
+        t = self.state.tasks.get(msg.key)
+        return msg.value is not None and t is not None and t.state in (
+            "remote", "fetching") and bool(t.dependents)
+
+    def _inline_arrival(self, msg: m.KeyMemory) -> list:
         """A small dependency's value arrived with key-memory (lock held)."""
+        assert msg.value is not None
         try:
-            value = loads_value(frames)
+            value = loads_value(msg.value)
         except SerializationError:
             return []
-        self.data[t.key] = value
-        return self.apply(self.state.value_arrived(t.key, nbytes(frames)))
+        self.data[msg.key] = value
+        return self.apply(self.state.value_arrived(msg.key, nbytes(msg.value)))
 
     def _put_data(self, msg: Any) -> None:
         values, sizes, keys = [], [], []

@@ -47,6 +47,46 @@ class WorkerState(PlacingMixin):
         self.places: dict[tuple[str, int], str] = {}   # (client, seq) -> key: awaiting confirm
         self.early: dict[tuple[str, int], tuple[str, int]] = {}   # confirms before their place
 
+    # == dispatch =====================================================================
+    def handle(self, msg: m.Message) -> list[Action]:
+        """One message from the scheduler, as the scheduler's ``handle``: the actions it
+        causes. (Tests and the shell's own events call the methods below directly.)"""
+        return self._handlers[msg.op](self, msg)
+
+    def _on_compute(self, msg: m.Compute) -> list[Action]:
+        return self.compute(msg.key, msg.func, msg.args, msg.deps, msg.priority, msg.retries,
+                            msg.notify, msg.attempt)
+
+    def _on_free(self, msg: m.Free) -> list[Action]:
+        return self.free(msg.keys)
+
+    def _on_steal(self, msg: m.Steal) -> list[Action]:
+        return self.steal(msg.key)
+
+    def _on_claim_rejected(self, msg: m.ClaimRejected) -> list[Action]:
+        return self.claim_rejected(msg.key)
+
+    def _on_claim_accepted(self, msg: m.ClaimAccepted) -> list[Action]:
+        return self.claim_accepted(msg.keys)
+
+    def _on_confirm(self, msg: m.Confirm) -> list[Action]:
+        return self.confirm(msg.key, msg.client, msg.seq, msg.attempt)
+
+    def _on_withdraw(self, msg: m.Withdraw) -> list[Action]:
+        return self.withdraw(msg.client, msg.upto)
+
+    def _on_client_gone(self, msg: m.ClientGone) -> list[Action]:
+        return self.client_gone(msg.client)
+
+    def _on_key_memory(self, msg: m.KeyMemory) -> list[Action]:
+        return self.key_memory(msg.key, msg.who_has)
+
+    def _on_key_erred(self, msg: m.KeyErred) -> list[Action]:
+        return self.key_erred(msg.key, msg.exception, msg.traceback, msg.kind)
+
+    _handlers: dict[str, Any] = {}        # op -> handler, filled in below the class
+    OPS: frozenset[str] = frozenset()
+
     def compact(self) -> bool:
         """Right-size the tables a large run left mostly empty; True if any was."""
         shrank = False
@@ -583,3 +623,8 @@ class WorkerState(PlacingMixin):
 
     def snapshot(self) -> dict[str, Any]:
         return {k: t.state for k, t in self.tasks.items()}
+
+
+WorkerState._handlers = {op: getattr(WorkerState, "_on_" + op.replace("-", "_"))
+                         for op in m.CATALOGUE if hasattr(WorkerState, "_on_" + op.replace("-", "_"))}
+WorkerState.OPS = frozenset(WorkerState._handlers)
