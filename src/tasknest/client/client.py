@@ -314,54 +314,66 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
 
     # -- messages from the scheduler (loop thread) ----------------------------------------
     def _handle(self, msg: m.Message) -> None:
-        op = msg.op
-        if self._placed and op in ("key-memory", "key-erred", "key-cancelled"):
-            self._placed_done(msg)
-        if self._submits and op in ("key-memory", "key-erred", "key-cancelled"):
-            self._submits.pop(msg.key, None)  # type: ignore[attr-defined]
-        if op == "key-memory":
-            st = self._states.get(msg.key)  # type: ignore[attr-defined]
-            if st is not None:
-                st.finish(msg.type, msg.nbytes, msg.who_has, msg.value)  # type: ignore
-            if msg.who_has and not self._worker_side:  # type: ignore[attr-defined]
-                # results from that worker will come straight from it from now on
-                self._peers.ensure(msg.who_has[0])  # type: ignore
-        elif op == "key-erred":
-            st = self._states.get(msg.key)  # type: ignore[attr-defined]
-            if st is not None:
-                st.fail(error_from(msg.exception, msg.traceback, msg.kind),  # type: ignore
-                        msg.traceback or None,  # type: ignore[attr-defined]
-                        "cancelled" if msg.kind == "cancelled" else  # type: ignore
-                        "lost" if msg.kind == "lost" else "error")  # type: ignore
-        elif op == "key-cancelled":
-            st = self._states.get(msg.key)  # type: ignore[attr-defined]
-            if st is not None:
-                from ..errors import FutureCancelledError
-                key, reason = msg.key, msg.reason  # type: ignore[attr-defined]
-                text = reason if reason.startswith(key) else f"{key} was cancelled: {reason}"
-                st.fail(FutureCancelledError(text), None, "cancelled")
-        elif op == "reply":
-            self._requests.pop(msg.rid, None)  # type: ignore[attr-defined]
-            fut = self._replies.pop(msg.rid, None)  # type: ignore[attr-defined]
-            if fut is not None and not fut.done():
-                if msg.error:  # type: ignore[attr-defined]
-                    fut.set_exception(RemoteError(msg.error))  # type: ignore[attr-defined]
-                else:
-                    fut.set_result(msg.value)  # type: ignore[attr-defined]
-        elif op == "warn":
-            log.warning("%s", msg.text)  # type: ignore[attr-defined]
-        elif op == "output":
-            if self.forward_output:
-                self._output.show(msg.lines)  # type: ignore[attr-defined]
-        elif op == "welcome":
-            self._info = msg.info  # type: ignore[attr-defined]
-            if not self._welcome.done():
-                self._welcome.set_result(msg)
-        elif op == "refused":
-            if not self._welcome.done():
-                self._welcome.set_exception(CallerError(msg.reason))  # type: ignore
-        else:
-            log.debug("client ignores %s", op)
+        """A message from the scheduler (or a worker's result, straight): dispatched to
+        ``_on_<op>``."""
+        handler = _HANDLERS.get(msg.op)
+        if handler is None:
+            log.debug("client ignores %s", msg.op)
+            return
+        if msg.op in KEY_OPS:
+            key = msg.key  # type: ignore[attr-defined]
+            if self._placed:
+                self._placed_done(msg)
+            if self._submits:
+                self._submits.pop(key, None)
+        getattr(self, handler)(msg)
+
+    def _on_key_memory(self, msg: m.KeyMemory) -> None:
+        st = self._states.get(msg.key)
+        if st is not None:
+            st.finish(msg.type, msg.nbytes, msg.who_has, msg.value)
+        if msg.who_has and not self._worker_side:
+            # results from that worker will come straight from it from now on
+            self._peers.ensure(msg.who_has[0])  # type: ignore[union-attr]
+
+    def _on_key_erred(self, msg: m.KeyErred) -> None:
+        st = self._states.get(msg.key)
+        if st is not None:
+            st.fail(error_from(msg.exception, msg.traceback, msg.kind), msg.traceback or None,
+                    "cancelled" if msg.kind == "cancelled" else
+                    "lost" if msg.kind == "lost" else "error")
+
+    def _on_key_cancelled(self, msg: m.KeyCancelled) -> None:
+        st = self._states.get(msg.key)
+        if st is not None:
+            key, reason = msg.key, msg.reason
+            text = reason if reason.startswith(key) else f"{key} was cancelled: {reason}"
+            st.fail(FutureCancelledError(text), None, "cancelled")
+
+    def _on_reply(self, msg: m.Reply) -> None:
+        self._requests.pop(msg.rid, None)
+        fut = self._replies.pop(msg.rid, None)
+        if fut is not None and not fut.done():
+            if msg.error:
+                fut.set_exception(RemoteError(msg.error))
+            else:
+                fut.set_result(msg.value)
+
+    def _on_warn(self, msg: m.Warn) -> None:
+        log.warning("%s", msg.text)
+
+    def _on_output(self, msg: m.Output) -> None:
+        if self.forward_output:
+            self._output.show(msg.lines)
+
+    def _on_welcome(self, msg: m.Welcome) -> None:
+        self._info = msg.info
+        if not self._welcome.done():
+            self._welcome.set_result(msg)
+
+    def _on_refused(self, msg: m.Refused) -> None:
+        if not self._welcome.done():
+            self._welcome.set_exception(CallerError(msg.reason))
 
     # -- reference counting ---------------------------------------------------------------
     def _send(self, msg: m.Message) -> None:
@@ -1095,6 +1107,12 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
 
 
 Executor = Client
+
+KEY_OPS = frozenset({"key-memory", "key-erred", "key-cancelled"})   # a key's last word
+# op -> the name of its handler (looked up on the instance: a subclass may override one)
+_HANDLERS = {op: "_on_" + op.replace("-", "_")
+             for op in ("key-memory", "key-erred", "key-cancelled", "reply", "warn", "output",
+                        "welcome", "refused")}
 
 
 @atexit.register
