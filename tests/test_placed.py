@@ -154,7 +154,7 @@ def test_a_client_that_dies_with_a_placed_task_leaves_the_cluster_clean(tmp_path
         workers = [w for w in cluster._inproc if hasattr(w, "pool")]
 
         def clean() -> bool:
-            return all(not w.state.tasks and not w.state.places and not w.state.early
+            return all(not w.state.tasks and not w.state.placing.places and not w.state.placing.early
                        and not w.data for w in workers)
         wait_until(clean, 20, message="the workers drop what the dead client placed")
         with Client(cluster) as c:

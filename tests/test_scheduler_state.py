@@ -223,7 +223,7 @@ class Cluster:
         msg = self.lanes[(cid, wid)].popleft()
         self.log.append(f"{wid} <- lane {cid}: {msg!r}")
         w = self.workers[wid]
-        self._apply(w, w.state.place(msg.key, msg.func, msg.args, msg.priority,  # type: ignore
+        self._apply(w, w.state.placing.place(msg.key, msg.func, msg.args, msg.priority,  # type: ignore
                                      msg.retries, cid, msg.seq))  # type: ignore[attr-defined]
 
     def break_lane(self, cid: str, wid: str) -> None:
@@ -320,19 +320,10 @@ class Cluster:
         self.log.append(f"{wid} <- {msg!r}")
         st = w.state
         op = msg.op
-        if op == "compute":
-            out = st.compute(msg.key, msg.func, msg.args, msg.deps, msg.priority,  # type: ignore
-                             msg.retries, msg.notify, msg.attempt)  # type: ignore[attr-defined]
-        elif op == "free":
-            out = st.free(msg.keys)  # type: ignore[attr-defined]
+        if op == "free":
+            out = st.handle(msg)
             for key in msg.keys:  # type: ignore[attr-defined]
                 out += self._claim_again(w, key)
-        elif op == "steal":
-            out = st.steal(msg.key)  # type: ignore[attr-defined]
-        elif op == "claim-rejected":
-            out = st.claim_rejected(msg.key)  # type: ignore[attr-defined]
-        elif op == "claim-accepted":
-            out = st.claim_accepted(msg.keys)  # type: ignore[attr-defined]
         elif op == "unknown":
             out = self._claim_again(w, msg.key)  # type: ignore[attr-defined]
         elif op == "key-memory":
@@ -358,14 +349,10 @@ class Cluster:
             w.data.update(keys)
             out = st.put_data(keys, [1] * len(keys))
             out.append(("send", m.PutDataDone(rid=msg.rid, keys=keys, nbytes=[1] * len(keys))))  # type: ignore
-        elif op == "confirm":
-            out = st.confirm(msg.key, msg.client, msg.seq, msg.attempt)  # type: ignore
-        elif op == "client-gone":
-            out = st.client_gone(msg.client)  # type: ignore[attr-defined]
-        elif op == "withdraw":
-            out = st.withdraw(msg.client, msg.upto)  # type: ignore[attr-defined]
         elif op == "sync":
             out = [("send", m.Synced(rid=msg.rid))]  # type: ignore[attr-defined]
+        elif op in WorkerState.OPS:   # compute, steal, claim answers, confirm, withdraw...
+            out = st.handle(msg)
         else:
             out = []
         self._apply(w, out)
@@ -611,8 +598,8 @@ class Cluster:
             assert not keys, (cid, keys)
         for wid, w in self.workers.items():
             assert not w.state.tasks, f"{wid} keeps {w.state.snapshot()}"
-            assert not w.state.places and not w.state.early, \
-                (wid, w.state.places, w.state.early)
+            assert not w.state.placing.places and not w.state.placing.early, \
+                (wid, w.state.placing.places, w.state.placing.early)
             assert not w.data, f"{wid} keeps values {w.data}"
             assert not w.refs, f"{wid} holds futures {w.refs}"
 

@@ -8,7 +8,8 @@
 Places and confirms are matched by (client, seq), whichever arrives first. Until
 its confirm, a place is listed on the record (``placers``): the copy stays, and a
 ``free`` on its way is about an older life of the key. A copy the scheduler has
-not counted (``attempt`` -1) holds its report. Mixed into WorkerState.
+not counted (``attempt`` UNCOUNTED) holds its report. A component of WorkerState:
+it owns the places and early confirms, and uses the state's transitions.
 """
 from __future__ import annotations
 
@@ -17,33 +18,27 @@ from typing import TYPE_CHECKING
 from ..protocol import messages as m
 from .records import UNCOUNTED, Action, WTask, heap_priority
 
+if TYPE_CHECKING:
+    from .state import WorkerState
 
-class PlacingMixin:
-    if TYPE_CHECKING:
-        address: str
-        tasks: dict[str, WTask]
-        places: dict[tuple[str, int], str]
-        early: dict[tuple[str, int], tuple[str, int]]
-        _erred: list[str]
 
-        def _reap(self, out: list[Action]) -> None: ...
-        def _resolve_deps(self, t: WTask, deps: dict, out: list[Action]) -> None: ...
-        def _make_ready(self, t: WTask, out: list[Action]) -> None: ...
-        def _adopt(self, t: WTask, attempt: int, out: list[Action]) -> None: ...
-        def _release_inputs(self, t: WTask, out: list[Action]) -> None: ...
-        def _maybe_drop(self, d: WTask, out: list[Action]) -> None: ...
+class Placing:
+    def __init__(self, state: "WorkerState") -> None:
+        self.state = state
+        self.places: dict[tuple[str, int], str] = {}   # (client, seq) -> key: awaiting confirm
+        self.early: dict[tuple[str, int], tuple[str, int]] = {}   # confirms before their place
 
     def place(self, key: str, func: bytes, args: bytes, priority: list, retries: int,
               client: str, seq: int) -> list[Action]:
         """A client placed a dependency-free task straight here (see ``confirm``)."""
         out: list[Action] = []
-        if self._erred:
-            self._reap(out)
+        if self.state._erred:
+            self.state._reap(out)
         pk = (client, seq)
         early = self.early.pop(pk, None)
         if early is not None and early[1] < 0:
             return out                 # the scheduler has it run elsewhere, and tells them
-        t = self.tasks.get(key)
+        t = self.state.tasks.get(key)
         if t is not None and t.state in ("remote", "fetching"):    # computed elsewhere
             if early is None:
                 self.places[pk] = key
@@ -51,23 +46,23 @@ class PlacingMixin:
                 self._counted_here(key, early[1], out)
             return out
         if t is None:
-            t = self.tasks[key] = WTask(key, "new")
+            t = self.state.tasks[key] = WTask(key, "new")
             t.func, t.args, t.priority, t.retries = func, args, heap_priority(priority), retries
             t.stolen = t.claimed = False
             t.attempt = UNCOUNTED             # a copy the scheduler has not counted (yet)
             t.owned = True
-            self._resolve_deps(t, {}, out)
+            self.state._resolve_deps(t, {}, out)
         elif t.state == "cancelled":   # freed while it ran, and wanted again: that run counts
             t.state = "executing"
             t.attempt = UNCOUNTED
             t.owned = True
         elif t.state == "memory":
-            out.append(("tell", client, m.KeyMemory(key, t.type, t.nbytes, [self.address],
+            out.append(("tell", client, m.KeyMemory(key, t.type, t.nbytes, [self.state.address],
                                                    None)))
         elif t.unconfirmed:            # a pure claim here awaiting its word: the client's
             t.unconfirmed = False      # copy runs at once, as any placed copy does
             if t.state == "confirming":
-                self._make_ready(t, out)
+                self.state._make_ready(t, out)
         if t.state in ("ready", "waiting", "executing") and client not in t.notify:
             t.notify.append(client)
         if early is None:
@@ -82,13 +77,13 @@ class PlacingMixin:
         compute ``attempt`` (report it so), or, if negative, it is not (the task lives
         elsewhere, or nowhere): a copy nobody counts then goes."""
         out: list[Action] = []
-        if self._erred:
-            self._reap(out)
+        if self.state._erred:
+            self.state._reap(out)
         pk = (client, seq)
         if self.places.pop(pk, None) is None:     # the place is still on its way
             self.early[pk] = (key, attempt)
             return out
-        t = self.tasks.get(key)
+        t = self.state.tasks.get(key)
         if t is not None and pk in t.placers:
             t.placers = tuple(p for p in t.placers if p != pk)
         if attempt >= 0:
@@ -99,12 +94,12 @@ class PlacingMixin:
 
     def _counted_here(self, key: str, attempt: int, out: list[Action]) -> None:
         """The scheduler counts a run of ``key`` here as compute ``attempt``."""
-        t = self.tasks.get(key)
+        t = self.state.tasks.get(key)
         if t is None or t.state in ("remote", "fetching"):
             # but none runs here (a copy of its value at most): run it elsewhere
             out.append(("send", m.NotHere(key, attempt)))
         else:
-            self._adopt(t, attempt, out)
+            self.state._adopt(t, attempt, out)
 
     def _drop_placed(self, t: WTask, out: list[Action]) -> None:
         """A placed copy nobody counts: forget it (a run ends first)."""
@@ -114,10 +109,10 @@ class PlacingMixin:
             t.state = "cancelled"
         elif t.state in ("ready", "waiting"):
             t.state = "remote"
-            self._release_inputs(t, out)
-            self._maybe_drop(t, out)
+            self.state._release_inputs(t, out)
+            self.state._maybe_drop(t, out)
         elif t.state == "memory":
-            self._maybe_drop(t, out)
+            self.state._maybe_drop(t, out)
 
     def withdraw(self, client: str, upto: int) -> list[Action]:
         """The client's connection here broke: its places up to seq ``upto`` that have
@@ -131,7 +126,7 @@ class PlacingMixin:
         """A client left: its places the scheduler never heard of will never be confirmed."""
         out: list[Action] = []
         for pk in [pk for pk in self.places if pk[0] == client]:
-            t = self.tasks.get(self.places.pop(pk))
+            t = self.state.tasks.get(self.places.pop(pk))
             if t is not None and pk in t.placers:
                 t.placers = tuple(p for p in t.placers if p != pk)
                 if not t.placers and t.attempt == UNCOUNTED:
@@ -142,7 +137,7 @@ class PlacingMixin:
                 out.append(("send", m.NotHere(key, attempt)))   # is another run's)
         return out
 
-    def _early_run(self, key: str) -> tuple[str, int] | None:
+    def early_run(self, key: str) -> tuple[str, int] | None:
         """A place of ``key`` confirmed as a compute, that has not arrived: the
         scheduler's next word on the key is about that run, not a record here."""
         if self.early:
@@ -150,3 +145,8 @@ class PlacingMixin:
                 if k == key and attempt >= 0:
                     return pk
         return None
+
+    def clear(self) -> None:
+        """A restarted scheduler: places and confirms of the old one are void."""
+        self.places.clear()
+        self.early.clear()

@@ -28,8 +28,7 @@ def inventory(st: WorkerState, wants: list[str]) -> tuple[list, list, list, list
                 t.attempt = 0
                 t.claimed = True
                 t.held = None
-    st.places.clear()
-    st.early.clear()
+    st.placing.clear()
     st.idle_reported = False
     memory, sizes, types, tasks = [], [], [], []
     for key, t in st.tasks.items():

@@ -526,7 +526,7 @@ class Worker:
             elif msg.op == "place" and client:
                 self._placed_at = time.perf_counter()
                 with self.lock:
-                    done = self.apply(self.state.place(
+                    done = self.apply(self.state.placing.place(
                         msg.key, msg.func, msg.args, msg.priority, msg.retries,  # type: ignore
                         client, msg.seq))  # type: ignore[attr-defined]
                 if done:

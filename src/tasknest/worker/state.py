@@ -31,11 +31,11 @@ from typing import Any, get_args
 
 from ..memory import EMPTY, sparse
 from ..protocol import messages as m
-from .placing import PlacingMixin
+from .placing import Placing
 from .records import CLAIMED, UNCOUNTED, Action, WState, WTask, heap_priority
 
 
-class WorkerState(PlacingMixin):
+class WorkerState:
     def __init__(self, address: str = "") -> None:
         self.address = address
         self.tasks: dict[str, WTask] = {}
@@ -44,8 +44,7 @@ class WorkerState(PlacingMixin):
         self.fetching: set[str] = set()
         self.idle_reported = False
         self._erred: list[str] = []    # erred records to forget at the next event
-        self.places: dict[tuple[str, int], str] = {}   # (client, seq) -> key: awaiting confirm
-        self.early: dict[tuple[str, int], tuple[str, int]] = {}   # confirms before their place
+        self.placing = Placing(self)   # tasks clients placed here straight
 
     # == dispatch =====================================================================
     def handle(self, msg: m.Message) -> list[Action]:
@@ -70,13 +69,13 @@ class WorkerState(PlacingMixin):
         return self.claim_accepted(msg.keys)
 
     def _on_confirm(self, msg: m.Confirm) -> list[Action]:
-        return self.confirm(msg.key, msg.client, msg.seq, msg.attempt)
+        return self.placing.confirm(msg.key, msg.client, msg.seq, msg.attempt)
 
     def _on_withdraw(self, msg: m.Withdraw) -> list[Action]:
-        return self.withdraw(msg.client, msg.upto)
+        return self.placing.withdraw(msg.client, msg.upto)
 
     def _on_client_gone(self, msg: m.ClientGone) -> list[Action]:
-        return self.client_gone(msg.client)
+        return self.placing.client_gone(msg.client)
 
     def _on_key_memory(self, msg: m.KeyMemory) -> list[Action]:
         return self.key_memory(msg.key, msg.who_has)
@@ -521,9 +520,9 @@ class WorkerState(PlacingMixin):
         if self._erred:
             self._reap(out)
         for key in keys:
-            pk = self._early_run(key)
+            pk = self.placing.early_run(key)
             if pk is not None:    # that run (still on its way) is not wanted any more
-                self.early[pk] = (key, UNCOUNTED)
+                self.placing.early[pk] = (key, UNCOUNTED)
                 continue
             t = self.tasks.get(key)
             if t is None:
@@ -549,7 +548,7 @@ class WorkerState(PlacingMixin):
         # would only bounce to the thief and back, and its siblings' shared calls too)
         t = self.tasks.get(key)
         ok = t is not None and t.state == "ready" and not t.placers and not t.awaited \
-            and self._early_run(key) is None
+            and self.placing.early_run(key) is None
         later = t is not None and t.state == "ready" and bool(t.awaited)
         out: list[Action] = [("send", m.StealReply(key, ok, later))]
         if ok and t is not None:
@@ -611,7 +610,7 @@ class WorkerState(PlacingMixin):
             if t.state == "fetching":
                 assert key in self.fetching, t
             for pk in t.placers:
-                assert self.places.get(pk) == key, (t, pk)
+                assert self.placing.places.get(pk) == key, (t, pk)
             if t.held is not None:
                 assert t.attempt == UNCOUNTED and t.state in ("memory", "erred"), t
         for key in self.executing:     # a running task keeps its record until it ends
