@@ -3,16 +3,18 @@
 Small sizes only; speed is measured by ``python -m benchmarks.data``, never here."""
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 np = pytest.importorskip("numpy")
 
-from tasknest import Client, LocalCluster, wait  # noqa: E402
+from tasknest import Client, LocalCluster, get_worker, wait  # noqa: E402
 from tasknest.protocol import sharedmem  # noqa: E402
 from tasknest.protocol.frames import FrameError, FrameReader, encode, mark_buffers  # noqa: E402
 from tasknest.protocol.serialize import dumps_value, loads_value  # noqa: E402
@@ -140,3 +142,110 @@ def test_data_benchmark_smallest_size(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
     assert "w2w-1" in text and "shuffle-16" in text and "loopback TCP" in text
+
+
+# -- every kind and size of value through every path ------------------------------------
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+
+def describe(x: object) -> tuple:
+    """What must survive a path: type, layout and a digest of the contents."""
+    h = hashlib.blake2b(digest_size=16)
+    if type(x) is np.ndarray:
+        if x.dtype.hasobject:
+            h.update(repr(x.tolist()).encode())
+        else:
+            h.update(np.ascontiguousarray(x).reshape(-1).view("u1").data)
+        return ("ndarray", x.dtype.str, x.shape, h.hexdigest())
+    if type(x) is memoryview:
+        h.update(x.tobytes())
+        return ("memoryview", x.format, x.shape, x.readonly, h.hexdigest())
+    assert type(x) in (bytes, bytearray), type(x)
+    h.update(x)
+    return (type(x).__name__, len(x), h.hexdigest())
+
+
+def kinds(n: int) -> list:
+    """Every kind of value, each holding ``n`` bytes (object arrays: as many elements)."""
+    rng = np.random.default_rng(n)
+    raw = rng.bytes(n)
+    out = [raw, bytearray(raw), memoryview(raw),
+           np.frombuffer(raw, dtype="f8" if n % 8 == 0 else "u1").copy(),
+           np.frombuffer(rng.bytes(2 * n), dtype="u1").reshape(-1, 2)[:, 0] if n > 1
+           else np.frombuffer(raw, dtype="u1")[::-1]]
+    if n and n % 8 == 0:       # a typed, writable, multi-dimensional memoryview
+        out.append(memoryview(bytearray(raw)).cast("d", (2, n // 16)) if n % 16 == 0
+                   else memoryview(bytearray(raw)).cast("d"))
+    if n <= 64 * KiB:          # (a large object array is a Python-speed pickle, not data)
+        out.append(np.array([b"x" * (i % 7) if i % 3 else i for i in range(n // 8 or n)],
+                            dtype=object))
+    return out
+
+
+def spill_all() -> int:
+    """Move every value this worker holds to disk; how many went."""
+    data = get_worker().data
+    n = 0
+    while data.evict() >= 0:
+        n += 1
+    return n
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("shared", [True, False], ids=["sharing", "tcp"])
+def test_every_kind_and_size_identical_through_every_path(shared: bool) -> None:
+    """0 B, 1 B, 64 KiB and 100 MiB of bytes, bytearray, memoryview and numpy arrays
+    (contiguous, strided, object) arrive identical, and of their type, as a task's
+    argument, scattered, worker to worker, as a result, and spilled and read back."""
+    started = time.monotonic()
+    with LocalCluster(n_workers=2, threads_per_worker=1, shared_memory=shared,
+                      memory_limit="6GiB", dashboard=False) as lc, Client(lc) as c:
+        a, b = sorted(c.scheduler_info()["workers"])[:2]
+        for n in (0, 1, 64 * KiB, 100 * MiB):
+            for v in kinds(n):
+                want = describe(v)
+                what = f"{want[:3]} of {n} bytes"
+                assert c.submit(describe, v, workers=[a], pure=False).result() == want, \
+                    f"argument: {what}"
+                s = c.scatter(v, hash=False, workers=[a])
+                assert c.submit(describe, s, workers=[a], pure=False).result() == want, \
+                    f"scatter: {what}"
+                made = c.submit(identity, s, workers=[a], pure=False)
+                kept = c.submit(identity, s, workers=[a], pure=False)
+                assert c.submit(describe, made, workers=[b], pure=False).result() == want, \
+                    f"worker to worker: {what}"
+                assert describe(made.result()) == want, f"result: {what}"
+                wait([kept])
+                assert c.submit(spill_all, workers=[a], pure=False).result() >= 2
+                assert c.submit(describe, kept, workers=[a], pure=False).result() == want, \
+                    f"spilled, read back on its worker: {what}"
+                assert describe(kept.result()) == want, f"spilled, then a result: {what}"
+                del s, made, kept
+        print(f"\nevery kind and size, every path ({'sharing' if shared else 'TCP'}): "
+              f"{time.monotonic() - started:.1f} s")
+        pid = os.getpid()
+    assert not sharedmem.segments(pid)
+
+
+def ones(n: int) -> object:
+    return np.ones(n, dtype="u1")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("shared", [True, False], ids=["sharing", "tcp"])
+def test_one_gib_worker_to_worker_and_to_the_client(shared: bool) -> None:
+    with LocalCluster(n_workers=2, threads_per_worker=1, shared_memory=shared,
+                      dashboard=False) as lc, Client(lc) as c:
+        a, b = sorted(c.scheduler_info()["workers"])[:2]
+        want = describe(ones(GiB))
+        x = c.submit(ones, GiB, workers=[a], pure=False)
+        wait([x])
+        started = time.monotonic()
+        assert c.submit(describe, x, workers=[b], pure=False).result() == want
+        moved = time.monotonic() - started
+        started = time.monotonic()
+        assert describe(x.result()) == want
+        fetched = time.monotonic() - started
+        print(f"\n1 GiB ({'sharing' if shared else 'TCP'}): worker to worker and digest "
+              f"{moved:.2f} s, result and digest {fetched:.2f} s")
+        del x
