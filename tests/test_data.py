@@ -249,3 +249,50 @@ def test_one_gib_worker_to_worker_and_to_the_client(shared: bool) -> None:
         print(f"\n1 GiB ({'sharing' if shared else 'TCP'}): worker to worker and digest "
               f"{moved:.2f} s, result and digest {fetched:.2f} s")
         del x
+
+
+def inc(i: int) -> int:
+    return i + 1
+
+
+def nbytes_of(x: object) -> int:
+    return int(np.asarray(x).nbytes)
+
+
+@pytest.mark.timeout(300)
+def test_small_tasks_keep_going_while_a_gib_moves() -> None:
+    """1,000 small round trips run while 1 GiB goes worker to worker and worker to client
+    (over TCP: with sharing nothing would move); their latency is printed, not judged."""
+    import statistics
+    import threading
+    with LocalCluster(n_workers=2, threads_per_worker=2, shared_memory=False,
+                      dashboard=False) as lc, Client(lc) as c:
+        a, b = sorted(c.scheduler_info()["workers"])[:2]
+        x = c.submit(ones, GiB, workers=[a], pure=False)
+        wait([x])
+        c.submit(inc, 0, pure=False).result()           # connections made, functions known
+        fetched: list = []
+        started = time.monotonic()
+        moved = c.submit(nbytes_of, x, workers=[b], pure=False)    # b fetches x from a
+        reader = threading.Thread(target=lambda: fetched.append(x.result(timeout=120).nbytes))
+        reader.start()
+        during, after, done_at = [], [], None
+        i = 0
+        while i < 1000 or done_at is None:
+            t = time.monotonic()
+            assert c.submit(inc, i, workers=[(a, b)[i % 2]], pure=False).result(timeout=60) \
+                == i + 1
+            (during if done_at is None else after).append(time.monotonic() - t)
+            if done_at is None and moved.done() and not reader.is_alive():
+                done_at = time.monotonic() - started
+            i += 1
+        reader.join(timeout=120)
+        assert moved.result(timeout=60) == GiB and fetched == [GiB]
+
+        def ms(xs: list) -> str:
+            return (f"median {1000 * statistics.median(xs):.1f} ms, max {1000 * max(xs):.1f} ms"
+                    if xs else "none")
+        print(f"\n1 GiB worker to worker and to the client (TCP) in {done_at:.2f} s; "
+              f"{len(during)} round trips during it: {ms(during)}; "
+              f"{len(after)} after: {ms(after)}")
+        del x, moved
