@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -296,3 +297,83 @@ def test_small_tasks_keep_going_while_a_gib_moves() -> None:
               f"{len(during)} round trips during it: {ms(during)}; "
               f"{len(after)} after: {ms(after)}")
         del x, moved
+
+
+# -- a transfer cut by the death of its sender -------------------------------------------
+def _rss(pid: int) -> int:
+    import psutil
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+def _pids(c: Client) -> dict:
+    return {addr: w["pid"] for addr, w in c.scheduler_info()["workers"].items()}
+
+
+def _kill_mid_transfer(receiver: int, sender: int, before: int) -> int:
+    """SIGKILL ``sender`` once ``receiver`` holds 128 MiB more than ``before`` (the buffer
+    the value is read into fills as it arrives); how much more it held then."""
+    from conftest import wait_until
+    wait_until(lambda: _rss(receiver) > before + 128 * MiB, timeout=60, interval=0.002,
+               message="the transfer began")
+    got = _rss(receiver) - before
+    os.kill(sender, signal.SIGKILL)
+    return got
+
+
+@pytest.mark.timeout(400)
+def test_transfer_cut_by_a_killed_sender_never_gives_a_truncated_value() -> None:
+    """A worker killed while it sends 1 GiB: a task's result is computed again from its
+    recipe (worker to worker and worker to client); scattered data, which has no recipe,
+    fails with LostError. Never a short or damaged value."""
+    import threading
+    from tasknest.errors import LostError
+    want = describe(ones(GiB))
+    with LocalCluster(n_workers=2, threads_per_worker=1, shared_memory=False,
+                      dashboard=False) as lc, Client(lc) as c:
+        def cut(start: Any, receiver_of: Any) -> tuple:
+            for _ in range(3):          # (until the kill lands mid-way: it nearly always does)
+                pids = _pids(c)
+                a, b = sorted(pids)[:2]
+                receiver = receiver_of(pids[b])
+                before = _rss(receiver)
+                x, reader = start(a, b)
+                got = _kill_mid_transfer(receiver, pids[a], before)
+                c.submit(inc, 0, pure=False).result(timeout=60)    # the cluster goes on
+                if got < GiB - 64 * MiB:
+                    return x, reader, got
+                reader.result(timeout=120) if hasattr(reader, "result") else None
+            raise AssertionError("the transfer was never caught mid-way")
+
+        # a task's result, worker to worker
+        def w2w(a: str, b: str) -> tuple:
+            x = c.submit(ones, GiB, workers=[a], allow_other_workers=True, pure=False)
+            wait([x])
+            return x, c.submit(describe, x, workers=[b], pure=False)
+        x, y, got = cut(w2w, lambda pid: pid)
+        assert y.result(timeout=180) == want
+        print(f"\nworker to worker, cut after {got / MiB:.0f} MiB: recomputed, whole")
+        del x, y
+
+        # a task's result, worker to client
+        box: list = []
+
+        def w2c(a: str, b: str) -> tuple:
+            x = c.submit(ones, GiB, workers=[a], allow_other_workers=True, pure=False)
+            wait([x])
+            t = threading.Thread(target=lambda: box.append(describe(x.result(timeout=180))))
+            t.start()
+            return x, t
+        x, t, got = cut(w2c, lambda pid: os.getpid())
+        t.join(timeout=200)
+        assert box == [want]
+        print(f"worker to client, cut after {got / MiB:.0f} MiB: recomputed, whole")
+        del x, t, box
+
+        # scattered data (no recipe), worker to worker
+        def scattered(a: str, b: str) -> tuple:
+            s = c.scatter(np.ones(GiB // 2, dtype="u1"), workers=[a], hash=False)
+            return s, c.submit(describe, s, workers=[b], pure=False)
+        s, y, got = cut(scattered, lambda pid: pid)
+        with pytest.raises(LostError, match="lost"):
+            y.result(timeout=180)
+        print(f"scattered, cut after {got / MiB:.0f} MiB: LostError")
