@@ -377,3 +377,65 @@ def test_transfer_cut_by_a_killed_sender_never_gives_a_truncated_value() -> None
         with pytest.raises(LostError, match="lost"):
             y.result(timeout=180)
         print(f"scattered, cut after {got / MiB:.0f} MiB: LostError")
+
+
+# -- /dev/shm holds nothing of a cluster once it no longer needs it ----------------------
+def _held(pids: set) -> list:
+    return [s for p in pids for s in sharedmem.segments(p)]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("nanny", [True, False], ids=["nanny", "no-nanny"])
+def test_no_segment_left_after_release_close_and_sigkill(nanny: bool) -> None:
+    from conftest import wait_until
+    if not sharedmem.available():
+        pytest.skip("no /dev/shm here")
+    pids: set = {os.getpid()}
+    with LocalCluster(n_workers=2, threads_per_worker=1, nanny=nanny, memory_limit="4GiB",
+                      dashboard=False) as lc, Client(lc) as c:
+        def workers() -> dict:
+            found = _pids(c)
+            pids.update(found.values())
+            return found
+
+        # released keys: results, results read by the other worker and by the client
+        a, b = sorted(workers())[:2]
+        xs = [c.submit(ones, 4 * MiB, workers=[w], pure=False) for w in (a, b, a)]
+        wait(xs)
+        assert len(_held(pids)) == 3
+        assert c.submit(describe, xs[0], workers=[b], pure=False).result() == describe(ones(4 * MiB))
+        local = xs[1].result()
+        del xs
+        wait_until(lambda: not _held(pids), 30, message="segments of released keys removed")
+        assert int(local.sum()) == 4 * MiB           # the client's mapping outlives the file
+
+        # a spilled value gives its segment up
+        x = c.submit(ones, 4 * MiB, workers=[a], pure=False)
+        wait([x])
+        assert len(_held(pids)) == 1
+        assert c.submit(spill_all, workers=[a], pure=False).result() >= 1
+        wait_until(lambda: not _held(pids), 30, message="segment of a spilled key removed")
+        assert describe(x.result()) == describe(ones(4 * MiB))
+        del x
+
+        # SIGKILL of the worker holding segments: none of them left once the cluster closed
+        held = [c.submit(ones, 4 * MiB, workers=[a], pure=False) for _ in range(3)]
+        wait(held)
+        owner = workers()[a]
+        assert len(sharedmem.segments(owner)) == 3
+        local = held[0].result()
+        os.kill(owner, signal.SIGKILL)
+        if nanny:     # its nanny removes them as soon as it has died
+            wait_until(lambda: not sharedmem.segments(owner), 30,
+                       message="the nanny removed the killed worker's segments")
+        # the cluster goes on; its surviving worker still shares what it makes
+        y = c.submit(ones, 4 * MiB, workers=[b], pure=False)
+        wait([y])
+        assert sharedmem.segments(workers()[b])
+        assert int(local.sum()) == 4 * MiB           # mapped before the kill: still whole
+        started = time.monotonic()
+        lc.close()                                   # while y is still held
+        closed = time.monotonic() - started
+        assert not _held(pids), _held(pids)
+    assert not _held(pids), _held(pids)
+    print(f"\nclose() with a shared key held: {closed:.2f} s")
