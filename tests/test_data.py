@@ -439,3 +439,117 @@ def test_no_segment_left_after_release_close_and_sigkill(nanny: bool) -> None:
         assert not _held(pids), _held(pids)
     assert not _held(pids), _held(pids)
     print(f"\nclose() with a shared key held: {closed:.2f} s")
+
+
+# -- compression between hosts ----------------------------------------------------------------
+
+
+def _through_reader(chunks: list, max_frame: int = 1 << 30) -> list:
+    got: list = []
+    reader = FrameReader(max_frame, lambda payload, bufs: got.append((payload, bufs)))
+    reader.frames()
+    stream = b"".join(bytes(ch) for ch in chunks)
+    pos = 0
+    while pos < len(stream):
+        buf = reader.get_buffer()
+        n = min(len(buf), len(stream) - pos, 300_000)
+        buf[:n] = stream[pos:pos + n]
+        pos += n
+        reader.updated(n)
+    return got
+
+
+def test_compressed_buffers_arrive_as_sent_and_incompressible_ones_go_as_they_are() -> None:
+    pytest.importorskip("lz4.block")
+    from tasknest.protocol.frames import COMPRESSED, decode
+    zeros, noise = bytes(4 * MiB), bytearray(os.urandom(4 * MiB))
+    chunks, total = encode([mark_buffers(["data", 1, {"k": [b"h", zeros, noise]}])], "lz4")
+    assert total < 4 * MiB + 1 * MiB                    # the zeros shrank, the noise did not
+    assert chunks[2].obj is noise                       # sent from its own memory, as it is
+    sizes = np.frombuffer(bytes(chunks[0][8:24]), dtype="<u8")
+    assert sizes[0] & COMPRESSED and not sizes[1] & COMPRESSED
+    (payload, bufs), = _through_reader(chunks)
+    frames = decode(payload, bufs)[0][2]["k"]
+    assert type(frames[1]) is bytes and frames[1] == zeros          # read-only: bytes
+    assert type(frames[2]) is bytearray and frames[2] == noise      # writable: bytearray
+    # a value through it: an array compresses and comes back writable and whole
+    a = np.zeros(1 << 20)
+    a[::1000] = 1.5
+    chunks, total = encode([mark_buffers(["data", 1, {"k": dumps_value(a)}])], "lz4")
+    assert total < a.nbytes // 4
+    (payload, bufs), = _through_reader(chunks)
+    b = loads_value(decode(payload, bufs)[0][2]["k"])
+    assert b.flags.writeable and (a == b).all()
+
+
+def test_compressed_buffer_announcing_too_much_is_refused() -> None:
+    pytest.importorskip("lz4.block")
+    chunks, _ = encode([mark_buffers(["data", 1, {"k": [b"h", bytes(4 * MiB)]}])], "lz4")
+    with pytest.raises(FrameError, match="announces"):
+        _through_reader(chunks, max_frame=1 * MiB)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("setting,expect", [("lz4", "lz4"), ("auto", None), ("off", None)])
+def test_compression_is_negotiated_per_connection(monkeypatch: Any, setting: str,
+                                                   expect: str | None) -> None:
+    """``lz4`` forces it (loopback included); ``auto`` leaves loopback alone; ``off``."""
+    import asyncio
+    pytest.importorskip("lz4.block")
+    from tasknest.client.loop import new_event_loop
+    from tasknest.protocol import compression, messages as m
+    from tasknest.protocol.comm import connect, listen
+    monkeypatch.setenv("TASKNEST_COMPRESSION", setting)
+    packed: list = []
+    real = compression.compress
+    monkeypatch.setattr(compression, "compress",
+                        lambda codec, buf: packed.append(real(codec, buf)) or packed[-1])
+    zeros, noise = bytes(2 * MiB), os.urandom(2 * MiB)
+
+    async def main() -> None:
+        servers: list = []
+        got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def on_comm(comm: Any) -> None:
+            servers.append(comm)
+            comm.start(lambda msg: comm.send(m.Data(7, {"k": [b"h", zeros, noise]})))
+        listener = await listen("tcp://127.0.0.1:0", on_comm, "secret")
+        comm = await connect(listener.address, "secret")
+        comm.start(lambda msg: got.set_result(msg))
+        comm.send(m.Want(["k"]))
+        msg = await asyncio.wait_for(got, 30)
+        assert msg.values["k"][1] == zeros and msg.values["k"][2] == noise
+        assert comm.codec == servers[0].codec == expect
+        assert comm.codecs_offered == (["lz4"] if expect else [])
+        comm.close()
+        listener.close()
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    if expect:        # the zeros went compressed, the noise as it was
+        assert [p is not None for p in packed] == [True, False]
+    else:
+        assert packed == []
+
+
+@pytest.mark.timeout(180)
+def test_every_path_identical_compressed(monkeypatch: Any) -> None:
+    """Every link compressing (as between hosts): every kind of value arrives whole."""
+    pytest.importorskip("lz4.block")
+    monkeypatch.setenv("TASKNEST_COMPRESSION", "lz4")
+    with LocalCluster(n_workers=2, threads_per_worker=1, shared_memory=False,
+                      dashboard=False) as lc, Client(lc) as c:
+        a, b = sorted(c.scheduler_info()["workers"])[:2]
+        for v in [*values(), np.zeros(3 << 20), bytearray(5 * MiB)]:
+            want = describe(v) if not (isinstance(v, np.ndarray) and v.dtype.hasobject) \
+                else None
+            s = c.scatter(v, hash=False, workers=[a])
+            made = c.submit(identity, s, workers=[a], pure=False)
+            moved = c.submit(identity, made, workers=[b], pure=False)
+            for f in (made, moved):
+                assert same(v, f.result()), (type(v), f)
+                if want is not None:
+                    assert describe(f.result()) == want
+            assert c.submit(describe, made, workers=[b], pure=False).result() == describe(v)

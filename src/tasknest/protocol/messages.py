@@ -123,6 +123,8 @@ RegisterClient = _define("RegisterClient", "register-client", client_id=str, ver
 RegisterWorker = _define("RegisterWorker", "register-worker", name=str, address=str, nthreads=int,
                          pid=int, memory_limit=int, keys=STRS, version=str, resources=AMOUNTS)
 RegisterPeer = _define("RegisterPeer", "register-peer", name=str)
+# the codecs this end reads (a link between hosts): the other may compress large buffers
+Codecs = _define("Codecs", "codecs", names=STRS)
 Welcome = _define("Welcome", "welcome", id=str, info=dict)
 Refused = _define("Refused", "refused", reason=str)
 
