@@ -271,7 +271,8 @@ def test_small_tasks_keep_going_while_a_gib_moves() -> None:
         a, b = sorted(c.scheduler_info()["workers"])[:2]
         x = c.submit(ones, GiB, workers=[a], pure=False)
         wait([x])
-        c.submit(inc, 0, pure=False).result()           # connections made, functions known
+        for w in (a, b):     # connections made, functions known (a first call imports this module)
+            c.submit(inc, 0, workers=[w], pure=False).result()
         fetched: list = []
         started = time.monotonic()
         moved = c.submit(nbytes_of, x, workers=[b], pure=False)    # b fetches x from a
