@@ -175,3 +175,36 @@ def test_cut_link_mid_run_still_gives_the_complete_result(network):
             assert [w["address"] for w in list(client.scheduler_info(-1)["workers"].values())] == [workers["b"]]
     finally:
         procs.stop()
+
+
+def block(kind: str, n: int) -> bytes:
+    return bytes(n) if kind == "zeros" else os.urandom(n)
+
+
+def digest(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.timeout(90)
+def test_values_between_hosts_go_compressed_where_it_pays(network):
+    """Between namespaces (hosts, to tasknest) the links negotiate lz4: a compressible and
+    an incompressible value arrive whole worker to worker and worker to client."""
+    pytest.importorskip("lz4.block")
+    token = "netns-test-token"
+    procs = Procs(network, token)
+    try:
+        sched = procs.start("sched", "scheduler", "--host", network.addr["sched"])
+        workers = {n: procs.start(n, "worker", sched, "--host", network.addr[n],
+                                  "--no-nanny") for n in ("a", "b")}
+        with Client(sched, token=token, timeout=20) as client:
+            client.wait_for_workers(2, timeout=30)
+            for kind in ("zeros", "noise"):
+                made = client.submit(block, kind, 8 << 20, workers=[workers["a"]], pure=False)
+                there = client.submit(digest, made, workers=[workers["b"]], pure=False)
+                here = made.result(timeout=60)
+                assert len(here) == 8 << 20 and there.result(timeout=60) == digest(here)
+            comm = client._peers.comms[workers["a"]]
+            assert comm.codec == "lz4" and comm.codecs_offered == ["lz4"]
+    finally:
+        procs.stop()

@@ -339,3 +339,28 @@ def test_rerun_parent_reuses_children_that_finished_elsewhere(nclient, tmp_path)
     # the rerun parent's claims of them are answered "finished elsewhere" before any
     # runs (a claim of a key that is not fresh runs once the scheduler accepts it)
     assert len(safe) >= 4 and not again, (safe, again)
+
+
+def mark_then_wait(started: str, gate: str) -> int:
+    open(started, "w").close()
+    wait_for_gate(gate)
+    return os.getpid()
+
+
+@pytest.mark.timeout(90)
+def test_task_restricted_to_a_killed_worker_runs_on_its_restarted_self(tmp_path):
+    """workers=[address] of a worker that is killed while the task runs: its nanny restarts
+    it (same name, new address) and the task runs there instead of waiting forever."""
+    with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as c:
+        info = c.scheduler_info()["workers"]
+        address = sorted(info)[0]
+        started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+        future = c.submit(mark_then_wait, started, gate, workers=[address], pure=False)
+        wait_until(lambda: os.path.exists(started), 30, message="the task started")
+        os.remove(started)
+        kill_worker_at(c, address)
+        open(gate, "w").close()
+        pid = future.result(timeout=60)
+        assert pid != info[address]["pid"]
+        [again] = [w for w in c.scheduler_info()["workers"].values() if w["pid"] == pid]
+        assert again["name"] == info[address]["name"] and again["address"] != address

@@ -5,6 +5,8 @@
 
 Large buffers of values travel out of band (``frames``): written from their own
 memory with ``writev`` and read in place into buffers of their announced size.
+Between hosts, each end names the codecs it reads (``codecs``, right after the
+handshake) and the other compresses such buffers with one (``compression``).
 
 Every connection first runs the shared-secret handshake (``auth``) on raw bytes;
 nothing is decoded before it succeeds. A malformed frame, an unknown op, a bad
@@ -25,9 +27,9 @@ from typing import Any, Callable
 import psutil
 
 from ..errors import AuthenticationError, CallerError, CommClosedError, ConnectError, ProtocolError
-from . import auth, frames
+from . import auth, compression, frames
 from .transport import open_connection
-from .messages import FUNC_OPS, LAZY_OPS, MERGE_OPS, UNDOES, DefineFunc, Message, decode
+from .messages import FUNC_OPS, LAZY_OPS, MERGE_OPS, UNDOES, Codecs, DefineFunc, Message, decode
 
 log = logging.getLogger("tasknest.comm")
 
@@ -101,6 +103,8 @@ class Comm(asyncio.BufferedProtocol):
         self._undoable: dict[tuple, list] = {}   # (op, key) -> an unsent message, see UNDOES
         self._cancelled = 0
         self.before_write: Callable[[], Any] | None = None   # e.g. commit a journal first
+        self.codec: str | None = None      # large buffers we send are compressed with it
+        self.codecs_offered: list[str] = []   # what we told the other end we read
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -185,6 +189,12 @@ class Comm(asyncio.BufferedProtocol):
                 self.abort("authentication failed: the server does not hold our token")
                 return False
         self._authed = True
+        transport = self.transport
+        assert transport is not None
+        self.codecs_offered = compression.readable(transport.get_extra_info("sockname"),
+                                                   transport.get_extra_info("peername"))
+        if self.codecs_offered:
+            self.send(Codecs(self.codecs_offered))
         if not self.ready.done():
             self.ready.set_result(self)
         return True
@@ -207,6 +217,9 @@ class Comm(asyncio.BufferedProtocol):
         for msg in msgs:
             if type(msg) is DefineFunc:
                 self.funcs[msg.fid] = msg.func
+                continue
+            if type(msg) is Codecs:
+                self.codec = compression.choose(msg.names)
                 continue
             if msg.op in FUNC_OPS:       # (the wire holds the function's number)
                 number: Any = msg.func  # type: ignore[attr-defined]
@@ -314,7 +327,7 @@ class Comm(asyncio.BufferedProtocol):
             out = [x for x in out if x[0] is not None]
             self._cancelled = 0
         try:
-            chunks, _ = frames.encode(out)
+            chunks, _ = frames.encode(out, self.codec)
         except Exception as exc:  # a bug in a message; fail loudly but keep the link
             log.error("cannot encode a frame for %s: %s", self.peer, exc)
             return

@@ -16,6 +16,10 @@ buffer once, at its exact size, and has the socket read straight into it
 A buffer that was read-only at the sender (``bytes``) is received into a new
 ``bytes`` object, so a large bytes value arrives as itself, not as a copy of
 a bytearray.
+
+On a link where the other end asked for it (``compression``), a buffer that
+compresses goes as an lz4 block, flagged in its size; the reader decompresses it
+into a buffer of the size the block announces, refused first if over the limit.
 """
 from __future__ import annotations
 
@@ -28,10 +32,13 @@ from typing import Any, Callable
 import msgpack
 
 from ..errors import ProtocolError
+from . import compression
 
 OOB_MIN = 64 * 1024          # smaller buffers ride inside the msgpack payload
 MAX_BUFFERS = 4096           # out-of-band buffers in one frame
 READONLY = 1 << 63           # flag in a buffer's size: it was read-only (bytes) at the sender
+COMPRESSED = 1 << 62         # flag in a buffer's size: it travels compressed
+SIZE = COMPRESSED - 1        # the size itself
 EXT_BUFFER = 1               # msgpack ext type: index of an out-of-band buffer
 SCRATCH = 1 << 18            # the reader's buffer for small frames
 SMALL_PAYLOAD = 1 << 16      # payloads up to this wait in the scratch buffer; larger get their own
@@ -52,14 +59,25 @@ if sys.implementation.name == "cpython":
     _new.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
     _BYTES_DATA = bytes.__basicsize__ - 1        # offset of ob_sval in a bytes object
 
+    _new_array = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    _new_array.restype = ctypes.py_object
+    _new_array.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+
     def new_bytes(size: int) -> tuple[bytes, memoryview]:
         """A new, not yet filled ``bytes`` object of ``size`` and a writable view of it.
         Only the receiver writes it, before anyone else sees the object."""
         obj = _new(None, size)
         arr = (ctypes.c_char * size).from_address(id(obj) + _BYTES_DATA)
         return obj, memoryview(arr).cast("B")
+
+    def new_bytearray(size: int) -> bytearray:
+        """A bytearray of ``size`` not filled with zeros: ``bytearray(size)`` writes every
+        page before the socket does (a 1 GiB buffer held the event loop for seconds);
+        this one's pages are first touched by the read that fills them."""
+        return _new_array(None, size)  # type: ignore[no-any-return]
 else:                                           # pragma: no cover
     new_bytes = None  # type: ignore[assignment]
+    new_bytearray = bytearray  # type: ignore[assignment]
 
 BYTES_MIN = 1 << 20          # below this a read-only buffer is received into a bytearray
 
@@ -68,7 +86,7 @@ def allocate(size: int, readonly: bool) -> tuple[Any, memoryview]:
     """The object a received buffer lives in, and a writable view to read into."""
     if readonly and size >= BYTES_MIN and new_bytes is not None:
         return new_bytes(size)
-    obj = bytearray(size)
+    obj = new_bytearray(size) if size >= BYTES_MIN else bytearray(size)
     return obj, memoryview(obj)
 
 
@@ -97,8 +115,9 @@ def _mark(seq: Any, depth: int) -> Any:
     return seq if out is None else out
 
 
-def encode(msgs: list) -> tuple[list, int]:
-    """Chunks to write for one frame (in order), and their total size."""
+def encode(msgs: list, codec: str | None = None) -> tuple[list, int]:
+    """Chunks to write for one frame (in order), and their total size; large buffers
+    compressed with ``codec`` where that pays."""
     bufs: list[memoryview] = []
 
     def default(obj: Any) -> Any:
@@ -116,8 +135,16 @@ def encode(msgs: list) -> tuple[list, int]:
     if len(bufs) > MAX_BUFFERS:
         raise ValueError(f"a frame may carry at most {MAX_BUFFERS} large buffers")
     sizes = [b.nbytes | (READONLY if b.readonly else 0) for b in bufs]
+    out: list = bufs
+    if codec is not None:
+        out = list(bufs)
+        for i, b in enumerate(bufs):
+            packed = compression.compress(codec, b)
+            if packed is not None:
+                out[i] = packed
+                sizes[i] = len(packed) | COMPRESSED | (sizes[i] & READONLY)
     head = _HEAD.pack(len(payload), len(bufs)) + struct.pack(f"<{len(bufs)}Q", *sizes)
-    return [head + payload, *bufs], 8 + 8 * len(bufs) + len(payload) + sum(b.nbytes for b in bufs)
+    return [head + payload, *out], 8 + 8 * len(bufs) + len(payload) + sum(s & SIZE for s in sizes)
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -197,7 +224,7 @@ class FrameReader:
         if avail < 8 + 8 * nbuf:
             return False
         sizes = struct.unpack_from(f"<{nbuf}Q", self._buf, self._start + 8) if nbuf else ()
-        total = plen + sum(s & ~READONLY for s in sizes)
+        total = plen + sum(s & SIZE for s in sizes)
         if total > self.max_frame:
             raise FrameError(f"frame of {total} bytes exceeds the limit of {self.max_frame}")
         self._start += 8 + 8 * nbuf
@@ -224,14 +251,30 @@ class FrameReader:
                     return False
         while len(bufs) < len(sizes):
             size = sizes[len(bufs)]
-            obj, view = allocate(size & ~READONLY, bool(size & READONLY))
+            if size & COMPRESSED:
+                obj = bytearray(size & SIZE)
+                view = memoryview(obj)
+            else:
+                obj, view = allocate(size & SIZE, bool(size & READONLY))
             bufs.append(obj)
             self._read_into(view)
             if self._target is not None:
                 return False
         self._frame = None
+        for i, size in enumerate(sizes):
+            if size & COMPRESSED:
+                bufs[i] = self._decompress(bufs[i], bool(size & READONLY))
         self.on_frame(frame[2], bufs)
         return True
+
+    def _decompress(self, data: bytearray, readonly: bool) -> Any:
+        if len(data) < 4 or compression.raw_size(data) > self.max_frame:
+            raise FrameError(f"compressed buffer announces {compression.raw_size(data)} bytes "
+                             f"(the limit is {self.max_frame})")
+        try:
+            return compression.decompress(data, readonly)
+        except Exception as exc:
+            raise FrameError(f"cannot decompress a buffer: {exc}") from exc
 
     def _read_into(self, view: memoryview) -> None:
         """Copy what the scratch holds of this part; read the rest in place."""

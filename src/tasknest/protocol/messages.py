@@ -201,6 +201,12 @@ class RegisterPeer(Message):
     name: str
 
 
+# the codecs this end reads (a link between hosts): the other may compress large buffers
+class Codecs(Message):
+    op = 'codecs'
+    names: Strs
+
+
 class Welcome(Message):
     op = 'welcome'
     id: str

@@ -8,6 +8,13 @@
 A pool that names its host (``peer-host``) gets large values of workers on the
 same host as shared-memory references, and maps them; one it cannot map is asked
 for again over TCP.
+
+A frame is never interleaved with another on its connection, so a request waits
+behind a large value that is being received on it. ``get-data`` therefore goes
+over a connection with no request outstanding: the first one to a worker (if it
+carries nothing else), else one of up to ``DATA_COMMS`` more, opened on demand.
+A client's first connection carries its placed tasks and their results, so its
+requests for data always take one of the others.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ log = logging.getLogger("tasknest.peers")
 
 class PeerPool:
     RETRY_AFTER = 30.0     # seconds before ensure() tries a worker it could not reach
+    DATA_COMMS = 4         # connections for data per worker, besides the first
 
     def __init__(self, name: str, token: Any, ssl_context: ssl.SSLContext | None = None,
                  timeout: float = 10.0, on_push: Callable[[m.Message], Any] | None = None,
@@ -37,6 +45,7 @@ class PeerPool:
         self.on_push = on_push        # messages a worker sends unasked (key-memory)
         self.on_lost = on_lost        # a connection closed (pushes on it may be lost): its address
         self.comms: dict[str, Comm] = {}
+        self.data_comms: dict[str, list[Comm]] = {}   # more connections, for data only
         self.connecting: dict[str, asyncio.Future] = {}
         self.pending: dict[int, tuple[asyncio.Future, Comm]] = {}
         self.unreachable: dict[str, float] = {}
@@ -69,16 +78,38 @@ class PeerPool:
             fut.add_done_callback(lambda _: self.connecting.pop(address, None))
         return await asyncio.shield(fut)
 
-    async def _connect(self, address: str) -> Comm:
+    async def _connect(self, address: str, data: bool = False) -> Comm:
         comm = await connect(address, self.token, timeout=self.timeout, retry=False,
                              ssl_context=self.ssl_context)
         comm.start(self._on_message)
         comm.on_close.append(self._on_close)
-        comm.send(m.RegisterPeer(self.name))
+        if not data:         # (a data connection does not stand for the client: no pushes)
+            comm.send(m.RegisterPeer(self.name))
         if self.host:
             comm.send(m.PeerHost(self.host))
-        self.comms[address] = comm
+        if data:
+            self.data_comms.setdefault(address, []).append(comm)
+        else:
+            self.comms[address] = comm
         return comm
+
+    def _outstanding(self, comm: Comm) -> int:
+        return sum(1 for _, c in self.pending.values() if c is comm)
+
+    async def _data_comm(self, address: str) -> Comm:
+        """A connection to ask for data on, with no request outstanding if possible."""
+        main = await self._comm(address)
+        extra = [c for c in self.data_comms.get(address, ()) if not c.closed]
+        candidates = extra if self.on_push is not None else [main, *extra]
+        for comm in candidates:
+            if not self._outstanding(comm):
+                return comm
+        if len(extra) < self.DATA_COMMS and not self.closed:
+            try:
+                return await self._connect(address, data=True)
+            except (OSError, CommClosedError) as exc:
+                log.info("no further connection to %s (%s): sharing one", address, exc)
+        return min(candidates or [main], key=self._outstanding)
 
     def _on_message(self, msg: m.Message) -> None:
         if msg.op == "data":
@@ -99,12 +130,17 @@ class PeerPool:
             if c is comm:
                 del self.comms[addr]
                 address = addr
+        for addr, extra in list(self.data_comms.items()):
+            if comm in extra:
+                extra.remove(comm)
+                if not extra:
+                    del self.data_comms[addr]
         if self.on_lost is not None and not self.closed and address is not None:
             self.on_lost(address)
 
     async def get_data(self, address: str, keys: list[str]) -> dict[str, Any]:
         """{key: frames or None} from the worker at ``address``."""
-        comm = await self._comm(address)
+        comm = await self._data_comm(address)
         self.rid += 1
         fut = asyncio.get_running_loop().create_future()
         self.pending[self.rid] = (fut, comm)
@@ -129,6 +165,7 @@ class PeerPool:
 
     def close(self) -> None:
         self.closed = True
-        for comm in list(self.comms.values()):
+        for comm in [*self.comms.values(), *(c for cs in self.data_comms.values() for c in cs)]:
             comm.close("peer pool closed")
         self.comms.clear()
+        self.data_comms.clear()

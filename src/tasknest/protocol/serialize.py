@@ -75,6 +75,12 @@ class _ArgPickler(cloudpickle.Pickler):
         self.future_type = future_type
         self.futures: list[Any] = []
 
+    def reducer_override(self, obj: Any) -> Any:
+        # cloudpickle would send a memoryview as bytes: keep its type, format and shape
+        if type(obj) is memoryview:
+            return _reduce_memoryview(obj)
+        return super().reducer_override(obj)
+
     def persistent_id(self, obj: Any) -> str | None:
         if type(obj) is self.future_type:
             self.futures.append(obj)
@@ -166,9 +172,15 @@ def _reduce(obj: Any) -> Any:
         # it): one contiguous copy here, and the receiver reads it in place
         return obj.copy().__reduce_ex__(5)
     if t is memoryview:
-        data = obj if obj.c_contiguous else memoryview(obj.tobytes()).cast(obj.format, obj.shape)  # type: ignore[call-overload]
-        return _as_memoryview, (pickle.PickleBuffer(data), obj.format, obj.shape, obj.readonly)
+        return _reduce_memoryview(obj)
     return NotImplemented
+
+
+def _reduce_memoryview(obj: memoryview) -> tuple:
+    """A memoryview rebuilt as a memoryview of the same format, shape and writability
+    (its buffer out of band for a value, in the stream for a task's argument)."""
+    data = obj if obj.c_contiguous else memoryview(obj.tobytes()).cast(obj.format, obj.shape)  # type: ignore[call-overload]
+    return _as_memoryview, (pickle.PickleBuffer(data), obj.format, obj.shape, obj.readonly)
 
 
 class _ValuePickler(pickle.Pickler):

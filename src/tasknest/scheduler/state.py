@@ -286,6 +286,8 @@ class SchedulerState:
         for dk in deps:               # all or nothing: no dangling dependents on failure
             if dk not in tasks:
                 return None
+        if restrict:
+            restrict = self._with_names(restrict)
         ts = Task(key, func, args, deps, priority, retries, restrict)
         tasks[key] = ts
         for dk in deps:
@@ -295,6 +297,14 @@ class SchedulerState:
             else:
                 dts.dependents = {key}
         return ts
+
+    def _with_names(self, restrict: list) -> list:
+        """A worker named by its address is named by its name too: its nanny restarts it
+        under that name at a new address, where the task then runs instead of waiting
+        for an address that will never come back. ("!address" stays as it is.)"""
+        names = [w.name for w in self.workers.values()
+                 if w.name and w.address in restrict and w.name not in restrict]
+        return [*restrict, *names] if names else restrict
 
     def _on_submit(self, cid: str, msg: m.Message) -> None:
         self._submitted(cid, msg.key, msg.func, msg.args, msg.deps, msg.priority,  # type: ignore
