@@ -43,6 +43,7 @@ from .operations import OperationsMixin, resources_arg
 from .placing import PlacingMixin
 from .output import OutputPrinter
 from .reconnect import RESENT, ReconnectMixin
+from .streaming import CHUNK, stream_map
 
 log = logging.getLogger("tasknest.client")
 
@@ -110,6 +111,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         self._address = address
         self._cluster_kwargs = cluster_kwargs
         self._peers: PeerPool | None = None
+        self._sender: Any = None                  # streaming.Sender, once map() streams
         self._placed: dict[str, m.Message] = {}   # key -> its ``placed``, until the result
         self._submits: dict[str, tuple] = {}      # key -> its recipe, until the result
         self._requests: dict[int, m.Message] = {}  # rid -> request, until its reply
@@ -565,13 +567,18 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
                 ``prefix-<hash>`` (``prefix-<fresh token>`` when not ``pure``).
             func, *iterables: the function, and the iterables whose elements are its
                 positional arguments.
-            batch_size: send the tasks this many at a time (all at once by default).
+            batch_size: send the tasks this many at a time (by default 1,000).
             workers, resources, retries, priority, fifo_timeout, allow_other_workers,
             actor, actors, pure: as for submit().
             **kwargs: keyword arguments of every call.
 
         Returns:
-            a list of Futures, in the order of the elements.
+            a list of Futures, in the order of the elements. Beyond the first 1,000
+            tasks (or ``batch_size``), map() returns before the rest are sent: a
+            background thread sends them in chunks, held back while the connection
+            has much unsent, and a future asked for its key or result before its
+            chunk left sends that chunk itself. An argument that cannot be pickled
+            raises here if it is among the first chunk, else fails its own future.
         """
         self._check()
         if not callable(func):
@@ -582,11 +589,20 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             raise CallerError(f"batch_size must be a positive integer, got {batch_size!r}")
         if key is not None and not isinstance(key, (str, list, tuple)):
             raise CallerError(f"key must be a prefix string or a list of keys, got {key!r:.60}")
-        items = list(zip(*iterables))
+        # (one iterable: its elements as they are, no tuple each until they are sent)
+        single = len(iterables) == 1 and not actor and not self._worker_side
+        items = list(iterables[0]) if single else list(zip(*iterables))
         keys = key if isinstance(key, (list, tuple)) else None
         if keys is not None and len(keys) != len(items):
             raise CallerError(f"map() got {len(keys)} keys for {len(items)} items")
         prefix = key if isinstance(key, str) else None
+        chunk = batch_size or CHUNK
+        if len(items) > chunk and not self._worker_side and not actor:
+            return self._stream_map(func, items, single, kwargs, keys, prefix, pure,
+                                    workers, resources, retries, priority,
+                                    allow_other_workers, actors, chunk)
+        if single:
+            items = [(x,) for x in items]
         options = dict(workers=workers, resources=resources, retries=retries,
                        priority=priority, allow_other_workers=allow_other_workers,
                        actor=actor, actors=actors)
@@ -599,6 +615,26 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             if batch_size is not None and (i + 1) % batch_size == 0:
                 self._wake()
         return out
+
+    def _stream_map(self, func: Callable, items: list, single: bool, kwargs: dict, keys: Any,
+                    prefix: str | None, pure: bool, workers: Any, resources: Any,
+                    retries: Any, priority: Any, loose: Any, actors: Any,
+                    chunk: int) -> list[Future]:
+        """map() of more than a chunk: checks what submit() would check of every call,
+        once, then streams (streaming.py)."""
+        retries = 0 if retries is None else retries
+        if not isinstance(retries, int) or retries < 0:
+            raise CallerError(f"retries must be a non-negative integer, got {retries!r}")
+        if not isinstance(priority, (int, float)):
+            raise CallerError(f"priority must be a number, got {priority!r}")
+        _unsupported(actors=actors)
+        if keys is not None:
+            for k in keys:
+                if not isinstance(k, str) or not k:
+                    raise CallerError(f"key must be a non-empty string, got {k!r}")
+        return stream_map(self, func, dumps_function(func), items, single, kwargs, keys,
+                          prefix, pure, priority, _seq, retries, self._workers_arg(workers),
+                          resources_arg(resources), bool(loose), chunk)
 
     @staticmethod
     def _prefixed_key(prefix: str, func: Callable, args: tuple, kwargs: dict,

@@ -182,7 +182,9 @@ def error_from(exception: list, traceback: str, kind: str) -> BaseException:
 class Future:
     """A remote result. ``result()`` blocks; ``await future`` in async code."""
 
-    __slots__ = ("key", "client", "_state", "_held", "__weakref__")
+    # _lazy: (chunk, index) while a streaming map's future waits for its chunk (streaming.py)
+    __slots__ = ("key", "client", "_state", "_held", "_lazy", "__weakref__")
+    _lazy: Any
 
     def __init__(self, key: str, client: "Client | None" = None, _new: bool = True) -> None:
         if client is None:

@@ -76,7 +76,8 @@ class _ArgPickler(cloudpickle.Pickler):
         self.futures: list[Any] = []
 
     def persistent_id(self, obj: Any) -> str | None:
-        if type(obj) is self.future_type:
+        # (isinstance: a streaming map's futures are a subclass until their chunk is sent)
+        if isinstance(obj, self.future_type):
             self.futures.append(obj)
             return cast(str, cast(Any, obj).key)
         return None
