@@ -127,7 +127,10 @@ def test_options_futures_as_arguments_and_cancel(client) -> None:
     client.cancel(victims[-5:])
     assert all(f.cancelled() for f in victims[-5:])
     wait(victims[:-5], timeout=60)
-    del pinned, inner, outer, victims
+    while_sending = client.map(inc, range(N, 3 * N), key="cancel-all")
+    client.cancel(while_sending)                   # (the sender may hold a chunk)
+    assert all(f.cancelled() for f in while_sending)
+    del pinned, inner, outer, victims, while_sending
 
 
 def test_close_mid_stream_fails_the_unsent_futures(cluster, held_back) -> None:

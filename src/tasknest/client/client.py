@@ -43,7 +43,7 @@ from .operations import OperationsMixin, resources_arg
 from .placing import PlacingMixin
 from .output import OutputPrinter
 from .reconnect import RESENT, ReconnectMixin
-from .streaming import CHUNK, stream_map
+from .streaming import CHUNK, StreamedFuture, stream_map
 
 log = logging.getLogger("tasknest.client")
 
@@ -898,6 +898,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         """
         self._check()
         fs = flatten_futures(futures)
+        for f in fs:
+            f._state    # (a map's future not sent yet is sent first, not under our lock)
         keys = []
         with self._lock:
             for f in fs:
@@ -1004,10 +1006,29 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             if not st.wait(remaining):
                 raise TimedOutError(f"results not ready after {timeout} s")
 
+    def _wait_in_order(self, futures: list[Future], timeout: float | None) -> None:
+        """Wait for each future in turn, so that a streaming map's futures are reached
+        after the sender sent them (asking for them all at once would send every chunk
+        from this thread, past the sender's backpressure)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        woken = False
+        for f in futures:
+            st = f._state
+            if st.status != "pending":
+                continue
+            if not woken:
+                self._wake()
+                woken = True
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not st.wait(remaining):
+                raise TimedOutError(f"results not ready after {timeout} s")
+
     def _gather_sync(self, futures: list[Future], timeout: float | None = None,
                      errors: str = "raise") -> list:
         if self.status == "new":     # an async client used before it was awaited
             self._check()
+        if any(type(f) is StreamedFuture for f in futures):
+            self._wait_in_order(futures, timeout)
         states = [f._state for f in futures]
         if len(futures) == 1 and futures[0].key in self._placed:
             self._spin(states[0])
@@ -1033,6 +1054,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
     def _check_own(self, futures: list[Future], what: str) -> None:
         """A future of another cluster names a key this scheduler does not know."""
         for f in futures:
+            if type(f) is StreamedFuture and f.client is self and not f._lazy.sent:
+                continue    # ours and not cancelled (cancel sends it): no need to send it now
             if f._state.status == "cancelled":
                 raise FutureCancelledError(f"{what} got the cancelled future {f.key!r}")
             other = f.client
