@@ -99,10 +99,14 @@ def _submit(chunk: _Chunk, raise_errors: bool) -> None:
     keys: list = [None] * n
     states: list = [None] * n
     held = []          # (index, Future): the reference each took, handed to the item
+    if client.status == "closed":      # nothing to send: each future fails when asked
+        with client._lock:
+            chunk.sent = True
+            chunk.items = None
+        return
     with client._lock:
         skip = set(chunk.dropped) if chunk.dropped else ()
     fresh = mp.keys is None and mp.prefix is None and not mp.pure
-    closed = client.status == "closed"
     kwargs, fbytes, listed, single = mp.kwargs, mp.fbytes, mp.keys, mp.single
     for j, args in enumerate(items):
         if j in skip:
@@ -111,8 +115,6 @@ def _submit(chunk: _Chunk, raise_errors: bool) -> None:
         if single:
             args = (args,)
         try:
-            if closed:
-                raise ClosedClientError("the client was closed before this task was sent")
             abytes, deps, futures = dumps_call(args, kwargs, Future)
             if futures:
                 client._check_own(futures, "map()")
@@ -187,14 +189,21 @@ class StreamedFuture(Future):
         send_chunk(chunk)
         with chunk.map.client._lock:
             if type(self) is StreamedFuture:
-                assert chunk.keys is not None and chunk.states is not None
                 j = _key_slot.__get__(self, Future)
-                _key_slot.__set__(self, chunk.keys[j])
-                _state_slot.__set__(self, chunk.states[j])
+                if chunk.states is None:        # the client closed before it was sent
+                    st = FutureState()
+                    st.fail(ClosedClientError("the client was closed before this task "
+                                              "was sent"))
+                    _key_slot.__set__(self, f"{chunk.map.fname}-{unique_token()}")
+                    _state_slot.__set__(self, st)
+                else:
+                    assert chunk.keys is not None
+                    _key_slot.__set__(self, chunk.keys[j])
+                    _state_slot.__set__(self, chunk.states[j])
+                    chunk.keys[j] = chunk.states[j] = None
                 _client_slot.__set__(self, chunk.map.client)
                 _lazy_slot.__set__(self, None)
                 self.__class__ = Future  # type: ignore[assignment]  # a plain Future now
-                chunk.keys[j] = chunk.states[j] = None
 
     @property
     def key(self) -> str:  # type: ignore[override]
@@ -246,6 +255,8 @@ class StreamedFuture(Future):
                         if chunk.dropped is None:
                             chunk.dropped = set()
                         chunk.dropped.add(j)
+                        return
+                    if chunk.states is None or chunk.keys is None:    # (closed client)
                         return
                     key, st = chunk.keys[j], chunk.states[j]
                     chunk.keys[j] = chunk.states[j] = None
