@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from tasknest import Client, wait
+from tasknest import Client, as_completed, wait
 from tasknest.client import streaming
 from tasknest.client.future import Future
 from tasknest.client.streaming import StreamedFuture
@@ -131,6 +131,24 @@ def test_options_futures_as_arguments_and_cancel(client) -> None:
     client.cancel(while_sending)                   # (the sender may hold a chunk)
     assert all(f.cancelled() for f in while_sending)
     del pinned, inner, outer, victims, while_sending
+
+
+def test_wait_as_completed_and_threads_racing_the_sender(client) -> None:
+    futures = client.map(inc, range(N), key="raced")
+    seen: list = []
+
+    def ask(part: list) -> None:        # other threads ask while the sender sends
+        seen.extend(f.key for f in part)
+    threads = [threading.Thread(target=ask, args=(futures[k::4],)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(seen) == sorted(f.key for f in futures) and len(set(seen)) == N
+    done, not_done = wait(futures, timeout=60)
+    assert len(done) == N and not not_done
+    assert sorted(f.result() for f in as_completed(client.map(inc, range(N)))) == \
+        list(range(1, N + 1))
 
 
 def test_close_mid_stream_fails_the_unsent_futures(cluster, held_back) -> None:

@@ -182,10 +182,15 @@ class StreamedFuture(Future):
 
     @property
     def client(self) -> "Client":  # type: ignore[override]
-        return _lazy_slot.__get__(self, Future).map.client
+        chunk = _lazy_slot.__get__(self, Future)
+        if chunk is None:       # (resolved by another thread since this was looked up)
+            return _client_slot.__get__(self, Future)
+        return chunk.map.client
 
     def _resolve(self) -> None:
         chunk = _lazy_slot.__get__(self, Future)
+        if chunk is None:       # (resolved by another thread since this was looked up)
+            return
         send_chunk(chunk)
         with chunk.map.client._lock:
             if type(self) is StreamedFuture:
@@ -217,9 +222,10 @@ class StreamedFuture(Future):
 
     def _peek(self) -> FutureState | None:
         """The state if the chunk was sent (without waiting for it), else None."""
-        if type(self) is not StreamedFuture:
-            return _state_slot.__get__(self, Future)
-        return self._state if _lazy_slot.__get__(self, Future).sent else None
+        chunk = _lazy_slot.__get__(self, Future)
+        if chunk is None or chunk.sent:
+            return self._state
+        return None
 
     def done(self) -> bool:
         st = self._peek()
