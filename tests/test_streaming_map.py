@@ -168,3 +168,9 @@ def test_async_client_streams(cluster) -> None:
             futures = c.map(inc, range(N))
             return await c.gather(futures)
     assert asyncio.run(main()) == list(range(1, N + 1))
+
+
+def test_in_process_cluster_streams(inproc) -> None:
+    """Scheduler, workers and the client's connection on one event loop."""
+    futures = inproc.map(inc, range(N))
+    assert inproc.gather(futures, timeout=60) == list(range(1, N + 1))
