@@ -1054,7 +1054,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
     def _check_own(self, futures: list[Future], what: str) -> None:
         """A future of another cluster names a key this scheduler does not know."""
         for f in futures:
-            if type(f) is StreamedFuture and f.client is self and not f._lazy.sent:
+            chunk = f._lazy if type(f) is StreamedFuture else None
+            if chunk is not None and not chunk.sent and f.client is self:
                 continue    # ours and not cancelled (cancel sends it): no need to send it now
             if f._state.status == "cancelled":
                 raise FutureCancelledError(f"{what} got the cancelled future {f.key!r}")

@@ -182,7 +182,7 @@ def error_from(exception: list, traceback: str, kind: str) -> BaseException:
 class Future:
     """A remote result. ``result()`` blocks; ``await future`` in async code."""
 
-    # _lazy: (chunk, index) while a streaming map's future waits for its chunk (streaming.py)
+    # _lazy: the chunk a streaming map's future waits for, until it is sent (streaming.py)
     __slots__ = ("key", "client", "_state", "_held", "_lazy", "__weakref__")
     _lazy: Any
 
