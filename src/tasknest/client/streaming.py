@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 CHUNK = 1000                # items pickled and sent together
 UNSENT_BOUND = 1 << 20      # bytes the connection may hold unsent before the sender waits
 POLL = 0.002                # seconds between looks at a connection over the bound
+RECONNECT_POLL = 0.05       # ... at a client reconnecting to its scheduler
 
 _key_slot: Any = Future.__dict__["key"]
 _state_slot: Any = Future.__dict__["_state"]
@@ -308,11 +309,18 @@ class Sender:
                 comm.wake()         # this thread writes the frame, not the event loop
 
     def _hold_back(self) -> None:
-        """Backpressure: wait while the connection holds more than UNSENT_BOUND bytes."""
+        """Backpressure: wait while the connection holds more than UNSENT_BOUND bytes,
+        and while the client reconnects to a restarted scheduler (what is sent meanwhile
+        is only kept, to be sent again)."""
         client = self.client
         while True:
+            status = client.status
+            if status == "reconnecting":
+                with self.cond:
+                    self.cond.wait(RECONNECT_POLL)
+                continue
             comm = client._comm
-            if comm is None or comm.closed or client.status != "running":
+            if comm is None or comm.closed or status != "running":
                 return
             if comm.unsent() <= UNSENT_BOUND:
                 return
