@@ -108,6 +108,8 @@ def test_bad_arguments_raise_at_the_call_or_fail_their_own_future(client) -> Non
     futures = client.map(inc, items)
     with pytest.raises(SerializationError):
         futures[-1].result(timeout=30)
+    client.retry(futures[-1])                     # it never left: nothing to run again
+    assert futures[-1].status == "error"
     assert client.gather(futures[:-1]) == list(range(1, N))
     erred = client.map(fail_on, range(N), bad=N - 1, retries=1)
     with pytest.raises(ValueError, match=f"bad {N - 1}"):

@@ -43,7 +43,7 @@ from .operations import OperationsMixin, resources_arg
 from .placing import PlacingMixin
 from .output import OutputPrinter
 from .reconnect import RESENT, ReconnectMixin
-from .streaming import CHUNK, StreamedFuture, stream_map
+from .streaming import CHUNK, SENT_POLL, StreamedFuture, send_chunk, stream_map
 
 log = logging.getLogger("tasknest.client")
 
@@ -925,7 +925,9 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             ClosedClientError: the client is closed.
         """
         self._check()
-        fs = [f for f in flatten_futures(futures) if f._state.status == "error"]
+        # (not a map's task whose arguments could not be pickled: it never left)
+        fs = [f for f in flatten_futures(futures) if f._state.status == "error"
+              and self._states.get(f.key) is f._state]
         for f in fs:
             f._state.reset()
         if fs:
@@ -1118,6 +1120,16 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
 
     async def _gather_async(self, futures: list[Future], errors: str = "raise",
                             single: bool = False) -> Any:
+        for f in futures:
+            chunk = f._lazy if type(f) is StreamedFuture else None
+            while chunk is not None and not chunk.sent:
+                # a streaming map's future: its sender gets to it (this loop must not
+                # send every chunk itself, its connection's writes wait on it)
+                sender = self._sender
+                if sender is None or sender.thread is None:
+                    send_chunk(chunk)        # (nobody else will)
+                    break
+                await asyncio.sleep(SENT_POLL)
         states = [f._state for f in futures]
         for _ in range(5):
             await self._aio_wait(states)

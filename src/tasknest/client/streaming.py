@@ -36,6 +36,7 @@ CHUNK = 1000                # items pickled and sent together
 UNSENT_BOUND = 1 << 20      # bytes the connection may hold unsent before the sender waits
 POLL = 0.002                # seconds between looks at a connection over the bound
 RECONNECT_POLL = 0.05       # ... at a client reconnecting to its scheduler
+SENT_POLL = 0.005           # seconds between looks of an async gather at a chunk not sent
 
 _key_slot: Any = Future.__dict__["key"]
 _state_slot: Any = Future.__dict__["_state"]
