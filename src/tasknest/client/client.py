@@ -43,6 +43,7 @@ from .operations import OperationsMixin, resources_arg
 from .placing import PlacingMixin
 from .output import OutputPrinter
 from .reconnect import RESENT, ReconnectMixin
+from .streaming import CHUNK, SENT_POLL, StreamedFuture, send_chunk, stream_map
 
 log = logging.getLogger("tasknest.client")
 
@@ -110,6 +111,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         self._address = address
         self._cluster_kwargs = cluster_kwargs
         self._peers: PeerPool | None = None
+        self._sender: Any = None                  # streaming.Sender, once map() streams
         self._placed: dict[str, m.Message] = {}   # key -> its ``placed``, until the result
         self._submits: dict[str, tuple] = {}      # key -> its recipe, until the result
         self._requests: dict[int, m.Message] = {}  # rid -> request, until its reply
@@ -577,13 +579,18 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
                 ``prefix-<hash>`` (``prefix-<fresh token>`` when not ``pure``).
             func, *iterables: the function, and the iterables whose elements are its
                 positional arguments.
-            batch_size: send the tasks this many at a time (all at once by default).
+            batch_size: send the tasks this many at a time (by default 1,000).
             workers, resources, retries, priority, fifo_timeout, allow_other_workers,
             actor, actors, pure: as for submit().
             **kwargs: keyword arguments of every call.
 
         Returns:
-            a list of Futures, in the order of the elements.
+            a list of Futures, in the order of the elements. Beyond the first 1,000
+            tasks (or ``batch_size``), map() returns before the rest are sent: a
+            background thread sends them in chunks, held back while the connection
+            has much unsent, and a future asked for its key or result before its
+            chunk left sends that chunk itself. An argument that cannot be pickled
+            raises here if it is among the first chunk, else fails its own future.
         """
         self._check()
         if not callable(func):
@@ -594,11 +601,20 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             raise CallerError(f"batch_size must be a positive integer, got {batch_size!r}")
         if key is not None and not isinstance(key, (str, list, tuple)):
             raise CallerError(f"key must be a prefix string or a list of keys, got {key!r:.60}")
-        items = list(zip(*iterables))
+        # (one iterable: its elements as they are, no tuple each until they are sent)
+        single = len(iterables) == 1 and not actor and not self._worker_side
+        items = list(iterables[0]) if single else list(zip(*iterables))
         keys = key if isinstance(key, (list, tuple)) else None
         if keys is not None and len(keys) != len(items):
             raise CallerError(f"map() got {len(keys)} keys for {len(items)} items")
         prefix = key if isinstance(key, str) else None
+        chunk = batch_size or CHUNK
+        if len(items) > chunk and not self._worker_side and not actor:
+            return self._stream_map(func, items, single, kwargs, keys, prefix, pure,
+                                    workers, resources, retries, priority,
+                                    allow_other_workers, actors, chunk)
+        if single:
+            items = [(x,) for x in items]
         options = dict(workers=workers, resources=resources, retries=retries,
                        priority=priority, allow_other_workers=allow_other_workers,
                        actor=actor, actors=actors)
@@ -611,6 +627,26 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             if batch_size is not None and (i + 1) % batch_size == 0:
                 self._wake()
         return out
+
+    def _stream_map(self, func: Callable, items: list, single: bool, kwargs: dict, keys: Any,
+                    prefix: str | None, pure: bool, workers: Any, resources: Any,
+                    retries: Any, priority: Any, loose: Any, actors: Any,
+                    chunk: int) -> list[Future]:
+        """map() of more than a chunk: checks what submit() would check of every call,
+        once, then streams (streaming.py)."""
+        retries = 0 if retries is None else retries
+        if not isinstance(retries, int) or retries < 0:
+            raise CallerError(f"retries must be a non-negative integer, got {retries!r}")
+        if not isinstance(priority, (int, float)):
+            raise CallerError(f"priority must be a number, got {priority!r}")
+        _unsupported(actors=actors)
+        if keys is not None:
+            for k in keys:
+                if not isinstance(k, str) or not k:
+                    raise CallerError(f"key must be a non-empty string, got {k!r}")
+        return stream_map(self, func, dumps_function(func), items, single, kwargs, keys,
+                          prefix, pure, priority, _seq, retries, self._workers_arg(workers),
+                          resources_arg(resources), bool(loose), chunk)
 
     @staticmethod
     def _prefixed_key(prefix: str, func: Callable, args: tuple, kwargs: dict,
@@ -874,6 +910,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         """
         self._check()
         fs = flatten_futures(futures)
+        for f in fs:
+            f._state    # (a map's future not sent yet is sent first, not under our lock)
         keys = []
         with self._lock:
             for f in fs:
@@ -899,7 +937,9 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             ClosedClientError: the client is closed.
         """
         self._check()
-        fs = [f for f in flatten_futures(futures) if f._state.status == "error"]
+        # (not a map's task whose arguments could not be pickled: it never left)
+        fs = [f for f in flatten_futures(futures) if f._state.status == "error"
+              and self._states.get(f.key) is f._state]
         for f in fs:
             f._state.reset()
         if fs:
@@ -980,10 +1020,29 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             if not st.wait(remaining):
                 raise TimedOutError(f"results not ready after {timeout} s")
 
+    def _wait_in_order(self, futures: list[Future], timeout: float | None) -> None:
+        """Wait for each future in turn, so that a streaming map's futures are reached
+        after the sender sent them (asking for them all at once would send every chunk
+        from this thread, past the sender's backpressure)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        woken = False
+        for f in futures:
+            st = f._state
+            if st.status != "pending":
+                continue
+            if not woken:
+                self._wake()
+                woken = True
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not st.wait(remaining):
+                raise TimedOutError(f"results not ready after {timeout} s")
+
     def _gather_sync(self, futures: list[Future], timeout: float | None = None,
                      errors: str = "raise") -> list:
         if self.status == "new":     # an async client used before it was awaited
             self._check()
+        if any(type(f) is StreamedFuture for f in futures):
+            self._wait_in_order(futures, timeout)
         states = [f._state for f in futures]
         if len(futures) == 1 and futures[0].key in self._placed:
             self._spin(states[0])
@@ -1009,6 +1068,9 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
     def _check_own(self, futures: list[Future], what: str) -> None:
         """A future of another cluster names a key this scheduler does not know."""
         for f in futures:
+            chunk = f._lazy if type(f) is StreamedFuture else None
+            if chunk is not None and not chunk.sent and f.client is self:
+                continue    # ours and not cancelled (cancel sends it): no need to send it now
             if f._state.status == "cancelled":
                 raise FutureCancelledError(f"{what} got the cancelled future {f.key!r}")
             other = f.client
@@ -1070,6 +1132,16 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
 
     async def _gather_async(self, futures: list[Future], errors: str = "raise",
                             single: bool = False) -> Any:
+        for f in futures:
+            chunk = f._lazy if type(f) is StreamedFuture else None
+            while chunk is not None and not chunk.sent:
+                # a streaming map's future: its sender gets to it (this loop must not
+                # send every chunk itself, its connection's writes wait on it)
+                sender = self._sender
+                if sender is None or sender.thread is None:
+                    send_chunk(chunk)        # (nobody else will)
+                    break
+                await asyncio.sleep(SENT_POLL)
         states = [f._state for f in futures]
         for _ in range(5):
             await self._aio_wait(states)

@@ -182,7 +182,9 @@ def error_from(exception: list, traceback: str, kind: str) -> BaseException:
 class Future:
     """A remote result. ``result()`` blocks; ``await future`` in async code."""
 
-    __slots__ = ("key", "client", "_state", "_held", "__weakref__")
+    # _lazy: the chunk a streaming map's future waits for, until it is sent (streaming.py)
+    __slots__ = ("key", "client", "_state", "_held", "_lazy", "__weakref__")
+    _lazy: Any
 
     def __init__(self, key: str, client: "Client | None" = None, _new: bool = True) -> None:
         if client is None:
@@ -474,6 +476,20 @@ def block_until(futures: list[Future], satisfied: Callable[[], bool],
             st.remove_callback(poke)
 
 
+def _wait_in_order(futures: list[Future], deadline: float | None) -> None:
+    """Wait for a streaming map's futures in turn (a user's client, not a task's): each
+    is met after the map's sender sent it, instead of this thread sending every chunk
+    to watch them all at once."""
+    for c in {id(f.client): f.client for f in futures}.values():
+        c._wake()
+    for f in futures:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        if not f._state.wait(remaining):
+            return
+
+
 class DoneAndNotDone(tuple):
     @property
     def done(self) -> set:
@@ -533,6 +549,9 @@ def wait(fs: Iterable[Future] | Future, timeout: float | str | None = None,
         return all(f.done() for f in futures) or any(f.status == "error" for f in futures)
 
     deadline = None if timeout is None else time.monotonic() + timeout
+    if return_when == ALL_COMPLETED and any(getattr(f, "_lazy", None) is not None
+                                            for f in futures):
+        _wait_in_order(futures, deadline)
     block_until(futures, satisfied, deadline)
     done = {f for f in futures if f.done()}
     if return_when == ALL_COMPLETED and timeout is not None and len(done) < len(set(futures)):

@@ -404,6 +404,16 @@ class Comm(asyncio.BufferedProtocol):
         if self._tail:
             self._write_tail()
 
+    def unsent(self) -> int:
+        """Bytes written here that the kernel has not taken yet (the transport's buffer
+        and the queued chunks), plus messages not encoded yet at a nominal 100 bytes
+        each: what a producer that can wait (a streaming map) keeps bounded."""
+        transport = self.transport
+        n = transport.get_write_buffer_size() if transport is not None else 0
+        for c in list(self._tail):
+            n += len(c) if type(c) is not memoryview else c.nbytes
+        return n + 100 * (len(self._threadsafe) + len(self._outbox))
+
     def send_now(self, msg: Message) -> None:
         """Send at once from any thread: another thread writes the frame itself (plain
         TCP) or has the loop write it in its next iteration."""

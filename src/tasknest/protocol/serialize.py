@@ -82,7 +82,8 @@ class _ArgPickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
     def persistent_id(self, obj: Any) -> str | None:
-        if type(obj) is self.future_type:
+        # (isinstance: a streaming map's futures are a subclass until their chunk is sent)
+        if isinstance(obj, self.future_type):
             self.futures.append(obj)
             return cast(str, cast(Any, obj).key)
         return None
