@@ -121,3 +121,62 @@ def test_compaction_keeps_what_is_live_and_replay_gives_the_same(tmp_path):
     intents = Intents().replay(j.read())
     j.close()
     assert intents.epoch == 3 and intents.live() == {"x", "y"}
+
+
+# -- recovery: the facts, from the workers' resumes (pure) ----------------------------------
+def _recovering(log):
+    """A restarted scheduler's state: the intents of ``log``, two workers back, nothing
+    settled yet."""
+    from tasknest.scheduler.recovery import Recovery
+    st = SchedulerState()
+    recovery = Recovery(st)
+    rebuild(st, Intents().replay(log))
+    recovery.pending = True
+    for wid in ("w-a", "w-b"):
+        st.add_worker(wid, f"tcp://{wid}:1", wid, 1, 1, 0, [], 0.0)
+    return st, recovery
+
+
+def test_an_input_resumed_in_memory_after_its_dependent_is_no_longer_waited_on():
+    """Worker a runs y (on x); worker b, resuming after it, holds x: y waits on
+    nothing any more, though recovery has not settled (the invariants hold meanwhile)."""
+    _, _, log = _state_with_tasks()
+    st, recovery = _recovering(log)
+    st.handle("w-a", m.Resume([], [], [], [["y", 7, b"f", b"a2", ["x"], [0, 0, 2], 1]], []))
+    assert st.tasks["y"].state == "processing" and st.tasks["y"].waiting_on == {"x"}
+    st.validate()
+    st.handle("w-b", m.Resume(["x"], [8], ["int"], [], []))
+    assert not st.tasks["y"].waiting_on
+    st.validate()
+    recovery.settle()
+    st.validate()
+    assert st.tasks["x"].who_has == {"w-b"} and st.tasks["y"].processing_on == "w-a"
+
+
+def test_a_resumed_task_whose_inputs_another_worker_brings_is_kept():
+    """Tasks claimed while the old scheduler was dying: the journal never heard of
+    them. Worker a runs q on p; p is queued on worker b, whose resume comes after."""
+    st, recovery = _recovering([])
+    q = ["q", 0, b"f", b"aq", ["p"], [0, 0, 2], 0]
+    p = ["p", 0, b"f", b"ap", [], [0, 0, 1], 0]
+    out = st.handle("w-a", m.Resume([], [], [], [q], ["q"]))
+    assert "q" not in st.tasks and not out    # not given up: kept aside
+    out = st.handle("w-b", m.Resume([], [], [], [p], ["p"]))
+    st.validate()
+    assert st.tasks["q"].processing_on == "w-a" and st.tasks["p"].processing_on == "w-b"
+    # the claims, which the old scheduler may never have confirmed, are now
+    assert ("w-a", m.ClaimAccepted(["q"])) in out and ("w-b", m.ClaimAccepted(["p"])) in out
+    out = recovery.settle()
+    st.validate()
+    assert not any(msg.op == "key-erred" for _, msg in out)
+
+
+def test_a_resumed_task_whose_inputs_nobody_brings_errs_at_the_settling():
+    st, recovery = _recovering([])
+    st.handle("w-a", m.Resume([], [], [], [["q", 0, b"f", b"aq", ["p"], [0, 0, 2], 0]],
+                              ["q"]))
+    out = recovery.settle()
+    st.validate()
+    assert ("w-a", m.ClaimRejected("q")) in out
+    erred = [msg for t, msg in out if t == "w-a" and msg.op == "key-erred"]
+    assert len(erred) == 1 and "['p'] of q were lost with the scheduler" in str(erred[0])

@@ -172,8 +172,11 @@ class LocalCluster(Cluster):
                 get_runner().run(obj.close("cluster scaled down"), self.timeout)
 
     def _log(self, name: str) -> "collections.deque[str]":
-        log: collections.deque[str] = collections.deque(maxlen=2000)
-        self._logs[name] = log
+        # one log per name: a restarted scheduler's lines go after those of the process
+        # it replaces, which tell why it died
+        log = self._logs.get(name)
+        if log is None:
+            log = self._logs[name] = collections.deque(maxlen=2000)
         return log
 
     def logs(self) -> dict[str, str]:

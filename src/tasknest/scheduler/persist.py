@@ -102,13 +102,16 @@ class Persistence:
 
     def worker_joined(self, wid: str, address: str) -> None:
         self.recorder.joined(wid, address)
-        if self.held is not None and address in self.expected:
-            self.expected.discard(address)
-            if not self.expected:
-                asyncio.get_running_loop().call_soon(self._settle_after_resume)
 
-    def _settle_after_resume(self) -> None:
-        self.settle()
+    def resumed(self, wid: str) -> None:
+        """A worker said where it stands. Recovery waits for this, not for its
+        registration: the resume may arrive in a later read than the registration, and
+        settling in between would run again what that worker runs or holds."""
+        ws = self.server.state.workers.get(wid)
+        if self.held is not None and ws is not None and ws.address in self.expected:
+            self.expected.discard(ws.address)
+            if not self.expected:
+                asyncio.get_running_loop().call_soon(self.settle)
 
     def gone(self, holder: str) -> None:
         self.recorder.gone(holder)

@@ -217,6 +217,8 @@ class Scheduler:
                 return               # recovering: handled once every worker is back
             persist.record(source, msg)
         self._do(self.state.handle(source, msg))
+        if op == "resume" and persist is not None:
+            persist.resumed(source)
         self._check()
 
     def _do(self, actions: list) -> None:
