@@ -180,3 +180,43 @@ def test_a_resumed_task_whose_inputs_nobody_brings_errs_at_the_settling():
     assert ("w-a", m.ClaimRejected("q")) in out
     erred = [msg for t, msg in out if t == "w-a" and msg.op == "key-erred"]
     assert len(erred) == 1 and "['p'] of q were lost with the scheduler" in str(erred[0])
+
+
+def test_no_compaction_while_recovering(tmp_path):
+    """A snapshot taken before every worker is back would drop the intents not yet
+    confirmed (here: the task the journal knows, wanted by a client not back yet)."""
+    import asyncio
+
+    from tasknest.scheduler.server import Scheduler
+
+    j = Journal(str(tmp_path))
+    j.lock("test")
+    j.read()
+    for r in [["E", 1], ["F", 0, b"f"], ["T", "x", 0, b"a", [], [0, 0, 1], 0, None, None,
+                                          False],
+              ["W", "c-a", ["x"]], ["J", "w-1", "tcp://127.0.0.1:9"]]:
+        j.append(r)
+    j.commit()
+    j.close()
+
+    async def main():
+        sched = await Scheduler(state_dir=str(tmp_path), recovery_wait=60,
+                                validate=True).start()
+        persist = sched.persist
+        try:
+            assert persist.held is not None         # waiting for w-1
+            persist.journal.wants_compaction = lambda *a, **k: True
+            persist.compact()
+            assert persist.journal.generation == 0, "compacted while recovering"
+            persist.settle()
+            persist.compact()
+            assert persist.journal.generation == 1
+        finally:
+            await sched.close()
+
+    asyncio.run(main())
+    j = Journal(str(tmp_path))
+    j.lock("test")
+    intents = Intents().replay(j.read())
+    j.close()
+    assert intents.live() == {"x"} and intents.wants["c-a"] == {"x"}

@@ -95,6 +95,8 @@ class Persistence:
                 server._do(server.state.handle(source, msg))
         server._check()
         log.info("recovered in %.3f s", self.recovered_at - self.started_at)
+        if self.journal.wants_compaction():
+            asyncio.get_running_loop().call_soon(self.compact)
 
     # -- connections ---------------------------------------------------------------------------
     def connected(self, comm: Any) -> None:
@@ -141,10 +143,15 @@ class Persistence:
         journal = self.journal
         if journal.buffer:
             journal.commit()
-            if journal.wants_compaction():
+            if journal.wants_compaction() and self.held is None:
                 asyncio.get_running_loop().call_soon(self.compact)
 
     def compact(self) -> None:
+        # Never while recovering: the state does not yet hold what the journal says
+        # (wants of workers not back yet, tasks not re-confirmed), and a snapshot of it
+        # would drop those intents for good. settle() compacts if it is due.
+        if self.held is not None:
+            return
         t0 = time.perf_counter()
         self.journal.commit()
         records = self.recorder.snapshot(self.server.state, self.epoch)
