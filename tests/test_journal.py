@@ -220,3 +220,26 @@ def test_no_compaction_while_recovering(tmp_path):
     intents = Intents().replay(j.read())
     j.close()
     assert intents.live() == {"x"} and intents.wants["c-a"] == {"x"}
+
+
+def test_a_tick_is_one_record_kept_or_cut_whole_and_single_records_still_read(tmp_path):
+    j = Journal(str(tmp_path))
+    j.lock("test")
+    assert j.read() == []
+    for r in (["W", "c-a", ["x"]], ["W", "c-a", ["y"]], ["U", "c-a", ["x"]]):
+        j.append(r)
+    j.commit()                                   # one tick: one record
+    first = j.written
+    j.append(["W", "c-b", ["z"]])
+    j.append(["G", "c-a"])
+    j.commit()
+    j.close()
+    path = tmp_path / "journal-00000000"
+    data = path.read_bytes()
+    assert len(decode_all(data)[0]) == 2
+    path.write_bytes(encode(["E", 4]) + data[:first] + data[first:-3])   # a torn 2nd tick
+    j = Journal(str(tmp_path))
+    j.lock("test")
+    assert j.read() == [["E", 4], ["W", "c-a", ["x"]], ["W", "c-a", ["y"]],
+                        ["U", "c-a", ["x"]]]
+    j.close()

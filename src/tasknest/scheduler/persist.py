@@ -141,7 +141,7 @@ class Persistence:
     def commit(self) -> None:
         self._commit_soon = False
         journal = self.journal
-        if journal.buffer:
+        if journal.pending:
             journal.commit()
             if journal.wants_compaction() and self.held is None:
                 asyncio.get_running_loop().call_soon(self.compact)
