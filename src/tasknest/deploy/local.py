@@ -180,8 +180,9 @@ class LocalCluster(Cluster):
         return log
 
     def logs(self) -> dict[str, str]:
-        """What the scheduler and each worker process wrote on stderr (its last lines;
-        it was passed on to this process's stderr as well)."""
+        """What the scheduler and each worker process wrote on stderr (the last 2,000
+        lines of each; passed on to this process's stderr as well). A scheduler
+        restarted after it died adds to the lines of the processes before it."""
         return {name: "\n".join(log) for name, log in self._logs.items()}
 
     def add_worker(self, wait: bool = True, name: str | None = None) -> subprocess.Popen:

@@ -177,10 +177,12 @@ class Journal:
                 data = encode(chunk)
                 f.write(data)
                 size += len(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if self.fsync:       # (without, the rename is atomic for a process's death)
+                f.flush()
+                os.fsync(f.fileno())
         os.rename(tmp, self._snapshot(gen))      # from here on, gen is the state
-        _fsync_dir(self.path)
+        if self.fsync:
+            _fsync_dir(self.path)
         os.close(self._fd)
         self.generation = gen
         self.snapshot_size = size
