@@ -16,7 +16,8 @@ prints its tables in Markdown (for docs/benchmarks.md and docs/resilience.md).
    rounds interleaved (the order alternates) so that the machine's load falls on both:
    ``flat`` (``gather(map(inc, range(n)))`` from the client) and ``fanout`` (one task
    maps ``inc`` over n numbers from inside its worker, run as many times as it takes
-   to make as many tasks as flat), median tasks/s of each.
+   to make as many tasks as flat), median tasks/s of each, and the scheduler's CPU
+   time per task (user + system), which a loaded machine disturbs less.
 """
 from __future__ import annotations
 
@@ -83,34 +84,43 @@ def recovery_times(kills: int, held: int, dashboard: bool = True,
 def journal_cost(flat_n: int, fanout_n: int, rounds: int) -> dict[str, Any]:
     """Median tasks/s of flat and fanout with the state dir on and off (interleaved)."""
     rates: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}     # the scheduler's CPU µs per task
     clusters = {"on": LocalCluster(n_workers=2, threads_per_worker=1, dashboard=False,
                                    state_dir=True),
                 "off": LocalCluster(n_workers=2, threads_per_worker=1, dashboard=False,
                                     state_dir=None)}
     try:
         clients = {k: Client(cl, set_as_default=False) for k, cl in clusters.items()}
+        scheds = {k: psutil.Process(cl.scheduler_proc.pid) for k, cl in clusters.items()}
+
+        def used(mode: str) -> float:
+            t = scheds[mode].cpu_times()
+            return t.user + t.system
         for c in clients.values():                       # warm-up
             c.gather(c.map(tasks.inc, range(min(flat_n, 1000))))
             c.submit(tasks.fanout, min(fanout_n, 500), "tasknest", pure=False).result()
         for r in range(rounds):
             for mode in (("on", "off") if r % 2 == 0 else ("off", "on")):
                 c = clients[mode]
-                t0 = time.perf_counter()
+                c0, t0 = used(mode), time.perf_counter()
                 assert c.gather(c.map(tasks.inc, range(flat_n)))[-1] == flat_n
                 rates.setdefault(("flat", mode), []).append(flat_n / (time.perf_counter() - t0))
+                cpu.setdefault(("flat", mode), []).append((used(mode) - c0) / flat_n * 1e6)
                 reps = max(1, flat_n // fanout_n)      # (as many tasks as flat's)
-                t0 = time.perf_counter()
+                c0, t0 = used(mode), time.perf_counter()
                 for _ in range(reps):
                     total = c.submit(tasks.fanout, fanout_n, "tasknest", pure=False).result()
                     assert total == fanout_n * (fanout_n + 1) // 2
                 rates.setdefault(("fanout", mode), []).append(
                     reps * fanout_n / (time.perf_counter() - t0))
+                cpu.setdefault(("fanout", mode), []).append(
+                    (used(mode) - c0) / (reps * fanout_n) * 1e6)
         for c in clients.values():
             c.close()
     finally:
         for cl in clusters.values():
             cl.close()
-    return {"flat": flat_n, "fanout": fanout_n, "rounds": rounds, "rates": rates}
+    return {"flat": flat_n, "fanout": fanout_n, "rounds": rounds, "rates": rates, "cpu": cpu}
 
 
 def report_recovery(res: dict[str, Any]) -> str:
@@ -124,13 +134,17 @@ def report_recovery(res: dict[str, Any]) -> str:
 
 
 def report_cost(res: dict[str, Any]) -> str:
-    out = ["| workload | n | state dir on, tasks/s | off, tasks/s | on vs off |",
-           "|---|---|---|---|---|"]
+    out = ["| workload | n | state dir on, tasks/s | off, tasks/s | on vs off | "
+           "scheduler CPU µs/task, on | off | on vs off |",
+           "|---|---|---|---|---|---|---|---|"]
     for w in ("flat", "fanout"):
         on = statistics.median(res["rates"][(w, "on")])
         off = statistics.median(res["rates"][(w, "off")])
+        con = statistics.median(res["cpu"][(w, "on")])
+        coff = statistics.median(res["cpu"][(w, "off")])
         out.append(f"| {w} | {res[w]:,} | {on:,.0f} | {off:,.0f} | "
-                   f"{(on / off - 1) * 100:+.1f}% |")
+                   f"{(on / off - 1) * 100:+.1f}% | {con:.1f} | {coff:.1f} | "
+                   + (f"{(con / coff - 1) * 100:+.1f}% |" if coff else "– |"))
     out.append(f"\n(medians of {res['rounds']} interleaved rounds)")
     return "\n".join(out)
 
