@@ -243,3 +243,46 @@ def test_a_tick_is_one_record_kept_or_cut_whole_and_single_records_still_read(tm
     assert j.read() == [["E", 4], ["W", "c-a", ["x"]], ["W", "c-a", ["y"]],
                         ["U", "c-a", ["x"]]]
     j.close()
+
+
+def test_recovery_ends_when_the_last_worker_has_resumed_not_when_it_registered(tmp_path):
+    """Its resume (what it holds and runs) may come in a later read than its
+    registration: settling in between would run again what it holds."""
+    import asyncio
+    import time
+
+    from tasknest.protocol.comm import connect
+    from tasknest.scheduler.server import Scheduler
+    from tasknest.version import __version__
+
+    address = "tcp://127.0.0.1:9"
+    j = Journal(str(tmp_path))
+    j.lock("test")
+    j.read()
+    j.append(["J", "w-old", address])
+    j.commit()
+    j.close()
+
+    async def until(predicate, what):
+        deadline = time.monotonic() + 10
+        while not predicate():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.005)
+
+    async def main():
+        sched = await Scheduler(token="secret", state_dir=str(tmp_path), recovery_wait=60,
+                                validate=True).start()
+        comm = await connect(sched.address, "secret")
+        try:
+            comm.start(lambda msg: None)
+            comm.send(m.RegisterWorker("w", address, 1, 1, 0, [], __version__, {}))
+            await until(lambda: sched.state.workers, "the worker registered")
+            await asyncio.sleep(0)         # (a settling scheduled at registration runs)
+            assert sched.persist.held is not None, "settled before the worker's resume"
+            comm.send(m.Resume([], [], [], [], []))
+            await until(lambda: sched.persist.held is None, "recovery settled")
+        finally:
+            comm.close("done")
+            await sched.close()
+
+    asyncio.run(main())
