@@ -8,9 +8,12 @@ holder wanting what it wanted. Then:
   its in-task client holds. Results become ``memory`` there, tasks
   ``processing`` there, as compute number n: its report is taken as usual.
   A task two workers report (a steal or a claim race the old scheduler had not
-  settled) is kept by the first; the other is told to let go.
-* ``settle()`` ends recovery, once every worker the journal knew is back (or the
-  wait ran out): the holders of workers that did not come back let go, and
+  settled) is kept by the first; the other is told to let go. A claim (compute 0)
+  is confirmed: the old scheduler may never have read it. A task whose inputs
+  nobody has named yet is kept aside until a later resume names them (or recovery
+  settles: then it errs, its inputs lost).
+* ``settle()`` ends recovery, once every worker the journal knew has resumed (or
+  the wait ran out): the holders of workers that did not come back let go, and
   whatever is still wanted and neither held nor running is computed again.
 * a client that comes back sends ``holding``: the keys it holds futures on,
   which replace what the journal said it wanted (releases it sent while the
