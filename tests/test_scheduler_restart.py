@@ -33,6 +33,10 @@ def test_a_client_connecting_after_a_restart_sees_the_restored_state(tmp_path):
                 wait_until(lambda: other.who_has([future])[future.key], 30)
                 assert list(other.has_what().values()) == [[future.key]] or \
                     future.key in sum(other.has_what().values(), [])
+        # the restarted scheduler's dashboard comes up (after its recovery), and the
+        # cluster's log keeps the lines of both scheduler processes
+        wait_until(lambda: cluster.logs()["scheduler"].count("tasknest dashboard at") == 2,
+                   30, message="both schedulers' dashboard lines in the log")
 
 
 @pytest.mark.timeout(60)
