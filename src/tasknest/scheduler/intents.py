@@ -46,7 +46,7 @@ class Recorder:
     def __init__(self, append: Callable[[Any], None]) -> None:
         self.append = append
         self.funcs: dict[bytes, int] = {}
-        self._ops: dict[str, Callable[[str, Any, "SchedulerState"], None]] = {
+        self.ops: dict[str, Callable[[str, Any, "SchedulerState"], None]] = {
             "submit": self._submit, "claim": self._claim, "placed": self._placed,
             "want": self._want, "release": self._release, "cancel": self._cancel,
             "fire-and-forget": self._ff, "add-keys": self._add_keys,
@@ -54,10 +54,10 @@ class Recorder:
         }
 
     def wants(self, op: str) -> bool:
-        return op in self._ops
+        return op in self.ops
 
     def record(self, source: str, msg: Any, state: "SchedulerState") -> None:
-        handler = self._ops.get(msg.op)
+        handler = self.ops.get(msg.op)
         if handler is not None:
             handler(source, msg, state)
 
@@ -79,8 +79,9 @@ class Recorder:
                   loose: bool = False) -> None:
         """A recipe and its submitter's want, as one record (the commonest pair)."""
         if type(func) is bytes:
-            self.append(["S", holder, key, self.fid(func), args, deps, priority, retries,
-                         restrict, resources, loose])
+            fid = self.funcs.get(func)
+            self.append(["S", holder, key, self.fid(func) if fid is None else fid, args, deps,
+                         priority, retries, restrict, resources, loose])
         else:
             self.append(["W", holder, [key]])
 

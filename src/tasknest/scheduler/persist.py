@@ -36,6 +36,8 @@ class Persistence:
         self.recovery = recovery
         self.journal = Journal(os.path.abspath(path), fsync)
         self.recorder = Recorder(self._append)
+        self._ops = self.recorder.ops           # (record() is on every message's path)
+        self._pending = self.journal.pending
         self.recovery_wait = recovery_wait
         self.epoch = 0
         self.expected: set[str] = set()        # addresses of workers the journal knew
@@ -127,10 +129,12 @@ class Persistence:
         return True
 
     def record(self, source: str, msg: "m.Message") -> None:
-        self.recorder.record(source, msg, self.server.state)
+        handler = self._ops.get(msg.op)
+        if handler is not None:
+            handler(source, msg, self.server.state)
 
     def _append(self, record: Any) -> None:
-        self.journal.append(record)
+        self._pending.append(record)
         if not self._commit_soon:
             self._commit_soon = True
             try:
