@@ -53,3 +53,14 @@ def test_calibration_measures_this_machine_and_the_report_shows_it() -> None:
     assert all(v > 0 for v in cal.values()), cal
     rows = report._calibration_rows(cal)
     assert len(rows) == 3 and f"{cal['python_loop_ms']:.0f} ms" in rows[0]
+
+
+@pytest.mark.timeout(120)
+def test_recovery_benchmark_smallest_size() -> None:
+    import subprocess
+    out = subprocess.run([sys.executable, "-m", "benchmarks.recovery", "--kills", "2",
+                          "--held", "20", "--flat", "100", "--fanout", "50", "--rounds", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| SIGKILL → first task dispatched again |" in out.stdout
+    assert "| flat | 100 |" in out.stdout and "| fanout | 50 |" in out.stdout

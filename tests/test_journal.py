@@ -121,3 +121,168 @@ def test_compaction_keeps_what_is_live_and_replay_gives_the_same(tmp_path):
     intents = Intents().replay(j.read())
     j.close()
     assert intents.epoch == 3 and intents.live() == {"x", "y"}
+
+
+# -- recovery: the facts, from the workers' resumes (pure) ----------------------------------
+def _recovering(log):
+    """A restarted scheduler's state: the intents of ``log``, two workers back, nothing
+    settled yet."""
+    from tasknest.scheduler.recovery import Recovery
+    st = SchedulerState()
+    recovery = Recovery(st)
+    rebuild(st, Intents().replay(log))
+    recovery.pending = True
+    for wid in ("w-a", "w-b"):
+        st.add_worker(wid, f"tcp://{wid}:1", wid, 1, 1, 0, [], 0.0)
+    return st, recovery
+
+
+def test_an_input_resumed_in_memory_after_its_dependent_is_no_longer_waited_on():
+    """Worker a runs y (on x); worker b, resuming after it, holds x: y waits on
+    nothing any more, though recovery has not settled (the invariants hold meanwhile)."""
+    _, _, log = _state_with_tasks()
+    st, recovery = _recovering(log)
+    st.handle("w-a", m.Resume([], [], [], [["y", 7, b"f", b"a2", ["x"], [0, 0, 2], 1]], []))
+    assert st.tasks["y"].state == "processing" and st.tasks["y"].waiting_on == {"x"}
+    st.validate()
+    st.handle("w-b", m.Resume(["x"], [8], ["int"], [], []))
+    assert not st.tasks["y"].waiting_on
+    st.validate()
+    recovery.settle()
+    st.validate()
+    assert st.tasks["x"].who_has == {"w-b"} and st.tasks["y"].processing_on == "w-a"
+
+
+def test_a_resumed_task_whose_inputs_another_worker_brings_is_kept():
+    """Tasks claimed while the old scheduler was dying: the journal never heard of
+    them. Worker a runs q on p; p is queued on worker b, whose resume comes after."""
+    st, recovery = _recovering([])
+    q = ["q", 0, b"f", b"aq", ["p"], [0, 0, 2], 0]
+    p = ["p", 0, b"f", b"ap", [], [0, 0, 1], 0]
+    out = st.handle("w-a", m.Resume([], [], [], [q], ["q"]))
+    assert "q" not in st.tasks and not out    # not given up: kept aside
+    out = st.handle("w-b", m.Resume([], [], [], [p], ["p"]))
+    st.validate()
+    assert st.tasks["q"].processing_on == "w-a" and st.tasks["p"].processing_on == "w-b"
+    # the claims, which the old scheduler may never have confirmed, are now
+    assert ("w-a", m.ClaimAccepted(["q"])) in out and ("w-b", m.ClaimAccepted(["p"])) in out
+    out = recovery.settle()
+    st.validate()
+    assert not any(msg.op == "key-erred" for _, msg in out)
+
+
+def test_a_resumed_task_whose_inputs_nobody_brings_errs_at_the_settling():
+    st, recovery = _recovering([])
+    st.handle("w-a", m.Resume([], [], [], [["q", 0, b"f", b"aq", ["p"], [0, 0, 2], 0]],
+                              ["q"]))
+    out = recovery.settle()
+    st.validate()
+    assert ("w-a", m.ClaimRejected("q")) in out
+    erred = [msg for t, msg in out if t == "w-a" and msg.op == "key-erred"]
+    assert len(erred) == 1 and "['p'] of q were lost with the scheduler" in str(erred[0])
+
+
+def test_no_compaction_while_recovering(tmp_path):
+    """A snapshot taken before every worker is back would drop the intents not yet
+    confirmed (here: the task the journal knows, wanted by a client not back yet)."""
+    import asyncio
+
+    from tasknest.scheduler.server import Scheduler
+
+    j = Journal(str(tmp_path))
+    j.lock("test")
+    j.read()
+    for r in [["E", 1], ["F", 0, b"f"], ["T", "x", 0, b"a", [], [0, 0, 1], 0, None, None,
+                                          False],
+              ["W", "c-a", ["x"]], ["J", "w-1", "tcp://127.0.0.1:9"]]:
+        j.append(r)
+    j.commit()
+    j.close()
+
+    async def main():
+        sched = await Scheduler(state_dir=str(tmp_path), recovery_wait=60,
+                                validate=True).start()
+        persist = sched.persist
+        try:
+            assert persist.held is not None         # waiting for w-1
+            persist.journal.wants_compaction = lambda *a, **k: True
+            persist.compact()
+            assert persist.journal.generation == 0, "compacted while recovering"
+            persist.settle()
+            persist.compact()
+            assert persist.journal.generation == 1
+        finally:
+            await sched.close()
+
+    asyncio.run(main())
+    j = Journal(str(tmp_path))
+    j.lock("test")
+    intents = Intents().replay(j.read())
+    j.close()
+    assert intents.live() == {"x"} and intents.wants["c-a"] == {"x"}
+
+
+def test_a_tick_is_one_record_kept_or_cut_whole_and_single_records_still_read(tmp_path):
+    j = Journal(str(tmp_path))
+    j.lock("test")
+    assert j.read() == []
+    for r in (["W", "c-a", ["x"]], ["W", "c-a", ["y"]], ["U", "c-a", ["x"]]):
+        j.append(r)
+    j.commit()                                   # one tick: one record
+    first = j.written
+    j.append(["W", "c-b", ["z"]])
+    j.append(["G", "c-a"])
+    j.commit()
+    j.close()
+    path = tmp_path / "journal-00000000"
+    data = path.read_bytes()
+    assert len(decode_all(data)[0]) == 2
+    path.write_bytes(encode(["E", 4]) + data[:first] + data[first:-3])   # a torn 2nd tick
+    j = Journal(str(tmp_path))
+    j.lock("test")
+    assert j.read() == [["E", 4], ["W", "c-a", ["x"]], ["W", "c-a", ["y"]],
+                        ["U", "c-a", ["x"]]]
+    j.close()
+
+
+def test_recovery_ends_when_the_last_worker_has_resumed_not_when_it_registered(tmp_path):
+    """Its resume (what it holds and runs) may come in a later read than its
+    registration: settling in between would run again what it holds."""
+    import asyncio
+    import time
+
+    from tasknest.protocol.comm import connect
+    from tasknest.scheduler.server import Scheduler
+    from tasknest.version import __version__
+
+    address = "tcp://127.0.0.1:9"
+    j = Journal(str(tmp_path))
+    j.lock("test")
+    j.read()
+    j.append(["J", "w-old", address])
+    j.commit()
+    j.close()
+
+    async def until(predicate, what):
+        deadline = time.monotonic() + 10
+        while not predicate():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.005)
+
+    async def main():
+        sched = await Scheduler(token="secret", state_dir=str(tmp_path), recovery_wait=60,
+                                validate=True).start()
+        comm = await connect(sched.address, "secret")
+        try:
+            comm.start(lambda msg: None)
+            comm.send(m.RegisterWorker("w", address, 1, 1, 0, [], __version__, {}))
+            await until(lambda: sched.state.workers, "the worker registered")
+            await asyncio.sleep(0)         # (a settling scheduled at registration runs)
+            assert sched.persist.held is not None, "settled before the worker's resume"
+            comm.send(m.Resume([], [], [], [], []))
+            await until(lambda: sched.persist.held is None, "recovery settled")
+        finally:
+            comm.close("done")
+            await sched.close()
+
+    asyncio.run(main())

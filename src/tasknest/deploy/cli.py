@@ -180,8 +180,16 @@ async def _scheduler_main(args: argparse.Namespace) -> int:
         print(f"tasknest scheduler: {exc}", file=sys.stderr)
         return 2
     print(sched.address, flush=True)
-    if sched.dashboard is not None:
-        print(f"tasknest dashboard at {sched.dashboard.link}", file=sys.stderr, flush=True)
+
+    def dashboard_up(_: Any = None) -> None:
+        if sched.dashboard is not None:
+            print(f"tasknest dashboard at {sched.dashboard.link}", file=sys.stderr,
+                  flush=True)
+    if sched.dashboard_started is not None:
+        if sched.dashboard_started.done():
+            dashboard_up()
+        else:                                   # (a recovering scheduler starts it after)
+            sched.dashboard_started.add_done_callback(dashboard_up)
     if generated:
         print(f"tasknest scheduler at {sched.address}\n"
               f"token (pass to workers and clients with --token, $TASKNEST_TOKEN or a token "

@@ -172,13 +172,17 @@ class LocalCluster(Cluster):
                 get_runner().run(obj.close("cluster scaled down"), self.timeout)
 
     def _log(self, name: str) -> "collections.deque[str]":
-        log: collections.deque[str] = collections.deque(maxlen=2000)
-        self._logs[name] = log
+        # one log per name: a restarted scheduler's lines go after those of the process
+        # it replaces, which tell why it died
+        log = self._logs.get(name)
+        if log is None:
+            log = self._logs[name] = collections.deque(maxlen=2000)
         return log
 
     def logs(self) -> dict[str, str]:
-        """What the scheduler and each worker process wrote on stderr (its last lines;
-        it was passed on to this process's stderr as well)."""
+        """What the scheduler and each worker process wrote on stderr (the last 2,000
+        lines of each; passed on to this process's stderr as well). A scheduler
+        restarted after it died adds to the lines of the processes before it."""
         return {name: "\n".join(log) for name, log in self._logs.items()}
 
     def add_worker(self, wait: bool = True, name: str | None = None) -> subprocess.Popen:

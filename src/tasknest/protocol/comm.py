@@ -640,7 +640,7 @@ async def connect(address: str, token: str | bytes | None = None, timeout: float
                 raise ConnectError(f"{address} refused the connection: {exc}") from exc
             last = exc
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.5)
+        delay = min(delay * 2, 0.1)    # (a restarted scheduler is found within 0.1 s)
 
 
 class Listener:

@@ -10,6 +10,7 @@ Records are msgpack lists, first field a one-letter op::
     E epoch              a scheduler started serving the state dir
     F fid func           a pickled function, named by fid in later records
     T key fid args deps priority retries restrict resources loose   a recipe
+    S holder key fid args ...   a submission: the recipe (as T), and holder wants key
     D keys               data without a recipe (scattered)
     W holder keys        holder wants keys        U holder keys   ... no longer
     X keys               cancelled: nobody wants them
@@ -45,7 +46,7 @@ class Recorder:
     def __init__(self, append: Callable[[Any], None]) -> None:
         self.append = append
         self.funcs: dict[bytes, int] = {}
-        self._ops: dict[str, Callable[[str, Any, "SchedulerState"], None]] = {
+        self.ops: dict[str, Callable[[str, Any, "SchedulerState"], None]] = {
             "submit": self._submit, "claim": self._claim, "placed": self._placed,
             "want": self._want, "release": self._release, "cancel": self._cancel,
             "fire-and-forget": self._ff, "add-keys": self._add_keys,
@@ -53,10 +54,10 @@ class Recorder:
         }
 
     def wants(self, op: str) -> bool:
-        return op in self._ops
+        return op in self.ops
 
     def record(self, source: str, msg: Any, state: "SchedulerState") -> None:
-        handler = self._ops.get(msg.op)
+        handler = self.ops.get(msg.op)
         if handler is not None:
             handler(source, msg, state)
 
@@ -73,19 +74,28 @@ class Recorder:
             self.append(["T", key, self.fid(func), args, deps, priority, retries, restrict,
                          resources, loose])
 
+    def submitted(self, holder: str, key: str, func: Any, args: Any, deps: list,
+                  priority: list, retries: int, restrict: Any = None, resources: Any = None,
+                  loose: bool = False) -> None:
+        """A recipe and its submitter's want, as one record (the commonest pair)."""
+        if type(func) is bytes:
+            fid = self.funcs.get(func)
+            self.append(["S", holder, key, self.fid(func) if fid is None else fid, args, deps,
+                         priority, retries, restrict, resources, loose])
+        else:
+            self.append(["W", holder, [key]])
+
     # -- messages ---------------------------------------------------------------------
     def _submit(self, source: str, msg: Any, state: Any) -> None:
-        self.recipe(msg.key, msg.func, msg.args, msg.deps, msg.priority, msg.retries,
-                    msg.workers, msg.resources, msg.loose)
-        self.append(["W", source, [msg.key]])
+        self.submitted(source, msg.key, msg.func, msg.args, msg.deps, msg.priority,
+                       msg.retries, msg.workers, msg.resources, msg.loose)
 
     def _claim(self, source: str, msg: Any, state: Any) -> None:
-        self.recipe(msg.key, msg.func, msg.args, msg.deps, msg.priority, msg.retries)
-        self.append(["W", source, [msg.key]])
+        self.submitted(source, msg.key, msg.func, msg.args, msg.deps, msg.priority,
+                       msg.retries)
 
     def _placed(self, source: str, msg: Any, state: Any) -> None:
-        self.recipe(msg.key, msg.func, msg.args, [], msg.priority, msg.retries)
-        self.append(["W", source, [msg.key]])
+        self.submitted(source, msg.key, msg.func, msg.args, [], msg.priority, msg.retries)
 
     def _want(self, source: str, msg: Any, state: Any) -> None:
         self.append(["W", source, msg.keys])
@@ -168,7 +178,14 @@ class Intents:
 
     def apply(self, rec: list) -> None:
         op = rec[0]
-        if op == "T":
+        if op == "S":
+            key = rec[2]
+            if key not in self.recipes:
+                self.recipes[key] = [self.funcs[rec[3]], *rec[4:11]]
+            self.data.discard(key)
+            if _kept_holder(rec[1]):
+                self.wants.setdefault(rec[1], set()).add(key)
+        elif op == "T":
             key = rec[1]
             if key not in self.recipes:
                 self.recipes[key] = [self.funcs[rec[2]], *rec[3:10]]

@@ -4,10 +4,11 @@
     DIR/snapshot-G    everything live at generation G (written whole, then renamed)
     DIR/journal-G     records appended since snapshot-G
 
-A record is ``[length u32][crc32 u32][msgpack payload]``. Records are buffered
-and written with one ``write`` per loop tick (group commit): the shell commits
-before any frame leaves the process, so nothing a peer hears of is missing from
-the file. A write survives the process's death (SIGKILL) once it returned: it is
+A record is ``[length u32][crc32 u32][msgpack payload]``. The intents of one loop
+tick are kept as they are and written as one record, the list of them, with one
+``write`` (group commit): one encoding and one checksum per tick, not per intent,
+and a tick's intents are kept or cut together. The shell commits before any frame
+leaves the process, so nothing a peer hears of is missing from the file. A write survives the process's death (SIGKILL) once it returned: it is
 in the kernel's page cache. ``fsync=True`` also survives the machine's.
 
 Reading stops at the first record that is cut short or fails its checksum: the
@@ -37,6 +38,17 @@ class StateDirInUse(RuntimeError):
 def encode(record: Any) -> bytes:
     payload = msgpack.packb(record, use_bin_type=True)
     return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def flatten(records: list) -> list:
+    """The intents of records read back: a batch (a list of intents) gives each."""
+    out: list = []
+    for rec in records:
+        if rec and type(rec[0]) is list:
+            out.extend(rec)
+        else:
+            out.append(rec)
+    return out
 
 
 def decode_all(data: bytes | memoryview) -> tuple[list, int]:
@@ -69,7 +81,7 @@ class Journal:
         self.path = path
         self.fsync = fsync
         self.generation = 0
-        self.buffer: list[bytes] = []
+        self.pending: list = []    # the intents of this tick, written as one record
         self.written = 0           # bytes in the current journal file
         self.snapshot_size = 0     # bytes of the snapshot it starts from
         self.commits = 0
@@ -108,13 +120,14 @@ class Journal:
             with open(self._snapshot(self.generation), "rb") as f:
                 data = f.read()
             records, good = decode_all(data)
+            records = flatten(records)
             self.snapshot_size = good
         jpath = self._journal(self.generation)
         if os.path.exists(jpath):
             with open(jpath, "rb") as f:
                 data = f.read()
             more, good = decode_all(data)
-            records += more
+            records += flatten(more)
             if good < len(data):       # a torn tail (or garbage): cut it off
                 with open(jpath, "r+b") as f:
                     f.truncate(good)
@@ -125,14 +138,14 @@ class Journal:
 
     # -- appending ---------------------------------------------------------------------------
     def append(self, record: Any) -> None:
-        self.buffer.append(encode(record))
+        self.pending.append(record)
 
     def commit(self) -> None:
-        """Write what was appended since the last commit (one system call)."""
-        if not self.buffer:
+        """Write what was appended since the last commit: one record, one system call."""
+        if not self.pending:
             return
-        data = b"".join(self.buffer)
-        self.buffer = []
+        data = encode(self.pending)
+        self.pending.clear()       # (the same list: the scheduler appends to it directly)
         view = memoryview(data)
         while view:
             n = os.write(self._fd, view)
@@ -152,21 +165,24 @@ class Journal:
         tmp = self._snapshot(gen) + ".tmp"
         size = 0
         with open(tmp, "wb") as f:
-            chunk: list[bytes] = []
+            chunk: list = []
             for rec in records:
-                chunk.append(encode(rec))
+                chunk.append(rec)
                 if len(chunk) >= 4096:
-                    data = b"".join(chunk)
+                    data = encode(chunk)
                     f.write(data)
                     size += len(data)
                     chunk = []
-            data = b"".join(chunk)
-            f.write(data)
-            size += len(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if chunk:
+                data = encode(chunk)
+                f.write(data)
+                size += len(data)
+            if self.fsync:       # (without, the rename is atomic for a process's death)
+                f.flush()
+                os.fsync(f.fileno())
         os.rename(tmp, self._snapshot(gen))      # from here on, gen is the state
-        _fsync_dir(self.path)
+        if self.fsync:
+            _fsync_dir(self.path)
         os.close(self._fd)
         self.generation = gen
         self.snapshot_size = size

@@ -36,6 +36,8 @@ class Persistence:
         self.recovery = recovery
         self.journal = Journal(os.path.abspath(path), fsync)
         self.recorder = Recorder(self._append)
+        self._ops = self.recorder.ops           # (record() is on every message's path)
+        self._pending = self.journal.pending
         self.recovery_wait = recovery_wait
         self.epoch = 0
         self.expected: set[str] = set()        # addresses of workers the journal knew
@@ -95,6 +97,8 @@ class Persistence:
                 server._do(server.state.handle(source, msg))
         server._check()
         log.info("recovered in %.3f s", self.recovered_at - self.started_at)
+        if self.journal.wants_compaction():
+            asyncio.get_running_loop().call_soon(self.compact)
 
     # -- connections ---------------------------------------------------------------------------
     def connected(self, comm: Any) -> None:
@@ -102,13 +106,16 @@ class Persistence:
 
     def worker_joined(self, wid: str, address: str) -> None:
         self.recorder.joined(wid, address)
-        if self.held is not None and address in self.expected:
-            self.expected.discard(address)
-            if not self.expected:
-                asyncio.get_running_loop().call_soon(self._settle_after_resume)
 
-    def _settle_after_resume(self) -> None:
-        self.settle()
+    def resumed(self, wid: str) -> None:
+        """A worker said where it stands. Recovery waits for this, not for its
+        registration: the resume may arrive in a later read than the registration, and
+        settling in between would run again what that worker runs or holds."""
+        ws = self.server.state.workers.get(wid)
+        if self.held is not None and ws is not None and ws.address in self.expected:
+            self.expected.discard(ws.address)
+            if not self.expected:
+                asyncio.get_running_loop().call_soon(self.settle)
 
     def gone(self, holder: str) -> None:
         self.recorder.gone(holder)
@@ -122,10 +129,12 @@ class Persistence:
         return True
 
     def record(self, source: str, msg: "m.Message") -> None:
-        self.recorder.record(source, msg, self.server.state)
+        handler = self._ops.get(msg.op)
+        if handler is not None:
+            handler(source, msg, self.server.state)
 
     def _append(self, record: Any) -> None:
-        self.journal.append(record)
+        self._pending.append(record)
         if not self._commit_soon:
             self._commit_soon = True
             try:
@@ -136,12 +145,17 @@ class Persistence:
     def commit(self) -> None:
         self._commit_soon = False
         journal = self.journal
-        if journal.buffer:
+        if journal.pending:
             journal.commit()
-            if journal.wants_compaction():
+            if journal.wants_compaction() and self.held is None:
                 asyncio.get_running_loop().call_soon(self.compact)
 
     def compact(self) -> None:
+        # Never while recovering: the state does not yet hold what the journal says
+        # (wants of workers not back yet, tasks not re-confirmed), and a snapshot of it
+        # would drop those intents for good. settle() compacts if it is due.
+        if self.held is not None:
+            return
         t0 = time.perf_counter()
         self.journal.commit()
         records = self.recorder.snapshot(self.server.state, self.epoch)

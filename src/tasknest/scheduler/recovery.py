@@ -8,9 +8,12 @@ holder wanting what it wanted. Then:
   its in-task client holds. Results become ``memory`` there, tasks
   ``processing`` there, as compute number n: its report is taken as usual.
   A task two workers report (a steal or a claim race the old scheduler had not
-  settled) is kept by the first; the other is told to let go.
-* ``settle()`` ends recovery, once every worker the journal knew is back (or the
-  wait ran out): the holders of workers that did not come back let go, and
+  settled) is kept by the first; the other is told to let go. A claim (compute 0)
+  is confirmed: the old scheduler may never have read it. A task whose inputs
+  nobody has named yet is kept aside until a later resume names them (or recovery
+  settles: then it errs, its inputs lost).
+* ``settle()`` ends recovery, once every worker the journal knew has resumed (or
+  the wait ran out): the holders of workers that did not come back let go, and
   whatever is still wanted and neither held nor running is computed again.
 * a client that comes back sends ``holding``: the keys it holds futures on,
   which replace what the journal said it wanted (releases it sent while the
@@ -34,6 +37,9 @@ class Recovery:
     def __init__(self, state: "SchedulerState") -> None:
         self.state = state
         self.pending = False        # recovering: tasks are not (re)assigned yet
+        # tasks workers resumed whose inputs nobody has named yet: another worker's
+        # resume (or a later entry of the same one) may still make them known
+        self.parked: list[tuple[str, list, set[str]]] = []
         state.register("resume", self._on_resume)
         state.register("holding", self._on_holding)
 
@@ -64,14 +70,24 @@ class Recovery:
                     ts.waiting_on.clear()
                     if not self.pending:
                         st._memory_reached(ts, wid)
+                    else:               # (tasks resumed earlier waited on it: no more)
+                        for dk in ts.dependents:
+                            dts = st.tasks.get(dk)
+                            if dts is not None:
+                                dts.waiting_on.discard(key)
         if free:
             st._emit(wid, m.Free(free))
         for entry in msg.tasks:
-            self._resume_task(ws, entry, wants)
+            self._check_entry(entry)
+        self._place_parked([*self.parked, *((wid, e, wants) for e in msg.tasks)])
+        if not self.pending:
+            self._fail_parked()
+        parked = {e[0] for _, e, _ in self.parked}
         for key in msg.wants:
             ts = st.tasks.get(key)
             if ts is None:
-                st._emit(wid, m.Unknown(key))      # its future claims the task anew
+                if key not in parked:       # (one kept aside is wanted once taken up)
+                    st._emit(wid, m.Unknown(key))      # its future claims the task anew
                 continue
             st._want(ts, wid)
             if not self.pending:
@@ -80,8 +96,8 @@ class Recovery:
                 else:
                     st._report(ts, wid)
 
-    def _resume_task(self, ws: Any, entry: Any, wants: set[str]) -> None:
-        st = self.state
+    @staticmethod
+    def _check_entry(entry: Any) -> None:
         try:
             key, attempt, func, args, deps, priority, retries = entry
             ok = (type(key) is str and type(attempt) is int and type(func) is bytes
@@ -91,15 +107,48 @@ class Recovery:
             ok = False
         if not ok:
             raise ProtocolError(f"resume: a task entry is malformed: {str(entry)[:80]}")
+
+    def _place_parked(self, parked: list) -> None:
+        """Take up every resumed task whose inputs are known, in as many rounds as it
+        takes (an entry may name inputs that later entries make known); keep the rest."""
+        st = self.state
+        while parked:
+            rest = []
+            for wid, entry, wants in parked:
+                ws = st.workers.get(wid)
+                if ws is None:
+                    continue            # its worker left meanwhile
+                if entry[0] in st.tasks or all(d in st.tasks for d in entry[4]):
+                    self._resume_task(ws, entry, wants)
+                    if entry[0] in wants:
+                        st._want(st.tasks[entry[0]], wid)
+                else:
+                    rest.append((wid, entry, wants))
+            if len(rest) == len(parked):
+                break
+            parked = rest
+        self.parked = parked
+
+    def _fail_parked(self) -> None:
+        """Resumed tasks whose inputs nobody knows: they cannot be placed."""
+        st = self.state
+        parked, self.parked = self.parked, []
+        for wid, entry, _ in parked:
+            if wid not in st.workers:
+                continue
+            key, attempt, deps = entry[0], entry[1], entry[4]
+            st._emit(wid, m.ClaimRejected(key) if attempt == CLAIMED else m.Free([key]))
+            missing = [d for d in deps if d not in st.tasks]
+            st._emit(wid, m.KeyErred(key, [], f"dependencies {missing} of {key} were "
+                                     "lost with the scheduler", "lost"))
+
+    def _resume_task(self, ws: Any, entry: Any, wants: set[str]) -> None:
+        st = self.state
+        key, attempt, func, args, deps, priority, retries = entry
         ts = st.tasks.get(key)
         if ts is None:
             ts = st._new_task(key, func, args, deps, priority, retries, None)
-            if ts is None:              # its inputs are forgotten: it cannot be placed
-                st._emit(ws.id, m.ClaimRejected(key) if attempt == CLAIMED else m.Free([key]))
-                missing = [d for d in deps if d not in st.tasks]
-                st._emit(ws.id, m.KeyErred(key, [], f"dependencies {missing} of {key} were "
-                                           "lost with the scheduler", "lost"))
-                return
+            assert ts is not None       # (its inputs are known: _place_parked)
         if ts.state in ("released", "waiting"):
             if ts.func is None:
                 ts.func, ts.args = func, args
@@ -107,10 +156,13 @@ class Recovery:
             st._set_processing(ts, ws)
             ts.attempt = attempt
             ts.waiting_on = {d for d in ts.deps if st.tasks[d].state != "memory"}
+            if attempt == CLAIMED:            # a claim perhaps never confirmed: it is now
+                st._emit(ws.id, m.ClaimAccepted([key]))
             if not self.pending:
                 self._inputs(ts)
         elif ts.state == "processing" and ts.processing_on == ws.id:
-            pass
+            if attempt == CLAIMED:
+                st._emit(ws.id, m.ClaimAccepted([key]))
         else:                           # it runs, or ran, elsewhere: this copy goes
             st._emit(ws.id, m.ClaimRejected(key) if attempt == CLAIMED else m.Free([key]))
             if key in wants:
@@ -156,6 +208,8 @@ class Recovery:
         """Every worker that will come back has: run what is wanted and nowhere."""
         st = self.state
         self.pending = False
+        self._place_parked(self.parked)
+        self._fail_parked()
         for holder in [h for h in st.clients if h[:2] in ("w-", "!w")
                        and h.lstrip("!") not in st.workers]:
             st._drop_client(holder)

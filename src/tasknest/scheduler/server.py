@@ -61,6 +61,7 @@ class Scheduler:
         # dashboard reads this package and sits above it)
         self.dashboard_factory = dashboard_factory
         self.dashboard: Any = None
+        self.dashboard_started: asyncio.Future | None = None   # done once it is up (or not)
         self.recovery = Recovery(self.state)     # workers and clients that come back
         # the state dir: a journal of intents, replayed when the scheduler comes back
         self.persist = None if state_dir is None else Persistence(
@@ -90,7 +91,15 @@ class Scheduler:
         self._ticker = asyncio.ensure_future(self._tick())
         log.info("scheduler at %s", self.address)
         if self.dashboard_address:
-            await self._start_dashboard(self.dashboard_address)
+            start = asyncio.ensure_future(self._start_dashboard(self.dashboard_address))
+            self.dashboard_started = start
+            if self.persist is None or self.persist.held is None:
+                await start
+            else:
+                start.add_done_callback(_log_failure)
+            # else recovering: workers and clients are reconnecting right now, and the
+            # dashboard (aiohttp's import alone is a large part of a restart) comes up
+            # beside them, not before them
         return self
 
     async def _start_dashboard(self, address: str) -> None:
@@ -107,6 +116,8 @@ class Scheduler:
             self.listener.close()
         if self._ticker is not None:
             self._ticker.cancel()
+        if self.dashboard_started is not None and not self.dashboard_started.done():
+            await asyncio.wait([self.dashboard_started], timeout=10)   # (then closed)
         if self.dashboard is not None:
             await self.dashboard.close()
         for comm in list(self.comms.values()):
@@ -217,6 +228,8 @@ class Scheduler:
                 return               # recovering: handled once every worker is back
             persist.record(source, msg)
         self._do(self.state.handle(source, msg))
+        if op == "resume" and persist is not None:
+            persist.resumed(source)
         self._check()
 
     def _do(self, actions: list) -> None:
@@ -248,6 +261,11 @@ class Scheduler:
         except AssertionError:
             log.critical("invariant violated: stopping", exc_info=True)
             raise SystemExit(70) from None   # loud: a test must not miss it
+
+
+def _log_failure(start: asyncio.Future) -> None:
+    if not start.cancelled() and start.exception() is not None:
+        log.warning("no dashboard: %s", start.exception())
 
 
 async def run_scheduler(host: str = "127.0.0.1", port: int = 0, token: str | None = None,

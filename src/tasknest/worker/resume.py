@@ -15,7 +15,8 @@ from typing import Any
 
 from .state import WorkerState
 
-RUNS = ("waiting", "ready", "executing")
+# (a claim waiting for the scheduler's word counts: the old one may never have read it)
+RUNS = ("waiting", "confirming", "ready", "executing")
 
 
 def inventory(st: WorkerState, wants: list[str]) -> tuple[list, list, list, list, list]:
