@@ -513,11 +513,11 @@ def test_compression_is_negotiated_per_connection(monkeypatch: Any, setting: str
 
         def on_comm(comm: Any) -> None:
             servers.append(comm)
-            comm.start(lambda msg: comm.send(m.Data(7, {"k": [b"h", zeros, noise]})))
+            comm.start(lambda msg: comm.send(m.Data(rid=7, values={"k": [b"h", zeros, noise]})))
         listener = await listen("tcp://127.0.0.1:0", on_comm, "secret")
         comm = await connect(listener.address, "secret")
         comm.start(lambda msg: got.set_result(msg))
-        comm.send(m.Want(["k"]))
+        comm.send(m.Want(keys=["k"]))
         msg = await asyncio.wait_for(got, 30)
         assert msg.values["k"][1] == zeros and msg.values["k"][2] == noise
         assert comm.codec == servers[0].codec == expect

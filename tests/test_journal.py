@@ -142,10 +142,10 @@ def test_an_input_resumed_in_memory_after_its_dependent_is_no_longer_waited_on()
     nothing any more, though recovery has not settled (the invariants hold meanwhile)."""
     _, _, log = _state_with_tasks()
     st, recovery = _recovering(log)
-    st.handle("w-a", m.Resume([], [], [], [["y", 7, b"f", b"a2", ["x"], [0, 0, 2], 1]], []))
+    st.handle("w-a", m.Resume(memory=[], nbytes=[], kinds=[], tasks=[["y", 7, b"f", b"a2", ["x"], [0, 0, 2], 1]], wants=[]))
     assert st.tasks["y"].state == "processing" and st.tasks["y"].waiting_on == {"x"}
     st.validate()
-    st.handle("w-b", m.Resume(["x"], [8], ["int"], [], []))
+    st.handle("w-b", m.Resume(memory=["x"], nbytes=[8], kinds=["int"], tasks=[], wants=[]))
     assert not st.tasks["y"].waiting_on
     st.validate()
     recovery.settle()
@@ -159,13 +159,13 @@ def test_a_resumed_task_whose_inputs_another_worker_brings_is_kept():
     st, recovery = _recovering([])
     q = ["q", 0, b"f", b"aq", ["p"], [0, 0, 2], 0]
     p = ["p", 0, b"f", b"ap", [], [0, 0, 1], 0]
-    out = st.handle("w-a", m.Resume([], [], [], [q], ["q"]))
+    out = st.handle("w-a", m.Resume(memory=[], nbytes=[], kinds=[], tasks=[q], wants=["q"]))
     assert "q" not in st.tasks and not out    # not given up: kept aside
-    out = st.handle("w-b", m.Resume([], [], [], [p], ["p"]))
+    out = st.handle("w-b", m.Resume(memory=[], nbytes=[], kinds=[], tasks=[p], wants=["p"]))
     st.validate()
     assert st.tasks["q"].processing_on == "w-a" and st.tasks["p"].processing_on == "w-b"
     # the claims, which the old scheduler may never have confirmed, are now
-    assert ("w-a", m.ClaimAccepted(["q"])) in out and ("w-b", m.ClaimAccepted(["p"])) in out
+    assert ("w-a", m.ClaimAccepted(keys=["q"])) in out and ("w-b", m.ClaimAccepted(keys=["p"])) in out
     out = recovery.settle()
     st.validate()
     assert not any(msg.op == "key-erred" for _, msg in out)
@@ -173,11 +173,10 @@ def test_a_resumed_task_whose_inputs_another_worker_brings_is_kept():
 
 def test_a_resumed_task_whose_inputs_nobody_brings_errs_at_the_settling():
     st, recovery = _recovering([])
-    st.handle("w-a", m.Resume([], [], [], [["q", 0, b"f", b"aq", ["p"], [0, 0, 2], 0]],
-                              ["q"]))
+    st.handle("w-a", m.Resume(memory=[], nbytes=[], kinds=[], tasks=[["q", 0, b"f", b"aq", ["p"], [0, 0, 2], 0]], wants=["q"]))
     out = recovery.settle()
     st.validate()
-    assert ("w-a", m.ClaimRejected("q")) in out
+    assert ("w-a", m.ClaimRejected(key="q")) in out
     erred = [msg for t, msg in out if t == "w-a" and msg.op == "key-erred"]
     assert len(erred) == 1 and "['p'] of q were lost with the scheduler" in str(erred[0])
 
@@ -275,11 +274,11 @@ def test_recovery_ends_when_the_last_worker_has_resumed_not_when_it_registered(t
         comm = await connect(sched.address, "secret")
         try:
             comm.start(lambda msg: None)
-            comm.send(m.RegisterWorker("w", address, 1, 1, 0, [], __version__, {}))
+            comm.send(m.RegisterWorker(name="w", address=address, nthreads=1, pid=1, memory_limit=0, keys=[], version=__version__, resources={}))
             await until(lambda: sched.state.workers, "the worker registered")
             await asyncio.sleep(0)         # (a settling scheduled at registration runs)
             assert sched.persist.held is not None, "settled before the worker's resume"
-            comm.send(m.Resume([], [], [], [], []))
+            comm.send(m.Resume(memory=[], nbytes=[], kinds=[], tasks=[], wants=[]))
             await until(lambda: sched.persist.held is None, "recovery settled")
         finally:
             comm.close("done")

@@ -21,7 +21,7 @@ from .client.client import Client, default_client
 from .errors import CallerError
 
 
-class TasknestBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
+class TasknestBackend(AutoBatchingMixin, ParallelBackendBase):
     supports_retrieve_callback = True
     supports_timeout = True
     default_n_jobs = -1

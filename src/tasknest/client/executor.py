@@ -57,7 +57,7 @@ class ClientExecutor(cf.Executor):
         if leave is not None:
             leave()
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:  # type: ignore[override]
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
         if self._shutdown:
             raise ClosedClientError("cannot submit to an executor that was shut down")
         future = self._client.submit(fn, *args, **self._options, **kwargs)
@@ -85,7 +85,7 @@ class ClientExecutor(cf.Executor):
         inner.add_done_callback(copy)
         return out
 
-    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,  # type: ignore[override]
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
             chunksize: int = 1) -> Iterator:
         if chunksize < 1:
             raise CallerError("chunksize must be >= 1")   # as concurrent.futures says

@@ -76,7 +76,7 @@ class _Snapshot:
 
 def render(snap: dict) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(snap))  # type: ignore[arg-type]
+    registry.register(_Snapshot(snap))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

@@ -258,7 +258,7 @@ class SLURMCluster(Cluster):
             ok, message = out.returncode == 0, (out.stderr or out.stdout).strip()
         except (OSError, subprocess.TimeoutExpired) as exc:
             ok, message = False, str(exc)
-            out = None  # type: ignore[assignment]
+            out = None
         job = out.stdout.strip().split(";")[0].strip() if ok and out is not None else ""
         if not ok or not job:
             for n in names:

@@ -74,7 +74,7 @@ if sys.implementation.name == "cpython":
         """A bytearray of ``size`` not filled with zeros: ``bytearray(size)`` writes every
         page before the socket does (a 1 GiB buffer held the event loop for seconds);
         this one's pages are first touched by the read that fills them."""
-        return _new_array(None, size)  # type: ignore[no-any-return]
+        return _new_array(None, size)
 else:                                           # pragma: no cover
     new_bytes = None  # type: ignore[assignment]
     new_bytearray = bytearray  # type: ignore[assignment]

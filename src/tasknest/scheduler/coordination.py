@@ -62,14 +62,14 @@ class Coordination:
         state.components.append(self)
 
     # -- dispatch ----------------------------------------------------------------------------
-    def _on_coord(self, source: str, msg: m.Message) -> None:
-        kind, op = msg.kind, msg.action  # type: ignore[attr-defined]
+    def _on_coord(self, source: str, msg: m.Coord) -> None:
+        kind, op = msg.kind, msg.action
         handler = getattr(self, f"_{kind}_{op}", None) if kind in _KINDS else None
         if op == "abandon":
-            self._abandon(source, msg.rid)  # type: ignore[attr-defined]
+            self._abandon(source, msg.rid)
             return
         if handler is None:
-            self._reply(source, msg.rid, None, f"unknown coordination request {kind!r} {op!r}")  # type: ignore
+            self._reply(source, msg.rid, None, f"unknown coordination request {kind!r} {op!r}")
             return
         handler(source, msg)
 
@@ -126,27 +126,27 @@ class Coordination:
             self.state.clients.pop(holder, None)
 
     # -- queues ------------------------------------------------------------------------------
-    def _queue_put(self, source: str, msg: m.Message) -> None:
-        q = self.queues.setdefault(msg.name, _Queue())  # type: ignore[attr-defined]
-        value = (msg.value or [], list(msg.keys))  # type: ignore[attr-defined]
-        holder = "%queue:" + msg.name  # type: ignore[attr-defined]
+    def _queue_put(self, source: str, msg: m.Coord) -> None:
+        q = self.queues.setdefault(msg.name, _Queue())
+        value = (msg.value or [], list(msg.keys))
+        holder = "%queue:" + msg.name
         self._hold(holder, value[1])
         q.items.append(value)
-        self._reply(source, msg.rid, True)  # type: ignore[attr-defined]
-        self._serve_queue(msg.name, q)  # type: ignore[attr-defined]
+        self._reply(source, msg.rid, True)
+        self._serve_queue(msg.name, q)
 
-    def _queue_get(self, source: str, msg: m.Message) -> None:
-        batch = msg.arg  # type: ignore[attr-defined]
+    def _queue_get(self, source: str, msg: m.Coord) -> None:
+        batch = msg.arg
         if batch is not None and not (type(batch) is int and batch >= 0) and batch is not True:
-            self._reply(source, msg.rid, None, f"batch must be an int or True, got {batch!r}")  # type: ignore
+            self._reply(source, msg.rid, None, f"batch must be an int or True, got {batch!r}")
             return
-        q = self.queues.setdefault(msg.name, _Queue())  # type: ignore[attr-defined]
-        q.getters.append((source, msg.rid, batch))  # type: ignore[attr-defined]
-        self._serve_queue(msg.name, q)  # type: ignore[attr-defined]
+        q = self.queues.setdefault(msg.name, _Queue())
+        q.getters.append((source, msg.rid, batch))
+        self._serve_queue(msg.name, q)
 
-    def _queue_qsize(self, source: str, msg: m.Message) -> None:
-        q = self.queues.get(msg.name)  # type: ignore[attr-defined]
-        self._reply(source, msg.rid, len(q.items) if q else 0)  # type: ignore[attr-defined]
+    def _queue_qsize(self, source: str, msg: m.Coord) -> None:
+        q = self.queues.get(msg.name)
+        self._reply(source, msg.rid, len(q.items) if q else 0)
 
     def _serve_queue(self, name: str, q: _Queue) -> None:
         holder = "%queue:" + name
@@ -172,87 +172,87 @@ class Coordination:
             del self.queues[name]
 
     # -- variables and datasets --------------------------------------------------------------
-    def _variable_set(self, source: str, msg: m.Message) -> None:
-        name = msg.name  # type: ignore[attr-defined]
+    def _variable_set(self, source: str, msg: m.Coord) -> None:
+        name = msg.name
         holder = "%variable:" + name
-        value = (msg.value or [], list(msg.keys))  # type: ignore[attr-defined]
+        value = (msg.value or [], list(msg.keys))
         self._hold(holder, value[1])
         old = self.variables.get(name)
         self.variables[name] = value
         if old is not None:
             self._unhold(holder, old[1])
-        self._reply(source, msg.rid, True)  # type: ignore[attr-defined]
+        self._reply(source, msg.rid, True)
         for target, rid in self.var_waiters.pop(name, []):
             self._give(target, rid, value, None)
 
-    def _variable_get(self, source: str, msg: m.Message) -> None:
-        value = self.variables.get(msg.name)  # type: ignore[attr-defined]
+    def _variable_get(self, source: str, msg: m.Coord) -> None:
+        value = self.variables.get(msg.name)
         if value is None:
-            self.var_waiters.setdefault(msg.name, []).append((source, msg.rid))  # type: ignore
+            self.var_waiters.setdefault(msg.name, []).append((source, msg.rid))
         else:
-            self._give(source, msg.rid, value, None)  # type: ignore[attr-defined]
+            self._give(source, msg.rid, value, None)
 
-    def _variable_delete(self, source: str, msg: m.Message) -> None:
-        old = self.variables.pop(msg.name, None)  # type: ignore[attr-defined]
+    def _variable_delete(self, source: str, msg: m.Coord) -> None:
+        old = self.variables.pop(msg.name, None)
         if old is not None:
-            self._unhold("%variable:" + msg.name, old[1])  # type: ignore[attr-defined]
-        self._reply(source, msg.rid, old is not None)  # type: ignore[attr-defined]
+            self._unhold("%variable:" + msg.name, old[1])
+        self._reply(source, msg.rid, old is not None)
 
-    def _dataset_publish(self, source: str, msg: m.Message) -> None:
-        name = msg.name  # type: ignore[attr-defined]
-        if name in self.datasets and not msg.arg:  # type: ignore[attr-defined]
-            self._reply(source, msg.rid, {"exists": True})  # type: ignore[attr-defined]
+    def _dataset_publish(self, source: str, msg: m.Coord) -> None:
+        name = msg.name
+        if name in self.datasets and not msg.arg:
+            self._reply(source, msg.rid, {"exists": True})
             return
-        value = (msg.value or [], list(msg.keys))  # type: ignore[attr-defined]
+        value = (msg.value or [], list(msg.keys))
         holder = "%dataset:" + name
         self._hold(holder, value[1])
         old = self.datasets.get(name)
         self.datasets[name] = value
         if old is not None:
             self._unhold(holder, old[1])
-        self._reply(source, msg.rid, True)  # type: ignore[attr-defined]
+        self._reply(source, msg.rid, True)
 
-    def _dataset_get(self, source: str, msg: m.Message) -> None:
-        value = self.datasets.get(msg.name)  # type: ignore[attr-defined]
+    def _dataset_get(self, source: str, msg: m.Coord) -> None:
+        value = self.datasets.get(msg.name)
         if value is None:
-            self._reply(source, msg.rid, {"missing": True})  # type: ignore[attr-defined]
+            self._reply(source, msg.rid, {"missing": True})
         else:
-            self._give(source, msg.rid, value, None)  # type: ignore[attr-defined]
+            self._give(source, msg.rid, value, None)
 
-    def _dataset_list(self, source: str, msg: m.Message) -> None:
-        self._reply(source, msg.rid, sorted(self.datasets))  # type: ignore[attr-defined]
+    def _dataset_list(self, source: str, msg: m.Coord) -> None:
+        self._reply(source, msg.rid, sorted(self.datasets))
 
-    def _dataset_unpublish(self, source: str, msg: m.Message) -> None:
-        old = self.datasets.pop(msg.name, None)  # type: ignore[attr-defined]
+    def _dataset_unpublish(self, source: str, msg: m.Coord) -> None:
+        old = self.datasets.pop(msg.name, None)
         if old is None:
-            self._reply(source, msg.rid, {"missing": True})  # type: ignore[attr-defined]
+            self._reply(source, msg.rid, {"missing": True})
             return
-        self._unhold("%dataset:" + msg.name, old[1])  # type: ignore[attr-defined]
-        self._reply(source, msg.rid, True)  # type: ignore[attr-defined]
+        self._unhold("%dataset:" + msg.name, old[1])
+        self._reply(source, msg.rid, True)
 
     # -- events ------------------------------------------------------------------------------
-    def _event_set(self, source: str, msg: m.Message) -> None:
-        self.events[msg.name] = True  # type: ignore[attr-defined]
-        for target, rid in self.event_waiters.pop(msg.name, []):  # type: ignore[attr-defined]
+    def _event_set(self, source: str, msg: m.Coord) -> None:
+        self.events[msg.name] = True
+        for target, rid in self.event_waiters.pop(msg.name, []):
             self._reply(target, rid, True)
-        self._reply(source, msg.rid, True)  # type: ignore[attr-defined]
+        self._reply(source, msg.rid, True)
 
-    def _event_clear(self, source: str, msg: m.Message) -> None:
-        self.events.pop(msg.name, None)  # type: ignore[attr-defined]
-        self._reply(source, msg.rid, True)  # type: ignore[attr-defined]
+    def _event_clear(self, source: str, msg: m.Coord) -> None:
+        self.events.pop(msg.name, None)
+        self._reply(source, msg.rid, True)
 
-    def _event_is_set(self, source: str, msg: m.Message) -> None:
-        self._reply(source, msg.rid, self.events.get(msg.name, False))  # type: ignore
+    def _event_is_set(self, source: str, msg: m.Coord) -> None:
+        self._reply(source, msg.rid, self.events.get(msg.name, False))
 
-    def _event_wait(self, source: str, msg: m.Message) -> None:
-        if self.events.get(msg.name):  # type: ignore[attr-defined]
-            self._reply(source, msg.rid, True)  # type: ignore[attr-defined]
+    def _event_wait(self, source: str, msg: m.Coord) -> None:
+        if self.events.get(msg.name):
+            self._reply(source, msg.rid, True)
         else:
-            self.event_waiters.setdefault(msg.name, []).append((source, msg.rid))  # type: ignore
+            self.event_waiters.setdefault(msg.name, []).append((source, msg.rid))
 
     # -- semaphores (and locks: one lease) ---------------------------------------------------
-    def _semaphore_acquire(self, source: str, msg: m.Message) -> None:
-        name, rid, lease, n = msg.name, msg.rid, msg.holder, msg.arg  # type: ignore[attr-defined]
+    def _semaphore_acquire(self, source: str, msg: m.Coord) -> None:
+        name, rid, lease, n = msg.name, msg.rid, msg.holder, msg.arg
         if type(n) is not int or n < 1 or not lease:
             self._reply(source, rid, None, f"max_leases must be a positive int, got {n!r}")
             return
@@ -269,20 +269,20 @@ class Coordination:
         sem.waiters.append((source, rid, lease))
         self._serve_semaphore(name, sem)
 
-    def _semaphore_release(self, source: str, msg: m.Message) -> None:
-        name, lease = msg.name, msg.holder  # type: ignore[attr-defined]
+    def _semaphore_release(self, source: str, msg: m.Coord) -> None:
+        name, lease = msg.name, msg.holder
         sem = self.semaphores.get(name)
         if sem is None or sem.leases.get(lease) != source:
-            self._reply(source, msg.rid, None, f"{name!r} was released without being "  # type: ignore
+            self._reply(source, msg.rid, None, f"{name!r} was released without being "
                                                "acquired (or its lease was already released)")
             return
         del sem.leases[lease]
-        self._reply(source, msg.rid, True)  # type: ignore[attr-defined]
+        self._reply(source, msg.rid, True)
         self._serve_semaphore(name, sem)
 
-    def _semaphore_count(self, source: str, msg: m.Message) -> None:
-        sem = self.semaphores.get(msg.name)  # type: ignore[attr-defined]
-        self._reply(source, msg.rid, len(sem.leases) if sem else 0)  # type: ignore[attr-defined]
+    def _semaphore_count(self, source: str, msg: m.Coord) -> None:
+        sem = self.semaphores.get(msg.name)
+        self._reply(source, msg.rid, len(sem.leases) if sem else 0)
 
     def _serve_semaphore(self, name: str, sem: _Semaphore) -> None:
         while sem.waiters and len(sem.leases) < sem.max_leases:

@@ -102,7 +102,7 @@ class Observer:
         assert self.rows <= STREAM + max((len(b[2]) for b in self.batches), default=0)
 
     # -- events: per message, never per task -------------------------------------------
-    def _on_monitor(self, wid: str, msg: Any) -> None:
+    def _on_monitor(self, wid: str, msg: m.Monitor) -> None:
         ws = self.state.workers.get(wid)
         if ws is None:
             return

@@ -36,28 +36,28 @@ class Operations:
         ws = self.state.workers.get(source)
         return ws.address if ws is not None else "scheduler"
 
-    def _on_run(self, cid: str, msg: m.Message) -> None:
-        call, wanted, where, plugin = msg.call, msg.workers, msg.where, msg.plugin  # type: ignore
+    def _on_run(self, cid: str, msg: m.Run) -> None:
+        call, wanted, where, plugin = msg.call, msg.workers, msg.where, msg.plugin
         if where == "scheduler":
             targets = [SCHEDULER]
         elif where == "workers":
             targets = [w.id for w in self.state.workers.values()
                        if not wanted or w.address in wanted or w.name in wanted]
         else:
-            self.state._emit(cid, m.Reply(msg.rid, None, f"cannot run on {where!r}"))  # type: ignore
+            self.state._emit(cid, m.Reply(msg.rid, None, f"cannot run on {where!r}"))
             return
         if plugin:
             self.plugins[plugin] = call
         if not targets:
-            self.state._emit(cid, m.Reply(msg.rid, {}, None))  # type: ignore[attr-defined]
+            self.state._emit(cid, m.Reply(msg.rid, {}, None))
             return
         self._rid += 1
-        self.runs[self._rid] = [cid, msg.rid, set(targets), {}]  # type: ignore[attr-defined]
+        self.runs[self._rid] = [cid, msg.rid, set(targets), {}]
         for t in targets:
             self.state._emit(t, m.RunOn(self._rid, call))
 
-    def _on_run_done(self, source: str, msg: m.Message) -> None:
-        self._answered(source, msg.rid, [msg.ok, msg.value])  # type: ignore[attr-defined]
+    def _on_run_done(self, source: str, msg: m.RunDone) -> None:
+        self._answered(source, msg.rid, [msg.ok, msg.value])
 
     def _answered(self, source: str, rid: int, result: list) -> None:
         entry = self.runs.get(rid)
@@ -71,7 +71,7 @@ class Operations:
                 self.state._emit(entry[0], m.Reply(entry[1], entry[3], None))
 
     # -- restart: every task errs, every worker is asked to exit (its nanny restarts it) --
-    def _on_restart(self, cid: str, msg: m.Message) -> None:
+    def _on_restart(self, cid: str, msg: m.Restart) -> None:
         st = self.state
         for ts in list(st.tasks.values()):
             if st.tasks.get(ts.key) is not ts or ts.state == "erred":
@@ -87,9 +87,9 @@ class Operations:
         for wid in st.workers:
             st._emit(wid, m.Close("restart requested"))
         if st.workers:
-            self.restarts.append([cid, msg.rid, set(st.workers), len(st.workers)])  # type: ignore
+            self.restarts.append([cid, msg.rid, set(st.workers), len(st.workers)])
         else:
-            st._emit(cid, m.Reply(msg.rid, 0, None))  # type: ignore[attr-defined]
+            st._emit(cid, m.Reply(msg.rid, 0, None))
 
     def source_gone(self, source: str) -> None:
         self.restarts = [r for r in self.restarts if r[0] != source]

@@ -30,8 +30,8 @@ class Queries:
         state.register("synced", self._on_synced)
         state.components.append(self)
 
-    def _on_query(self, cid: str, msg: m.Message) -> None:
-        if msg.what in SYNCED and self.state.workers:  # type: ignore[attr-defined]
+    def _on_query(self, cid: str, msg: m.Query) -> None:
+        if msg.what in SYNCED and self.state.workers:
             self._rid += 1
             self.syncs[self._rid] = [cid, msg, set(self.state.workers)]
             for wid in self.state.workers:
@@ -39,12 +39,12 @@ class Queries:
         else:
             self._answer(cid, msg)
 
-    def _on_synced(self, wid: str, msg: m.Message) -> None:
-        entry = self.syncs.get(msg.rid)  # type: ignore[attr-defined]
+    def _on_synced(self, wid: str, msg: m.Synced) -> None:
+        entry = self.syncs.get(msg.rid)
         if entry is not None:
             entry[2].discard(wid)
             if not entry[2]:
-                del self.syncs[msg.rid]  # type: ignore[attr-defined]
+                del self.syncs[msg.rid]
                 self._answer(entry[0], entry[1])
 
     # -- the component's hooks ------------------------------------------------------------

@@ -44,7 +44,7 @@ class Recovery:
         state.register("holding", self._on_holding)
 
     # -- workers ---------------------------------------------------------------------------
-    def _on_resume(self, wid: str, msg: Any) -> None:
+    def _on_resume(self, wid: str, msg: m.Resume) -> None:
         st = self.state
         ws = st.workers.get(wid)
         if ws is None:
@@ -181,7 +181,7 @@ class Recovery:
                 st._emit(ts.processing_on, st._key_memory(dts, inline=False))  # type: ignore
 
     # -- clients ---------------------------------------------------------------------------
-    def _on_holding(self, cid: str, msg: Any) -> None:
+    def _on_holding(self, cid: str, msg: m.Holding) -> None:
         st = self.state
         keys = set(msg.keys)
         for key in list(st.clients.get(cid, ())):

@@ -56,9 +56,9 @@ class Retirement:
         state.components.append(self)
 
     # -- requests -------------------------------------------------------------------------
-    def _on_retire(self, source: str, msg: m.Message) -> None:
+    def _on_retire(self, source: str, msg: m.Retire) -> None:
         st = self.state
-        names, timeout = msg.workers, msg.timeout_ms / 1000  # type: ignore[attr-defined]
+        names, timeout = msg.workers, msg.timeout_ms / 1000
         if timeout <= 0:
             timeout = DEFAULT_TIMEOUT
         itself = source in st.workers and not names
@@ -68,7 +68,7 @@ class Retirement:
             wanted = set(names)
             chosen = [w for w in st.workers.values()
                       if w.address in wanted or w.name in wanted or w.id in wanted]
-        rid = msg.rid  # type: ignore[attr-defined]
+        rid = msg.rid
         if rid:
             if not chosen:
                 st._emit(source, m.Reply(rid, [], None))
@@ -88,7 +88,7 @@ class Retirement:
             if ws.id in self.retiring:
                 self._progress(self.retiring[ws.id])
 
-    def _on_paused(self, wid: str, msg: m.Message) -> None:
+    def _on_paused(self, wid: str, msg: m.Paused) -> None:
         if wid not in self.retiring:       # a retiring worker stays paused
             self._paused(wid, msg)
 
@@ -147,14 +147,14 @@ class Retirement:
             self._moves[self._rid] = (target, r.wid)
             self.state._emit(target, m.Replicate(self._rid, keys, ws.address))
 
-    def _on_replicated(self, wid: str, msg: m.Message) -> None:
+    def _on_replicated(self, wid: str, msg: m.Replicated) -> None:
         st = self.state
-        move = self._moves.pop(msg.rid, None)  # type: ignore[attr-defined]
+        move = self._moves.pop(msg.rid, None)
         ws = st.workers.get(wid)
         if ws is None:
             return
         unwanted = []
-        for key in msg.keys:  # type: ignore[attr-defined]
+        for key in msg.keys:
             ts = st.tasks.get(key)
             if ts is None or ts.state != "memory" or wid in ts.who_has:
                 if ts is None or ts.state != "memory":

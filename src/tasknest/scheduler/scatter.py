@@ -24,10 +24,10 @@ class Scatters:
         state.register("add-keys", self._on_add_keys)
         state.components.append(self)
 
-    def _on_scatter(self, cid: str, msg: m.Message) -> None:
-        keys, values, rid = msg.keys, msg.values, msg.rid  # type: ignore[attr-defined]
+    def _on_scatter(self, cid: str, msg: m.Scatter) -> None:
+        keys, values, rid = msg.keys, msg.values, msg.rid
         workers = [w for w in self.state.workers.values()
-                   if not msg.workers or w.address in msg.workers or w.name in msg.workers]  # type: ignore
+                   if not msg.workers or w.address in msg.workers or w.name in msg.workers]
         if not workers:
             self.state._emit(cid, m.Reply(rid, None, "no workers to scatter to"))
             return
@@ -41,7 +41,7 @@ class Scatters:
             self.state._emit(cid, m.Reply(rid, None, "scatter: keys and values differ in length"))
             return
         plan: dict[str, list[int]] = {}
-        if msg.broadcast:  # type: ignore[attr-defined]
+        if msg.broadcast:
             for w in workers:
                 plan[w.id] = list(range(len(keys)))
         else:
@@ -54,25 +54,25 @@ class Scatters:
         for wid, idx in plan.items():
             self.state._emit(wid, m.PutData(self._rid, [keys[i] for i in idx], [values[i] for i in idx]))
 
-    def _on_put_data_done(self, wid: str, msg: m.Message) -> None:
-        entry = self.pending.get(msg.rid)  # type: ignore[attr-defined]
+    def _on_put_data_done(self, wid: str, msg: m.PutDataDone) -> None:
+        entry = self.pending.get(msg.rid)
         ws = self.state.workers.get(wid)
         if entry is None or ws is None:
             return
         cid, rid, pending, keys, error = entry
         # a client that left meanwhile wants nothing: the data is freed as it lands
-        self._add_scattered(ws, msg.keys, msg.nbytes,  # type: ignore[attr-defined]
+        self._add_scattered(ws, msg.keys, msg.nbytes,
                             cid if cid in self.state.clients else None)
         pending.discard(wid)
         if not pending:
-            del self.pending[msg.rid]  # type: ignore[attr-defined]
+            del self.pending[msg.rid]
             if cid in self.state.clients:
                 self.state._emit(cid, m.Reply(rid, None if error else keys, error))
 
-    def _on_add_keys(self, wid: str, msg: m.Message) -> None:
+    def _on_add_keys(self, wid: str, msg: m.AddKeys) -> None:
         ws = self.state.workers.get(wid)
         if ws is not None:
-            self._add_scattered(ws, msg.keys, msg.nbytes, wid)  # type: ignore[attr-defined]
+            self._add_scattered(ws, msg.keys, msg.nbytes, wid)
 
     def _add_scattered(self, ws: WorkerInfo, keys: list, nbytes: list, cid: str | None) -> None:
         for key, nb in zip(keys, nbytes):

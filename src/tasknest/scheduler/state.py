@@ -306,9 +306,9 @@ class SchedulerState:
                  if w.name and w.address in restrict and w.name not in restrict]
         return [*restrict, *names] if names else restrict
 
-    def _on_submit(self, cid: str, msg: m.Message) -> None:
-        self._submitted(cid, msg.key, msg.func, msg.args, msg.deps, msg.priority,  # type: ignore
-                        msg.retries, msg.workers, msg.resources, msg.loose)  # type: ignore
+    def _on_submit(self, cid: str, msg: m.Submit) -> None:
+        self._submitted(cid, msg.key, msg.func, msg.args, msg.deps, msg.priority,
+                        msg.retries, msg.workers, msg.resources, msg.loose)
 
     def _submitted(self, cid: str, key: str, func: bytes, args: bytes, deps: list[str],
                    priority: list, retries: int, restrict: list | None,
@@ -345,8 +345,8 @@ class SchedulerState:
             for dk in ts.deps:
                 self._revive(self.tasks[dk])
 
-    def _on_want(self, cid: str, msg: m.Message) -> None:
-        for key in msg.keys:  # type: ignore[attr-defined]
+    def _on_want(self, cid: str, msg: m.Want) -> None:
+        for key in msg.keys:
             ts = self.tasks.get(key)
             if ts is None:
                 # (a worker's in-task client claims it anew if its future still waits)
@@ -362,10 +362,10 @@ class SchedulerState:
             else:    # told when it ends: a worker's direct word went to a released future
                 ts.tell = {*ts.tell, cid}
 
-    def _on_remind(self, cid: str, msg: m.Message) -> None:
+    def _on_remind(self, cid: str, msg: m.Remind) -> None:
         """The client lost a connection a worker would have told it a result through:
         report the keys it waits on (those we know; the rest are still on their way)."""
-        for key in msg.keys:  # type: ignore[attr-defined]
+        for key in msg.keys:
             ts = self.tasks.get(key)
             if ts is None or cid not in ts.who_wants:
                 continue
@@ -377,9 +377,9 @@ class SchedulerState:
             else:
                 ts.tell = {cid}
 
-    def _on_release(self, cid: str, msg: m.Message) -> None:
+    def _on_release(self, cid: str, msg: m.Release) -> None:
         wants = self.clients.get(cid)
-        for key in msg.keys:  # type: ignore[attr-defined]
+        for key in msg.keys:
             ts = self.tasks.get(key)
             if wants is not None:
                 wants.discard(key)
@@ -387,14 +387,14 @@ class SchedulerState:
                 ts.who_wants.discard(cid)
                 self._maybe_release(ts)
 
-    def _on_fire_and_forget(self, cid: str, msg: m.Message) -> None:
-        for key in msg.keys:  # type: ignore[attr-defined]
+    def _on_fire_and_forget(self, cid: str, msg: m.FireAndForget) -> None:
+        for key in msg.keys:
             ts = self.tasks.get(key)
             if ts is not None and ts.state not in ("memory", "erred"):
                 self._want(ts, FIRE_AND_FORGET)
 
-    def _on_cancel(self, cid: str, msg: m.Message) -> None:
-        for key in msg.keys:  # type: ignore[attr-defined]
+    def _on_cancel(self, cid: str, msg: m.Cancel) -> None:
+        for key in msg.keys:
             ts = self.tasks.get(key)
             if ts is None:
                 continue
@@ -404,8 +404,8 @@ class SchedulerState:
                 self._unwant(ts, cid)
                 self._maybe_release(ts)
 
-    def _on_retry(self, cid: str, msg: m.Message) -> None:
-        for key in msg.keys:  # type: ignore[attr-defined]
+    def _on_retry(self, cid: str, msg: m.Retry) -> None:
+        for key in msg.keys:
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "erred" and ts.func is not None:
                 self._retry(ts)
@@ -435,8 +435,8 @@ class SchedulerState:
         self._maybe_release(ts)
 
     # == workers =======================================================================
-    def _on_claim(self, wid: str, msg: m.Message) -> None:
-        key = msg.key  # type: ignore[attr-defined]
+    def _on_claim(self, wid: str, msg: m.Claim) -> None:
+        key = msg.key
         ws = self.workers.get(wid)
         if ws is None:
             return
@@ -444,7 +444,7 @@ class SchedulerState:
         if ts is not None and ts.state != "released":
             self._want(ts, wid)
             if ts.processing_on == wid:   # assigned here too (a client submitted it): keep
-                if msg.confirm:  # type: ignore[attr-defined]
+                if msg.confirm:
                     self._emit(wid, m.ClaimAccepted([key]))
                 for dk in ts.deps:          # the claimed copy, and say where its inputs are
                     dts = self.tasks[dk]
@@ -455,16 +455,16 @@ class SchedulerState:
             self._report(ts, wid)
             return
         if ts is None:
-            ts = self._new_task(key, msg.func, msg.args, msg.deps, msg.priority,  # type: ignore
-                                msg.retries, None)  # type: ignore[attr-defined]
+            ts = self._new_task(key, msg.func, msg.args, msg.deps, msg.priority,
+                                msg.retries, None)
             if ts is None:
                 self._emit(wid, m.ClaimRejected(key))
-                missing = [d for d in msg.deps if d not in self.tasks]  # type: ignore
+                missing = [d for d in msg.deps if d not in self.tasks]
                 self._emit(wid, m.KeyErred(key, [], f"dependencies {missing} of {key} are "
                                            "unknown to the scheduler (released?)", "lost"))
                 return
         elif ts.func is None:
-            ts.func, ts.args = msg.func, msg.args  # type: ignore[attr-defined]
+            ts.func, ts.args = msg.func, msg.args
         self._want(ts, wid)
         for dk in ts.deps:
             dts = self.tasks[dk]
@@ -474,7 +474,7 @@ class SchedulerState:
         ts.waiting_on = {d for d in ts.deps if self.tasks[d].state != "memory"} or EMPTY
         self._set_processing(ts, ws)
         ts.attempt = 0
-        if msg.confirm:  # type: ignore[attr-defined]
+        if msg.confirm:
             self._emit(wid, m.ClaimAccepted([key]))   # (before any steal of it)
         if self.idle:
             self.stealing.offer(wid)
@@ -487,8 +487,8 @@ class SchedulerState:
             elif dts.state == "released":
                 self._recompute(dts)
 
-    def _on_task_finished(self, wid: str, msg: m.Message) -> None:
-        key = msg.key  # type: ignore[attr-defined]
+    def _on_task_finished(self, wid: str, msg: m.TaskFinished) -> None:
+        key = msg.key
         ts = self.tasks.get(key)
         ws = self.workers.get(wid)
         if ws is None:
@@ -503,8 +503,8 @@ class SchedulerState:
                 # may run the key anew as we asked: a second free would cancel that.)
                 self._emit(wid, m.Free([key]))
             return
-        self._task_done(ts, ws, msg.nbytes, msg.type, msg.value, msg.inner,  # type: ignore
-                        msg.notified)  # type: ignore[attr-defined]
+        self._task_done(ts, ws, msg.nbytes, msg.type, msg.value, msg.inner,
+                        msg.notified)
 
     def _task_done(self, ts: Task, ws: WorkerInfo, nbytes: int, type_name: str,
                    value: list | None, inner: list[str], notified: list[str]) -> None:
@@ -571,11 +571,11 @@ class SchedulerState:
             self._unwant(ts, FIRE_AND_FORGET)
         self._maybe_release(ts)
 
-    def _on_task_erred(self, wid: str, msg: m.Message) -> None:
-        ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
+    def _on_task_erred(self, wid: str, msg: m.TaskErred) -> None:
+        ts = self.tasks.get(msg.key)
         if ts is None or ts.state in ("memory", "erred") or _stale(ts, msg):
             return
-        self._err(ts, msg.exception, msg.traceback, msg.kind)  # type: ignore[attr-defined]
+        self._err(ts, msg.exception, msg.traceback, msg.kind)
 
     def _err(self, ts: Task, exception: list, traceback: str, kind: str,
              source: str | None = None) -> None:
@@ -604,25 +604,25 @@ class SchedulerState:
         self._unwant(ts, FIRE_AND_FORGET)
         self._maybe_release(ts)
 
-    def _on_secede(self, wid: str, msg: m.Message) -> None:
+    def _on_secede(self, wid: str, msg: m.Secede) -> None:
         ws = self.workers.get(wid)
-        ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
+        ts = self.tasks.get(msg.key)
         if ws is None or ts is None or ts.processing_on != wid or ts.running:
             return
         ts.running = True
         ws.seceded += 1
 
-    def _on_rejoin(self, wid: str, msg: m.Message) -> None:
+    def _on_rejoin(self, wid: str, msg: m.Rejoin) -> None:
         ws = self.workers.get(wid)
-        ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
+        ts = self.tasks.get(msg.key)
         if ws is None or ts is None or not ts.running or ts.processing_on != wid:
             return
         ts.running = False
         ws.seceded -= 1
 
-    def _on_missing_data(self, wid: str, msg: m.Message) -> None:
-        ts = self.tasks.get(msg.key)  # type: ignore[attr-defined]
-        bad = next((w for w in self.workers.values() if w.address == msg.worker), None)  # type: ignore
+    def _on_missing_data(self, wid: str, msg: m.MissingData) -> None:
+        ts = self.tasks.get(msg.key)
+        bad = next((w for w in self.workers.values() if w.address == msg.worker), None)
         if ts is None:
             return
         if bad is not None and bad.id in ts.who_has:
@@ -637,7 +637,7 @@ class SchedulerState:
                 ts.state = "released"
                 self._recompute(ts)
 
-    def _on_heartbeat(self, wid: str, msg: m.Message) -> None:
+    def _on_heartbeat(self, wid: str, msg: m.Heartbeat) -> None:
         pass  # the shell records the time
 
     # == core transitions ==================================================================

@@ -45,7 +45,7 @@ class Stealing:
         state.register("steal-reply", self._on_steal_reply)
         state.components.append(self)
 
-    def _on_idle(self, wid: str, msg: m.Message) -> None:
+    def _on_idle(self, wid: str, msg: m.Idle) -> None:
         ws = self.state.workers.get(wid)
         if ws is not None and not ws.paused:
             ws.idle = True
@@ -53,13 +53,13 @@ class Stealing:
             self.fruitless.pop(wid, None)
             self._balance(ws)
 
-    def _on_paused(self, wid: str, msg: m.Message) -> None:
+    def _on_paused(self, wid: str, msg: m.Paused) -> None:
         """A worker's memory is high (or fine again): while paused it gets no new
         task, and idle workers may take every unstarted task it holds."""
         ws = self.state.workers.get(wid)
         if ws is None:
             return
-        ws.paused = msg.paused  # type: ignore[attr-defined]
+        ws.paused = msg.paused
         (self.state.paused.add if ws.paused else self.state.paused.discard)(wid)
         if ws.paused:
             ws.idle = False
@@ -67,8 +67,8 @@ class Stealing:
             for thief_id in list(self.state.idle):
                 self._balance(self.state.workers[thief_id])
 
-    def _on_steal_reply(self, wid: str, msg: m.Message) -> None:
-        key = msg.key  # type: ignore[attr-defined]
+    def _on_steal_reply(self, wid: str, msg: m.StealReply) -> None:
+        key = msg.key
         thief_id = self.steals.pop(key, (None, None))[0]
         ts = self.state.tasks.get(key)
         thief = self.state.workers.get(thief_id) if thief_id else None
@@ -77,7 +77,7 @@ class Stealing:
         if ts is not None and ts.stealing == thief_id:
             ts.stealing = None
         if ts is not None and ts.processing_on == wid:
-            if msg.ok:  # type: ignore[attr-defined]
+            if msg.ok:
                 self.state.workers[wid].processing.discard(key)
                 ts.processing_on = None
                 ts.state = "released"
@@ -86,7 +86,7 @@ class Stealing:
                     self.state._send_compute(ts, thief)
                 else:
                     self.state._assign(ts)
-            elif not msg.later:  # type: ignore[attr-defined]
+            elif not msg.later:
                 ts.started = True         # never ask for it again
         if thief is not None and thief.idle:
             self._balance(thief)          # still nothing for it: try other tasks

@@ -87,7 +87,7 @@ class WorkerHTTP:
         self.worker = worker
         self.key = key
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(worker))  # type: ignore[arg-type]
+        self.registry.register(_Collector(worker))
         self.runner: web.AppRunner | None = None
         self.address = ""
 

@@ -167,8 +167,8 @@ def install(monitor: Monitor) -> logging.Handler:
     global _installed
     if not _installed:
         _installed = True
-        sys.stdout = _TaskStream(sys.stdout, "stdout")  # type: ignore[assignment]
-        sys.stderr = _TaskStream(sys.stderr, "stderr")  # type: ignore[assignment]
+        sys.stdout = _TaskStream(sys.stdout, "stdout")
+        sys.stderr = _TaskStream(sys.stderr, "stderr")
         root = logging.getLogger()
         for h in root.handlers:     # a task's records reach its client, not these too
             h.addFilter(_outside_tasks)

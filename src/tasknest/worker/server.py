@@ -98,7 +98,7 @@ class Worker:
         self.frames_cache: dict[str, list] = {}
         self.shared = SharedSegments(shared_memory)   # large results, for same-host readers
         if hasattr(self.data, "on_spill"):
-            self.data.on_spill = self.shared.release  # type: ignore[attr-defined]
+            self.data.on_spill = self.shared.release
         self.client_comms: dict[str, Comm] = {}   # client id -> its connection to this worker
         self._told: set[Comm] = set()             # client comms with messages from threads
         self._placed_at = -1.0            # when a client last placed a task here
