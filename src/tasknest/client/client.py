@@ -112,7 +112,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         self._cluster_kwargs = cluster_kwargs
         self._peers: PeerPool | None = None
         self._sender: Any = None                  # streaming.Sender, once map() streams
-        self._placed: dict[str, m.Message] = {}   # key -> its ``placed``, until the result
+        self._placed: dict[str, m.Placed] = {}   # key -> its ``placed``, until the result
         self._submits: dict[str, tuple] = {}      # key -> its recipe, until the result
         self._requests: dict[int, m.Message] = {}  # rid -> request, until its reply
         self._info: dict = {}                       # what the scheduler said at welcome
@@ -298,7 +298,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         with self._lock:
             pending = [k for k, st in self._states.items() if not st.done()]
             for key, record in list(self._placed.items()):
-                if record.worker == address:  # type: ignore[attr-defined]
+                if record.worker == address:
                     del self._placed[key]
         self._comm.send(m.LaneLost(address))
         if pending:
@@ -322,12 +322,11 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         if handler is None:
             log.debug("client ignores %s", msg.op)
             return
-        if msg.op in KEY_OPS:
-            key = msg.key  # type: ignore[attr-defined]
+        if isinstance(msg, (m.KeyMemory, m.KeyErred, m.KeyCancelled)):
             if self._placed:
                 self._placed_done(msg)
             if self._submits:
-                self._submits.pop(key, None)
+                self._submits.pop(msg.key, None)
         getattr(self, handler)(msg)
 
     def _on_key_memory(self, msg: m.KeyMemory) -> None:
@@ -725,16 +724,16 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         return settle()
 
     # -- requests -------------------------------------------------------------------------------
-    def _request(self, msg: m.Message, timeout: float | None = None) -> Any:
+    def _request(self, msg: m.Request, timeout: float | None = None) -> Any:
         if self.asynchronous:
             return self._request_async(msg, timeout)
         return self._run(self._request_async(msg, timeout),
                          None if timeout is None else timeout + 1)
 
-    async def _request_async(self, msg: m.Message, timeout: float | None = None) -> Any:
+    async def _request_async(self, msg: m.Request, timeout: float | None = None) -> Any:
         self._check()
         self._rid += 1
-        msg.rid = self._rid  # type: ignore[attr-defined]
+        msg.rid = self._rid
         fut = asyncio.get_running_loop().create_future()
         self._replies[self._rid] = fut
         if msg.op in RESENT:
@@ -1180,7 +1179,6 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
 
 Executor = Client
 
-KEY_OPS = frozenset({"key-memory", "key-erred", "key-cancelled"})   # a key's last word
 # op -> the name of its handler (looked up on the instance: a subclass may override one)
 _HANDLERS = {op: "_on_" + op.replace("-", "_")
              for op in ("key-memory", "key-erred", "key-cancelled", "reply", "warn", "output",

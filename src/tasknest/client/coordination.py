@@ -48,9 +48,9 @@ def _unpack(client: "Client", frames: list) -> Any:
         current_client.reset(token)
 
 
-async def _request(client: "Client", msg: m.Message, timeout: float | None) -> Any:
+async def _request(client: "Client", msg: m.Coord, timeout: float | None) -> Any:
     client._rid += 1
-    rid = msg.rid = client._rid  # type: ignore[attr-defined]
+    rid = msg.rid = client._rid
     fut = asyncio.get_running_loop().create_future()
     client._replies[rid] = fut
     client._send(msg)         # after whatever the caller sent first (claims of its futures)
@@ -59,7 +59,7 @@ async def _request(client: "Client", msg: m.Message, timeout: float | None) -> A
     try:
         return await asyncio.wait_for(asyncio.shield(fut), timeout)
     except asyncio.TimeoutError:
-        client._send(m.Coord(rid, msg.kind, msg.name, "abandon", "", None, [], None))  # type: ignore
+        client._send(m.Coord(rid, msg.kind, msg.name, "abandon", "", None, [], None))
         return await fut      # the grant, if it left before our abandon came, else timeout
 
 

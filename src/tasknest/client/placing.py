@@ -29,7 +29,7 @@ class PlacingMixin:
     if TYPE_CHECKING:
         _lock: threading.RLock
         _peers: Any
-        _placed: dict[str, m.Message]
+        _placed: dict[str, m.Placed]
 
         def _send(self, msg: m.Message) -> None: ...
         def _wake(self) -> None: ...
@@ -40,7 +40,7 @@ class PlacingMixin:
         if peers is None or len(self._placed) >= len(peers.comms):
             return None               # (in a map, after the first few: every lane is busy)
         with self._lock:
-            busy = {p.worker for p in self._placed.values()}  # type: ignore[attr-defined]
+            busy = {p.worker for p in self._placed.values()}
         for addr, comm in list(peers.comms.items()):
             if addr not in busy and not comm.closed:
                 return addr, comm
@@ -54,7 +54,7 @@ class PlacingMixin:
         if comm is None or comm.closed:
             return None
         with self._lock:
-            if any(p.worker == addr for p in self._placed.values()):  # type: ignore[attr-defined]
+            if any(p.worker == addr for p in self._placed.values()):
                 return None
         return addr, comm
 
@@ -68,15 +68,15 @@ class PlacingMixin:
         # the task leaves now: the worker starts on it while this thread goes on
         comm.send_now(m.Place(key, fbytes, abytes, priority, retries, seq))
 
-    def _placed_done(self, msg: m.Message) -> None:
-        if msg.key not in self._placed:  # type: ignore[attr-defined]
+    def _placed_done(self, msg: m.KeyReport) -> None:
+        if msg.key not in self._placed:
             return
         with self._lock:
-            record = self._placed.pop(msg.key, None)  # type: ignore[attr-defined]
-        if record is not None and msg.op == "key-memory":
+            record = self._placed.pop(msg.key, None)
+        if record is not None and isinstance(msg, m.KeyMemory):
             # if the record has not left yet, the scheduler learns where the result is
-            record.type = msg.type  # type: ignore[attr-defined]
-            record.nbytes = msg.nbytes  # type: ignore[attr-defined]
+            record.type = msg.type
+            record.nbytes = msg.nbytes
 
     def _spin(self, st: FutureState) -> None:
         """Wait awake a moment for a placed task's result, which comes in about a round

@@ -38,7 +38,7 @@ class ReconnectMixin:
         _lock: Any
         _states: dict[str, FutureState]
         _submits: dict[str, tuple]
-        _placed: dict[str, m.Message]
+        _placed: dict[str, m.Placed]
         _requests: dict[int, m.Message]
         _replies: dict[int, asyncio.Future]
 

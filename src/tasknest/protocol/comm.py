@@ -222,11 +222,11 @@ class Comm(asyncio.BufferedProtocol):
                 self.codec = compression.choose(msg.names)
                 continue
             if msg.op in FUNC_OPS:       # (the wire holds the function's number)
-                number: Any = msg.func  # type: ignore[attr-defined]
-                func = self.funcs.get(number)
+                fmsg: Any = msg          # (a FUNC_OPS message: it has ``func``)
+                func = self.funcs.get(fmsg.func)
                 if func is None:
-                    return self.abort(f"{msg.op} names function #{number} never defined")
-                msg.func = func  # type: ignore[attr-defined]
+                    return self.abort(f"{msg.op} names function #{fmsg.func} never defined")
+                fmsg.func = func
             if self.handler is None:
                 self._pending.append(msg)
                 continue
@@ -286,8 +286,9 @@ class Comm(asyncio.BufferedProtocol):
     def _enqueue(self, msg: Message) -> None:
         """Add a message to the outgoing frame (lock held)."""
         op = msg.op
+        kmsg: Any = msg       # (ops chosen by name below: each has the field read)
         if op in UNDOES:
-            undone = self._undoable.pop((UNDOES[op], msg.key), None)  # type: ignore[attr-defined]
+            undone = self._undoable.pop((UNDOES[op], kmsg.key), None)
             if undone is not None:   # both still unsent: together they mean nothing
                 undone[0] = None
                 self._cancelled += 1
@@ -295,9 +296,9 @@ class Comm(asyncio.BufferedProtocol):
         if op in MERGE_OPS:
             last = self._outbox[-1] if self._outbox else None
             if last is not None and last[0] == op:
-                last[1].extend(msg.keys)  # type: ignore[attr-defined]
+                last[1].extend(kmsg.keys)
                 return
-            self._outbox.append([op, list(msg.keys)])  # type: ignore[attr-defined]
+            self._outbox.append([op, list(kmsg.keys)])
         else:
             encoded = msg.encode()
             if op in FUNC_OPS:   # its function by number (the message itself is not
@@ -306,7 +307,7 @@ class Comm(asyncio.BufferedProtocol):
                 encoded = frames.mark_buffers(encoded)
             self._outbox.append(encoded)
             if op in _UNDONE:
-                self._undoable[(op, msg.key)] = encoded  # type: ignore[attr-defined]
+                self._undoable[(op, kmsg.key)] = encoded
 
     def flush(self) -> None:
         self._flush_scheduled = False

@@ -333,6 +333,11 @@ class Reply(Message):
     error: str | None
 
 
+# a request answered by ``reply`` (its rid is set as it leaves)
+Request = Union["Scatter", "Coord", "Run", "Restart", "Query", "Retire"]
+# a key's last word to the clients waiting on it
+KeyReport = Union["KeyMemory", "KeyErred", "KeyCancelled"]
+
 NOT_YET = -1     # Placed.nbytes: the result has not reached the client
 
 

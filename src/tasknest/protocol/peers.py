@@ -112,10 +112,10 @@ class PeerPool:
         return min(candidates or [main], key=self._outstanding)
 
     def _on_message(self, msg: m.Message) -> None:
-        if msg.op == "data":
-            entry = self.pending.pop(msg.rid, None)  # type: ignore[attr-defined]
+        if isinstance(msg, m.Data):
+            entry = self.pending.pop(msg.rid, None)
             if entry is not None and not entry[0].done():
-                entry[0].set_result(msg.values)  # type: ignore[attr-defined]
+                entry[0].set_result(msg.values)
         elif msg.op in ("key-memory", "key-erred") and self.on_push is not None:
             self.on_push(msg)
 

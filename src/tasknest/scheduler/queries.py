@@ -66,8 +66,8 @@ class Queries:
         for rid, (_, _, pending) in self.syncs.items():
             assert pending and pending <= set(self.state.workers), (rid, pending)
 
-    def _answer(self, cid: str, msg: m.Message) -> None:
-        what, arg = msg.what, msg.arg  # type: ignore[attr-defined]
+    def _answer(self, cid: str, msg: m.Query) -> None:
+        what, arg = msg.what, msg.arg
         error = None
         value: Any = None
         if what == "who_has":
@@ -97,4 +97,4 @@ class Queries:
                     break
             else:
                 error = f"unknown query {what!r}"
-        self.state._emit(cid, m.Reply(msg.rid, value, error))  # type: ignore[attr-defined]
+        self.state._emit(cid, m.Reply(msg.rid, value, error))

@@ -58,6 +58,11 @@ class Task:
     def __repr__(self) -> str:
         return f"<Task {self.key} {self.state}>"
 
+    def failure(self) -> tuple[list, str, str]:
+        """Its error (exception frames, traceback, kind): an erred task's, never None."""
+        assert self.error is not None, self
+        return self.error
+
 
 class WorkerInfo:
     __slots__ = ("id", "address", "name", "nthreads", "pid", "memory_limit", "processing",

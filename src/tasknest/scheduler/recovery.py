@@ -177,8 +177,9 @@ class Recovery:
             dts = st.tasks[dk]
             if dts.state == "released":
                 st._recompute(dts)
-            elif dts.state == "memory" and ts.processing_on not in dts.who_has:
-                st._emit(ts.processing_on, st._key_memory(dts, inline=False))  # type: ignore
+            elif dts.state == "memory" and ts.processing_on is not None \
+                    and ts.processing_on not in dts.who_has:
+                st._emit(ts.processing_on, st._key_memory(dts, inline=False))
 
     # -- clients ---------------------------------------------------------------------------
     def _on_holding(self, cid: str, msg: m.Holding) -> None:
@@ -222,8 +223,9 @@ class Recovery:
                 for dk in list(ts.dependents):
                     dts = st.tasks.get(dk)
                     if dts is not None and dts.state == "processing" \
+                            and dts.processing_on is not None \
                             and dts.processing_on not in ts.who_has:
-                        st._emit(dts.processing_on, st._key_memory(ts, inline=False))  # type: ignore
+                        st._emit(dts.processing_on, st._key_memory(ts, inline=False))
         for ts in list(st.tasks.values()):
             if st.tasks.get(ts.key) is not ts or ts.state != "released":
                 continue

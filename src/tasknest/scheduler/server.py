@@ -152,8 +152,8 @@ class Scheduler:
     def _register(self, comm: Comm, msg: m.Message) -> None:
         if self.persist is not None:
             self.persist.connected(comm)
-        if msg.op == "register-client":
-            cid = msg.client_id  # type: ignore[attr-defined]
+        if isinstance(msg, m.RegisterClient):
+            cid = msg.client_id
             if not cid.startswith("c-") or cid in self.comms:
                 comm.send(m.Refused(f"client id {cid!r} is invalid or already in use"))
                 comm.close("refused")
@@ -165,7 +165,7 @@ class Scheduler:
             comm.send(m.Welcome(cid, {"version": __version__, "started": self.started,
                                       "address": self.address,
                                       "dashboard": self.dashboard and self.dashboard.link}))
-        elif msg.op == "register-worker":
+        elif isinstance(msg, m.RegisterWorker):
             wid = f"w-{uuid.uuid4().hex[:12]}"
             self.comms[wid] = comm
             comm.handler = lambda msg: self._dispatch(wid, msg, WORKER_OPS)
@@ -176,12 +176,11 @@ class Scheduler:
                         self.heartbeat_timeout / 5)
             comm.send(m.Welcome(wid, {"version": __version__, "heartbeat": every}))
             self._do(self.state.add_worker(
-                wid, msg.address, msg.name, max(1, msg.nthreads), msg.pid,  # type: ignore
-                msg.memory_limit, msg.keys, time.monotonic(),  # type: ignore[attr-defined]
-                msg.resources))  # type: ignore[attr-defined]
+                wid, msg.address, msg.name, max(1, msg.nthreads), msg.pid,
+                msg.memory_limit, msg.keys, time.monotonic(), msg.resources))
             if self.persist is not None:
-                self.persist.worker_joined(wid, msg.address)  # type: ignore[attr-defined]
-            log.info("worker %s joined from %s", msg.address, comm.peer)  # type: ignore
+                self.persist.worker_joined(wid, msg.address)
+            log.info("worker %s joined from %s", msg.address, comm.peer)
         else:
             raise ProtocolError(f"expected a registration, got {msg.op!r}")
         self._check()
@@ -210,14 +209,14 @@ class Scheduler:
         op = msg.op
         if op not in allowed:
             raise ProtocolError(f"{op!r} is not allowed on this connection")
-        if op == "heartbeat":
-            self.state.heartbeat(source, time.monotonic(), msg.memory)  # type: ignore
+        if isinstance(msg, m.Heartbeat):
+            self.state.heartbeat(source, time.monotonic(), msg.memory)
             return
-        if op == "goodbye":          # leaving on purpose: we close, so no reset races its words
-            self._leaving[source] = msg.reason  # type: ignore[attr-defined]
+        if isinstance(msg, m.Goodbye):   # leaving on purpose: we close, so no reset races
+            self._leaving[source] = msg.reason                              # its words
             comm = self.comms.get(source)
             if comm is not None:
-                comm.close(f"worker left: {msg.reason}")  # type: ignore[attr-defined]
+                comm.close(f"worker left: {msg.reason}")
             return
         ws = self.state.workers.get(source)
         if ws is not None:
@@ -241,10 +240,10 @@ class Scheduler:
             elif target == SCHEDULER:
                 asyncio.ensure_future(self._run_here(msg))
 
-    async def _run_here(self, msg: m.Message) -> None:
+    async def _run_here(self, msg: m.RunOn) -> None:
         """client.run_on_scheduler: the function runs in a thread of this process."""
-        ok, frames = await run_call(msg.call, {"dask_scheduler": self})  # type: ignore
-        self._do(self.state.handle(SCHEDULER, m.RunDone(msg.rid, ok, frames)))  # type: ignore
+        ok, frames = await run_call(msg.call, {"dask_scheduler": self})
+        self._do(self.state.handle(SCHEDULER, m.RunDone(msg.rid, ok, frames)))
         self._check()
 
     def _check(self) -> None:

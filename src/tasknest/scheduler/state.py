@@ -26,7 +26,7 @@ from ..errors import ProtocolError
 from ..memory import sparse
 from ..protocol import messages as m
 from .resources import free_for
-from .records import ALLOWED_FAILURES, EMPTY, FIRE_AND_FORGET, NOTHING, Task, WorkerInfo
+from .records import ALLOWED_FAILURES, CLAIMED, EMPTY, FIRE_AND_FORGET, NOTHING, Task, WorkerInfo
 from . import invariants
 from .coordination import Coordination
 from .operations import Operations
@@ -469,7 +469,7 @@ class SchedulerState:
         for dk in ts.deps:
             dts = self.tasks[dk]
             if dts.state == "erred":      # it can never run: err it (and tell the claimer)
-                self._err(ts, *dts.error)  # type: ignore[misc]
+                self._err(ts, *dts.failure())
                 return
         ts.waiting_on = {d for d in ts.deps if self.tasks[d].state != "memory"} or EMPTY
         self._set_processing(ts, ws)
@@ -550,7 +550,7 @@ class SchedulerState:
         if not ts.inner:
             self.clients.pop(holder, None)
 
-    def _memory_reached(self, ts: Task, source: str, notified: list[str] = ()) -> None:  # type: ignore[assignment]
+    def _memory_reached(self, ts: Task, source: str, notified: Iterable[str] = ()) -> None:
         ff = FIRE_AND_FORGET in ts.who_wants
         skip = set(notified) - ts.tell if notified else ()
         ts.tell = EMPTY
@@ -564,9 +564,9 @@ class SchedulerState:
             dts.waiting_on.discard(ts.key)
             if dts.state == "waiting" and not dts.waiting_on:
                 self._assign(dts)
-            elif dts.state == "processing" and dts.processing_on not in ts.who_has \
-                    and dts.processing_on not in ts.who_wants:
-                self._emit(dts.processing_on, self._key_memory(ts, inline=False))  # type: ignore
+            elif dts.state == "processing" and dts.processing_on is not None and \
+                    dts.processing_on not in ts.who_has and dts.processing_on not in ts.who_wants:
+                self._emit(dts.processing_on, self._key_memory(ts, inline=False))
         if ff:
             self._unwant(ts, FIRE_AND_FORGET)
         self._maybe_release(ts)
@@ -598,8 +598,9 @@ class SchedulerState:
             dts = self.tasks.get(dk)
             if dts is None or dts.state in ("memory", "erred"):
                 continue
-            if dts.state == "processing" and dts.processing_on not in dts.who_wants:
-                self._emit(dts.processing_on, self._key_erred(ts))  # type: ignore[arg-type]
+            if dts.state == "processing" and dts.processing_on is not None \
+                    and dts.processing_on not in dts.who_wants:
+                self._emit(dts.processing_on, self._key_erred(ts))
             self._err(dts, exception, traceback, kind)
         self._unwant(ts, FIRE_AND_FORGET)
         self._maybe_release(ts)
@@ -674,7 +675,7 @@ class SchedulerState:
         for dk in ts.deps:
             dts = self.tasks[dk]
             if dts.state == "erred":
-                exc, tb, kind = dts.error  # type: ignore[misc]
+                exc, tb, kind = dts.failure()
                 ts.waiting_on = EMPTY
                 self._err(ts, exc, tb, kind)
                 return
@@ -791,7 +792,7 @@ class SchedulerState:
                            ts.value if inline else None)
 
     def _key_erred(self, ts: Task) -> m.Message:
-        exc, tb, kind = ts.error  # type: ignore[misc]
+        exc, tb, kind = ts.failure()
         return m.KeyErred(ts.key, exc, tb, kind)
 
     def _report(self, ts: Task, cid: str) -> None:
@@ -869,9 +870,9 @@ class SchedulerState:
             self.clients.get(cid, set()).discard(ts.key)
 
 
-def _stale(ts: Task, msg: m.Message) -> bool:
+def _stale(ts: Task, msg: m.TaskFinished | m.TaskErred) -> bool:
     """A report of a compute that is no longer in force: the scheduler released that run
     (and told its worker to free it) and the key has been submitted and assigned anew
     since. Its result is about to be dropped, and whom it says it told were waiting for
     the old run: taking it would lose the new one's result."""
-    return msg.attempt != 0 and msg.attempt != ts.attempt  # type: ignore[attr-defined]
+    return msg.attempt != CLAIMED and msg.attempt != ts.attempt

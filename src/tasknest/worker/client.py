@@ -164,8 +164,8 @@ class WorkerClient(Client):
                                      confirm))
 
     def _handle(self, msg: m.Message) -> None:
-        if self._recipes and msg.op in ("key-memory", "key-erred", "key-cancelled"):
-            self._recipes.pop(msg.key, None)  # type: ignore[attr-defined]
+        if self._recipes and isinstance(msg, (m.KeyMemory, m.KeyErred, m.KeyCancelled)):
+            self._recipes.pop(msg.key, None)
         super()._handle(msg)
 
     # The scheduler may drop a key our future waits on before it reads our want or

@@ -469,11 +469,11 @@ class Worker:
     def _on_replicate(self, msg: m.Replicate) -> None:
         self._spawn(replicate(self, msg))
 
-    async def _run_on(self, msg: m.Message) -> None:
+    async def _run_on(self, msg: m.RunOn) -> None:
         """client.run / a plugin's setup: outside any task, in a thread of its own."""
-        ok, frames = await run_call(msg.call, {"dask_worker": self})  # type: ignore[attr-defined]
-        if msg.rid:  # type: ignore[attr-defined]
-            self.send(m.RunDone(msg.rid, ok, frames))  # type: ignore[attr-defined]
+        ok, frames = await run_call(msg.call, {"dask_worker": self})
+        if msg.rid:
+            self.send(m.RunDone(msg.rid, ok, frames))
         elif not ok:
             log.warning("a plugin failed to set up: %s", _describe(frames))
 
@@ -518,21 +518,19 @@ class Worker:
 
         def handler(msg: m.Message) -> None:
             nonlocal client, same_host
-            if msg.op == "get-data":
-                comm.send(m.Data(msg.rid, {k: self._frames(k, same_host)  # type: ignore
-                                           for k in msg.keys}))  # type: ignore[attr-defined]
-            elif msg.op == "peer-host":
-                same_host = bool(self.shared.host) and msg.host == self.shared.host  # type: ignore
-            elif msg.op == "place" and client:
+            if isinstance(msg, m.GetData):
+                comm.send(m.Data(msg.rid, {k: self._frames(k, same_host) for k in msg.keys}))
+            elif isinstance(msg, m.PeerHost):
+                same_host = bool(self.shared.host) and msg.host == self.shared.host
+            elif isinstance(msg, m.Place) and client:
                 self._placed_at = time.perf_counter()
                 with self.lock:
                     done = self.apply(self.state.placing.place(
-                        msg.key, msg.func, msg.args, msg.priority, msg.retries,  # type: ignore
-                        client, msg.seq))  # type: ignore[attr-defined]
+                        msg.key, msg.func, msg.args, msg.priority, msg.retries, client, msg.seq))
                 if done:
                     self.settle(done)
-            elif msg.op == "register-peer" and not client:
-                name = msg.name  # type: ignore[attr-defined]
+            elif isinstance(msg, m.RegisterPeer) and not client:
+                name = msg.name
                 if name.startswith("c-"):     # a client: results it waits for come this way
                     client = name
                     self.client_comms[name] = comm

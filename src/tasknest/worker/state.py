@@ -194,7 +194,9 @@ class WorkerState:
             if d.state == "memory":
                 continue
             if d.state == "erred":
-                self._set_erred(t, *d.error, out)  # type: ignore[misc,call-arg]
+                assert d.error is not None, d
+                exception, traceback, kind = d.error
+                self._set_erred(t, exception, traceback, kind, out)
                 return
             t.waiting_on.add(dk)
             if addrs and d.state == "remote":
