@@ -91,19 +91,24 @@ class ReconnectMixin:
         """Back: say again what the scheduler may have missed, and go on."""
         comm = self._comm
         assert comm is not None
+        # One step under the lock, up to "running": a thread that submits meanwhile
+        # (a map's sender) either is in this picture, sent again here, or sends after it
+        # itself; none falls between a picture without it and a status that drops its send.
         with self._lock:
             held = list(self._states)
             pending = [(k, self._submits[k]) for k, st in self._states.items()
                        if not st.done() and k in self._submits]
             self._placed.clear()        # (the places' confirms went with the old scheduler)
             requests = list(self._requests.items())
-        for key, recipe in pending:     # the scheduler may never have read them
-            comm.send(m.Submit(key, *recipe))
-        comm.send(m.Holding(held))
+            for key, recipe in pending:     # the scheduler may never have read them
+                comm.send(m.Submit(key, *recipe))
+            comm.send(m.Holding(held))
+            for rid, msg in requests:
+                if msg.op in RESENT:
+                    comm.send(msg)
+            self.status = "running"
         for rid, msg in requests:
-            if msg.op in RESENT:
-                comm.send(msg)
-            else:
+            if msg.op not in RESENT:
                 self._requests.pop(rid, None)
                 fut = self._replies.pop(rid, None)
                 if fut is not None and not fut.done():
@@ -111,7 +116,6 @@ class ReconnectMixin:
                         f"the scheduler at {self.scheduler_address} restarted while a "
                         f"{msg.op!r} request was on its way: it may or may not have been "
                         "carried out"))
-        self.status = "running"
 
     def _give_up(self, reason: str, waited: float) -> None:
         self._fail_pending(SchedulerLostError(
