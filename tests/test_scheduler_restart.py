@@ -297,7 +297,9 @@ def test_the_scheduler_and_a_worker_killed_together(tmp_path):
         assert sorted(runs) == list(range(n)), "a task never ran"
         twice = [x for x, pids in runs.items() if pids.count(alive.pid) > 1]
         assert not twice, f"tasks ran twice on the surviving worker: {twice[:5]}"
+        assert any(dead.pid in pids for pids in runs.values()), "the dead worker ran nothing"
+        # (whether any of the dead worker's results must be computed again depends on
+        # whether the client had received them before the kill: both are right)
         again = [x for x, pids in runs.items() if len(pids) > 1]
-        assert again, "the dead worker's results were not computed again"
         assert all(runs[x][0] == dead.pid for x in again), "a task finished on the " \
             "surviving worker ran again"
