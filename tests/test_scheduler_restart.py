@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tasknest import Client, LocalCluster, worker_client
+from tasknest import Client, Event, LocalCluster, Queue, Variable, worker_client
 from conftest import wait_until
 
 
@@ -303,3 +303,38 @@ def test_the_scheduler_and_a_worker_killed_together(tmp_path):
         again = [x for x, pids in runs.items() if len(pids) > 1]
         assert all(runs[x][0] == dead.pid for x in again), "a task finished on the " \
             "surviving worker ran again"
+
+
+def square(x):
+    return x * x
+
+
+@pytest.mark.timeout(90)
+def test_coordination_primitives_survive_a_scheduler_kill():
+    """What queues, variables, datasets and events hold is journalled: after a SIGKILL
+    of the scheduler, a new client finds it all, futures inside it included."""
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard=False) as cluster:
+        with Client(cluster) as client:
+            fut = client.submit(square, 7)
+            assert fut.result() == 49
+            client.publish_dataset(answer=fut, plain=[1, 2, 3])
+            Variable("v", client=client).set({"a": fut})
+            q = Queue("q", client=client)
+            q.put("first")
+            q.put(fut)
+            q.put("third")
+            assert q.get() == "first"            # (taken before the kill: stays taken)
+            Event("e", client=client).set()
+            Event("unset", client=client)
+            kill_scheduler(cluster)
+            with Client(cluster) as other:
+                assert sorted(other.list_datasets()) == ["answer", "plain"]
+                assert other.get_dataset("answer").result(timeout=30) == 49
+                assert other.get_dataset("plain") == [1, 2, 3]
+                assert Variable("v", client=other).get(timeout=30)["a"].result(timeout=30) == 49
+                q2 = Queue("q", client=other)
+                assert q2.get(timeout=30).result(timeout=30) == 49
+                assert q2.get(timeout=30) == "third"
+                assert q2.qsize() == 0
+                assert Event("e", client=other).is_set()
+                assert not Event("unset", client=other).is_set()

@@ -333,6 +333,39 @@ class Coordination:
     def worker_added(self, wid: str) -> None:
         pass
 
+    # -- what outlives the scheduler (journalled: scheduler/intents.py) -------------------------
+    def durable(self) -> list:
+        """Queues' items, variables, datasets and the events that are set. Semaphores'
+        leases and every waiter belong to connections, which a restart ends."""
+        return [{n: [[v[0], v[1]] for v in q.items] for n, q in self.queues.items() if q.items},
+                {n: [v[0], v[1]] for n, v in self.variables.items()},
+                {n: [v[0], v[1]] for n, v in self.datasets.items()},
+                sorted(n for n, is_set in self.events.items() if is_set)]
+
+    def restore(self, durable: list) -> None:
+        """Back from the journal, into an empty component: values hold their futures again."""
+        queues, variables, datasets, events = durable
+        for name, items in queues.items():
+            q = self.queues[name] = _Queue()
+            for frames, keys in items:
+                q.items.append((list(frames), list(keys)))
+                self._hold("%queue:" + name, keys)
+        for table, prefix, values in ((self.variables, "%variable:", variables),
+                                      (self.datasets, "%dataset:", datasets)):
+            for name, (frames, keys) in values.items():
+                table[name] = (list(frames), list(keys))
+                self._hold(prefix + name, keys)
+        for name in events:
+            self.events[name] = True
+
+    @staticmethod
+    def durable_keys(durable: list) -> list[str]:
+        """The futures inside journalled values (they keep their results alive)."""
+        queues, variables, datasets, _ = durable
+        keys = [k for items in queues.values() for _, ks in items for k in ks]
+        return keys + [k for table in (variables, datasets) for _, ks in table.values()
+                       for k in ks]
+
     # -- invariants --------------------------------------------------------------------------
     def validate(self) -> None:
         live = set(self.state.clients) | set(self.state.workers)

@@ -17,6 +17,8 @@ Records are msgpack lists, first field a one-letter op::
     G holder             a client or worker left: its wants go
     I key keys           the result of key holds futures on keys
     J wid address        a worker joined (recovery waits for those still here)
+    C durable            the coordination primitives' state (queues, variables,
+                         datasets, events) after the tick's coord messages
 
 Everything here is pure: ``Recorder`` turns incoming messages into records,
 ``Intents`` replays records into a table, ``rebuild`` makes SchedulerState
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from .coordination import Coordination
 from .records import FIRE_AND_FORGET, Task
 
 if TYPE_CHECKING:
@@ -51,7 +54,9 @@ class Recorder:
             "want": self._want, "release": self._release, "cancel": self._cancel,
             "fire-and-forget": self._ff, "add-keys": self._add_keys,
             "put-data-done": self._put_data_done, "task-finished": self._finished,
+            "coord": self._coord,
         }
+        self._coordination: list | None = None   # this tick's C record, filled at commit
 
     def wants(self, op: str) -> bool:
         return op in self.ops
@@ -119,6 +124,18 @@ class Recorder:
             self.append(["D", msg.keys])
             self.append(["W", entry[0], msg.keys])
 
+    def _coord(self, source: str, msg: Any, state: Any) -> None:
+        # (the state after the tick's coord messages, taken as the tick is committed)
+        if self._coordination is None:
+            self._coordination = ["C", None]
+            self.append(self._coordination)
+
+    def coordination_done(self, state: "SchedulerState") -> None:
+        """Before the commit: fill in this tick's C record."""
+        if self._coordination is not None:
+            self._coordination[1] = state.coordination.durable()
+            self._coordination = None
+
     def _finished(self, source: str, msg: Any, state: Any) -> None:
         if msg.inner:
             self.append(["I", msg.key, msg.inner])
@@ -150,6 +167,7 @@ class Recorder:
                     out.append(["W", holder, list(keys)])
             for wid, ws in state.workers.items():
                 out.append(["J", wid, ws.address])
+            out.append(["C", state.coordination.durable()])
         finally:
             self.append = append
         return out
@@ -166,6 +184,7 @@ class Intents:
         self.inner: dict[str, list[str]] = {}
         self.wants: dict[str, set[str]] = {}
         self.workers: dict[str, str] = {}     # workers that had joined and not left
+        self.coordination: list | None = None   # the primitives' last journalled state
         self.bad = 0                          # records that made no sense (skipped)
 
     def replay(self, records: list) -> "Intents":
@@ -214,6 +233,9 @@ class Intents:
             self.workers[rec[1]] = rec[2]
         elif op == "E":
             self.epoch = max(self.epoch, int(rec[1]))
+        elif op == "C":
+            if rec[1] is not None and len(rec[1]) == 4:
+                self.coordination = rec[1]
         else:
             raise ValueError(op)
 
@@ -221,6 +243,8 @@ class Intents:
         """Keys something still refers to: wanted, or an input (or inner future) of one."""
         known = self.recipes.keys() | self.data
         stack = [k for keys in self.wants.values() for k in keys if k in known]
+        if self.coordination is not None:
+            stack += [k for k in Coordination.durable_keys(self.coordination) if k in known]
         seen: set[str] = set()
         while stack:
             key = stack.pop()
@@ -284,6 +308,8 @@ def rebuild(state: "SchedulerState", intents: Intents) -> int:
             wanted = state.tasks.get(key)
             if wanted is not None:
                 state._want(wanted, holder)
+    if intents.coordination is not None:
+        state.coordination.restore(intents.coordination)
     state._attempts = max(state._attempts, intents.epoch << EPOCH_SHIFT)
     return made
 
