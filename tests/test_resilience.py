@@ -16,7 +16,7 @@ import time
 import psutil
 import pytest
 
-from tasknest import Client, LocalCluster, worker_client
+from tasknest import Client, LocalCluster, wait, worker_client
 from tasknest.errors import KilledWorker, LostError, SchedulerLostError
 
 from conftest import wait_for_file, wait_until
@@ -364,3 +364,22 @@ def test_task_restricted_to_a_killed_worker_runs_on_its_restarted_self(tmp_path)
         assert pid != info[address]["pid"]
         [again] = [w for w in c.scheduler_info()["workers"].values() if w["pid"] == pid]
         assert again["name"] == info[address]["name"] and again["address"] != address
+
+
+def block_of(i):
+    return bytes([i]) * (256 * 1024)      # over the inline limit: fetched from its worker
+
+
+@pytest.mark.timeout(120)
+def test_a_result_whose_worker_just_died_is_computed_again_never_lost():
+    """The client asks for a result at the moment its only holder dies, before or after
+    the scheduler notices: the result is computed again and arrives whole."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard=False) as lc, \
+            Client(lc) as c:
+        for i in range(5):
+            pids = c.run(os.getpid)
+            addr = sorted(pids)[0]
+            x = c.submit(block_of, i, workers=[addr], allow_other_workers=True, pure=False)
+            wait([x])
+            os.kill(pids[addr], signal.SIGKILL)
+            assert x.result(timeout=60) == block_of(i)

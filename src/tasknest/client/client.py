@@ -1045,8 +1045,10 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         states = [f._state for f in futures]
         if len(futures) == 1 and futures[0].key in self._placed:
             self._spin(states[0])
-        for _ in range(5):
-            self._wait_states(states, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:     # (a value lost on its way is computed again, then fetched anew)
+            self._wait_states(states, None if deadline is None else
+                              max(0.0, deadline - time.monotonic()))
             self._raise_errors(futures, errors)
             missing = [(f.key, f._state) for f in futures
                        if f._state.status == "finished" and not f._state.has_value()]
@@ -1113,9 +1115,11 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
                 by_addr.setdefault(st.who_has[0], []).append((key, st))
             else:
                 lost.append(key)
+        comm = self._comm
+        assert comm is not None and self._peers is not None
         for addr, items in by_addr.items():
             try:
-                values = await self._peers.get_data(addr, [k for k, _ in items])  # type: ignore
+                values = await self._peers.get_data(addr, [k for k, _ in items])
             except (CommClosedError, OSError) as exc:
                 log.info("could not fetch from %s: %s", addr, exc)
                 values = {}
@@ -1124,10 +1128,13 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
                 if frames is not None:
                     st.frames = frames
                 else:
+                    # (the scheduler may not know yet that the worker died: without this
+                    # it would name the same worker again)
+                    comm.send(m.MissingData(key, addr))
                     lost.append(key)
                     st.reset()
         if lost:
-            self._comm.send(m.Want(lost))  # type: ignore[union-attr]
+            comm.send(m.Want(lost))
 
     async def _gather_async(self, futures: list[Future], errors: str = "raise",
                             single: bool = False) -> Any:
@@ -1142,7 +1149,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
                     break
                 await asyncio.sleep(SENT_POLL)
         states = [f._state for f in futures]
-        for _ in range(5):
+        while True:     # (a value lost on its way is computed again, then fetched anew)
             await self._aio_wait(states)
             self._raise_errors(futures, errors)
             missing = [(f.key, f._state) for f in futures
