@@ -40,7 +40,7 @@ from .future import rebuild as _rebuild
 from .loop import get_runner
 from .coordination import DatasetsMixin
 from .operations import OperationsMixin, resources_arg
-from .placing import PlacingMixin
+from .placing import Placing
 from .output import OutputPrinter
 from .reconnect import RESENT, ReconnectMixin
 from .streaming import CHUNK, SENT_POLL, StreamedFuture, send_chunk, stream_map
@@ -72,7 +72,7 @@ def _unsupported(**options: Any) -> None:
             raise CallerError(f"{name}= is not supported by this version of tasknest")
 
 
-class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
+class Client(DatasetsMixin, OperationsMixin, ReconnectMixin):
     """A connection to a tasknest cluster. ``Executor`` is the same class."""
 
     _worker_side = False
@@ -112,7 +112,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         self._cluster_kwargs = cluster_kwargs
         self._peers: PeerPool | None = None
         self._sender: Any = None                  # streaming.Sender, once map() streams
-        self._placed: dict[str, m.Placed] = {}   # key -> its ``placed``, until the result
+        self._placing = Placing(self)             # tasks placed straight on workers
         self._submits: dict[str, tuple] = {}      # key -> its recipe, until the result
         self._requests: dict[int, m.Message] = {}  # rid -> request, until its reply
         self._info: dict = {}                       # what the scheduler said at welcome
@@ -297,9 +297,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             return
         with self._lock:
             pending = [k for k, st in self._states.items() if not st.done()]
-            for key, record in list(self._placed.items()):
-                if record.worker == address:
-                    del self._placed[key]
+            self._placing.lane_lost(address)
         self._comm.send(m.LaneLost(address))
         if pending:
             self._comm.send(m.Remind(pending))
@@ -323,8 +321,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             log.debug("client ignores %s", msg.op)
             return
         if isinstance(msg, (m.KeyMemory, m.KeyErred, m.KeyCancelled)):
-            if self._placed:
-                self._placed_done(msg)
+            if self._placing.placed:
+                self._placing.done(msg)
             if self._submits:
                 self._submits.pop(msg.key, None)
         getattr(self, handler)(msg)
@@ -409,7 +407,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
                 return
             self._refs.pop(key, None)
             self._states.pop(key, None)
-            self._placed.pop(key, None)
+            self._placing.placed.pop(key, None)
             self._submits.pop(key, None)
             emptied = not self._refs and sparse(self._states)
         if emptied and not self._worker_side:    # the last future of a large run went
@@ -427,8 +425,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             shrank = sparse(self._states) or sparse(self._refs)
             if shrank:
                 self._states, self._refs = dict(self._states), dict(self._refs)
-            if sparse(self._placed):
-                self._placed = dict(self._placed)
+            self._placing.compact()
         return shrank
 
     def _give_back_soon(self) -> None:
@@ -555,14 +552,15 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             with self._lock:    # (sent again if the scheduler restarts before the result)
                 self._submits[key] = (fbytes, abytes, deps, priority, retries, workers,
                                       resources, loose)
-            lane = None if deps or resources else self._lane() if workers is None \
-                else self._lane_to(workers[0][1:]) if len(workers) == 1 and \
+            placing = self._placing
+            lane = None if deps or resources else placing.lane() if workers is None \
+                else placing.lane_to(workers[0][1:]) if len(workers) == 1 and \
                 workers[0][:1] == "!" else None
             if lane is None:
                 self._send(m.Submit(key, fbytes, abytes, deps, priority, retries, workers,
                                     resources, loose))
             else:
-                self._place(key, fbytes, abytes, priority, retries, *lane,
+                placing.place(key, fbytes, abytes, priority, retries, *lane,
                             pinned=workers is not None)
         return fut
 
@@ -918,7 +916,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
                 if self._states.get(f.key) is st:     # detach: the key may live again
                     del self._states[f.key]
                     self._refs.pop(f.key, None)
-                    self._placed.pop(f.key, None)
+                    self._placing.placed.pop(f.key, None)
                     keys.append(f.key)
         for f in fs:
             if f._state.status != "cancelled":
@@ -1043,8 +1041,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         if any(type(f) is StreamedFuture for f in futures):
             self._wait_in_order(futures, timeout)
         states = [f._state for f in futures]
-        if len(futures) == 1 and futures[0].key in self._placed:
-            self._spin(states[0])
+        if len(futures) == 1 and futures[0].key in self._placing.placed:
+            self._placing.spin(states[0])
         for _ in range(5):
             self._wait_states(states, timeout)
             self._raise_errors(futures, errors)

@@ -22,6 +22,7 @@ from ..protocol import messages as m
 if TYPE_CHECKING:
     from ..client.future import FutureState
     from ..protocol.comm import Comm
+    from .placing import Placing
 
 log = logging.getLogger("tasknest.client")
 
@@ -38,7 +39,7 @@ class ReconnectMixin:
         _lock: Any
         _states: dict[str, FutureState]
         _submits: dict[str, tuple]
-        _placed: dict[str, m.Placed]
+        _placing: Placing
         _requests: dict[int, m.Message]
         _replies: dict[int, asyncio.Future]
 
@@ -98,7 +99,7 @@ class ReconnectMixin:
             held = list(self._states)
             pending = [(k, self._submits[k]) for k, st in self._states.items()
                        if not st.done() and k in self._submits]
-            self._placed.clear()        # (the places' confirms went with the old scheduler)
+            self._placing.placed.clear()        # (the places' confirms went with the old scheduler)
             requests = list(self._requests.items())
             for key, recipe in pending:     # the scheduler may never have read them
                 comm.send(m.Submit(key, *recipe))
