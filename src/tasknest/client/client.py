@@ -39,7 +39,8 @@ from .future import SKIP as _SKIP, Future, FutureState, describe_type, error_fro
 from .future import rebuild as _rebuild
 from .loop import get_runner
 from .coordination import DatasetsMixin
-from .operations import OperationsMixin, resources_arg
+from . import operations
+from .operations import resources_arg
 from .placing import Placing
 from .output import OutputPrinter
 from .reconnect import RESENT, ReconnectMixin
@@ -72,7 +73,7 @@ def _unsupported(**options: Any) -> None:
             raise CallerError(f"{name}= is not supported by this version of tasknest")
 
 
-class Client(DatasetsMixin, OperationsMixin, ReconnectMixin):
+class Client(DatasetsMixin, ReconnectMixin):
     """A connection to a tasknest cluster. ``Executor`` is the same class."""
 
     _worker_side = False
@@ -720,6 +721,20 @@ class Client(DatasetsMixin, OperationsMixin, ReconnectMixin):
                 return settle()
             return _after()  # type: ignore[return-value]
         return settle()
+
+    # -- operations on the cluster (operations.py) ---------------------------------------------
+    run = operations.run
+    run_on_scheduler = operations.run_on_scheduler
+    restart = operations.restart
+    retire_workers = operations.retire_workers
+    register_plugin = operations.register_plugin
+    upload_file = operations.upload_file
+    get_executor = operations.get_executor
+
+    @property
+    def cluster(self) -> Any:
+        """The cluster this client started (or was given), if any."""
+        return self._cluster
 
     # -- requests -------------------------------------------------------------------------------
     def _request(self, msg: m.Request, timeout: float | None = None) -> Any:
