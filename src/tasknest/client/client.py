@@ -38,8 +38,7 @@ from ..version import __version__
 from .future import SKIP as _SKIP, Future, FutureState, describe_type, error_from, flatten_futures
 from .future import rebuild as _rebuild
 from .loop import get_runner
-from .coordination import DatasetsMixin
-from . import operations
+from . import coordination, operations
 from .operations import resources_arg
 from .placing import Placing
 from .output import OutputPrinter
@@ -73,7 +72,7 @@ def _unsupported(**options: Any) -> None:
             raise CallerError(f"{name}= is not supported by this version of tasknest")
 
 
-class Client(DatasetsMixin, ReconnectMixin):
+class Client(ReconnectMixin):
     """A connection to a tasknest cluster. ``Executor`` is the same class."""
 
     _worker_side = False
@@ -735,6 +734,12 @@ class Client(DatasetsMixin, ReconnectMixin):
     def cluster(self) -> Any:
         """The cluster this client started (or was given), if any."""
         return self._cluster
+
+    # -- published datasets (coordination.py) ----------------------------------------------------
+    publish_dataset = coordination.publish_dataset
+    get_dataset = coordination.get_dataset
+    list_datasets = coordination.list_datasets
+    unpublish_dataset = coordination.unpublish_dataset
 
     # -- requests -------------------------------------------------------------------------------
     def _request(self, msg: m.Request, timeout: float | None = None) -> Any:
