@@ -42,7 +42,7 @@ from . import coordination, operations
 from .operations import resources_arg
 from .placing import Placing
 from .output import OutputPrinter
-from .reconnect import RESENT, ReconnectMixin
+from .reconnect import RESENT, Reconnection
 from .streaming import CHUNK, SENT_POLL, StreamedFuture, send_chunk, stream_map
 
 log = logging.getLogger("tasknest.client")
@@ -72,7 +72,7 @@ def _unsupported(**options: Any) -> None:
             raise CallerError(f"{name}= is not supported by this version of tasknest")
 
 
-class Client(ReconnectMixin):
+class Client:
     """A connection to a tasknest cluster. ``Executor`` is the same class."""
 
     _worker_side = False
@@ -113,6 +113,7 @@ class Client(ReconnectMixin):
         self._peers: PeerPool | None = None
         self._sender: Any = None                  # streaming.Sender, once map() streams
         self._placing = Placing(self)             # tasks placed straight on workers
+        self._reconnection = Reconnection(self)   # a lost scheduler: the way back
         self._submits: dict[str, tuple] = {}      # key -> its recipe, until the result
         self._requests: dict[int, m.Message] = {}  # rid -> request, until its reply
         self._info: dict = {}                       # what the scheduler said at welcome
@@ -303,7 +304,7 @@ class Client(ReconnectMixin):
             self._comm.send(m.Remind(pending))
 
     def _on_comm_closed(self, comm: Comm) -> None:
-        self._scheduler_lost(comm)      # (reconnect.py: wait for it to come back)
+        self._reconnection.lost(comm)      # (reconnect.py: wait for it to come back)
 
     def _check(self) -> None:
         if self.status != "running" and self.status != "reconnecting":
