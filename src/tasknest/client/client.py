@@ -332,9 +332,10 @@ class Client:
         st = self._states.get(msg.key)
         if st is not None:
             st.finish(msg.type, msg.nbytes, msg.who_has, msg.value)
-        if msg.who_has and not self._worker_side:
+        peers = self._peers
+        if msg.who_has and not self._worker_side and peers is not None:
             # results from that worker will come straight from it from now on
-            self._peers.ensure(msg.who_has[0])  # type: ignore[union-attr]
+            peers.ensure(msg.who_has[0])
 
     def _on_key_erred(self, msg: m.KeyErred) -> None:
         st = self._states.get(msg.key)
@@ -757,8 +758,9 @@ class Client:
         self._replies[self._rid] = fut
         if msg.op in RESENT:
             self._requests[self._rid] = msg
-        if self.status != "reconnecting":
-            self._comm.send(msg)  # type: ignore[union-attr]
+        comm = self._comm
+        if self.status != "reconnecting" and comm is not None:   # (running: it is set)
+            comm.send(msg)
         return await asyncio.wait_for(fut, timeout)
 
     def _query(self, what: str, arg: Any = None) -> Any:
@@ -1132,9 +1134,11 @@ class Client:
                 by_addr.setdefault(st.who_has[0], []).append((key, st))
             else:
                 lost.append(key)
+        peers = self._peers
+        assert peers is not None            # (a result came: connected)
         for addr, items in by_addr.items():
             try:
-                values = await self._peers.get_data(addr, [k for k, _ in items])  # type: ignore
+                values = await peers.get_data(addr, [k for k, _ in items])
             except (CommClosedError, OSError) as exc:
                 log.info("could not fetch from %s: %s", addr, exc)
                 values = {}
@@ -1146,7 +1150,9 @@ class Client:
                     lost.append(key)
                     st.reset()
         if lost:
-            self._comm.send(m.Want(lost))  # type: ignore[union-attr]
+            comm = self._comm                # (the one now, after the awaits)
+            assert comm is not None
+            comm.send(m.Want(lost))
 
     async def _gather_async(self, futures: list[Future], errors: str = "raise",
                             single: bool = False) -> Any:
@@ -1171,8 +1177,9 @@ class Client:
             if self._in_own_loop():
                 await self._fetch(missing)
             else:
+                assert self.loop is not None        # (set when the client started)
                 await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                    self._fetch(missing), self.loop))  # type: ignore[arg-type]
+                    self._fetch(missing), self.loop))
         vals = self._values(states)
         return vals[0] if single else vals
 
