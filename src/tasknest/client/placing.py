@@ -33,6 +33,7 @@ class Placing:
 
     def __init__(self, client: "Client") -> None:
         self.client = client
+        self.lock = client._lock                # (the client's: one for its whole life)
         self.placed: dict[str, m.Placed] = {}   # key -> its ``placed``, until the result
 
     def lane(self) -> tuple[str, Comm] | None:
@@ -40,7 +41,7 @@ class Placing:
         peers = self.client._peers
         if peers is None or len(self.placed) >= len(peers.comms):
             return None               # (in a map, after the first few: every lane is busy)
-        with self.client._lock:
+        with self.lock:
             busy = {p.worker for p in self.placed.values()}
         for addr, comm in list(peers.comms.items()):
             if addr not in busy and not comm.closed:
@@ -54,7 +55,7 @@ class Placing:
         comm = None if peers is None else peers.comms.get(addr)
         if comm is None or comm.closed:
             return None
-        with self.client._lock:
+        with self.lock:
             if any(p.worker == addr for p in self.placed.values()):
                 return None
         return addr, comm
@@ -63,7 +64,7 @@ class Placing:
               addr: str, comm: Comm, pinned: bool = False) -> None:
         seq = priority[2]            # unique in this process
         record = m.Placed(key, fbytes, abytes, priority, retries, addr, seq, m.NOT_YET, "", pinned)
-        with self.client._lock:
+        with self.lock:
             self.placed[key] = record
         self.client._send(record)
         # the task leaves now: the worker starts on it while this thread goes on
@@ -73,7 +74,7 @@ class Placing:
         """A key's end came (from the worker or the scheduler)."""
         if msg.key not in self.placed:
             return
-        with self.client._lock:
+        with self.lock:
             record = self.placed.pop(msg.key, None)
         if record is not None and isinstance(msg, m.KeyMemory):
             # if the record has not left yet, the scheduler learns where the result is
@@ -82,13 +83,13 @@ class Placing:
 
     def lane_lost(self, address: str) -> None:
         """The connection to this worker closed: its placed tasks go the usual way
-        (the scheduler hears of it); called under the client's lock."""
+        (the scheduler hears of it); called under the lock."""
         for key, record in list(self.placed.items()):
             if record.worker == address:
                 del self.placed[key]
 
     def compact(self) -> None:
-        """Right-size the table a large run left mostly empty; under the client's lock."""
+        """Right-size the table a large run left mostly empty; under the lock."""
         if sparse(self.placed):
             self.placed = dict(self.placed)
 
