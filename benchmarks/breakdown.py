@@ -28,7 +28,7 @@ IDLE_FUNCS = {"LoopRunner._run", "_run", "run_forever", "_run_once", "select", "
               "Condition.wait", "Event.wait", "Thread.join", "wait", "_wait_for_tstate_lock"}
 LAYERS = [          # first match wins, tested against the file of a frame
     ("user code", ("benchmarks/tasks.py",)),
-    ("waiting awake", ("Pool._spin", "PlacingMixin._spin")),
+    ("waiting awake", ("Pool._spin", "Placing.spin")),
     ("protocol", ("protocol/comm.py", "protocol/messages.py", "protocol/peers.py", "msgpack",
                   "<string>")),
     ("serialization", ("protocol/serialize.py", "pickle", "cloudpickle", "copyreg")),

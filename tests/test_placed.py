@@ -25,14 +25,14 @@ def boom(x: int) -> int:
 
 
 def counting_places(client: Client) -> list[str]:
-    """The keys this client places from now on (a wrapper around Client._place)."""
+    """The keys this client places from now on (a wrapper around its Placing.place)."""
     placed: list[str] = []
-    original = client._place
+    original = client._placing.place
 
     def place(key, *args, **kwargs):
         placed.append(key)
         return original(key, *args, **kwargs)
-    client._place = place  # type: ignore[method-assign]
+    client._placing.place = place  # type: ignore[method-assign]
     return placed
 
 
@@ -133,7 +133,7 @@ CLIENT_THAT_DIES = textwrap.dedent("""
         while len(c._peers.comms) < 2:
             c.gather(c.map(inc, range(20), pure=False))
         f = c.submit(wait_for_file, {gate!r}, pure=False)
-        assert c._placed, "the task was not placed"
+        assert c._placing.placed, "the task was not placed"
         print("placed", flush=True)
         os._exit(0)              # gone, with its placed task running and unconfirmed
 """)

@@ -247,3 +247,12 @@ def test_a_generated_token_never_reads_as_an_option():
     tokens = [new_token() for _ in range(3000)]
     assert not [t for t in tokens if t.startswith("-")]
     assert len(set(tokens)) == len(tokens)
+
+
+@pytest.mark.timeout(10)
+def test_a_server_without_a_certificate_is_a_caller_error():
+    from tasknest import TasknestError
+    from tasknest.deploy.security import Security
+    with pytest.raises(CallerError, match="tls_cert") as info:
+        Security().server_context()
+    assert isinstance(info.value, TasknestError)

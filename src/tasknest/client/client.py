@@ -38,11 +38,11 @@ from ..version import __version__
 from .future import SKIP as _SKIP, Future, FutureState, describe_type, error_from, flatten_futures
 from .future import rebuild as _rebuild
 from .loop import get_runner
-from .coordination import DatasetsMixin
-from .operations import OperationsMixin, resources_arg
-from .placing import PlacingMixin
+from . import coordination, operations
+from .operations import resources_arg
+from .placing import Placing
 from .output import OutputPrinter
-from .reconnect import RESENT, ReconnectMixin
+from .reconnect import RESENT, Reconnection
 from .streaming import CHUNK, SENT_POLL, StreamedFuture, send_chunk, stream_map
 
 log = logging.getLogger("tasknest.client")
@@ -72,7 +72,7 @@ def _unsupported(**options: Any) -> None:
             raise CallerError(f"{name}= is not supported by this version of tasknest")
 
 
-class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
+class Client:
     """A connection to a tasknest cluster. ``Executor`` is the same class."""
 
     _worker_side = False
@@ -112,7 +112,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         self._cluster_kwargs = cluster_kwargs
         self._peers: PeerPool | None = None
         self._sender: Any = None                  # streaming.Sender, once map() streams
-        self._placed: dict[str, m.Placed] = {}   # key -> its ``placed``, until the result
+        self._placing = Placing(self)             # tasks placed straight on workers
+        self._reconnection = Reconnection(self)   # a lost scheduler: the way back
         self._submits: dict[str, tuple] = {}      # key -> its recipe, until the result
         self._requests: dict[int, m.Message] = {}  # rid -> request, until its reply
         self._info: dict = {}                       # what the scheduler said at welcome
@@ -297,15 +298,13 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             return
         with self._lock:
             pending = [k for k, st in self._states.items() if not st.done()]
-            for key, record in list(self._placed.items()):
-                if record.worker == address:
-                    del self._placed[key]
+            self._placing.lane_lost(address)
         self._comm.send(m.LaneLost(address))
         if pending:
             self._comm.send(m.Remind(pending))
 
     def _on_comm_closed(self, comm: Comm) -> None:
-        self._scheduler_lost(comm)      # (reconnect.py: wait for it to come back)
+        self._reconnection.lost(comm)      # (reconnect.py: wait for it to come back)
 
     def _check(self) -> None:
         if self.status != "running" and self.status != "reconnecting":
@@ -323,8 +322,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             log.debug("client ignores %s", msg.op)
             return
         if isinstance(msg, (m.KeyMemory, m.KeyErred, m.KeyCancelled)):
-            if self._placed:
-                self._placed_done(msg)
+            if self._placing.placed:
+                self._placing.done(msg)
             if self._submits:
                 self._submits.pop(msg.key, None)
         getattr(self, handler)(msg)
@@ -333,9 +332,10 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         st = self._states.get(msg.key)
         if st is not None:
             st.finish(msg.type, msg.nbytes, msg.who_has, msg.value)
-        if msg.who_has and not self._worker_side:
+        peers = self._peers
+        if msg.who_has and not self._worker_side and peers is not None:
             # results from that worker will come straight from it from now on
-            self._peers.ensure(msg.who_has[0])  # type: ignore[union-attr]
+            peers.ensure(msg.who_has[0])
 
     def _on_key_erred(self, msg: m.KeyErred) -> None:
         st = self._states.get(msg.key)
@@ -409,7 +409,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
                 return
             self._refs.pop(key, None)
             self._states.pop(key, None)
-            self._placed.pop(key, None)
+            self._placing.placed.pop(key, None)
             self._submits.pop(key, None)
             emptied = not self._refs and sparse(self._states)
         if emptied and not self._worker_side:    # the last future of a large run went
@@ -427,8 +427,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             shrank = sparse(self._states) or sparse(self._refs)
             if shrank:
                 self._states, self._refs = dict(self._states), dict(self._refs)
-            if sparse(self._placed):
-                self._placed = dict(self._placed)
+            self._placing.compact()
         return shrank
 
     def _give_back_soon(self) -> None:
@@ -555,14 +554,15 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             with self._lock:    # (sent again if the scheduler restarts before the result)
                 self._submits[key] = (fbytes, abytes, deps, priority, retries, workers,
                                       resources, loose)
-            lane = None if deps or resources else self._lane() if workers is None \
-                else self._lane_to(workers[0][1:]) if len(workers) == 1 and \
+            placing = self._placing
+            lane = None if deps or resources else placing.lane() if workers is None \
+                else placing.lane_to(workers[0][1:]) if len(workers) == 1 and \
                 workers[0][:1] == "!" else None
             if lane is None:
                 self._send(m.Submit(key, fbytes, abytes, deps, priority, retries, workers,
                                     resources, loose))
             else:
-                self._place(key, fbytes, abytes, priority, retries, *lane,
+                placing.place(key, fbytes, abytes, priority, retries, *lane,
                             pinned=workers is not None)
         return fut
 
@@ -723,6 +723,26 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             return _after()  # type: ignore[return-value]
         return settle()
 
+    # -- operations on the cluster (operations.py) ---------------------------------------------
+    run = operations.run
+    run_on_scheduler = operations.run_on_scheduler
+    restart = operations.restart
+    retire_workers = operations.retire_workers
+    register_plugin = operations.register_plugin
+    upload_file = operations.upload_file
+    get_executor = operations.get_executor
+
+    @property
+    def cluster(self) -> Any:
+        """The cluster this client started (or was given), if any."""
+        return self._cluster
+
+    # -- published datasets (coordination.py) ----------------------------------------------------
+    publish_dataset = coordination.publish_dataset
+    get_dataset = coordination.get_dataset
+    list_datasets = coordination.list_datasets
+    unpublish_dataset = coordination.unpublish_dataset
+
     # -- requests -------------------------------------------------------------------------------
     def _request(self, msg: m.Request, timeout: float | None = None) -> Any:
         if self.asynchronous:
@@ -738,8 +758,9 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         self._replies[self._rid] = fut
         if msg.op in RESENT:
             self._requests[self._rid] = msg
-        if self.status != "reconnecting":
-            self._comm.send(msg)  # type: ignore[union-attr]
+        comm = self._comm
+        if self.status != "reconnecting" and comm is not None:   # (running: it is set)
+            comm.send(msg)
         return await asyncio.wait_for(fut, timeout)
 
     def _query(self, what: str, arg: Any = None) -> Any:
@@ -918,7 +939,7 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
                 if self._states.get(f.key) is st:     # detach: the key may live again
                     del self._states[f.key]
                     self._refs.pop(f.key, None)
-                    self._placed.pop(f.key, None)
+                    self._placing.placed.pop(f.key, None)
                     keys.append(f.key)
         for f in fs:
             if f._state.status != "cancelled":
@@ -1043,8 +1064,8 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
         if any(type(f) is StreamedFuture for f in futures):
             self._wait_in_order(futures, timeout)
         states = [f._state for f in futures]
-        if len(futures) == 1 and futures[0].key in self._placed:
-            self._spin(states[0])
+        if len(futures) == 1 and futures[0].key in self._placing.placed:
+            self._placing.spin(states[0])
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:     # (a value lost on its way is computed again, then fetched anew)
             self._wait_states(states, None if deadline is None else
@@ -1115,11 +1136,11 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
                 by_addr.setdefault(st.who_has[0], []).append((key, st))
             else:
                 lost.append(key)
-        comm = self._comm
-        assert comm is not None and self._peers is not None
+        peers = self._peers
+        assert peers is not None            # (a result came: connected)
         for addr, items in by_addr.items():
             try:
-                values = await self._peers.get_data(addr, [k for k, _ in items])
+                values = await peers.get_data(addr, [k for k, _ in items])
             except (CommClosedError, OSError) as exc:
                 log.info("could not fetch from %s: %s", addr, exc)
                 values = {}
@@ -1130,10 +1151,14 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
                 else:
                     # (the scheduler may not know yet that the worker died: without this
                     # it would name the same worker again)
+                    comm = self._comm        # (the one now, after the await)
+                    assert comm is not None
                     comm.send(m.MissingData(key, addr))
                     lost.append(key)
                     st.reset()
         if lost:
+            comm = self._comm                # (the one now, after the awaits)
+            assert comm is not None
             comm.send(m.Want(lost))
 
     async def _gather_async(self, futures: list[Future], errors: str = "raise",
@@ -1159,8 +1184,9 @@ class Client(PlacingMixin, DatasetsMixin, OperationsMixin, ReconnectMixin):
             if self._in_own_loop():
                 await self._fetch(missing)
             else:
+                assert self.loop is not None        # (set when the client started)
                 await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                    self._fetch(missing), self.loop))  # type: ignore[arg-type]
+                    self._fetch(missing), self.loop))
         vals = self._values(states)
         return vals[0] if single else vals
 

@@ -276,79 +276,80 @@ class Lock(_Leases):
         return call(self.client, "semaphore", self._sem_name, "count", post=lambda n: n > 0)
 
 
-class DatasetsMixin:
-    """``publish_dataset`` and friends, for Client."""
+# -- a client's published datasets: functions of a typed self, bound as Client's methods
+def publish_dataset(self: Client, *args: Any, name: str | None = None, override: bool = False,
+                    **kwargs: Any) -> None:
+    """Publish futures (or any values) under names: ``publish_dataset(x=fut)``.
 
-    def publish_dataset(self, *args: Any, name: str | None = None, override: bool = False,
-                        **kwargs: Any) -> None:
-        """Publish futures (or any values) under names: ``publish_dataset(x=fut)``.
+    The scheduler keeps the futures' results alive until they are unpublished.
 
-        The scheduler keeps the futures' results alive until they are unpublished.
+    Args:
+        *args: one value, published under ``name``.
+        **kwargs: values published under their keywords' names.
+        name: the name of the positional value.
+        override: replace a dataset of the same name instead of failing.
 
-        Args:
-            *args: one value, published under ``name``.
-            **kwargs: values published under their keywords' names.
-            name: the name of the positional value.
-            override: replace a dataset of the same name instead of failing.
+    Raises:
+        CallerError: a name is already published (without ``override``), or bad
+            arguments.
+    """
+    named = dict(kwargs)
+    if args:
+        if name is None or len(args) != 1:
+            raise CallerError("publish_dataset(value, name=...) takes one value with a name")
+        named[name] = args[0]
+    def post(answer: Any) -> None:
+        if isinstance(answer, dict) and answer.get("exists"):
+            raise CallerError("a dataset of that name is already published "
+                              "(override=True replaces it)")
+    for n, value in named.items():
+        call(self, "dataset", _name(n, "dataset"), "publish", value=value,
+             arg=bool(override), post=post)
 
-        Raises:
-            CallerError: a name is already published (without ``override``), or bad
-                arguments.
-        """
-        named = dict(kwargs)
-        if args:
-            if name is None or len(args) != 1:
-                raise CallerError("publish_dataset(value, name=...) takes one value with a name")
-            named[name] = args[0]
-        def post(answer: Any) -> None:
-            if isinstance(answer, dict) and answer.get("exists"):
-                raise CallerError("a dataset of that name is already published "
-                                  "(override=True replaces it)")
-        for n, value in named.items():
-            call(self, "dataset", _name(n, "dataset"), "publish", value=value,  # type: ignore
-                 arg=bool(override), post=post)
 
-    def get_dataset(self, name: str, default: Any = _NO_DEFAULT, timeout: float | None = None) -> Any:
-        """The value published under ``name``.
+def get_dataset(self: Client, name: str, default: Any = _NO_DEFAULT, timeout: float | None = None) -> Any:
+    """The value published under ``name``.
 
-        Args:
-            name: the dataset's name.
-            default: returned when nothing is published under ``name``.
-            timeout: accepted for dask compatibility.
+    Args:
+        name: the dataset's name.
+        default: returned when nothing is published under ``name``.
+        timeout: accepted for dask compatibility.
 
-        Returns:
-            The value; futures inside it are bound to this client.
+    Returns:
+        The value; futures inside it are bound to this client.
 
-        Raises:
-            NotFoundError: nothing is published under ``name`` and no default was given
-                (also a KeyError).
-        """
-        def post(answer: Any) -> Any:
-            if answer.get("missing"):
-                if default is _NO_DEFAULT:
-                    raise NotFoundError(f"no dataset named {name!r} is published")
-                return default
-            return _unpack(self, answer["value"])  # type: ignore[arg-type]
-        return call(self, "dataset", _name(name, "dataset"), "get", post=post)  # type: ignore
-
-    def list_datasets(self) -> Any:
-        """The names of the published datasets.
-
-        Returns:
-            A tuple of names.
-        """
-        return call(self, "dataset", "*", "list", post=tuple)  # type: ignore[arg-type]
-
-    def unpublish_dataset(self, name: str) -> None:
-        """Forget the dataset published under ``name`` (its results may then be freed).
-
-        Args:
-            name: the dataset's name.
-
-        Raises:
-            NotFoundError: nothing is published under ``name`` (also a KeyError).
-        """
-        def post(answer: Any) -> None:
-            if isinstance(answer, dict) and answer.get("missing"):
+    Raises:
+        NotFoundError: nothing is published under ``name`` and no default was given
+            (also a KeyError).
+    """
+    def post(answer: Any) -> Any:
+        if answer.get("missing"):
+            if default is _NO_DEFAULT:
                 raise NotFoundError(f"no dataset named {name!r} is published")
-        return call(self, "dataset", _name(name, "dataset"), "unpublish", post=post)  # type: ignore
+            return default
+        return _unpack(self, answer["value"])
+    return call(self, "dataset", _name(name, "dataset"), "get", post=post)
+
+
+def list_datasets(self: Client) -> Any:
+    """The names of the published datasets.
+
+    Returns:
+        A tuple of names.
+    """
+    return call(self, "dataset", "*", "list", post=tuple)
+
+
+def unpublish_dataset(self: Client, name: str) -> None:
+    """Forget the dataset published under ``name`` (its results may then be freed).
+
+    Args:
+        name: the dataset's name.
+
+    Raises:
+        NotFoundError: nothing is published under ``name`` (also a KeyError).
+    """
+    def post(answer: Any) -> None:
+        if isinstance(answer, dict) and answer.get("missing"):
+            raise NotFoundError(f"no dataset named {name!r} is published")
+    return call(self, "dataset", _name(name, "dataset"), "unpublish", post=post)

@@ -65,8 +65,9 @@ class ClientExecutor(cf.Executor):
         with self._lock:
             self._futures.add(out)
         client = self._client
+        assert client.loop is not None      # (its submit went through: it is started)
         inner = asyncio.run_coroutine_threadsafe(
-            client._gather_async([future], single=True), client.loop)  # type: ignore[arg-type]
+            client._gather_async([future], single=True), client.loop)
 
         def copy(done: cf.Future) -> None:
             with self._lock:

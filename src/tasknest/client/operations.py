@@ -6,6 +6,9 @@ the scheduler, worker plugins, uploaded files.
 
 A plugin (and an uploaded file, which is one) is kept by the scheduler and set up
 on every worker that joins later too; a worker tears its plugins down as it closes.
+
+They hold no state of their own: each is a function of a typed ``self: Client``,
+bound as a method in Client's body (``run = operations.run``).
 """
 from __future__ import annotations
 
@@ -13,12 +16,15 @@ import importlib
 import os
 import sys
 import tempfile
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import CallerError, RemoteError
 from ..protocol import messages as m
 from ..protocol.calls import dumps_run
 from ..protocol.serialize import loads_value
+
+if TYPE_CHECKING:
+    from .client import Client
 
 
 def _setup_plugin(name: str, plugin: Any, dask_worker: Any = None) -> Any:
@@ -55,171 +61,167 @@ class UploadedFile:
             importlib.reload(sys.modules[module])
 
 
-class OperationsMixin:
-    """``run``, ``run_on_scheduler``, ``register_plugin``, ``upload_file``, ``cluster``."""
+def _op(self: Client, msg: m.Request, post: Callable[[Any], Any],
+        timeout: float | None = None) -> Any:
+    """One request to the scheduler; a coroutine on an asynchronous client."""
+    self._check()
+    if self.asynchronous:
+        async def _a() -> Any:
+            return post(await self._request_async(msg, timeout))
+        return _a()
+    with self._lending():
+        return post(self._request(msg, timeout))
 
-    if False:  # (attributes of Client, for readers and type checkers)
-        _cluster: Any
-        asynchronous: bool
 
-    def _op(self, msg: m.Message, post: Callable[[Any], Any], timeout: float | None = None) -> Any:
-        self._check()  # type: ignore[attr-defined]
-        if self.asynchronous:
-            async def _a() -> Any:
-                return post(await self._request_async(msg, timeout))  # type: ignore[attr-defined]
-            return _a()
-        with self._lending():  # type: ignore[attr-defined]
-            return post(self._request(msg, timeout))  # type: ignore[attr-defined]
+def restart(self: Client, timeout: float | None = 60.0) -> Any:
+    """Start every worker process anew (their nannies do).
 
-    def restart(self, timeout: float | None = 60.0) -> Any:
-        """Start every worker process anew (their nannies do).
+    Every future not yet released errs with a "restarted" error; submitting again runs
+    it again.
 
-        Every future not yet released errs with a "restarted" error; submitting again runs
-        it again.
+    Args:
+        timeout: seconds (or a string) to wait for as many new workers to join.
 
-        Args:
-            timeout: seconds (or a string) to wait for as many new workers to join.
+    Returns:
+        Once as many new workers have joined.
 
-        Returns:
-            Once as many new workers have joined.
+    Raises:
+        TimedOutError: they did not join within ``timeout``.
+    """
+    if self._worker_side:
+        raise CallerError("restart() from inside a task would stop that task's worker")
+    return _op(self, m.Restart(0), lambda _: None, timeout)
 
-        Raises:
-            TimedOutError: they did not join within ``timeout``.
-        """
-        _check = getattr(self, "_worker_side", False)
-        if _check:
-            raise CallerError("restart() from inside a task would stop that task's worker")
-        return self._op(m.Restart(0), lambda _: None, timeout)
 
-    def retire_workers(self, workers: Any, timeout: float = 60.0) -> Any:
-        """Retire these workers (addresses or names) gracefully: they get no new task,
-        the results only they hold are copied to other workers (nothing is computed
-        again), their running tasks finish (for up to ``timeout`` seconds; what is
-        still running then runs again elsewhere), then they leave.
+def retire_workers(self: Client, workers: Any, timeout: float = 60.0) -> Any:
+    """Retire these workers (addresses or names) gracefully: they get no new task,
+    the results only they hold are copied to other workers (nothing is computed
+    again), their running tasks finish (for up to ``timeout`` seconds; what is
+    still running then runs again elsewhere), then they leave.
 
-        Args:
-            workers: an address or name, or a list of them.
-            timeout: seconds the running tasks get to finish.
+    Args:
+        workers: an address or name, or a list of them.
+        timeout: seconds the running tasks get to finish.
 
-        Returns:
-            The addresses of the workers that left.
+    Returns:
+        The addresses of the workers that left.
 
-        Raises:
-            CallerError: no workers were named.
-        """
-        names = self._workers_arg(workers)  # type: ignore[attr-defined]
-        if not names:
-            raise CallerError("retire_workers() needs the addresses or names of workers")
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise CallerError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        return self._op(m.Retire(0, list(names), max(1, int(timeout * 1000))), lambda v: v,
-                        float(timeout) + 30.0)
+    Raises:
+        CallerError: no workers were named.
+    """
+    names = self._workers_arg(workers)
+    if not names:
+        raise CallerError("retire_workers() needs the addresses or names of workers")
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise CallerError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return _op(self, m.Retire(0, list(names), max(1, int(timeout * 1000))), lambda v: v,
+                    float(timeout) + 30.0)
 
-    def run(self, function: Callable, *args: Any, workers: Any = None,
-            on_error: str = "raise", **kwargs: Any) -> Any:
-        """Run ``function(*args, **kwargs)`` once on each worker, outside any task.
 
-        Args:
-            function: a picklable callable; a ``dask_worker`` parameter gets the worker.
-            *args, **kwargs: its arguments.
-            workers: addresses or names; None: every worker.
-            on_error: "raise" the first exception, or "return" exceptions as results.
+def run(self: Client, function: Callable, *args: Any, workers: Any = None,
+        on_error: str = "raise", **kwargs: Any) -> Any:
+    """Run ``function(*args, **kwargs)`` once on each worker, outside any task.
 
-        Returns:
-            ``{worker address: result}``.
+    Args:
+        function: a picklable callable; a ``dask_worker`` parameter gets the worker.
+        *args, **kwargs: its arguments.
+        workers: addresses or names; None: every worker.
+        on_error: "raise" the first exception, or "return" exceptions as results.
 
-        Raises:
-            The function's exception (with ``on_error="raise"``).
-        """
-        if not callable(function):
-            raise CallerError(f"run() needs a callable, got {function!r:.60}")
-        if on_error not in ("raise", "return"):
-            raise CallerError(f"on_error must be 'raise' or 'return', got {on_error!r}")
-        msg = m.Run(0, dumps_run(function, args, kwargs),
-                    self._workers_arg(workers), "workers", "")  # type: ignore[attr-defined]
-        return self._op(msg, lambda answer: _results(answer, on_error))
+    Returns:
+        ``{worker address: result}``.
 
-    def run_on_scheduler(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Run ``function(*args, **kwargs)`` in the scheduler's process.
+    Raises:
+        The function's exception (with ``on_error="raise"``).
+    """
+    if not callable(function):
+        raise CallerError(f"run() needs a callable, got {function!r:.60}")
+    if on_error not in ("raise", "return"):
+        raise CallerError(f"on_error must be 'raise' or 'return', got {on_error!r}")
+    msg = m.Run(0, dumps_run(function, args, kwargs),
+                self._workers_arg(workers), "workers", "")
+    return _op(self, msg, lambda answer: _results(answer, on_error))
 
-        Args:
-            function: a picklable callable; a ``dask_scheduler`` parameter gets the scheduler.
-            *args, **kwargs: its arguments.
 
-        Returns:
-            Its result.
+def run_on_scheduler(self: Client, function: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Run ``function(*args, **kwargs)`` in the scheduler's process.
 
-        Raises:
-            The function's exception.
-        """
-        if not callable(function):
-            raise CallerError(f"run_on_scheduler() needs a callable, got {function!r:.60}")
-        msg = m.Run(0, dumps_run(function, args, kwargs), None, "scheduler", "")
-        return self._op(msg, lambda answer: _results(answer, "raise")["scheduler"])
+    Args:
+        function: a picklable callable; a ``dask_scheduler`` parameter gets the scheduler.
+        *args, **kwargs: its arguments.
 
-    def register_plugin(self, plugin: Any, name: str | None = None) -> Any:
-        """Set ``plugin`` up on every worker, present and future.
+    Returns:
+        Its result.
 
-        ``plugin.setup(worker)`` runs now (or as a worker joins), ``plugin.teardown(worker)``
-        as it closes. A plugin of the same name replaces the earlier one.
+    Raises:
+        The function's exception.
+    """
+    if not callable(function):
+        raise CallerError(f"run_on_scheduler() needs a callable, got {function!r:.60}")
+    msg = m.Run(0, dumps_run(function, args, kwargs), None, "scheduler", "")
+    return _op(self, msg, lambda answer: _results(answer, "raise")["scheduler"])
 
-        Args:
-            plugin: an object with ``setup(worker)`` and optionally ``teardown(worker)``.
-            name: its name (by default its ``name`` attribute, or its class and id).
 
-        Returns:
-            ``{worker address: setup's result}``.
+def register_plugin(self: Client, plugin: Any, name: str | None = None) -> Any:
+    """Set ``plugin`` up on every worker, present and future.
 
-        Raises:
-            setup's own exception, raised on a worker; CallerError: a name that is not a
-            string.
-        """
-        name = name or getattr(plugin, "name", None) or \
-            f"{type(plugin).__name__}-{id(plugin):x}"
-        if not isinstance(name, str):
-            raise CallerError(f"a plugin name must be a string, got {name!r}")
-        msg = m.Run(0, dumps_run(_setup_plugin, (name, plugin), {}), None, "workers", name)
-        return self._op(msg, lambda answer: _results(answer, "raise"))
+    ``plugin.setup(worker)`` runs now (or as a worker joins), ``plugin.teardown(worker)``
+    as it closes. A plugin of the same name replaces the earlier one.
 
-    def upload_file(self, filename: str) -> Any:
-        """Make a .py, .zip or .egg file importable on every worker, present and future.
+    Args:
+        plugin: an object with ``setup(worker)`` and optionally ``teardown(worker)``.
+        name: its name (by default its ``name`` attribute, or its class and id).
 
-        Args:
-            filename: the local file's path.
+    Returns:
+        ``{worker address: setup's result}``.
 
-        Returns:
-            ``{worker address: None}``, once every present worker has it.
+    Raises:
+        setup's own exception, raised on a worker; CallerError: a name that is not a
+        string.
+    """
+    name = name or getattr(plugin, "name", None) or \
+        f"{type(plugin).__name__}-{id(plugin):x}"
+    if not isinstance(name, str):
+        raise CallerError(f"a plugin name must be a string, got {name!r}")
+    msg = m.Run(0, dumps_run(_setup_plugin, (name, plugin), {}), None, "workers", name)
+    return _op(self, msg, lambda answer: _results(answer, "raise"))
 
-        Raises:
-            CallerError: the file cannot be read or is not .py, .zip or .egg.
-        """
-        if not isinstance(filename, str) or not filename.endswith((".py", ".zip", ".egg")):
-            raise CallerError(f"upload_file() takes the path of a .py, .zip or .egg file, "
-                              f"got {filename!r}")
-        try:
-            with open(filename, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            raise CallerError(f"upload_file() cannot read {filename!r}: {exc}") from exc
-        base = os.path.basename(filename)
-        return self.register_plugin(UploadedFile(base, data), name="upload:" + base)
 
-    def get_executor(self, **submit_options: Any) -> Any:
-        """A concurrent.futures.Executor whose submits go through this client.
+def upload_file(self: Client, filename: str) -> Any:
+    """Make a .py, .zip or .egg file importable on every worker, present and future.
 
-        Args:
-            **submit_options: passed to every ``submit`` (e.g. ``workers=``, ``retries=``).
+    Args:
+        filename: the local file's path.
 
-        Returns:
-            A ``concurrent.futures.Executor``.
-        """
-        from .executor import ClientExecutor
-        return ClientExecutor(self, **submit_options)  # type: ignore[arg-type]
+    Returns:
+        ``{worker address: None}``, once every present worker has it.
 
-    @property
-    def cluster(self) -> Any:
-        """The cluster this client started (or was given), if any."""
-        return self._cluster
+    Raises:
+        CallerError: the file cannot be read or is not .py, .zip or .egg.
+    """
+    if not isinstance(filename, str) or not filename.endswith((".py", ".zip", ".egg")):
+        raise CallerError(f"upload_file() takes the path of a .py, .zip or .egg file, "
+                          f"got {filename!r}")
+    try:
+        with open(filename, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise CallerError(f"upload_file() cannot read {filename!r}: {exc}") from exc
+    base = os.path.basename(filename)
+    return register_plugin(self, UploadedFile(base, data), name="upload:" + base)
+
+
+def get_executor(self: Client, **submit_options: Any) -> Any:
+    """A concurrent.futures.Executor whose submits go through this client.
+
+    Args:
+        **submit_options: passed to every ``submit`` (e.g. ``workers=``, ``retries=``).
+
+    Returns:
+        A ``concurrent.futures.Executor``.
+    """
+    from .executor import ClientExecutor
+    return ClientExecutor(self, **submit_options)
 
 
 def resources_arg(resources: Any) -> dict | None:

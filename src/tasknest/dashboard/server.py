@@ -89,14 +89,17 @@ class Dashboard:
 
     # -- life cycle (called on the scheduler's loop) -------------------------------------
     async def start(self) -> "Dashboard":
-        self.sched_loop = asyncio.get_running_loop()
-        ready: "asyncio.Future[Any]" = self.sched_loop.create_future()
+        sched_loop = self.sched_loop = asyncio.get_running_loop()
+        ready: "asyncio.Future[Any]" = sched_loop.create_future()
 
         def done(error: BaseException | None) -> None:
             if not ready.done():
                 (ready.set_exception(error) if error else ready.set_result(None))
 
-        self._thread = threading.Thread(target=self._run, args=(done,), daemon=True,
+        def report(error: BaseException | None) -> None:    # (from the dashboard's thread)
+            sched_loop.call_soon_threadsafe(done, error)
+
+        self._thread = threading.Thread(target=self._run, args=(report,), daemon=True,
                                         name="tasknest-dashboard")
         self._thread.start()
         await ready
@@ -121,18 +124,20 @@ class Dashboard:
     async def _shutdown(self) -> None:
         for q in list(self.viewers):      # open event streams end now, not at a timeout
             q.put_nowait(None)
-        await self._runner.cleanup()  # type: ignore[union-attr]
+        runner = self._runner
+        assert runner is not None           # (close() shuts down only what served)
+        await runner.cleanup()
 
-    def _run(self, done: Callable[[BaseException | None], None]) -> None:
+    def _run(self, report: Callable[[BaseException | None], None]) -> None:
         loop = self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._serve())
         except BaseException as exc:
-            self.sched_loop.call_soon_threadsafe(done, exc)  # type: ignore[union-attr]
+            report(exc)
             loop.close()
             return
-        self.sched_loop.call_soon_threadsafe(done, None)  # type: ignore[union-attr]
+        report(None)
         try:
             loop.run_forever()
         finally:
@@ -181,6 +186,8 @@ class Dashboard:
     async def _tick(self) -> None:
         interval = TICK
         obs = self.scheduler.observer
+        loop = self.loop
+        assert loop is not None             # (ticks start once the dashboard serves)
         while True:
             before = time.monotonic()
             await asyncio.sleep(interval)
@@ -191,7 +198,7 @@ class Dashboard:
             snap = self._snapshot()
             # a large state makes the scan slow: tick less often rather than slow the loop
             interval = max(TICK, snap["scan_seconds"] / SCAN_SHARE)
-            self.loop.call_soon_threadsafe(self._publish, snap)  # type: ignore[union-attr]
+            loop.call_soon_threadsafe(self._publish, snap)
 
     def _snapshot(self) -> dict:
         snap = views.snapshot(self.scheduler.state, self.scheduler.observer, self._since,
@@ -223,7 +230,8 @@ class Dashboard:
     async def on_scheduler(self, fn: Callable, *args: Any) -> Any:
         async def call() -> Any:
             return fn(*args)
-        fut = asyncio.run_coroutine_threadsafe(call(), self.sched_loop)  # type: ignore[arg-type]
+        assert self.sched_loop is not None  # (requests come once start() ran)
+        fut = asyncio.run_coroutine_threadsafe(call(), self.sched_loop)
         return await asyncio.wrap_future(fut)
 
     async def fresh(self, max_age: float = 0.0) -> dict:
@@ -234,9 +242,9 @@ class Dashboard:
         if last is None or time.monotonic() - self.latest_at >= (
                 max_age if last["scan_seconds"] < 0.005 else
                 max(2 * TICK, last["scan_seconds"] / SCAN_SHARE)):
-            snap = await self.on_scheduler(self._snapshot)
-            self._publish(snap)
-        return self.latest  # type: ignore[return-value]
+            last = await self.on_scheduler(self._snapshot)
+            self._publish(last)
+        return last
 
     # -- HTTP ---------------------------------------------------------------------------------
     @web.middleware

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any
+from typing import IO, Any
 
 from ..protocol.auth import new_token
 from ..errors import CallerError, ClusterStartError, TasknestError
@@ -379,9 +379,15 @@ def _spawn(cmd: list[str], env: dict[str, str],
     return proc
 
 
+def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
+    """A child's stream that was opened with PIPE (so it is set)."""
+    assert stream is not None, "the stream was not opened with subprocess.PIPE"
+    return stream
+
+
 def _tee(proc: subprocess.Popen, log: "collections.deque[str]") -> None:
     out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
-    for line in iter(proc.stderr.readline, b""):  # type: ignore[union-attr]
+    for line in iter(_pipe(proc.stderr).readline, b""):
         log.append(line.decode(errors="replace").rstrip("\n"))
         if out is not None:
             try:
@@ -409,10 +415,11 @@ def _stop(proc: subprocess.Popen, timeout: float) -> None:
 def _first_line(proc: subprocess.Popen, timeout: float, what: str) -> str:
     """The first stdout line of a child (its address), then forward the rest."""
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+    stdout = _pipe(proc.stdout)
+    sel.register(stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
     buf = b""
-    fd = proc.stdout.fileno()  # type: ignore[union-attr]
+    fd = stdout.fileno()
     while b"\n" not in buf:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -434,7 +441,7 @@ def _first_line(proc: subprocess.Popen, timeout: float, what: str) -> str:
 def _forward(proc: subprocess.Popen, first: bytes) -> None:
     """Copy what tasks print on the cluster's processes to our stdout."""
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
-    fd = proc.stdout.fileno()  # type: ignore[union-attr]
+    fd = _pipe(proc.stdout).fileno()
     data = first
     while True:
         if data and out is not None:

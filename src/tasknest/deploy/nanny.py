@@ -93,9 +93,15 @@ class Nanny:
                 except (ValueError, OSError):
                     pass
 
+    @property
+    def _child(self) -> subprocess.Popen:
+        """The worker's process: set from the first spawn on, before any use here."""
+        assert self.proc is not None, "the worker was not spawned yet"
+        return self.proc
+
     def _rss(self) -> int:
         try:
-            return psutil.Process(self.proc.pid).memory_info().rss  # type: ignore[union-attr]
+            return psutil.Process(self._child.pid).memory_info().rss
         except psutil.Error:
             return 0
 
@@ -105,16 +111,17 @@ class Nanny:
         import shutil
         from ..protocol.sharedmem import remove_segments
         from ..worker.spill import spill_directories
-        for path in spill_directories(self.proc.pid):  # type: ignore[union-attr]
+        for path in spill_directories(self._child.pid):
             shutil.rmtree(path, ignore_errors=True)
-        remove_segments(self.proc.pid)  # type: ignore[union-attr]
+        remove_segments(self._child.pid)
 
     def _kill(self) -> None:
+        proc = self._child
         try:
-            self.proc.kill()  # type: ignore[union-attr]
+            proc.kill()
         except ProcessLookupError:
             pass
-        self.proc.wait()  # type: ignore[union-attr]
+        proc.wait()
 
     # -- supervision -----------------------------------------------------------------------
     def stop(self, reason: str, sig: int = signal.SIGTERM) -> None:
@@ -129,7 +136,8 @@ class Nanny:
                 pass
 
     def _parent_gone(self) -> bool:
-        return bool(self.watch_pid) and not psutil.pid_exists(int(self.watch_pid))  # type: ignore
+        pid = self.watch_pid
+        return bool(pid and not psutil.pid_exists(int(pid)))
 
     def run(self) -> int:
         self._spawn()

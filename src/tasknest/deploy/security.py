@@ -7,6 +7,7 @@ import ssl
 import tempfile
 from dataclasses import dataclass, field
 
+from ..errors import CallerError
 from ..tls import client_ssl_context, server_ssl_context
 
 __all__ = ["Security", "client_ssl_context", "server_ssl_context"]
@@ -24,7 +25,10 @@ class Security:
     def server_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.tls_ca)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(self.tls_cert, self.tls_key)  # type: ignore[arg-type]
+        if self.tls_cert is None:
+            raise CallerError("a server's Security needs tls_cert (and tls_key, unless "
+                              "the certificate file holds the key)")
+        ctx.load_cert_chain(self.tls_cert, self.tls_key)
         if self.tls_ca:
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx

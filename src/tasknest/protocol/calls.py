@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import cloudpickle
@@ -22,10 +23,11 @@ def dumps_run(fn: Any, args: tuple, kwargs: dict) -> bytes:
 
 
 def _call(fn: Any, args: tuple, kwargs: dict, extra: dict[str, Any]) -> Any:
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        params = {}  # type: ignore[assignment]
+    except (TypeError, ValueError):     # (a builtin without a signature: no extras)
+        params = {}
     for name, value in extra.items():
         if name in params and name not in kwargs:
             kwargs = {**kwargs, name: value}

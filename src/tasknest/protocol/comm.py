@@ -22,7 +22,7 @@ import os
 import ssl
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import psutil
 
@@ -108,7 +108,9 @@ class Comm(asyncio.BufferedProtocol):
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # a stream's transport (the loop's, or a SocketTransport): one that writes
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         sock = transport.get_extra_info("socket")
@@ -119,7 +121,7 @@ class Comm(asyncio.BufferedProtocol):
             # our own descriptor of the socket: its number cannot be reused while we hold it
             self._fd = os.dup(sock.fileno())
             # resume_writing tells when the transport's own buffer is empty again
-            transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
+            transport.set_write_buffer_limits(high=0)
         if sock is not None:
             try:
                 import socket
@@ -129,7 +131,7 @@ class Comm(asyncio.BufferedProtocol):
                 pass
         if self.server_side:
             self._nonce_s, data = auth.challenge()
-            transport.write(data)  # type: ignore[attr-defined]
+            transport.write(data)
         self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -161,6 +163,8 @@ class Comm(asyncio.BufferedProtocol):
     # -- handshake ---------------------------------------------------------------
     def _handshake(self) -> bool:
         take = self._reader.take
+        transport = self.transport
+        assert transport is not None      # (bytes came: the connection was made)
         if self.server_side:
             response = take(auth.RESPONSE_LEN)
             if response is None:
@@ -169,7 +173,7 @@ class Comm(asyncio.BufferedProtocol):
             if confirm is None:
                 self.abort("authentication failed: wrong or missing token")
                 return False
-            self.transport.write(confirm)  # type: ignore[union-attr]
+            transport.write(confirm)
         else:
             if not self._nonce_c:
                 greeting = take(auth.CHALLENGE_LEN)
@@ -181,7 +185,7 @@ class Comm(asyncio.BufferedProtocol):
                     return False
                 self._nonce_s = greeting[5:]
                 self._nonce_c, response = reply
-                self.transport.write(response)  # type: ignore[union-attr]
+                transport.write(response)
             confirm = take(auth.CONFIRM_LEN)
             if confirm is None:
                 return False
@@ -189,8 +193,6 @@ class Comm(asyncio.BufferedProtocol):
                 self.abort("authentication failed: the server does not hold our token")
                 return False
         self._authed = True
-        transport = self.transport
-        assert transport is not None
         self.codecs_offered = compression.readable(transport.get_extra_info("sockname"),
                                                    transport.get_extra_info("peername"))
         if self.codecs_offered:
@@ -610,7 +612,7 @@ async def connect(address: str, token: str | bytes | None = None, timeout: float
         try:
             comm = Comm(key, server_side=False, max_frame=max_frame)
             if threadsafe and ssl_context is None:
-                await asyncio.wait_for(open_connection(loop, comm, host, port),  # type: ignore[arg-type]
+                await asyncio.wait_for(open_connection(loop, comm, host, port),
                                        remaining)
             else:
                 await asyncio.wait_for(loop.create_connection(

@@ -26,7 +26,7 @@ class SocketTransport:
     threadsafe = True
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 protocol: asyncio.Protocol) -> None:
+                 protocol: asyncio.BaseProtocol) -> None:
         sock.setblocking(False)
         self._loop = loop
         self._sock = sock
@@ -42,7 +42,7 @@ class SocketTransport:
         self._extra = {"peername": sock.getpeername(), "sockname": sock.getsockname(),
                        "socket": sock}
         loop.add_reader(self._fd, self._on_readable)
-        protocol.connection_made(self)  # type: ignore[arg-type]
+        protocol.connection_made(self)  # type: ignore[arg-type]  # (duck-types asyncio.Transport)
 
     # -- what Comm uses of asyncio.Transport --------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -191,7 +191,7 @@ class SocketTransport:
             self._protocol.connection_lost(exc)
 
 
-async def open_connection(loop: asyncio.AbstractEventLoop, protocol: asyncio.Protocol,
+async def open_connection(loop: asyncio.AbstractEventLoop, protocol: asyncio.BaseProtocol,
                           host: str, port: int) -> SocketTransport:
     """Connect to host:port (each of its addresses in turn) with a SocketTransport."""
     last: Exception | None = None

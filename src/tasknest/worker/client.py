@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..client.client import Client
+from ..client.placing import Placing
 from ..client.future import Future, FutureState, flatten_futures, rebuild
 from ..errors import BlockingCallError, CallerError, TimedOutError
 from ..names import funcname
@@ -45,7 +46,7 @@ class WorkerClient(Client):
         self._lock = threading.RLock()
         self._states: dict[str, FutureState] = {}
         self._refs: dict[str, int] = {}
-        self._placed: dict = {}          # (tasks submit through claims, never place)
+        self._placing = Placing(self)    # (tasks submit through claims, never place)
         self._submits: dict = {}         # (the worker's resume re-asserts its futures)
         self._requests: dict = {}
         self._recipes: dict[str, tuple] = {}   # keys our futures wait on: how to claim them
