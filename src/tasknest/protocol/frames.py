@@ -68,6 +68,7 @@ if sys.implementation.name == "cpython":
         Only the receiver writes it, before anyone else sees the object."""
         obj = _new(None, size)
         arr = (ctypes.c_char * size).from_address(id(obj) + _BYTES_DATA)
+        setattr(arr, "owner", obj)   # (the view keeps the bytes alive, not its address only)
         return obj, memoryview(arr).cast("B")
 
     def new_bytearray(size: int) -> bytearray:
