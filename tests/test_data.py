@@ -554,3 +554,92 @@ def test_every_path_identical_compressed(monkeypatch: Any) -> None:
                 if want is not None:
                     assert describe(f.result()) == want
             assert c.submit(describe, made, workers=[b], pure=False).result() == describe(v)
+
+
+# -- scatter: straight from the client to the workers ----------------------------------------
+def _scheduler_ops(lc: Any, ops: tuple) -> list:
+    """The ops among ``ops`` the (in-process) scheduler handles from now on, in order."""
+    sched = lc._inproc[0]
+    seen: list = []
+    for op in ops:
+        def wrapped(source: str, msg: Any, inner: Any = sched.state._handlers[op]) -> None:
+            seen.append(msg.op)
+            inner(source, msg)
+        sched.state._handlers[op] = wrapped
+    return seen
+
+
+@pytest.mark.timeout(120)
+def test_scatter_goes_straight_to_the_workers_and_keeps_its_semantics() -> None:
+    """The scheduler plans and records; the values never pass through it."""
+    from collections import namedtuple
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard=False) as lc, Client(lc) as c:
+        seen = _scheduler_ops(lc, ("scatter", "scatter-plan", "scatter-via"))
+        a, b = sorted(c.scheduler_info()["workers"])[:2]
+        big = np.arange(1 << 20, dtype="f8")                          # 8 MiB, out of band
+        xs = c.scatter([big, b"x" * 100_000, 3])
+        assert same(c.gather(xs[0]), big) and c.gather(xs[1:]) == [b"x" * 100_000, 3]
+        assert xs == c.scatter([big, b"x" * 100_000, 3])             # hash=True: same keys
+        assert set().union(*c.who_has(xs).values()) == {a, b}       # spread over both
+        d = c.scatter({"left": 1, "right": 2})
+        assert type(d) is dict and c.gather(d) == {"left": 1, "right": 2}
+        Pair = namedtuple("Pair", "x y")
+        p = c.scatter(Pair(1, 2))
+        assert type(p) is Pair and c.gather(list(p)) == [1, 2]
+        t = c.scatter((5, 6), hash=False)
+        assert type(t) is tuple and c.gather(list(t)) == [5, 6]
+        only = c.scatter(np.ones(1 << 18), workers=[b], hash=False)
+        assert c.who_has(only)[only.key] == [b]
+        every = c.scatter(big + 1, broadcast=True, hash=False)
+        assert sorted(c.who_has(every)[every.key]) == [a, b]
+        assert same(c.submit(identity, every, workers=[a], pure=False).result(), big + 1)
+        assert seen == ["scatter-plan"] * 7, seen
+        del xs, d, p, t, only, every
+
+
+@pytest.mark.timeout(120)
+def test_scatter_a_client_cannot_hand_over_goes_through_the_scheduler() -> None:
+    from tasknest.errors import CommClosedError
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard=False) as lc, Client(lc) as c:
+        seen = _scheduler_ops(lc, ("scatter", "scatter-plan", "scatter-via"))
+        a, b = sorted(c.scheduler_info()["workers"])[:2]
+        peers = c._peers
+        direct = peers.put_data
+
+        async def put_data(address: str, *args: Any) -> Any:
+            if address == b:
+                raise CommClosedError(f"{address} is not reachable from here (test)")
+            return await direct(address, *args)
+        peers.put_data = put_data
+        v = np.arange(1 << 18, dtype="i8")
+        x = c.scatter(v, broadcast=True, hash=False)
+        assert sorted(c.who_has(x)[x.key]) == [a, b]
+        assert same(c.submit(identity, x, workers=[b], pure=False).result(), v)
+        assert seen == ["scatter-plan", "scatter-via"], seen
+        del x
+
+
+@pytest.mark.timeout(120)
+def test_worker_killed_mid_scatter_gives_a_clear_error() -> None:
+    """The worker dies as the client is about to hand it its part: the scatter errs and
+    says so, and the cluster goes on."""
+    from tasknest.errors import RemoteError
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard=False) as lc, \
+            Client(lc) as c:
+        pids = _pids(c)
+        a = sorted(pids)[0]
+        peers = c._peers
+        direct = peers.put_data
+
+        async def put_data(address: str, *args: Any) -> Any:
+            if address == a:
+                os.kill(pids[a], signal.SIGKILL)
+            return await direct(address, *args)
+        peers.put_data = put_data
+        with pytest.raises(RemoteError, match=f"worker {a} died during the scatter"):
+            c.scatter(np.ones(1 << 20), workers=[a], hash=False, timeout=60)
+        peers.put_data = direct
+        y = c.scatter(7, hash=False)          # the cluster goes on
+        assert c.submit(identity, y, pure=False).result(timeout=60) == 7
