@@ -310,6 +310,10 @@ def _pids(c: Client) -> dict:
     return {addr: w["pid"] for addr, w in c.scheduler_info()["workers"].items()}
 
 
+def _holds(dask_worker: Any) -> int:
+    return len(dask_worker.data)
+
+
 def _kill_mid_transfer(receiver: int, sender: int, before: int) -> int:
     """SIGKILL ``sender`` once ``receiver`` holds 128 MiB more than ``before`` (the buffer
     the value is read into fills as it arrives); how much more it held then."""
@@ -327,12 +331,17 @@ def test_transfer_cut_by_a_killed_sender_never_gives_a_truncated_value() -> None
     recipe (worker to worker and worker to client); scattered data, which has no recipe,
     fails with LostError. Never a short or damaged value."""
     import threading
+    from conftest import wait_until
     from tasknest.errors import LostError
     want = describe(ones(GiB))
     with LocalCluster(n_workers=2, threads_per_worker=1, shared_memory=False,
                       dashboard=False) as lc, Client(lc) as c:
         def cut(start: Any, receiver_of: Any) -> tuple:
             for _ in range(3):          # (until the kill lands mid-way: it nearly always does)
+                # the baseline once the previous part's values are gone from the workers (a
+                # receiver still freeing 1 GiB as this one arrives would never grow past it)
+                wait_until(lambda: not any(c.run(_holds).values()), timeout=60,
+                           message="the workers freed the previous part's values")
                 pids = _pids(c)
                 a, b = sorted(pids)[:2]
                 receiver = receiver_of(pids[b])
@@ -343,6 +352,7 @@ def test_transfer_cut_by_a_killed_sender_never_gives_a_truncated_value() -> None
                 if got < GiB - 64 * MiB:
                     return x, reader, got
                 reader.result(timeout=120) if hasattr(reader, "result") else None
+                del x, reader
             raise AssertionError("the transfer was never caught mid-way")
 
         # a task's result, worker to worker
