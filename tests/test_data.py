@@ -310,6 +310,10 @@ def _pids(c: Client) -> dict:
     return {addr: w["pid"] for addr, w in c.scheduler_info()["workers"].items()}
 
 
+def _holds(dask_worker: Any) -> int:
+    return len(dask_worker.data)
+
+
 def _kill_mid_transfer(receiver: int, sender: int, before: int) -> int:
     """SIGKILL ``sender`` once ``receiver`` holds 128 MiB more than ``before`` (the buffer
     the value is read into fills as it arrives); how much more it held then."""
@@ -327,12 +331,17 @@ def test_transfer_cut_by_a_killed_sender_never_gives_a_truncated_value() -> None
     recipe (worker to worker and worker to client); scattered data, which has no recipe,
     fails with LostError. Never a short or damaged value."""
     import threading
+    from conftest import wait_until
     from tasknest.errors import LostError
     want = describe(ones(GiB))
     with LocalCluster(n_workers=2, threads_per_worker=1, shared_memory=False,
                       dashboard=False) as lc, Client(lc) as c:
         def cut(start: Any, receiver_of: Any) -> tuple:
             for _ in range(3):          # (until the kill lands mid-way: it nearly always does)
+                # the baseline once the previous part's values are gone from the workers (a
+                # receiver still freeing 1 GiB as this one arrives would never grow past it)
+                wait_until(lambda: not any(c.run(_holds).values()), timeout=60,
+                           message="the workers freed the previous part's values")
                 pids = _pids(c)
                 a, b = sorted(pids)[:2]
                 receiver = receiver_of(pids[b])
@@ -343,6 +352,7 @@ def test_transfer_cut_by_a_killed_sender_never_gives_a_truncated_value() -> None
                 if got < GiB - 64 * MiB:
                     return x, reader, got
                 reader.result(timeout=120) if hasattr(reader, "result") else None
+                del x, reader
             raise AssertionError("the transfer was never caught mid-way")
 
         # a task's result, worker to worker
@@ -554,3 +564,92 @@ def test_every_path_identical_compressed(monkeypatch: Any) -> None:
                 if want is not None:
                     assert describe(f.result()) == want
             assert c.submit(describe, made, workers=[b], pure=False).result() == describe(v)
+
+
+# -- scatter: straight from the client to the workers ----------------------------------------
+def _scheduler_ops(lc: Any, ops: tuple) -> list:
+    """The ops among ``ops`` the (in-process) scheduler handles from now on, in order."""
+    sched = lc._inproc[0]
+    seen: list = []
+    for op in ops:
+        def wrapped(source: str, msg: Any, inner: Any = sched.state._handlers[op]) -> None:
+            seen.append(msg.op)
+            inner(source, msg)
+        sched.state._handlers[op] = wrapped
+    return seen
+
+
+@pytest.mark.timeout(120)
+def test_scatter_goes_straight_to_the_workers_and_keeps_its_semantics() -> None:
+    """The scheduler plans and records; the values never pass through it."""
+    from collections import namedtuple
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard=False) as lc, Client(lc) as c:
+        seen = _scheduler_ops(lc, ("scatter", "scatter-plan", "scatter-via"))
+        a, b = sorted(c.scheduler_info()["workers"])[:2]
+        big = np.arange(1 << 20, dtype="f8")                          # 8 MiB, out of band
+        xs = c.scatter([big, b"x" * 100_000, 3])
+        assert same(c.gather(xs[0]), big) and c.gather(xs[1:]) == [b"x" * 100_000, 3]
+        assert xs == c.scatter([big, b"x" * 100_000, 3])             # hash=True: same keys
+        assert set().union(*c.who_has(xs).values()) == {a, b}       # spread over both
+        d = c.scatter({"left": 1, "right": 2})
+        assert type(d) is dict and c.gather(d) == {"left": 1, "right": 2}
+        Pair = namedtuple("Pair", "x y")
+        p = c.scatter(Pair(1, 2))
+        assert type(p) is Pair and c.gather(list(p)) == [1, 2]
+        t = c.scatter((5, 6), hash=False)
+        assert type(t) is tuple and c.gather(list(t)) == [5, 6]
+        only = c.scatter(np.ones(1 << 18), workers=[b], hash=False)
+        assert c.who_has(only)[only.key] == [b]
+        every = c.scatter(big + 1, broadcast=True, hash=False)
+        assert sorted(c.who_has(every)[every.key]) == [a, b]
+        assert same(c.submit(identity, every, workers=[a], pure=False).result(), big + 1)
+        assert seen == ["scatter-plan"] * 7, seen
+        del xs, d, p, t, only, every
+
+
+@pytest.mark.timeout(120)
+def test_scatter_a_client_cannot_hand_over_goes_through_the_scheduler() -> None:
+    from tasknest.errors import CommClosedError
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard=False) as lc, Client(lc) as c:
+        seen = _scheduler_ops(lc, ("scatter", "scatter-plan", "scatter-via"))
+        a, b = sorted(c.scheduler_info()["workers"])[:2]
+        peers = c._peers
+        direct = peers.put_data
+
+        async def put_data(address: str, *args: Any) -> Any:
+            if address == b:
+                raise CommClosedError(f"{address} is not reachable from here (test)")
+            return await direct(address, *args)
+        peers.put_data = put_data
+        v = np.arange(1 << 18, dtype="i8")
+        x = c.scatter(v, broadcast=True, hash=False)
+        assert sorted(c.who_has(x)[x.key]) == [a, b]
+        assert same(c.submit(identity, x, workers=[b], pure=False).result(), v)
+        assert seen == ["scatter-plan", "scatter-via"], seen
+        del x
+
+
+@pytest.mark.timeout(120)
+def test_worker_killed_mid_scatter_gives_a_clear_error() -> None:
+    """The worker dies as the client is about to hand it its part: the scatter errs and
+    says so, and the cluster goes on."""
+    from tasknest.errors import RemoteError
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard=False) as lc, \
+            Client(lc) as c:
+        pids = _pids(c)
+        a = sorted(pids)[0]
+        peers = c._peers
+        direct = peers.put_data
+
+        async def put_data(address: str, *args: Any) -> Any:
+            if address == a:
+                os.kill(pids[a], signal.SIGKILL)
+            return await direct(address, *args)
+        peers.put_data = put_data
+        with pytest.raises(RemoteError, match=f"worker {a} died during the scatter"):
+            c.scatter(np.ones(1 << 20), workers=[a], hash=False, timeout=60)
+        peers.put_data = direct
+        y = c.scatter(7, hash=False)          # the cluster goes on
+        assert c.submit(identity, y, pure=False).result(timeout=60) == 7

@@ -177,3 +177,21 @@ def test_a_scatter_to_a_worker_that_dies_answers_with_an_error() -> None:
     assert target == "c-1" and reply.rid == 4
     assert reply.error and "died during the scatter" in reply.error and "killed" in reply.error
     assert not scatters.pending
+
+
+def test_a_planned_scatter_says_where_and_forwards_only_what_a_worker_still_waits_for() -> None:
+    core = FakeCore(2)
+    scatters = Scatters(core)               # type: ignore[arg-type]
+    (target, to), = core.feed("c-1", m.ScatterPlan(rid=5, keys=["a", "b"], broadcast=True, workers=None))
+    assert target == "c-1" and to.op == "scatter-to" and to.rid == 5
+    assert to.plan == {"tcp://h:0": [0, 1], "tcp://h:1": [0, 1]}    # every worker, every value
+    assert core.feed("w-0", m.PutDataDone(rid=to.id, keys=["a", "b"], nbytes=[1, 1])) == []
+    # the client could not reach w-1: the scheduler forwards its part, the old way
+    (target, put), = core.feed("c-1", m.ScatterVia(id=to.id, worker="tcp://h:1", keys=["a", "b"], values=[[b"1"], [b"2"]]))
+    assert target == "w-1" and put.op == "put-data" and put.rid == to.id
+    assert core.feed("c-1", m.ScatterVia(id=to.id, worker="tcp://h:0", keys=["a"], values=[[b"1"]])) == []
+    (target, reply), = core.feed("w-1", m.PutDataDone(rid=to.id, keys=["a", "b"], nbytes=[1, 1]))
+    assert target == "c-1" and reply.rid == 5 and reply.value == ["a", "b"] and reply.error is None
+    assert core.tasks["a"].who_has == {"w-0", "w-1"} and not scatters.pending
+    assert core.feed("c-1", m.ScatterVia(id=to.id, worker="tcp://h:1", keys=["a"], values=[[b"1"]])) == []
+    scatters.validate()

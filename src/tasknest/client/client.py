@@ -116,6 +116,8 @@ class Client:
         self._reconnection = Reconnection(self)   # a lost scheduler: the way back
         self._submits: dict[str, tuple] = {}      # key -> its recipe, until the result
         self._requests: dict[int, m.Message] = {}  # rid -> request, until its reply
+        self._scattering: dict[int, list] = {}     # scatter-plan rid -> its values' frames
+        self._scatter_sends: set[asyncio.Future] = set()   # parts on their way to workers
         self._info: dict = {}                       # what the scheduler said at welcome
         self.forward_output = forward_output        # print what our tasks print
         self._output = OutputPrinter()
@@ -710,7 +712,12 @@ class Client:
                  timeout: float | None, frames: list | None = None) -> list[Future]:
         frames = frames if frames is not None else [dumps_value(v) for v in values]
         futures = [self._new_future(k)[0] for k in keys]
-        reply = self._request(m.Scatter(0, keys, frames, broadcast, workers), timeout)
+        if self._peers is not None and not self._worker_side:
+            # the scheduler plans, we send each worker its part ourselves (scatter_to)
+            msg: m.Request = m.ScatterPlan(0, keys, broadcast, workers)
+            reply = self._request(msg, timeout, frames)
+        else:
+            reply = self._request(m.Scatter(0, keys, frames, broadcast, workers), timeout)
 
         def settle() -> list[Future]:
             for f, v, fr in zip(futures, values, frames):
@@ -743,25 +750,56 @@ class Client:
     list_datasets = coordination.list_datasets
     unpublish_dataset = coordination.unpublish_dataset
 
+    def _on_scatter_to(self, msg: m.ScatterTo) -> None:
+        """Where our scatter's values go: we send them (again, after a scheduler restart)."""
+        frames = self._scattering.get(msg.rid)
+        request = self._requests.get(msg.rid)
+        if frames is None or not isinstance(request, m.ScatterPlan):
+            return                     # (answered or given up meanwhile)
+        for address, idx in msg.plan.items():
+            task = asyncio.ensure_future(self._scatter_part(
+                msg.id, address, [request.keys[i] for i in idx], [frames[i] for i in idx]))
+            self._scatter_sends.add(task)           # (a running task must be referenced)
+            task.add_done_callback(self._scatter_sends.discard)
+
+    async def _scatter_part(self, scatter: int, address: str, keys: list, frames: list) -> None:
+        try:
+            await self._peers.put_data(address, scatter, keys, frames)  # type: ignore[union-attr]
+        except OSError as exc:         # (CommClosedError too): the old way, through the scheduler
+            log.info("scatter: cannot hand %d values to %s (%s): sending them through the "
+                     "scheduler", len(keys), address, exc)
+            if self.status == "running":
+                self._send(m.ScatterVia(scatter, address, keys, frames))
+
     # -- requests -------------------------------------------------------------------------------
-    def _request(self, msg: m.Request, timeout: float | None = None) -> Any:
+    def _request(self, msg: m.Request, timeout: float | None = None,
+                 scattering: list | None = None) -> Any:
         if self.asynchronous:
-            return self._request_async(msg, timeout)
-        return self._run(self._request_async(msg, timeout),
+            return self._request_async(msg, timeout, scattering)
+        return self._run(self._request_async(msg, timeout, scattering),
                          None if timeout is None else timeout + 1)
 
-    async def _request_async(self, msg: m.Request, timeout: float | None = None) -> Any:
+    async def _request_async(self, msg: m.Request, timeout: float | None = None,
+                             scattering: list | None = None) -> Any:
+        """The reply's value; ``scattering``: a scatter-plan's frames, kept for scatter-to
+        until the reply."""
         self._check()
         self._rid += 1
-        msg.rid = self._rid
+        rid = msg.rid = self._rid
         fut = asyncio.get_running_loop().create_future()
-        self._replies[self._rid] = fut
+        self._replies[rid] = fut
         if msg.op in RESENT:
-            self._requests[self._rid] = msg
+            self._requests[rid] = msg
         comm = self._comm
         if self.status != "reconnecting" and comm is not None:   # (running: it is set)
             comm.send(msg)
-        return await asyncio.wait_for(fut, timeout)
+        if scattering is None:
+            return await asyncio.wait_for(fut, timeout)
+        self._scattering[rid] = scattering
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._scattering.pop(rid, None)
 
     def _query(self, what: str, arg: Any = None) -> Any:
         return self._request(m.Query(0, what, arg), self.timeout)
@@ -1215,7 +1253,7 @@ Executor = Client
 # op -> the name of its handler (looked up on the instance: a subclass may override one)
 _HANDLERS = {op: "_on_" + op.replace("-", "_")
              for op in ("key-memory", "key-erred", "key-cancelled", "reply", "warn", "output",
-                        "welcome", "refused")}
+                        "welcome", "refused", "scatter-to")}
 
 
 @atexit.register

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tasknest.client")
 
 RETRY = 0.1                                 # seconds between attempts to reconnect
-RESENT = frozenset({"scatter", "query"})    # requests asked again after a reconnect
+RESENT = frozenset({"scatter", "scatter-plan", "query"})   # asked again after a reconnect
 
 
 class Reconnection:

@@ -44,8 +44,8 @@ SCRATCH = 1 << 18            # the reader's buffer for small frames
 SMALL_PAYLOAD = 1 << 16      # payloads up to this wait in the scratch buffer; larger get their own
 _HEAD = struct.Struct("<II")
 # ops whose fields carry pickled values (lists of frames): the only ones walked for buffers
-VALUE_OPS = frozenset({"data", "scatter", "put-data", "key-memory", "task-finished", "coord",
-                       "run-done", "key-erred", "task-erred", "put"})
+VALUE_OPS = frozenset({"data", "scatter", "scatter-via", "scatter-data", "put-data", "key-memory",
+                       "task-finished", "coord", "run-done", "key-erred", "task-erred", "put"})
 
 
 class FrameError(ProtocolError):

@@ -68,6 +68,8 @@ OPT_AMOUNTS = Check("map of str to non-negative numbers or nil",
                     lambda v: v is None or AMOUNTS(v))
 WHO_HAS = Check("map of str to list of str",
                 lambda v: type(v) is dict and (not v or _all(v, str) and all(map(_strs, v.values()))))
+PLAN = Check("map of str to list of int",
+             lambda v: type(v) is dict and _all(v, str) and all(INTS(x) for x in v.values()))
 DATA = Check("map of str to bytes lists or nil",
              lambda v: type(v) is dict and _all(v, str) and all(OPT_FRAMES(x) for x in v.values()))
 
@@ -85,6 +87,7 @@ Amounts = Annotated[dict, AMOUNTS]
 OptAmounts = Annotated[Optional[dict], OPT_AMOUNTS]
 WhoHas = Annotated[dict[str, list[str]], WHO_HAS]
 DataMap = Annotated[dict[str, Optional[list[bytes]]], DATA]
+Plan = Annotated[dict[str, list[int]], PLAN]
 # a pickled function: on the wire the number ``define-func`` gave it on this connection
 # (protocol/comm.py swaps it both ways), in memory always the bytes
 FUNC_NUMBER = Check("function number", lambda v: type(v) is int)
@@ -279,6 +282,15 @@ class Scatter(Message):
     broadcast: bool
     workers: OptStrs
 
+# a scatter whose data goes straight from the client to the workers (scheduler/scatter.py):
+# answered by ``scatter-to`` (where each value goes), then by ``reply`` once all are stored
+class ScatterPlan(Message):
+    op = 'scatter-plan'
+    rid: int
+    keys: Strs
+    broadcast: bool
+    workers: OptStrs
+
 # coordination primitives (scheduler/coordination.py): kind queue|variable|dataset|event|
 # semaphore, an action on the one called name; holder: the lease of a semaphore; value and
 # keys: a pickled value and the futures inside it; answered by ``reply`` (rid)
@@ -333,8 +345,25 @@ class Reply(Message):
     error: str | None
 
 
+# scatter-plan's plan: the values of these indices to each worker address, ``scatter-data``
+# with this scatter id (the workers' ``put-data-done`` carries it back to the scheduler)
+class ScatterTo(Message):
+    op = 'scatter-to'
+    rid: int
+    id: int
+    plan: Plan
+
+# the client could not hand a worker its part of a planned scatter (no connection, or
+# it broke): the scheduler forwards these values as ``put-data``
+class ScatterVia(Message):
+    op = 'scatter-via'
+    id: int
+    worker: str
+    keys: Strs
+    values: FramesList
+
 # a request answered by ``reply`` (its rid is set as it leaves)
-Request = Union["Scatter", "Coord", "Run", "Restart", "Query", "Retire"]
+Request = Union["Scatter", "ScatterPlan", "Coord", "Run", "Restart", "Query", "Retire"]
 # a key's last word to the clients waiting on it
 KeyReport = Union["KeyMemory", "KeyErred", "KeyCancelled"]
 
@@ -657,6 +686,16 @@ class PeerHost(Message):
     host: str
 
 
+# a client's part of a planned scatter, straight to the worker; it answers with
+# ``put-data-done`` (rid: this request) once stored, and tells the scheduler (id)
+class ScatterData(Message):
+    op = 'scatter-data'
+    rid: int
+    id: int
+    keys: Strs
+    values: FramesList
+
+
 class Data(Message):
     op = 'data'
     rid: int
@@ -690,6 +729,7 @@ def _not_own_dep(msg: Any) -> str | None:
 RULES: dict[str, Any] = {
     "submit": _not_own_dep, "claim": _not_own_dep,
     "scatter": _same_length("keys", "values"), "put-data": _same_length("keys", "values"),
+    "scatter-via": _same_length("keys", "values"), "scatter-data": _same_length("keys", "values"),
     "add-keys": _same_length("keys", "nbytes"), "put-data-done": _same_length("keys", "nbytes"),
     "replicated": _same_length("keys", "nbytes"),
     "resume": lambda msg: None if len(msg.memory) == len(msg.nbytes) == len(msg.kinds)

@@ -2,6 +2,8 @@
 
     worker/client ──get-data(rid, keys)──> peer worker
                   <──data(rid, {key: frames|None})──
+    client        ──scatter-data(rid, id, keys, values)──> worker (its part of a scatter)
+                  <──put-data-done(rid, keys, nbytes)── (stored; the scheduler told)
     client        ──place──────────────────> worker (a task, straight)
                   <──key-memory/key-erred── worker (results it waits for, one hop)
 
@@ -112,10 +114,10 @@ class PeerPool:
         return min(candidates or [main], key=self._outstanding)
 
     def _on_message(self, msg: m.Message) -> None:
-        if isinstance(msg, m.Data):
+        if isinstance(msg, (m.Data, m.PutDataDone)):
             entry = self.pending.pop(msg.rid, None)
             if entry is not None and not entry[0].done():
-                entry[0].set_result(msg.values)
+                entry[0].set_result(msg.values if isinstance(msg, m.Data) else msg.keys)
         elif msg.op in ("key-memory", "key-erred") and self.on_push is not None:
             self.on_push(msg)
 
@@ -162,6 +164,24 @@ class PeerPool:
             comm.send(m.GetData(self.rid, failed))
             values.update(await fut)
         return values
+
+    async def put_data(self, address: str, scatter: int, keys: list[str],
+                       values: list) -> list[str]:
+        """Our part of scatter ``scatter`` stored by the worker at ``address``: the keys
+        it stored. Raises OSError or CommClosedError if it cannot be handed over."""
+        failed = self.unreachable.get(address)
+        if failed is not None and time.monotonic() - failed < self.RETRY_AFTER:
+            raise CommClosedError(f"{address} was unreachable {time.monotonic() - failed:.0f} s ago")
+        try:      # (a connection with nothing outstanding: the values go out at once)
+            comm = await self._data_comm(address)
+        except (OSError, CommClosedError, asyncio.TimeoutError):
+            self.unreachable[address] = time.monotonic()
+            raise
+        self.rid += 1
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[self.rid] = (fut, comm)
+        comm.send(m.ScatterData(self.rid, scatter, keys, values))
+        return await fut
 
     def close(self) -> None:
         self.closed = True

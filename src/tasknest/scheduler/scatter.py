@@ -20,28 +20,57 @@ class Scatters:
         self._rid = 0
         self._rr = 0                        # where the next scatter starts among the workers
         state.register("scatter", self._on_scatter)
+        state.register("scatter-plan", self._on_scatter_plan)
+        state.register("scatter-via", self._on_scatter_via)
         state.register("put-data-done", self._on_put_data_done)
         state.register("add-keys", self._on_add_keys)
         state.components.append(self)
 
     def _on_scatter(self, cid: str, msg: m.Scatter) -> None:
-        keys, values, rid = msg.keys, msg.values, msg.rid
+        """The values came through us (a client not connected to the workers, a task's
+        broadcast): forward each worker its part."""
+        if len(msg.keys) != len(msg.values):
+            self.state._emit(cid, m.Reply(msg.rid, None, "scatter: keys and values differ in length"))
+            return
+        planned = self._plan(cid, msg.rid, msg.keys, msg.broadcast, msg.workers)
+        if planned is not None:
+            srid, plan = planned
+            for ws, idx in plan:
+                self.state._emit(ws.id, m.PutData(srid, [msg.keys[i] for i in idx],
+                                                  [msg.values[i] for i in idx]))
+
+    def _on_scatter_plan(self, cid: str, msg: m.ScatterPlan) -> None:
+        """The client sends the values to the workers itself: we only say where."""
+        planned = self._plan(cid, msg.rid, msg.keys, msg.broadcast, msg.workers)
+        if planned is not None:
+            srid, plan = planned
+            self.state._emit(cid, m.ScatterTo(msg.rid, srid, {ws.address: idx for ws, idx in plan}))
+
+    def _on_scatter_via(self, cid: str, msg: m.ScatterVia) -> None:
+        """A part the client could not hand over itself: forwarded, if still awaited."""
+        entry = self.pending.get(msg.id)
+        ws = next((w for w in self.state.workers.values() if w.address == msg.worker), None)
+        if entry is None or entry[0] != cid or ws is None or ws.id not in entry[2]:
+            return       # (that worker died meanwhile: worker_lost answered for it)
+        self.state._emit(ws.id, m.PutData(msg.id, msg.keys, msg.values))
+
+    def _plan(self, cid: str, rid: int, keys: list, broadcast: bool,
+              only: list | None) -> tuple[int, list[tuple[WorkerInfo, list[int]]]] | None:
+        """Which worker gets which values (indices into keys), the scatter registered as
+        pending under a new id; None (the client answered) if it cannot be done."""
         workers = [w for w in self.state.workers.values()
-                   if not msg.workers or w.address in msg.workers or w.name in msg.workers]
+                   if not only or w.address in only or w.name in only]
         if not workers:
             self.state._emit(cid, m.Reply(rid, None, "no workers to scatter to"))
-            return
+            return None
         busy = [k for k in keys if k in self.state.tasks
                 and self.state.tasks[k].state in ("waiting", "processing", "erred")]
         if busy:
             self.state._emit(cid, m.Reply(rid, None, f"scatter: keys {busy[:3]} already name tasks "
                                                "that are not finished"))
-            return
-        if len(keys) != len(values):
-            self.state._emit(cid, m.Reply(rid, None, "scatter: keys and values differ in length"))
-            return
+            return None
         plan: dict[str, list[int]] = {}
-        if msg.broadcast:
+        if broadcast:
             for w in workers:
                 plan[w.id] = list(range(len(keys)))
         else:
@@ -51,8 +80,7 @@ class Scatters:
             self._rr += len(keys)
         self._rid += 1
         self.pending[self._rid] = [cid, rid, set(plan), keys, None]
-        for wid, idx in plan.items():
-            self.state._emit(wid, m.PutData(self._rid, [keys[i] for i in idx], [values[i] for i in idx]))
+        return self._rid, [(self.state.workers[wid], idx) for wid, idx in plan.items()]
 
     def _on_put_data_done(self, wid: str, msg: m.PutDataDone) -> None:
         entry = self.pending.get(msg.rid)

@@ -29,8 +29,9 @@ from .state import SchedulerState
 log = logging.getLogger("tasknest.scheduler")
 
 CLIENT_OPS = frozenset({"submit", "want", "release", "cancel", "retry", "fire-and-forget",
-                        "scatter", "query", "remind", "placed", "lane-lost", "coord", "run",
-                        "restart", "retire", "holding", "missing-data"})
+                        "scatter", "scatter-plan", "scatter-via", "query", "remind", "placed",
+                        "lane-lost", "coord", "run", "restart", "retire", "holding",
+                        "missing-data"})
 WORKER_OPS = (CLIENT_OPS - {"placed", "lane-lost", "holding"}) | {"resume", "task-finished", "task-erred", "claim", "secede", "rejoin", "idle",
                            "steal-reply", "add-keys", "missing-data", "put-data-done",
                            "heartbeat", "goodbye", "paused", "synced", "not-here",

@@ -445,7 +445,7 @@ class Worker:
         self.send(m.Synced(msg.rid))
 
     def _on_put_data(self, msg: m.PutData) -> None:
-        self._put_data(msg)
+        self._put_data(msg.rid, msg.keys, msg.values)
 
     def _on_key_cancelled(self, msg: m.KeyCancelled) -> None:
         self.client._handle(msg)
@@ -494,9 +494,10 @@ class Worker:
         self.data[msg.key] = value
         return self.apply(self.state.value_arrived(msg.key, nbytes(msg.value)))
 
-    def _put_data(self, msg: Any) -> None:
+    def _put_data(self, rid: int, put: list[str], frames_list: list) -> tuple[list, list]:
+        """Scattered values stored here; the scheduler told (its scatter ``rid``)."""
         values, sizes, keys = [], [], []
-        for key, frames in zip(msg.keys, msg.values):
+        for key, frames in zip(put, frames_list):
             try:
                 values.append(loads_value(frames))
             except SerializationError as exc:
@@ -508,8 +509,9 @@ class Worker:
             for k, v in zip(keys, values):
                 self.data[k] = v
             done = self.apply(self.state.put_data(keys, sizes))
-        self.send(m.PutDataDone(msg.rid, keys, sizes))
+        self.send(m.PutDataDone(rid, keys, sizes))
         self.settle(done)
+        return keys, sizes
 
     # -- peers --------------------------------------------------------------------------------
     def _on_peer(self, comm: Comm) -> None:
@@ -520,6 +522,9 @@ class Worker:
             nonlocal client, same_host
             if isinstance(msg, m.GetData):
                 comm.send(m.Data(msg.rid, {k: self._frames(k, same_host) for k in msg.keys}))
+            elif isinstance(msg, m.ScatterData):    # a client's scatter, straight here
+                keys, sizes = self._put_data(msg.id, msg.keys, msg.values)
+                comm.send(m.PutDataDone(msg.rid, keys, sizes))
             elif isinstance(msg, m.PeerHost):
                 same_host = bool(self.shared.host) and msg.host == self.shared.host
             elif isinstance(msg, m.Place) and client:
@@ -537,8 +542,8 @@ class Worker:
                     comm.on_close.append(lambda c: self.client_comms.pop(name, None)
                                          if self.client_comms.get(name) is c else None)
             else:
-                raise ProtocolError(f"peers may only ask for data (and clients place tasks), "
-                                    f"not {msg.op!r}")
+                raise ProtocolError(f"peers may only ask for data (and clients place tasks "
+                                    f"and scatter), not {msg.op!r}")
         comm.start(handler)
 
     def _tell(self, cid: str, msg: m.Message, now: bool = False) -> None:
