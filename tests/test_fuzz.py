@@ -71,6 +71,8 @@ TYPED = {
     m.WHO_HAS: st.dictionaries(KEYS, st.lists(st.sampled_from(["tcp://127.0.0.1:1", "nonsense"]),
                                               max_size=2), max_size=2),
     m.DATA: st.dictionaries(KEYS, st.none() | FRAMES, max_size=2),
+    m.PLAN: st.dictionaries(st.sampled_from(["tcp://127.0.0.1:1", "nonsense"]),
+                            st.lists(st.integers(-1, 3), max_size=3), max_size=2),
     m.AMOUNTS: st.dictionaries(KEYS, st.integers(0, 3) | st.floats(0, 1e9), max_size=2),
     m.OPT_AMOUNTS: st.none() | st.dictionaries(KEYS, st.integers(0, 3), max_size=2),
     m.LISTS: st.lists(st.lists(SCALARS | KEYS, max_size=6), max_size=3),

@@ -353,6 +353,7 @@ class ScatterTo(Message):
     id: int
     plan: Plan
 
+
 # the client could not hand a worker its part of a planned scatter (no connection, or
 # it broke): the scheduler forwards these values as ``put-data``
 class ScatterVia(Message):
