@@ -48,18 +48,7 @@ def test_frames_roundtrip_in_place() -> None:
     """A received array is backed by the buffer the reader allocated for it."""
     a = np.arange(100_000, dtype="float64")
     chunks, _ = encode([mark_buffers(["data", 1, {"k": dumps_value(a)}])])
-    got: list = []
-    reader = FrameReader(1 << 30, lambda payload, bufs: got.append((payload, bufs)))
-    reader.frames()
-    stream = b"".join(bytes(c) for c in chunks)
-    pos = 0
-    while pos < len(stream):
-        buf = reader.get_buffer()
-        n = min(len(buf), len(stream) - pos, 100_000)
-        buf[:n] = stream[pos:pos + n]
-        pos += n
-        reader.updated(n)
-    (payload, bufs), = got
+    (payload, bufs), = _through_reader(chunks, step=100_000)
     assert len(bufs) == 1 and type(bufs[0]) is bytearray and len(bufs[0]) == a.nbytes
     from tasknest.protocol.frames import decode
     frames = decode(payload, bufs)[0][2]["k"]
@@ -455,7 +444,8 @@ def test_no_segment_left_after_release_close_and_sigkill(nanny: bool) -> None:
 # -- compression between hosts ----------------------------------------------------------------
 
 
-def _through_reader(chunks: list, max_frame: int = 1 << 30) -> list:
+def _through_reader(chunks: list, max_frame: int = 1 << 30, step: int = 300_000) -> list:
+    """What a FrameReader makes of the stream, fed ``step`` bytes at a time."""
     got: list = []
     reader = FrameReader(max_frame, lambda payload, bufs: got.append((payload, bufs)))
     reader.frames()
@@ -463,7 +453,7 @@ def _through_reader(chunks: list, max_frame: int = 1 << 30) -> list:
     pos = 0
     while pos < len(stream):
         buf = reader.get_buffer()
-        n = min(len(buf), len(stream) - pos, 300_000)
+        n = min(len(buf), len(stream) - pos, step)
         buf[:n] = stream[pos:pos + n]
         pos += n
         reader.updated(n)

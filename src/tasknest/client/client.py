@@ -505,12 +505,7 @@ class Client:
                                 allow_other_workers)
         if key is not None and (not isinstance(key, str) or not key):
             raise CallerError(f"key must be a non-empty string, got {key!r}")
-        retries = 0 if retries is None else retries
-        if not isinstance(retries, int) or retries < 0:
-            raise CallerError(f"retries must be a non-negative integer, got {retries!r}")
-        if not isinstance(priority, (int, float)):
-            raise CallerError(f"priority must be a number, got {priority!r}")
-        _unsupported(actors=actors)
+        retries = _checked_options(retries, priority, actors)
         fbytes = dumps_function(func)
         abytes, deps, futures = dumps_call(args, kwargs, Future)
         if futures:
@@ -635,12 +630,7 @@ class Client:
                     chunk: int) -> list[Future]:
         """map() of more than a chunk: checks what submit() would check of every call,
         once, then streams (streaming.py)."""
-        retries = 0 if retries is None else retries
-        if not isinstance(retries, int) or retries < 0:
-            raise CallerError(f"retries must be a non-negative integer, got {retries!r}")
-        if not isinstance(priority, (int, float)):
-            raise CallerError(f"priority must be a number, got {priority!r}")
-        _unsupported(actors=actors)
+        retries = _checked_options(retries, priority, actors)
         if keys is not None:
             for k in keys:
                 if not isinstance(k, str) or not k:
@@ -1249,6 +1239,17 @@ class Client:
 
 
 Executor = Client
+
+
+def _checked_options(retries: Any, priority: Any, actors: Any) -> int:
+    """submit()'s and map()'s options checked once: the retries to use."""
+    retries = 0 if retries is None else retries
+    if not isinstance(retries, int) or retries < 0:
+        raise CallerError(f"retries must be a non-negative integer, got {retries!r}")
+    if not isinstance(priority, (int, float)):
+        raise CallerError(f"priority must be a number, got {priority!r}")
+    _unsupported(actors=actors)
+    return retries
 
 # op -> the name of its handler (looked up on the instance: a subclass may override one)
 _HANDLERS = {op: "_on_" + op.replace("-", "_")

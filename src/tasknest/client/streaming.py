@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import itertools
+import logging
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -28,6 +29,8 @@ from ..errors import ClosedClientError
 from ..names import funcname, unique_token
 from ..protocol.serialize import dumps_call
 from .future import Future, FutureState
+
+log = logging.getLogger("tasknest.client")
 
 if TYPE_CHECKING:
     from .client import Client
@@ -303,8 +306,7 @@ class Sender:
             try:
                 send_chunk(chunk)
             except Exception:      # a bug: the chunk's futures send it when asked
-                import logging
-                logging.getLogger("tasknest.client").exception("map sender failed")
+                log.exception("map sender failed")
             comm = self.client._comm
             if comm is not None:
                 comm.wake()         # this thread writes the frame, not the event loop

@@ -14,20 +14,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
+from .component import Component
 from .records import UNCOUNTED, Task, WorkerInfo
 
 if TYPE_CHECKING:
     from .state import SchedulerState
 
 
-class Placing:
+class Placing(Component):
     def __init__(self, state: "SchedulerState") -> None:
-        self.state = state
+        super().__init__(state)
         self.placers: dict[str, int] = {}    # client -> highest seq of its placed tasks
         state.register("placed", self._on_placed)
         state.register("lane-lost", self._on_lane_lost)
         state.register("not-here", self._on_not_here)
-        state.components.append(self)
 
     def _on_placed(self, cid: str, msg: m.Placed) -> None:
         """The client placed a dependency-free task straight on a worker, which runs it
@@ -105,8 +105,3 @@ class Placing:
     def source_gone(self, source: str) -> None:
         self.placers.pop(source, None)
 
-    def worker_added(self, wid: str) -> None:
-        pass
-
-    def validate(self) -> None:
-        pass

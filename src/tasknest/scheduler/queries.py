@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import messages as m
+from .component import Component
 from .records import Task, WorkerInfo
 
 if TYPE_CHECKING:
@@ -21,14 +22,13 @@ SYNCED = frozenset({"who_has", "has_what", "processing", "tasks", "task_stream",
                     "worker_logs", "tree_progress"})
 
 
-class Queries:
+class Queries(Component):
     def __init__(self, state: "SchedulerState") -> None:
-        self.state = state
+        super().__init__(state)
         self.syncs: dict[int, list] = {}     # sync rid -> [client, query, workers pending]
         self._rid = 0
         state.register("query", self._on_query)
         state.register("synced", self._on_synced)
-        state.components.append(self)
 
     def _on_query(self, cid: str, msg: m.Query) -> None:
         if msg.what in SYNCED and self.state.workers:
@@ -55,12 +55,6 @@ class Queries:
             if not entry[2]:
                 del self.syncs[srid]
                 self._answer(entry[0], entry[1])
-
-    def source_gone(self, source: str) -> None:
-        pass        # (a reply to a client that left is dropped by the shell)
-
-    def worker_added(self, wid: str) -> None:
-        pass
 
     def validate(self) -> None:
         for rid, (_, _, pending) in self.syncs.items():

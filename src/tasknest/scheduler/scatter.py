@@ -7,15 +7,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
+from .component import Component
 from .records import Task, WorkerInfo
 
 if TYPE_CHECKING:
     from .state import SchedulerState
 
 
-class Scatters:
+class Scatters(Component):
     def __init__(self, state: "SchedulerState") -> None:
-        self.state = state
+        super().__init__(state)
         self.pending: dict[int, list] = {}  # put-data rid -> [client, rid, workers pending, keys, error]
         self._rid = 0
         self._rr = 0                        # where the next scatter starts among the workers
@@ -24,7 +25,6 @@ class Scatters:
         state.register("scatter-via", self._on_scatter_via)
         state.register("put-data-done", self._on_put_data_done)
         state.register("add-keys", self._on_add_keys)
-        state.components.append(self)
 
     def _on_scatter(self, cid: str, msg: m.Scatter) -> None:
         """The values came through us (a client not connected to the workers, a task's
@@ -129,12 +129,6 @@ class Scatters:
                 if not entry[2]:
                     del self.pending[srid]
                     self.state._emit(entry[0], m.Reply(entry[1], None, entry[4]))
-
-    def source_gone(self, source: str) -> None:
-        pass        # (a client's scatter in flight lands and is freed: _on_put_data_done)
-
-    def worker_added(self, wid: str) -> None:
-        pass
 
     def validate(self) -> None:
         for rid, (cid, _, pending, keys, _) in self.pending.items():

@@ -13,6 +13,7 @@ import heapq
 from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
+from .component import Component
 from .records import Task, WorkerInfo
 
 if TYPE_CHECKING:
@@ -35,15 +36,14 @@ def _slots(ws: WorkerInfo) -> int:
     return 0 if ws.paused else ws.nthreads
 
 
-class Stealing:
+class Stealing(Component):
     def __init__(self, state: "SchedulerState") -> None:
-        self.state = state
+        super().__init__(state)
         self.steals: dict[str, tuple[str, str]] = {}     # key -> (thief, victim), while asked
         self.fruitless: dict[str, tuple[str, int]] = {}  # thief -> (victim, its size) at a vain scan
         state.register("idle", self._on_idle)
         state.register("paused", self._on_paused)
         state.register("steal-reply", self._on_steal_reply)
-        state.components.append(self)
 
     def _on_idle(self, wid: str, msg: m.Idle) -> None:
         ws = self.state.workers.get(wid)
@@ -174,12 +174,6 @@ class Stealing:
                 del self.steals[key]
                 if thief in workers:
                     workers[thief].asked -= 1
-
-    def source_gone(self, source: str) -> None:
-        pass
-
-    def worker_added(self, wid: str) -> None:
-        pass
 
     def validate(self) -> None:
         for wid, ws in self.state.workers.items():
