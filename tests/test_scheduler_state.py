@@ -35,6 +35,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from tasknest.protocol import messages as m
 from tasknest.scheduler.state import SchedulerState
+from tasknest.worker.actions import READY, Action, Done, Drop, Fetch, Send, Tell
 from tasknest.worker.state import WorkerState
 
 pytestmark = pytest.mark.timeout(60)
@@ -126,22 +127,22 @@ class Cluster:
             if placed is not None and msg.op == "key-memory":   # as Client._placed_done
                 placed[1].type, placed[1].nbytes = msg.type, msg.nbytes  # type: ignore
 
-    def _apply(self, w: SimWorker, actions: list) -> None:
+    def _apply(self, w: SimWorker, actions: list[Action]) -> None:
         for a in actions:
-            if a[0] == "send":
-                self.to_sched[w.id].append(a[1])
-            elif a[0] == "tell":
-                c = self.clients.get(a[1])
+            if isinstance(a, Send):
+                self.to_sched[w.id].append(a.msg)
+            elif isinstance(a, Tell):
+                c = self.clients.get(a.client)
                 if c is not None:
-                    self._client_receives(c, a[2])
-            elif a[0] == "fetch":
-                w.fetches.append((a[1], list(a[2])))
-            elif a[0] == "drop":
-                self._drop_value(w, a[1])
-            elif a[0] == "done":
-                t = w.state.tasks.get(a[1])
+                    self._client_receives(c, a.msg)
+            elif isinstance(a, Fetch):
+                w.fetches.append((a.key, list(a.addrs)))
+            elif isinstance(a, Drop):
+                self._drop_value(w, a.key)
+            elif isinstance(a, Done):
+                t = w.state.tasks.get(a.key)
                 if t is not None and t.state in ("memory", "erred"):
-                    w.settled.add(a[1])
+                    w.settled.add(a.key)
 
     def _drop_value(self, w: SimWorker, key: str) -> None:
         w.data.discard(key)
@@ -348,9 +349,9 @@ class Cluster:
             keys = list(msg.keys)  # type: ignore[attr-defined]
             w.data.update(keys)
             out = st.put_data(keys, [1] * len(keys))
-            out.append(("send", m.PutDataDone(rid=msg.rid, keys=keys, nbytes=[1] * len(keys))))  # type: ignore
+            out.append(Send(m.PutDataDone(rid=msg.rid, keys=keys, nbytes=[1] * len(keys))))  # type: ignore
         elif op == "sync":
-            out = [("send", m.Synced(rid=msg.rid))]  # type: ignore[attr-defined]
+            out = [Send(m.Synced(rid=msg.rid))]  # type: ignore[attr-defined]
         elif op in WorkerState.OPS:   # compute, steal, claim answers, confirm, withdraw...
             out = st.handle(msg)
         else:

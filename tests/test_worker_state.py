@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from tasknest.protocol import messages as m
+from tasknest.worker.actions import READY, Action, Done, Drop, Fetch, Ready, Send, Tell
 from tasknest.worker.state import WorkerState
 
 ME = "tcp://127.0.0.1:9001"
@@ -17,12 +18,12 @@ PEER = "tcp://127.0.0.1:9002"
 pytestmark = pytest.mark.timeout(60)
 
 
-def sent(actions: list, op: str | None = None) -> list[m.Message]:
-    return [a[1] for a in actions if a[0] == "send" and (op is None or a[1].op == op)]
+def sent(actions: list[Action], op: str | None = None) -> list[m.Message]:
+    return [a.msg for a in actions if isinstance(a, Send) and (op is None or a.msg.op == op)]
 
 
-def kinds(actions: list, kind: str) -> list[tuple]:
-    return [a for a in actions if a[0] == kind]
+def kinds(actions: list[Action], kind: type) -> list:
+    return [a for a in actions if isinstance(a, kind)]
 
 
 def prio(depth: int, seq: int, user: int = 0) -> list:
@@ -52,11 +53,11 @@ def finish(ws: WorkerState, key: str, inner: list[str] | None = None) -> list:
 def test_compute_without_deps_is_ready():
     ws = WorkerState(ME)
     out = compute(ws, "a")
-    assert ("ready",) in out and ws.tasks["a"].state == "ready"
+    assert READY in out and ws.tasks["a"].state == "ready"
     run(ws, "a")
     out = finish(ws, "a")
     assert sent(out) == [m.TaskFinished(key="a", nbytes=8, type="int", value=None, inner=[], notified=[], attempt=0)]
-    assert ("done", "a") in out
+    assert Done("a") in out
     assert ws.tasks["a"].state == "memory" and ws.held_keys() == ["a"]
 
 
@@ -64,18 +65,18 @@ def test_compute_with_local_and_remote_deps_fetches_the_remote_one():
     ws = WorkerState(ME)
     ws.put_data(["local"], [3])
     out = compute(ws, "b", {"local": [ME], "far": [PEER, ME]})
-    assert kinds(out, "fetch") == [("fetch", "far", [PEER])]   # never from itself
+    assert kinds(out, Fetch) == [Fetch("far", [PEER])]   # never from itself
     assert ws.tasks["b"].state == "waiting" and ws.tasks["b"].waiting_on == {"far"}
     out = ws.fetched("far", 5)
     ws.validate()
-    assert ("ready",) in out and ws.tasks["b"].state == "ready"
+    assert READY in out and ws.tasks["b"].state == "ready"
 
 
 def test_two_tasks_share_one_fetch():
     ws = WorkerState(ME)
     out1 = compute(ws, "b", {"far": [PEER]})
     out2 = compute(ws, "c", {"far": [PEER]})
-    assert len(kinds(out1, "fetch")) == 1 and not kinds(out2, "fetch")
+    assert len(kinds(out1, Fetch)) == 1 and not kinds(out2, Fetch)
 
 
 def test_claim_queues_locally_and_tells_the_scheduler():
@@ -129,7 +130,7 @@ def test_finished_makes_dependents_ready():
     ws.claim("b", 1, b"", ["a"], prio(1, 2), 0)
     run(ws, "a")
     out = finish(ws, "a")
-    assert ("ready",) in out and ws.tasks["b"].state == "ready"
+    assert READY in out and ws.tasks["b"].state == "ready"
 
 
 def test_erred_with_retries_runs_again_then_reports():
@@ -143,7 +144,7 @@ def test_erred_with_retries_runs_again_then_reports():
     out = ws.erred("a", [b"e"], "tb", "exception")
     ws.validate()
     assert sent(out) == [m.TaskErred(key="a", exception=[b"e"], traceback="tb", kind="exception", attempt=0)]
-    assert ("done", "a") in out and ws.tasks["a"].state == "erred"
+    assert Done("a") in out and ws.tasks["a"].state == "erred"
 
 
 def test_retries_do_not_cover_serialization_failures():
@@ -161,7 +162,7 @@ def test_erred_propagates_to_local_dependents_then_records_are_forgotten():
     run(ws, "a")
     out = ws.erred("a", [b"e"], "tb", "exception")
     ws.validate()
-    assert ("done", "b") in out and ws.tasks["b"].state == "erred"
+    assert Done("b") in out and ws.tasks["b"].state == "erred"
     assert ws.tasks["b"].error == ([b"e"], "tb", "exception")
     # the shell settled local futures from the records; the next event forgets them
     ws.idle(True)
@@ -195,7 +196,7 @@ def test_stolen_task_with_local_dependent_waits_for_its_result():
     ws.validate()
     assert ws.tasks["a"].state == "remote" and ws.tasks["b"].waiting_on == {"a"}
     out = ws.key_memory("a", [PEER])
-    assert kinds(out, "fetch") == [("fetch", "a", [PEER])]
+    assert kinds(out, Fetch) == [Fetch("a", [PEER])]
 
 
 def test_claim_rejected_drops_the_local_copy():
@@ -231,7 +232,7 @@ def test_free_of_an_executing_task_drops_its_result_silently():
     ws.validate()
     assert ws.tasks["a"].state == "cancelled"
     out = finish(ws, "a")
-    assert out == [("drop", "a")] and ws.tasks == {} and not ws.executing
+    assert out == [Drop("a")] and ws.tasks == {} and not ws.executing
 
 
 def test_free_of_memory_drops_the_value():
@@ -241,7 +242,7 @@ def test_free_of_memory_drops_the_value():
     finish(ws, "a")
     out = ws.free(["a"])
     ws.validate()
-    assert out == [("drop", "a")] and ws.tasks == {}
+    assert out == [Drop("a")] and ws.tasks == {}
 
 
 def test_free_keeps_a_value_a_local_task_still_needs():
@@ -254,7 +255,7 @@ def test_free_keeps_a_value_a_local_task_still_needs():
     assert ws.free(["a"]) == []
     ws.validate()
     out = finish(ws, "b")
-    assert ("drop", "a") in out and "a" not in ws.tasks
+    assert Drop("a") in out and "a" not in ws.tasks
 
 
 def test_fetched_copies_are_dropped_once_no_local_task_needs_them():
@@ -263,9 +264,9 @@ def test_fetched_copies_are_dropped_once_no_local_task_needs_them():
     compute(ws, "c", {"far": [PEER]})
     ws.fetched("far", 5)
     run(ws, "b")
-    assert ("drop", "far") not in finish(ws, "b")
+    assert Drop("far") not in finish(ws, "b")
     run(ws, "c")
-    assert ("drop", "far") in finish(ws, "c")
+    assert Drop("far") in finish(ws, "c")
     assert set(ws.tasks) == {"b", "c"}
     assert ws.held_keys() == ["b", "c"]            # fetched copies are never reported held
 
@@ -273,11 +274,11 @@ def test_fetched_copies_are_dropped_once_no_local_task_needs_them():
 def test_fetch_failure_tries_the_next_holder_and_tells_the_scheduler():
     ws = WorkerState(ME)
     out = compute(ws, "b", {"far": [PEER, "tcp://127.0.0.1:9003"]})
-    addrs = kinds(out, "fetch")[0][2]
+    addrs = kinds(out, Fetch)[0].addrs
     out = ws.fetch_failed("far", addrs[0])
     ws.validate()
     assert sent(out) == [m.MissingData(key="far", worker=addrs[0])]
-    assert kinds(out, "fetch") == [("fetch", "far", addrs[1:])]
+    assert kinds(out, Fetch) == [Fetch("far", addrs[1:])]
 
 
 def test_key_erred_errs_waiting_dependents():
@@ -285,7 +286,7 @@ def test_key_erred_errs_waiting_dependents():
     compute(ws, "b", {"far": [PEER]})
     out = ws.key_erred("far", [b"e"], "tb", "exception")
     ws.validate()
-    assert ("done", "b") in out and ws.tasks["b"].state == "erred"
+    assert Done("b") in out and ws.tasks["b"].state == "erred"
 
 
 def test_idle_is_reported_once_until_work_arrives():
@@ -305,7 +306,7 @@ def test_put_data_is_owned_memory_and_wakes_dependents():
     ws.claim("b", 1, b"", ["x"], prio(1, 1), 0)
     out = ws.put_data(["x"], [4])
     ws.validate()
-    assert ("done", "x") in out and ws.tasks["b"].state == "ready"
+    assert Done("x") in out and ws.tasks["b"].state == "ready"
     assert ws.held_keys() == ["x"]
 
 
@@ -333,7 +334,7 @@ def test_claim_of_a_key_freed_while_running_keeps_that_run():
     ws.validate()
     assert sent(out, "claim") and ws.pop_ready() is None
     out = finish(ws, "pure")
-    assert sent(out, "task-finished") and ("drop", "pure") not in out
+    assert sent(out, "task-finished") and Drop("pure") not in out
     assert ws.held_keys() == ["pure"]
 
 
@@ -362,7 +363,7 @@ def test_a_freed_task_still_running_is_not_forgotten_when_a_dependent_goes():
     ws.validate()
     assert ws.tasks["k"].state == "cancelled"
     out = finish(ws, "k")
-    assert ("drop", "r") in out and ws.tasks == {}
+    assert Drop("r") in out and ws.tasks == {}
 
 
 def test_a_task_that_will_not_run_here_stops_waiting():
@@ -428,8 +429,8 @@ class WorkerMachine(RuleBasedStateMachine):
 
     def _apply(self, out: list) -> None:
         for a in out:
-            if a[0] == "send":
-                msg = a[1]
+            if isinstance(a, Send):
+                msg = a.msg
                 if msg.op == "task-finished":
                     self.assigned.discard(msg.key)
                     self.claimed.discard(msg.key)
@@ -441,10 +442,10 @@ class WorkerMachine(RuleBasedStateMachine):
                     self.assigned.discard(msg.key)
                     self.claimed.discard(msg.key)
                     self.remote.add(msg.key)
-            elif a[0] == "fetch":
-                self.fetches.append((a[1], list(a[2])))
-            elif a[0] == "drop":
-                self.data.discard(a[1])
+            elif isinstance(a, Fetch):
+                self.fetches.append((a.key, list(a.addrs)))
+            elif isinstance(a, Drop):
+                self.data.discard(a.key)
         # the scheduler errs whatever erred here with it (dependency errors propagate)
         for k in [k for k in self.assigned if k in self.ws.tasks
                   and self.ws.tasks[k].state == "erred"]:
@@ -663,8 +664,8 @@ def test_finished_tells_connected_waiting_clients_directly():
     ws.compute("a", 1, b"", {}, prio(0, 1), 0, ["c-1", "c-2"])
     assert ws.pop_ready().key == "a"
     out = ws.finished("a", 8, "int", [b"v"], [], {"c-1", "c-3"})   # c-2 is not connected
-    assert kinds(out, "tell") == [
-        ("tell", "c-1", m.KeyMemory(key="a", type="int", nbytes=8, who_has=["tcp://127.0.0.1:9001"], value=[b"v"]))]
+    assert kinds(out, Tell) == [
+        Tell("c-1", m.KeyMemory(key="a", type="int", nbytes=8, who_has=["tcp://127.0.0.1:9001"], value=[b"v"]))]
     assert sent(out) == [m.TaskFinished(key="a", nbytes=8, type="int", value=[b"v"], inner=[], notified=["c-1"], attempt=0)]
     ws.validate()
 
@@ -674,7 +675,7 @@ def test_claimed_children_tell_nobody_directly():
     ws.claim("child", b"f", b"", [], prio(1, 1), 0)
     assert ws.pop_ready().key == "child"
     out = ws.finished("child", 8, "int", None, [], {"c-1"})
-    assert not kinds(out, "tell")
+    assert not kinds(out, Tell)
     assert sent(out, "task-finished")[0].notified == []
 
 
@@ -686,7 +687,7 @@ def test_a_result_holding_futures_goes_through_the_scheduler():
     assert ws.pop_ready().key == "parent"
     ws.claim("child", b"f", b"", [], prio(1, 1), 0)
     out = ws.finished("parent", 8, "dict", [b"v"], ["child"], {"c-1"})
-    assert not kinds(out, "tell")
+    assert not kinds(out, Tell)
     assert sent(out, "task-finished")[0].notified == []
     ws.validate()
 
@@ -703,16 +704,16 @@ def place(ws: WorkerState, key: str, seq: int, client: str = C) -> list:
 
 def test_a_placed_task_runs_at_once_and_its_report_waits_for_the_confirm():
     ws = WorkerState(ME)
-    assert kinds(place(ws, "p", 1), "ready")
+    assert kinds(place(ws, "p", 1), Ready)
     assert ws.pop_ready().key == "p"
     out = ws.finished("p", 8, "int", [b"v"], [], {C})
     # the client hears now; the scheduler, which may not know the task yet, later
-    assert kinds(out, "tell") == [("tell", C, m.KeyMemory(key="p", type="int", nbytes=8, who_has=[ME], value=[b"v"]))]
+    assert kinds(out, Tell) == [Tell(C, m.KeyMemory(key="p", type="int", nbytes=8, who_has=[ME], value=[b"v"]))]
     assert not sent(out)
     out = ws.placing.confirm("p", C, 1, 7)
     assert sent(out) == [m.TaskFinished(key="p", nbytes=8, type="int", value=[b"v"], inner=[], notified=[C], attempt=7)]
     ws.validate()
-    assert ws.free(["p"]) == [("drop", "p")] and ws.tasks == {}
+    assert ws.free(["p"]) == [Drop("p")] and ws.tasks == {}
 
 
 def test_a_confirm_before_its_place_is_kept_until_the_place_comes():
@@ -736,7 +737,7 @@ def test_a_dropped_placed_copy_goes_and_a_running_one_ends_unreported():
     ws.placing.confirm("running", C, 2, -1)
     assert ws.tasks["running"].state == "cancelled"
     out = ws.finished("running", 8, "int", None, [], {C})
-    assert not sent(out) and ("drop", "running") in out
+    assert not sent(out) and Drop("running") in out
     ws.validate()
 
 
@@ -747,7 +748,7 @@ def test_a_free_on_its_way_does_not_take_a_copy_a_client_counts_on():
     ws.pop_ready()
     ws.finished("k", 8, "int", None, [], ())
     out = place(ws, "k", 1)                       # in memory: the client hears at once
-    assert kinds(out, "tell") == [("tell", C, m.KeyMemory(key="k", type="int", nbytes=8, who_has=[ME], value=None))]
+    assert kinds(out, Tell) == [Tell(C, m.KeyMemory(key="k", type="int", nbytes=8, who_has=[ME], value=None))]
     assert ws.free(["k"]) == [] and ws.tasks["k"].state == "memory"
     out = ws.placing.confirm("k", C, 1, 9)                # the scheduler counts this copy anew
     assert sent(out) == [m.TaskFinished(key="k", nbytes=8, type="int", value=None, inner=[], notified=[], attempt=9)]
@@ -759,7 +760,7 @@ def test_a_free_on_its_way_does_not_take_a_copy_a_client_counts_on():
     ws2.finished("k", 8, "int", None, [], ())
     place(ws2, "k", 1)
     ws2.free(["k"])
-    assert ws2.placing.confirm("k", C, 1, -1) == [("drop", "k")] and ws2.tasks == {}
+    assert ws2.placing.confirm("k", C, 1, -1) == [Drop("k")] and ws2.tasks == {}
 
 
 def test_a_confirm_counting_a_copy_that_never_came_says_not_here():
@@ -807,7 +808,7 @@ def test_a_placed_task_that_fails_tells_its_client_and_holds_the_report():
     place(ws, "p", 1)
     ws.pop_ready()
     out = ws.erred("p", [b"e"], "tb", "exception", {C})
-    assert kinds(out, "tell") == [("tell", C, m.KeyErred(key="p", exception=[b"e"], traceback="tb", kind="exception"))]
+    assert kinds(out, Tell) == [Tell(C, m.KeyErred(key="p", exception=[b"e"], traceback="tb", kind="exception"))]
     assert not sent(out)
     ws.idle(True)                                 # (erred records are reaped: not this one)
     assert sent(ws.placing.confirm("p", C, 1, 4)) == [m.TaskErred(key="p", exception=[b"e"], traceback="tb", kind="exception", attempt=4)]

@@ -13,13 +13,17 @@ it owns the places and early confirms, and uses the state's transitions.
 """
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
-from .records import UNCOUNTED, Action, WTask, heap_priority
+from .actions import Action, Send, Tell, reaping
+from .records import UNCOUNTED, WTask, heap_priority
 
 if TYPE_CHECKING:
     from .state import WorkerState
+
+event = reaping(attrgetter("state"))
 
 
 class Placing:
@@ -28,12 +32,11 @@ class Placing:
         self.places: dict[tuple[str, int], str] = {}   # (client, seq) -> key: awaiting confirm
         self.early: dict[tuple[str, int], tuple[str, int]] = {}   # confirms before their place
 
+    @event
     def place(self, key: str, func: bytes, args: bytes, priority: list, retries: int,
               client: str, seq: int) -> list[Action]:
         """A client placed a dependency-free task straight here (see ``confirm``)."""
         out: list[Action] = []
-        if self.state._erred:
-            self.state._reap(out)
         pk = (client, seq)
         early = self.early.pop(pk, None)
         if early is not None and early[1] < 0:
@@ -57,7 +60,7 @@ class Placing:
             t.attempt = UNCOUNTED
             t.owned = True
         elif t.state == "memory":
-            out.append(("tell", client, m.KeyMemory(key, t.type, t.nbytes, [self.state.address],
+            out.append(Tell(client, m.KeyMemory(key, t.type, t.nbytes, [self.state.address],
                                                    None)))
         elif t.unconfirmed:            # a pure claim here awaiting its word: the client's
             t.unconfirmed = False      # copy runs at once, as any placed copy does
@@ -72,13 +75,12 @@ class Placing:
             self._counted_here(key, early[1], out)
         return out
 
+    @event
     def confirm(self, key: str, client: str, seq: int, attempt: int) -> list[Action]:
         """The scheduler's answer to a client's ``placed``: the copy here is the task, as
         compute ``attempt`` (report it so), or, if negative, it is not (the task lives
         elsewhere, or nowhere): a copy nobody counts then goes."""
         out: list[Action] = []
-        if self.state._erred:
-            self.state._reap(out)
         pk = (client, seq)
         if self.places.pop(pk, None) is None:     # the place is still on its way
             self.early[pk] = (key, attempt)
@@ -97,7 +99,7 @@ class Placing:
         t = self.state.tasks.get(key)
         if t is None or t.state in ("remote", "fetching"):
             # but none runs here (a copy of its value at most): run it elsewhere
-            out.append(("send", m.NotHere(key, attempt)))
+            out.append(Send(m.NotHere(key, attempt)))
         else:
             self.state._adopt(t, attempt, out)
 
@@ -114,6 +116,7 @@ class Placing:
         elif t.state == "memory":
             self.state._maybe_drop(t, out)
 
+    @event
     def withdraw(self, client: str, upto: int) -> list[Action]:
         """The client's connection here broke: its places up to seq ``upto`` that have
         not arrived never will, so the confirms kept for them are void (the scheduler
@@ -122,6 +125,7 @@ class Placing:
             del self.early[pk]
         return []
 
+    @event
     def client_gone(self, client: str) -> list[Action]:
         """A client left: its places the scheduler never heard of will never be confirmed."""
         out: list[Action] = []
@@ -134,7 +138,7 @@ class Placing:
         for pk in [pk for pk in self.early if pk[0] == client]:
             key, attempt = self.early.pop(pk)
             if attempt >= 0:        # counted here, but it never came (a record of the key
-                out.append(("send", m.NotHere(key, attempt)))   # is another run's)
+                out.append(Send(m.NotHere(key, attempt)))   # is another run's)
         return out
 
     def early_run(self, key: str) -> tuple[str, int] | None:

@@ -6,8 +6,6 @@ from typing import Literal
 from ..memory import EMPTY
 from ..protocol import messages as m
 
-Action = tuple
-
 # waiting -> ready -> executing -> memory | erred; remote: computed elsewhere; fetching: a
 # copy on its way; confirming: a pure claim waiting for the scheduler's word; cancelled:
 # freed while it ran; new: only within the event that makes the record

@@ -35,6 +35,7 @@ from ..registry import set_default
 from ..protocol.serialize import (dumps_value, loads_call, loads_function, loads_value, nbytes,
                                   plain_nbytes)
 from ..version import __version__
+from .actions import Action, Done, Drop, Fetch, Ready, Send, Tell
 from .client import WorkerClient
 from .context import TaskContext, current_task, reset_task, set_task
 from .pool import Pool
@@ -349,27 +350,26 @@ class Worker:
             self._offline.append(msg)
 
     # -- actions (lock held) ------------------------------------------------------------------
-    def apply(self, actions: list, now: bool = False) -> list:
+    def apply(self, actions: list[Action], now: bool = False) -> list:
         """Carry out state actions; returns settle records to pass to settle() unlocked.
         ``now``: a task thread that calls _wake() next writes the messages itself."""
         done = []
         fetches: dict[str, list[str]] = {}
         for a in actions:
-            kind = a[0]
-            if kind == "send":
-                self.send(a[1], now)
-            elif kind == "tell":
-                self._tell(a[1], a[2], now)
-            elif kind == "ready":
+            if isinstance(a, Send):
+                self.send(a.msg, now)
+            elif isinstance(a, Tell):
+                self._tell(a.client, a.msg, now)
+            elif isinstance(a, Ready):
                 self.pool.notify()
-            elif kind == "done":
-                done.append(self._settle_record(a[1]))
-            elif kind == "fetch":      # one request per peer for what it asks of it
-                fetches.setdefault(random.choice(a[2]), []).append(a[1])
-            elif kind == "drop":
-                self.data.pop(a[1], None)
-                self.frames_cache.pop(a[1], None)
-                self.shared.release(a[1])
+            elif isinstance(a, Done):
+                done.append(self._settle_record(a.key))
+            elif isinstance(a, Fetch):        # one request per peer for what it asks of it
+                fetches.setdefault(random.choice(a.addrs), []).append(a.key)
+            elif isinstance(a, Drop):
+                self.data.pop(a.key, None)
+                self.frames_cache.pop(a.key, None)
+                self.shared.release(a.key)
         for address, keys in fetches.items():
             self._start_fetch(address, keys)
         if self.validate and not self._validate_pending and self.loop is not None:

@@ -1,13 +1,8 @@
 """WorkerState: what one worker knows about its tasks, as a pure state machine.
 
-Methods take one event and return actions, a list of tuples:
-
-    ("send", msg)            a message for the scheduler
-    ("tell", client, msg)    a message for a client connected here (results, straight)
-    ("fetch", key, addrs)    fetch a dependency from peers
-    ("ready",)               tasks became ready: wake the pool
-    ("done", key)            key reached memory or erred here: wake local futures
-    ("drop", key)            forget the key's value
+Methods marked ``@event`` take one event and return actions (actions.py): Send a
+message to the scheduler, Tell a client connected here, Fetch a dependency, wake
+the pool (READY), settle local futures on a key that is Done, Drop a value.
 
 Key states::
 
@@ -32,7 +27,10 @@ from typing import Any, get_args
 from ..memory import EMPTY, sparse
 from ..protocol import messages as m
 from .placing import Placing
-from .records import CLAIMED, UNCOUNTED, Action, WState, WTask, heap_priority
+from .actions import READY, Action, Done, Drop, Fetch, Send, Tell, reaping
+from .records import CLAIMED, UNCOUNTED, WState, WTask, heap_priority
+
+event = reaping(lambda st: st)
 
 
 class WorkerState:
@@ -43,7 +41,7 @@ class WorkerState:
         self.executing: set[str] = set()
         self.fetching: set[str] = set()
         self.idle_reported = False
-        self._erred: list[str] = []    # erred records to forget at the next event
+        self._erred: list[str] = []    # erred records to forget at the next event (reap)
         self.placing = Placing(self)   # tasks clients placed here straight
 
     # == dispatch =====================================================================
@@ -96,13 +94,12 @@ class WorkerState:
         return shrank
 
     # == incoming work ===================================================================
+    @event
     def compute(self, key: str, func: bytes, args: bytes, deps: dict[str, list[str]],
                 priority: list, retries: int, notify: list[str] | None = None,
                 attempt: int = CLAIMED) -> list[Action]:
         """The scheduler assigned a task here (its ``attempt``-th assignment)."""
         out: list[Action] = []
-        if self._erred:
-            self._reap(out)
         t = self.tasks.get(key)
         if t is None:
             t = self.tasks[key] = WTask(key, "new")
@@ -124,6 +121,7 @@ class WorkerState:
         self._resolve_deps(t, deps, out)
         return out
 
+    @event
     def claim(self, key: str, func: bytes, args: bytes, deps: list[str], priority: list,
               retries: int, locations: dict[str, list[str]] | None = None,
               confirm: bool = False) -> list[Action]:
@@ -132,10 +130,8 @@ class WorkerState:
         ``confirm``: the key may be claimed elsewhere at the same moment (a pure call),
         so it waits for the scheduler's word before it runs; a fresh key (``pure=False``)
         can only be claimed here and runs at once."""
-        out: list[Action] = [("send", m.Claim(key, func, args, deps, priority, retries,
+        out: list[Action] = [Send(m.Claim(key, func, args, deps, priority, retries,
                                               confirm))]
-        if self._erred:
-            self._reap(out)
         t = self.tasks.get(key)
         if t is not None and t.state == "cancelled":   # still running: that run counts again
             t.state, t.claimed, t.owned, t.attempt = "executing", True, True, CLAIMED
@@ -152,6 +148,7 @@ class WorkerState:
         self._resolve_deps(t, {d: (locations or {}).get(d, []) for d in deps}, out)
         return out
 
+    @event
     def claim_accepted(self, keys: list[str]) -> list[Action]:
         """The scheduler keeps these claims as ours: they may run."""
         out: list[Action] = []
@@ -177,7 +174,7 @@ class WorkerState:
                 exception, traceback, kind = t.error
                 msg = m.TaskErred(t.key, exception, traceback, kind, attempt)
             msg.attempt = attempt
-            out.append(("send", msg))
+            out.append(Send(msg))
             t.held = None
         t.owned = t.state != "erred"
 
@@ -214,13 +211,13 @@ class WorkerState:
         t.state = "ready"
         heapq.heappush(self.ready, (t.priority, t.key))
         self.idle_reported = False
-        out.append(("ready",))
+        out.append(READY)
 
     def _fetch(self, d: WTask, out: list[Action]) -> None:
         if d.state == "remote" and d.who_has and d.key not in self.fetching:
             d.state = "fetching"
             self.fetching.add(d.key)
-            out.append(("fetch", d.key, list(d.who_has)))
+            out.append(Fetch(d.key, list(d.who_has)))
 
     # == execution =========================================================================
     def pop_ready(self) -> WTask | None:
@@ -304,6 +301,7 @@ class WorkerState:
                 todo.extend(t.waiting_on)
         return False
 
+    @event
     def finished(self, key: str, nbytes: int, type_name: str, inline: list | None,
                  inner: list[str], connected: Any = ()) -> list[Action]:
         """A task ran here. Clients in its ``notify`` list that are ``connected`` to
@@ -311,12 +309,10 @@ class WorkerState:
         and the scheduler hears whom it need not tell. ``inner``: keys of futures
         inside the result."""
         out: list[Action] = []
-        if self._erred:
-            self._reap(out)
         self.executing.discard(key)
         t = self.tasks.get(key)
         if t is None or t.state != "executing":
-            out.append(("drop", key))       # freed while it ran
+            out.append(Drop(key))       # freed while it ran
             if t is not None and t.state == "cancelled":
                 t.state = "remote"
                 self._release_inputs(t, out)
@@ -335,19 +331,18 @@ class WorkerState:
         if t.attempt == UNCOUNTED:
             t.held = report                  # until the scheduler counts the placed copy
         else:     # queued before the clients hear: a ``sync`` after that finds it sent
-            out.append(("send", report))
+            out.append(Send(report))
         for cid in notified:
-            out.append(("tell", cid, m.KeyMemory(key, type_name, nbytes, [self.address], inline)))
-        out.append(("done", key))
+            out.append(Tell(cid, m.KeyMemory(key, type_name, nbytes, [self.address], inline)))
+        out.append(Done(key))
         self._dependency_arrived(t, out)
         self._release_inputs(t, out)
         return out
 
+    @event
     def erred(self, key: str, exception: list, traceback: str, kind: str,
               connected: Any = ()) -> list[Action]:
         out: list[Action] = []
-        if self._erred:
-            self._reap(out)
         self.executing.discard(key)
         t = self.tasks.get(key)
         if t is None or t.state != "executing":
@@ -364,10 +359,10 @@ class WorkerState:
         if t.attempt == UNCOUNTED:                  # tell the placing client, hold the report
             for cid in t.notify:
                 if cid in connected:
-                    out.append(("tell", cid, m.KeyErred(key, exception, traceback, kind)))
+                    out.append(Tell(cid, m.KeyErred(key, exception, traceback, kind)))
             t.held = report
         else:
-            out.append(("send", report))
+            out.append(Send(report))
         t.notify = []
         self._set_erred(t, exception, traceback, kind, out)
         self._release_inputs(t, out)
@@ -380,18 +375,19 @@ class WorkerState:
         t.error = (exception, traceback, kind)
         t.waiting_on = EMPTY
         self._erred.append(t.key)
-        out.append(("done", t.key))
+        out.append(Done(t.key))
         for dk in list(t.dependents):
             d = self.tasks.get(dk)
             if d is not None and d.state in ("waiting", "ready", "confirming"):
                 self._set_erred(d, exception, traceback, kind, out)
 
-    def _reap(self, out: list[Action]) -> None:
+    def reap(self) -> list[Action]:
         """Forget erred records once the shell settled local futures from them.
 
         The scheduler never frees an erred key on a worker (no data is held), and
         it tells every holder of a future about the error itself.
         """
+        out: list[Action] = []
         keys, self._erred = self._erred, []
         for key in keys:
             t = self.tasks.get(key)
@@ -406,6 +402,7 @@ class WorkerState:
                 if d is not None:
                     d.dependents.discard(key)
                     self._maybe_drop(d, out)
+        return out
 
     def _dependency_arrived(self, t: WTask, out: list[Action]) -> None:
         for dk in t.dependents:
@@ -433,7 +430,7 @@ class WorkerState:
                for k in d.dependents if k in self.tasks):
             return
         if d.state == "memory":
-            out.append(("drop", d.key))
+            out.append(Drop(d.key))
         del self.tasks[d.key]
         for k in d.dependents:
             dep = self.tasks.get(k)
@@ -441,6 +438,7 @@ class WorkerState:
                 dep.waiting_on.discard(d.key)
 
     # == data ===============================================================================
+    @event
     def fetched(self, key: str, nbytes: int) -> list[Action]:
         out: list[Action] = []
         self.fetching.discard(key)
@@ -453,6 +451,7 @@ class WorkerState:
         self._maybe_drop(t, out)
         return out
 
+    @event
     def value_arrived(self, key: str, nbytes: int) -> list[Action]:
         """A dependency's value came with the scheduler's key-memory: no fetch needed."""
         t = self.tasks.get(key)
@@ -463,6 +462,7 @@ class WorkerState:
             self.fetching.add(key)
         return self.fetched(key, nbytes)
 
+    @event
     def fetch_failed(self, key: str, address: str) -> list[Action]:
         out: list[Action] = []
         self.fetching.discard(key)
@@ -471,16 +471,15 @@ class WorkerState:
             return out
         t.state = "remote"
         t.who_has = [a for a in t.who_has if a != address]
-        out.append(("send", m.MissingData(key, address)))
+        out.append(Send(m.MissingData(key, address)))
         self._fetch(t, out)
         self._maybe_drop(t, out)      # its dependents may have gone while it travelled
         return out
 
+    @event
     def key_memory(self, key: str, who_has: list[str]) -> list[Action]:
         """The scheduler says where a key we may need lives."""
         out: list[Action] = []
-        if self._erred:
-            self._reap(out)
         t = self.tasks.get(key)
         if t is None or t.state not in ("remote", "fetching"):
             return out
@@ -489,6 +488,7 @@ class WorkerState:
             self._fetch(t, out)
         return out
 
+    @event
     def key_erred(self, key: str, exception: list, traceback: str, kind: str) -> list[Action]:
         out: list[Action] = []
         t = self.tasks.get(key)
@@ -501,6 +501,7 @@ class WorkerState:
             self._maybe_drop(t, out)
         return out
 
+    @event
     def put_data(self, keys: list[str], nbytes: list[int]) -> list[Action]:
         """Data placed here (scatter): owned, in memory."""
         out: list[Action] = []
@@ -512,15 +513,14 @@ class WorkerState:
             t.state, t.nbytes, t.owned, t.unconfirmed = "memory", nb, True, False
             self.fetching.discard(key)
             if was != "memory":
-                out.append(("done", key))
+                out.append(Done(key))
                 self._dependency_arrived(t, out)
         return out
 
+    @event
     def free(self, keys: list[str]) -> list[Action]:
         """The scheduler no longer needs these here."""
         out: list[Action] = []
-        if self._erred:
-            self._reap(out)
         for key in keys:
             pk = self.placing.early_run(key)
             if pk is not None:    # that run (still on its way) is not wanted any more
@@ -545,6 +545,7 @@ class WorkerState:
             self._maybe_drop(t, out)
         return out
 
+    @event
     def steal(self, key: str) -> list[Action]:
         # (not a task a local one waits to run the moment its claim is accepted: it
         # would only bounce to the thief and back, and its siblings' shared calls too)
@@ -552,7 +553,7 @@ class WorkerState:
         ok = t is not None and t.state == "ready" and not t.placers and not t.awaited \
             and self.placing.early_run(key) is None
         later = t is not None and t.state == "ready" and bool(t.awaited)
-        out: list[Action] = [("send", m.StealReply(key, ok, later))]
+        out: list[Action] = [Send(m.StealReply(key, ok, later))]
         if ok and t is not None:
             t.state = "remote"            # computed elsewhere now; local dependents wait for it
             t.owned = False
@@ -562,6 +563,7 @@ class WorkerState:
             self._maybe_drop(t, out)
         return out
 
+    @event
     def claim_rejected(self, key: str) -> list[Action]:
         """Another worker claimed this pure key first; wait for its result instead."""
         out: list[Action] = []
@@ -580,14 +582,13 @@ class WorkerState:
             t.claimed = False
         return out
 
+    @event
     def idle(self, has_free_slot: bool) -> list[Action]:
         """The pool found nothing to do; say so once so the scheduler can send work."""
         out: list[Action] = []
-        if self._erred:
-            self._reap(out)
         if has_free_slot and not self.idle_reported and not self.has_ready():
             self.idle_reported = True
-            out.append(("send", m.Idle()))
+            out.append(Send(m.Idle()))
         return out
 
     def held_keys(self) -> list[str]:
