@@ -95,6 +95,8 @@ def main() -> None:
             raise ValueError(f"unknown workload {a.workload!r}")
         t0 = time.perf_counter()
         system = open_system(a.system)
+        mod = getattr(system, "mod", None)
+        res["imported_from"] = os.path.dirname(getattr(mod, "__file__", "") or "")
         system.start()
         res["start_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -2,20 +2,28 @@
 
     python -m benchmarks.run [--systems tasknest,dask,ray] [--workloads ...]
                              [--runs 3] [--quick] [--timeout 290]
-                             [--output docs/benchmarks.md]
+                             [--output docs/benchmarks.md] [--baseline REV]
 
 Every measurement runs in a fresh driver process (``benchmarks.driver``).  A
 driver that exceeds the timeout is killed with everything it started and is
 reported as "timeout"; one that crashes is reported as "failed" with the last
 line of its error.  Nothing is left out of the report.
+
+``--baseline REV`` measures tasknest as it was at git revision REV beside this
+tree, in the same invocation, runs interleaved (``tasknest@REV`` is one more
+system: its drivers import REV's ``src``, exported with ``git archive``), and
+writes a before/after table (medians, change in percent) instead of the rivals'
+report: the check that a refactoring left every workload as fast as it was.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +68,7 @@ def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+JSON_DEFAULT = "benchmarks/results/latest.json"
 QUIET_CPU = 10.0       # percent of the whole machine
 QUIET_WAIT = 30.0      # seconds at most
 
@@ -81,9 +90,14 @@ def _last_line(text: str) -> str:
 
 
 def run_one(system: str, workload: str, size: int, timeout: float,
-            sampler: bool = True, quiet_wait: float = QUIET_WAIT) -> dict[str, Any]:
-    """One measurement in a fresh process; always returns a result record."""
-    cmd = [sys.executable, "-m", "benchmarks.driver", "--system", system,
+            sampler: bool = True, quiet_wait: float = QUIET_WAIT,
+            baselines: dict[str, str] | None = None) -> dict[str, Any]:
+    """One measurement in a fresh process; always returns a result record.
+    ``baselines``: system name (``tasknest@REV``) -> the ``src`` it imports."""
+    env = with_root_on_path(dict(os.environ))
+    if baselines and system in baselines:     # the same driver and tasks, REV's tasknest
+        env["PYTHONPATH"] = os.pathsep.join([baselines[system], env["PYTHONPATH"]])
+    cmd = [sys.executable, "-m", "benchmarks.driver", "--system", system.split("@")[0],
            "--workload", workload, "--size", str(size)]
     base: dict[str, Any] = {"system": system, "workload": workload, "size": size,
                             "idle_cpu_before": wait_quiet(deadline=quiet_wait)}
@@ -92,7 +106,7 @@ def run_one(system: str, workload: str, size: int, timeout: float,
         peaks_file = os.path.join(tmp, "peaks.json")
         cmd += ["--peaks-file", peaks_file] if sampler else ["--no-sampler"]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=with_root_on_path(dict(os.environ)),
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env,
                                 stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         timed_out = False
@@ -122,7 +136,39 @@ def run_one(system: str, workload: str, size: int, timeout: float,
     if partial is not None and "peaks" not in res:
         res["peaks"], res["peaks_partial"] = partial, True  # peaks until it was killed
     res["wall_s"] = wall
+    res["system"] = system
+    if baselines and system in baselines and res.get("status") == "ok" and \
+            not res.get("imported_from", "").startswith(baselines[system]):
+        res.update(status="failed", error=f"imported tasknest from {res.get('imported_from')}")
     return res
+
+
+def export_revision(rev: str, into: str) -> str:
+    """REV's ``src`` tree written under ``into`` (git archive); returns its path."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+    return os.path.join(into, "src")
+
+
+def baseline_table(cells: list[dict[str, Any]], base: str) -> list[str]:
+    """Medians of this tree against ``base`` (tasknest@REV), workload by workload."""
+    by = {(c["workload"], c["size"], c["system"]): c["summary"] for c in cells}
+    lines = [f"| workload | size | {base} | this tree | change |", "|---|---|---|---|---|"]
+    for (wname, size, system), now in by.items():
+        if system != "tasknest":
+            continue
+        w, before = WORKLOADS[wname], by.get((wname, size, base))
+        if before is None or now["status"] != "ok" or before["status"] != "ok":
+            lines.append(f"| {wname} | {size:,} | {before and before['status']} | "
+                         f"{now['status']} | — |")
+            continue
+        a, b = now["metrics"][w.primary.metric], before["metrics"][w.primary.metric]
+        faster = (a / b - 1) if w.higher_is_better else (b / a - 1)
+        lines.append(f"| {wname} | {size:,} | {format(b, w.primary.fmt)} | "
+                     f"{format(a, w.primary.fmt)} {w.primary.header} | "
+                     f"{faster:+.1%} ({'faster' if faster >= 0 else 'slower'}) |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,7 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="only the smallest size of each workload")
     ap.add_argument("--timeout", type=float, default=290.0, help="seconds per measurement")
     ap.add_argument("--output", default="docs/benchmarks.md")
-    ap.add_argument("--json", default="benchmarks/results/latest.json")
+    ap.add_argument("--json", default=JSON_DEFAULT)
+    ap.add_argument("--baseline", metavar="REV", default="",
+                    help="also run tasknest at git revision REV, interleaved; report the change")
     ap.add_argument("--no-sampler", action="store_true",
                     help="turn the resource sampler off (for every system alike)")
     a = ap.parse_args(argv)
@@ -144,12 +192,22 @@ def main(argv: list[str] | None = None) -> None:
         if s not in SYSTEMS:
             ap.error(f"unknown system {s!r}")
     workloads = select([w for w in a.workloads.split(",") if w])
+    baselines: dict[str, str] = {}
+    if a.baseline:
+        if "tasknest" not in systems:
+            ap.error("--baseline compares tasknest with itself: keep tasknest in --systems")
+        tmp = tempfile.mkdtemp(prefix="tasknest-baseline-")
+        atexit.register(shutil.rmtree, tmp, True)
+        base = f"tasknest@{a.baseline}"
+        baselines[base] = export_revision(a.baseline, tmp)
+        systems = [base, *systems]
 
     args = argv if argv is not None else sys.argv[1:]
     meta = report.metadata(
         command=shlex.join(["python", "-m", "benchmarks.run", *args]),
         runs=a.runs, timeout=a.timeout, sampler=not a.no_sampler, systems=systems)
-    json_path = Path(a.json)
+    json_path = Path(a.json if not a.baseline or a.json != JSON_DEFAULT
+                     else "benchmarks/results/baseline.json")
     json_path.parent.mkdir(parents=True, exist_ok=True)
 
     plan = [(w, size) for w in workloads for size in ((w.quick,) if a.quick else w.sizes)]
@@ -163,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
                 if by_system[s] and by_system[s][0]["status"] == "n/a":
                     continue  # the system has no such feature: once is enough
                 done += 1
-                r = run_one(s, w.name, size, a.timeout, sampler=not a.no_sampler)
+                r = run_one(s, w.name, size, a.timeout, sampler=not a.no_sampler,
+                            baselines=baselines)
                 by_system[s].append(r)
                 fig = r.get("metrics", {}).get(w.primary.metric)
                 shown = f"{w.primary.header}={fig:{w.primary.fmt}}" if fig is not None \
@@ -176,6 +235,13 @@ def main(argv: list[str] | None = None) -> None:
         # Saved after every workload, so an interrupted session keeps what it measured.
         json_path.write_text(json.dumps({"meta": meta, "cells": cells}, indent=1) + "\n")
 
+    if baselines:
+        table = "\n".join(baseline_table(cells, next(iter(baselines))))
+        print(table)
+        Path(json_path.with_suffix(".md")).write_text(
+            f"`{meta['command']}` ({a.runs} runs each, interleaved)\n\n{table}\n")
+        print(f"wrote {json_path} and {json_path.with_suffix('.md')}", file=sys.stderr)
+        return
     out = Path(a.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.render(meta, cells, out.read_text() if out.exists() else ""))

@@ -64,3 +64,29 @@ def test_recovery_benchmark_smallest_size() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| SIGKILL → first task dispatched again |" in out.stdout
     assert "| flat | 100 |" in out.stdout and "| fanout | 50 |" in out.stdout
+
+
+@pytest.mark.timeout(180)
+def test_baseline_runs_an_earlier_revision_beside_this_tree(tmp_path: Path, capsys) -> None:
+    """``--baseline REV``: REV's tasknest (exported from git) measured in the same
+    invocation, interleaved, and a before/after table written."""
+    import json
+    import subprocess
+
+    if not (ROOT / ".git").exists():
+        pytest.fail("the benchmarks' --baseline needs a git checkout of the repository")
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    from benchmarks.run import main
+
+    out = tmp_path / "baseline.json"
+    main(["--baseline", rev, "--systems", "tasknest", "--workloads", "latency", "--quick",
+          "--runs", "1", "--no-sampler", "--json", str(out)])
+    cells = {c["system"]: c for c in json.loads(out.read_text())["cells"]}
+    assert set(cells) == {f"tasknest@{rev}", "tasknest"}
+    base_from = cells[f"tasknest@{rev}"]["runs"][0]["imported_from"]
+    assert cells[f"tasknest@{rev}"]["summary"]["status"] == "ok", cells
+    assert "tasknest-baseline-" in base_from and not base_from.startswith(str(ROOT))
+    assert "tasknest-baseline-" not in cells["tasknest"]["runs"][0]["imported_from"]
+    table = out.with_suffix(".md").read_text()
+    assert "| latency | 5 |" in table and "%" in table
