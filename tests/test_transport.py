@@ -72,3 +72,31 @@ def test_frames_larger_than_the_socket_buffer_arrive_whole(client):
     assert client.submit(len, blob).result(timeout=30) == len(blob)
     [f] = client.scatter([blob])
     assert client.submit(len, f).result(timeout=30) == len(blob)
+
+
+@pytest.mark.timeout(20)
+def test_a_write_on_the_loop_that_meets_a_closed_peer_reports_the_loss():
+    """A write from the loop's own thread that fails (the peer is gone) reports the
+    connection lost; it used to take the transport's lock a second time and hang the
+    loop (a client's loop froze when the scheduler was killed under load)."""
+    import socket
+
+    from tasknest.protocol.transport import SocketTransport
+
+    async def main() -> None:
+        lost: list = []
+
+        class Proto(asyncio.Protocol):
+            def connection_lost(self, exc):
+                lost.append(exc)
+
+        ours, theirs = socket.socketpair()
+        transport = SocketTransport(asyncio.get_running_loop(), ours, Proto())
+        theirs.close()
+        transport.writelines([b"x" * 1024])     # on the loop's thread: EPIPE
+        assert len(lost) == 1 and isinstance(lost[0], OSError), lost
+        assert transport.is_closing()
+        transport.writelines([b"y"])            # a closed transport takes nothing more
+        assert len(lost) == 1
+
+    _run(main())

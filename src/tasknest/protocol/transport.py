@@ -57,6 +57,7 @@ class SocketTransport:
     def writelines(self, chunks: list) -> None:
         """Send now, from whatever thread, in one system call; what the kernel does not
         take waits for the loop."""
+        error: OSError | None = None
         with self._lock:
             if self._closing:
                 return
@@ -69,18 +70,25 @@ class SocketTransport:
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError as exc:
-                self._in_loop(self._lost, exc)
-                return
-            for c in chunks:
-                size = _size(c)
-                if n >= size:
-                    n -= size
-                    continue
-                self._queue(memoryview(c).cast("B")[n:] if n else c)   # kept, not copied
-                n = 0
-            if self._buffer:
-                self._writing = True
-                self._in_loop(self._loop.add_writer, self._fd, self._on_writable)
+                error = exc
+            if error is None:
+                self._keep_unsent(chunks, n)
+        if error is not None:   # outside the lock: on the loop's thread, _lost runs now
+            self._in_loop(self._lost, error)
+
+    def _keep_unsent(self, chunks: list, n: int) -> None:
+        """Queue what the kernel did not take of ``chunks`` (it took ``n`` bytes); the
+        loop writes it when the socket is writable (lock held)."""
+        for c in chunks:
+            size = _size(c)
+            if n >= size:
+                n -= size
+                continue
+            self._queue(memoryview(c).cast("B")[n:] if n else c)   # kept, not copied
+            n = 0
+        if self._buffer:
+            self._writing = True
+            self._in_loop(self._loop.add_writer, self._fd, self._on_writable)
 
     def _queue(self, chunk: Any) -> None:
         self._buffer.append(chunk)
