@@ -14,7 +14,7 @@ from tasknest.demo import expected, seed_options
 
 import slurmd
 from conftest import wait_until
-from test_nested import fib_tasks
+from nested_tasks import fib_tasks
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(TESTS), "src")
@@ -115,7 +115,7 @@ IN_ALLOCATION = '''
 import sys
 from tasknest import Client, default_client
 from tasknest.demo import expected, seed_options
-from test_nested import fib_tasks
+from nested_tasks import fib_tasks
 c = Client()                        # finds the scheduler of this allocation
 assert c.scheduler_address == default_client().scheduler_address
 workers = c.scheduler_info(-1)["workers"]
