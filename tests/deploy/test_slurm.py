@@ -16,7 +16,8 @@ import slurmd
 from conftest import wait_until
 from nested_tasks import fib_tasks
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(HERE)                       # the shared helpers (nested_tasks)
 SRC = os.path.join(os.path.dirname(TESTS), "src")
 
 _missing = slurmd.missing()
@@ -35,7 +36,7 @@ def slurm(tmp_path_factory):
     saved = dict(os.environ)
     os.environ["SLURM_CONF"] = s.conf
     # what the jobs import (sbatch passes this environment on)
-    os.environ["PYTHONPATH"] = os.pathsep.join([SRC, TESTS])
+    os.environ["PYTHONPATH"] = os.pathsep.join([SRC, TESTS, HERE])
     os.environ["TASKNEST_VALIDATE"] = "1"
     try:
         yield s.start()
