@@ -12,6 +12,8 @@ os.environ.setdefault("TASKNEST_VALIDATE", "1")   # state machines check invaria
 
 from tasknest import Client, LocalCluster  # noqa: E402
 
+from commands import Proc  # noqa: E402
+
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01,
                message: str = "condition") -> object:
@@ -63,6 +65,20 @@ def inproc():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as c:
         with Client(c) as client:
             yield client
+
+
+@pytest.fixture
+def procs():
+    """Every process a test starts is gone when it ends."""
+    started: list[Proc] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Proc:
+        p = Proc(*args, env=env)
+        started.append(p)
+        return p
+    yield start
+    for p in reversed(started):
+        p.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import pytest
 
 from tasknest import SLURMCluster, SubmissionError
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # has fake_slurm.py
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ from tasknest.demo import expected, seed_options
 
 import slurmd
 from conftest import wait_until
-from test_nested import fib_tasks
+from nested_tasks import fib_tasks
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(HERE)                       # the shared helpers (nested_tasks)
 SRC = os.path.join(os.path.dirname(TESTS), "src")
 
 _missing = slurmd.missing()
@@ -35,7 +36,7 @@ def slurm(tmp_path_factory):
     saved = dict(os.environ)
     os.environ["SLURM_CONF"] = s.conf
     # what the jobs import (sbatch passes this environment on)
-    os.environ["PYTHONPATH"] = os.pathsep.join([SRC, TESTS])
+    os.environ["PYTHONPATH"] = os.pathsep.join([SRC, TESTS, HERE])
     os.environ["TASKNEST_VALIDATE"] = "1"
     try:
         yield s.start()
@@ -115,7 +116,7 @@ IN_ALLOCATION = '''
 import sys
 from tasknest import Client, default_client
 from tasknest.demo import expected, seed_options
-from test_nested import fib_tasks
+from nested_tasks import fib_tasks
 c = Client()                        # finds the scheduler of this allocation
 assert c.scheduler_address == default_client().scheduler_address
 workers = c.scheduler_info(-1)["workers"]

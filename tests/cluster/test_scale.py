@@ -16,7 +16,7 @@ from tasknest.protocol import messages as m
 
 from conftest import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the fleet harness lives at the repository root
     sys.path.insert(0, str(ROOT))
 

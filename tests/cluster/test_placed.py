@@ -126,7 +126,7 @@ def test_a_task_placed_on_a_worker_that_dies_runs_again_elsewhere(tmp_path):
 CLIENT_THAT_DIES = textwrap.dedent("""
     import os, sys
     from tasknest import Client
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = {paths!r}
     from conftest import wait_for_file
     from test_placed import inc
     with Client({address!r}, token={token!r}) as c:
@@ -144,7 +144,8 @@ def test_a_client_that_dies_with_a_placed_task_leaves_the_cluster_clean(tmp_path
     # workers in this process, so that their state machines can be looked at
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster:
         gate = str(tmp_path / "go")
-        code = CLIENT_THAT_DIES.format(tests=os.path.dirname(__file__),
+        here = os.path.dirname(os.path.abspath(__file__))     # test_placed; above it, conftest
+        code = CLIENT_THAT_DIES.format(paths=[here, os.path.dirname(here)],
                                        address=cluster.scheduler_address, token=cluster.token,
                                        gate=gate)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

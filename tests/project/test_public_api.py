@@ -70,7 +70,7 @@ def test_errors_are_also_what_the_standard_library_callers_expect():
 
 def test_package_ships_its_types():
     assert (Path(tasknest.__file__).parent / "py.typed").exists()
-    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert re.search(r'tasknest\s*=\s*\[[^\]]*"py\.typed"', pyproject), \
         "py.typed is not in the package data"
 

@@ -15,9 +15,9 @@ from tasknest import Client, LocalCluster
 from tasknest.dashboard.metrics import parse as parse_metrics
 from tasknest.protocol.auth import dashboard_key
 
+from commands import Proc
 from conftest import wait_until
 from dashboard_tasks import fails, inc, parent, tree
-from test_cli import Proc, procs  # noqa: F401 (a fixture)
 
 PAGES = ["/status", "/tree", "/workers", "/failures", "/task/some-key"]
 API = ["/api/v1/status", "/api/v1/workers", "/api/v1/workers/logs", "/api/v1/failures",

@@ -17,7 +17,7 @@ from tasknest import Client, Executor, get_worker, local_executor, worker_client
 from tasknest.demo import aggregate, download_and_convert_to_list, expected, process_element, \
     seed_options
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FIB_100 = 354224848179261915075
 
 

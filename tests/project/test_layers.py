@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "tasknest"
 DOC = ROOT / "docs" / "architecture.md"
 MARK = "layer exception:"

@@ -13,23 +13,11 @@ import pytest
 from tasknest import (Client, Future, LocalCluster, get_client, get_worker, rejoin, secede,
                       worker_client)
 
+from nested_tasks import fib_tasks
+
 
 def inc(x):
     return x + 1
-
-
-def fib_tasks(n, path=None):
-    """Every call is its own task (pure=False); optionally one line per call in ``path``."""
-    if path is not None:
-        with open(path, "a") as f:
-            f.write(f"{n}\n")
-    if n < 2:
-        return n
-    with worker_client() as c:
-        a = c.submit(fib_tasks, n - 1, path, pure=False)
-        b = c.submit(fib_tasks, n - 2, path, pure=False)
-        a, b = c.gather([a, b])
-        return a + b
 
 
 def fib_value(n):

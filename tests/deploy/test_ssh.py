@@ -18,15 +18,16 @@ import pytest
 from tasknest import Client, SSHCluster
 from tasknest.demo import expected, seed_options
 
+import netns
 import sshd
 from conftest import wait_until
-from test_nested import fib_tasks
-from test_netns import Network, _can_make_namespaces
+from nested_tasks import fib_tasks
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(HERE)                       # the shared helpers (nested_tasks, sshd)
 SRC = os.path.join(os.path.dirname(TESTS), "src")
 
-_missing = sshd.missing() or _can_make_namespaces()
+_missing = sshd.missing() or netns.missing()
 if _missing and os.environ.get("CI") == "true":
     pytestmark = pytest.mark.timeout(10)     # in CI a missing component is a failure
 
@@ -39,7 +40,7 @@ else:
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory):
     keys = sshd.Keys(str(tmp_path_factory.mktemp("ssh")))
-    net = Network(["sched", "a", "b"])
+    net = netns.Network(["sched", "a", "b"])
     servers = []
     try:
         net.up()
@@ -59,7 +60,7 @@ def options(net, keys, tag):
         hosts=[net.addr["sched"], net.addr["a"], net.addr["b"]],
         connect_options={"port": 22, "identity_file": keys.user_key, "known_hosts": None},
         worker_options={"nthreads": 2}, remote_python=sys.executable,
-        remote_env={"PYTHONPATH": os.pathsep.join([SRC, TESTS]), "TASKNEST_VALIDATE": "1",
+        remote_env={"PYTHONPATH": os.pathsep.join([SRC, TESTS, HERE]), "TASKNEST_VALIDATE": "1",
                     "TASKNEST_TEST_TAG": tag})
 
 
@@ -119,10 +120,10 @@ def test_killing_the_client_process_leaves_no_remote_process(hosts, tmp_path):
     script = tmp_path / "make_cluster.py"
     script.write_text(textwrap.dedent(f"""
         import sys
-        sys.path[:0] = {[SRC, TESTS]!r}
+        sys.path[:0] = {[SRC, TESTS, HERE]!r}
         from tasknest import Client, SSHCluster
         from test_ssh import options
-        from test_netns import Network
+        from netns import Network
         import sshd
         net = Network.__new__(Network)
         net.addr = {net.addr!r}

@@ -20,7 +20,7 @@ from tasknest.protocol import sharedmem  # noqa: E402
 from tasknest.protocol.frames import FrameError, FrameReader, encode, mark_buffers  # noqa: E402
 from tasknest.protocol.serialize import dumps_value, loads_value  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def values() -> list:
