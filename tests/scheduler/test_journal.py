@@ -171,6 +171,39 @@ def test_a_resumed_task_whose_inputs_another_worker_brings_is_kept():
     assert not any(msg.op == "key-erred" for _, msg in out)
 
 
+def test_a_key_wanted_before_the_worker_holding_it_resumed_is_not_claimed_anew():
+    """A task on worker a placed its child c straight on worker b, which ran it; the
+    old scheduler never heard of c. Worker a resumes first, wanting c: it must not be
+    told c is unknown (its future would claim c anew and run it twice), and worker b's
+    result must not be dropped as nobody's. Both wait for the settling."""
+    st, recovery = _recovering([])
+    out = st.handle("w-a", m.Resume(memory=[], nbytes=[], kinds=[], tasks=[], wants=["c"]))
+    assert not any(msg.op == "unknown" for _, msg in out)
+    out = st.handle("w-b", m.Resume(memory=["c"], nbytes=[8], kinds=["int"], tasks=[], wants=[]))
+    assert not any(msg.op == "free" for _, msg in out), out
+    st.validate()
+    out = recovery.settle()
+    st.validate()
+    assert not any(msg.op in ("unknown", "free") for _, msg in out), out
+    assert st.tasks["c"].who_has == {"w-b"} and "w-a" in st.tasks["c"].who_wants
+    assert ("w-a", "key-memory") in [(t, msg.op) for t, msg in out]
+    assert not recovery.release_orphans()      # wanted: kept
+
+
+def test_a_result_nobody_wants_after_the_settling_is_dropped():
+    """A result resumed that no worker and no client (their ``holding`` comes after
+    the settling) wants is dropped then, and a key nobody brought is unknown."""
+    st, recovery = _recovering([])
+    st.handle("w-a", m.Resume(memory=[], nbytes=[], kinds=[], tasks=[], wants=["gone"]))
+    st.handle("w-b", m.Resume(memory=["stray"], nbytes=[8], kinds=["int"], tasks=[], wants=[]))
+    out = recovery.settle()
+    assert ("w-a", m.Unknown(key="gone")) in out
+    assert "stray" in st.tasks                  # a client's holding may still want it
+    out = recovery.release_orphans()
+    st.validate()
+    assert ("w-b", m.Free(keys=["stray"])) in out and "stray" not in st.tasks
+
+
 def test_a_resumed_task_whose_inputs_nobody_brings_errs_at_the_settling():
     st, recovery = _recovering([])
     st.handle("w-a", m.Resume(memory=[], nbytes=[], kinds=[], tasks=[["q", 0, b"f", b"aq", ["p"], [0, 0, 2], 0]], wants=["q"]))

@@ -95,6 +95,7 @@ class Persistence:
             if source in server.comms:
                 self.record(source, msg)
                 server._do(server.state.handle(source, msg))
+        server._do(self.recovery.release_orphans())
         server._check()
         log.info("recovered in %.3f s", self.recovered_at - self.started_at)
         if self.journal.wants_compaction():

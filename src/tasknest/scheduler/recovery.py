@@ -14,7 +14,10 @@ holder wanting what it wanted. Then:
   settles: then it errs, its inputs lost).
 * ``settle()`` ends recovery, once every worker the journal knew has resumed (or
   the wait ran out): the holders of workers that did not come back let go, and
-  whatever is still wanted and neither held nor running is computed again.
+  whatever is still wanted and neither held nor running is computed again. Until
+  then nothing resumed is dropped and no key is declared unknown: a task a client
+  placed on a worker, which the old scheduler never heard of, is named only by
+  that worker's resume, and the worker whose task wants it may resume first.
 * a client that comes back sends ``holding``: the keys it holds futures on,
   which replace what the journal said it wanted (releases it sent while the
   scheduler was away are thereby applied).
@@ -40,6 +43,13 @@ class Recovery:
         # tasks workers resumed whose inputs nobody has named yet: another worker's
         # resume (or a later entry of the same one) may still make them known
         self.parked: list[tuple[str, list, set[str]]] = []
+        # what a worker's in-task client wants that nobody has named yet: a worker that
+        # resumes later may hold or run it (a task placed there that the old scheduler
+        # never heard of); answered at settle
+        self.unknown: list[tuple[str, str]] = []
+        # results resumed that nobody known wants (yet): kept until the held messages
+        # (clients' ``holding``) are in, then released if still nobody wants them
+        self.orphans: set[str] = set()
         state.register("resume", self._on_resume)
         state.register("holding", self._on_holding)
 
@@ -54,10 +64,12 @@ class Recovery:
         for key, nbytes, type_name in zip(msg.memory, msg.nbytes, msg.kinds):
             ts = st.tasks.get(key)
             if ts is None:
-                if key not in wants:        # nobody holds it any more
+                if key not in wants and not self.pending:   # nobody holds it any more
                     free.append(key)
                     continue
                 ts = st.tasks[key] = Task(key, None, None, [], [0, 0, 0])  # (no recipe)
+                if key not in wants:
+                    self.orphans.add(key)
             if ts.state == "erred":
                 free.append(key)
             elif ts.state == "processing":  # running elsewhere too: the result is here
@@ -86,7 +98,11 @@ class Recovery:
         for key in msg.wants:
             ts = st.tasks.get(key)
             if ts is None:
-                if key not in parked:       # (one kept aside is wanted once taken up)
+                if key in parked:           # (one kept aside is wanted once taken up)
+                    continue
+                if self.pending:            # another worker's resume may name it
+                    self.unknown.append((wid, key))
+                else:
                     st._emit(wid, m.Unknown(key))      # its future claims the task anew
                 continue
             st._want(ts, wid)
@@ -181,6 +197,17 @@ class Recovery:
                     and ts.processing_on not in dts.who_has:
                 st._emit(ts.processing_on, st._key_memory(dts, inline=False))
 
+    def release_orphans(self) -> list:
+        """After the messages held while recovering (clients' ``holding``): results
+        resumed that still nobody wants are dropped."""
+        st = self.state
+        orphans, self.orphans = self.orphans, set()
+        for key in orphans:
+            ts = st.tasks.get(key)
+            if ts is not None and ts.state == "memory":
+                st._maybe_release(ts)
+        return st._flush()
+
     # -- clients ---------------------------------------------------------------------------
     def _on_holding(self, cid: str, msg: m.Holding) -> None:
         st = self.state
@@ -211,6 +238,15 @@ class Recovery:
         self.pending = False
         self._place_parked(self.parked)
         self._fail_parked()
+        unknown, self.unknown = self.unknown, []
+        for wid, key in unknown:
+            if wid in st.workers:
+                ts = st.tasks.get(key)
+                if ts is None:
+                    st._emit(wid, m.Unknown(key))      # nobody has it: claim it anew
+                else:
+                    st._want(ts, wid)                  # told below, or when it is done
+                    self.orphans.discard(key)
         for holder in [h for h in st.clients if h[:2] in ("w-", "!w")
                        and h.lstrip("!") not in st.workers]:
             st._drop_client(holder)
