@@ -204,6 +204,26 @@ def test_a_result_nobody_wants_after_the_settling_is_dropped():
     assert ("w-b", m.Free(keys=["stray"])) in out and "stray" not in st.tasks
 
 
+def test_a_placed_task_the_journal_never_knew_waits_for_its_client_to_come_back():
+    """A client placed task p straight on worker a; the old scheduler never heard of
+    it. Worker a resumes with p queued, recovery settles, p finishes: its result is kept
+    for the client (which the journal knew) until the client says it holds p, even if it
+    comes back last; it is not dropped and computed again when the client resubmits."""
+    st, recovery = _recovering([])
+    recovery.clients_due = {"c-1"}
+    st.handle("w-a", m.Resume(memory=[], nbytes=[], kinds=[], tasks=[["p", 0, b"f", b"ap", [], [0, 0, 1], 0]], wants=[]))
+    st.handle("w-b", m.Resume(memory=[], nbytes=[], kinds=[], tasks=[], wants=[]))
+    recovery.settle()
+    out = st.handle("w-a", m.TaskFinished(key="p", nbytes=8, type="int", value=None, inner=[], notified=[], attempt=0))
+    st.validate()
+    assert not any(msg.op == "free" for _, msg in out), out
+    assert st.tasks["p"].state == "memory"
+    out = st.handle("c-1", m.Holding(keys=["p"]))
+    st.validate()
+    assert ("c-1", "key-memory") in [(t, msg.op) for t, msg in out]
+    assert st.tasks["p"].who_wants == {"c-1"} and not recovery.orphans
+
+
 def test_a_resumed_task_whose_inputs_nobody_brings_errs_at_the_settling():
     st, recovery = _recovering([])
     st.handle("w-a", m.Resume(memory=[], nbytes=[], kinds=[], tasks=[["q", 0, b"f", b"aq", ["p"], [0, 0, 2], 0]], wants=["q"]))

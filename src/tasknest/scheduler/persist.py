@@ -59,6 +59,7 @@ class Persistence:
         made = rebuild(state, intents)
         state._attempts = self.epoch << EPOCH_SHIFT
         self.expected = set(intents.workers.values())
+        self.recovery.clients_due = {h for h in intents.wants if h[:2] == "c-"}
         self._append(["E", self.epoch])
         self.journal.commit()
         log.info("state dir %s: %d records, %d live tasks, %d workers expected, read in "
@@ -95,7 +96,11 @@ class Persistence:
             if source in server.comms:
                 self.record(source, msg)
                 server._do(server.state.handle(source, msg))
-        server._do(self.recovery.release_orphans())
+        if self.recovery.clients_due:   # the clients that may want what workers held
+            asyncio.get_running_loop().call_later(
+                self.recovery_wait, lambda: server._do(self.recovery.release_orphans()))
+        else:
+            server._do(self.recovery.release_orphans())
         server._check()
         log.info("recovered in %.3f s", self.recovered_at - self.started_at)
         if self.journal.wants_compaction():

@@ -17,7 +17,9 @@ holder wanting what it wanted. Then:
   whatever is still wanted and neither held nor running is computed again. Until
   then nothing resumed is dropped and no key is declared unknown: a task a client
   placed on a worker, which the old scheduler never heard of, is named only by
-  that worker's resume, and the worker whose task wants it may resume first.
+  that worker's resume, and the worker whose task wants it may resume first. Such
+  records are held (wanted by HOLDER) until every client the journal knew has sent
+  ``holding``, or the shell's grace period ends: their client may come back last.
 * a client that comes back sends ``holding``: the keys it holds futures on,
   which replace what the journal said it wanted (releases it sent while the
   scheduler was away are thereby applied).
@@ -35,6 +37,8 @@ from .records import CLAIMED, Task
 if TYPE_CHECKING:
     from .state import SchedulerState
 
+HOLDER = "~recovery"     # holds resumed records the journal never knew, for their clients
+
 
 class Recovery:
     def __init__(self, state: "SchedulerState") -> None:
@@ -47,9 +51,12 @@ class Recovery:
         # resumes later may hold or run it (a task placed there that the old scheduler
         # never heard of); answered at settle
         self.unknown: list[tuple[str, str]] = []
-        # results resumed that nobody known wants (yet): kept until the held messages
-        # (clients' ``holding``) are in, then released if still nobody wants them
+        # records resumed that the journal never knew (a task a client placed straight
+        # on a worker, its result): the client that wants them may come back after the
+        # worker did, so they are held (wanted by HOLDER) until every client the journal
+        # knew has said what it holds (``holding``), or the shell's grace period ends
         self.orphans: set[str] = set()
+        self.clients_due: set[str] = set()
         state.register("resume", self._on_resume)
         state.register("holding", self._on_holding)
 
@@ -64,12 +71,12 @@ class Recovery:
         for key, nbytes, type_name in zip(msg.memory, msg.nbytes, msg.kinds):
             ts = st.tasks.get(key)
             if ts is None:
-                if key not in wants and not self.pending:   # nobody holds it any more
-                    free.append(key)
+                if key not in wants and not self._holding_orphans():
+                    free.append(key)        # nobody holds it any more
                     continue
                 ts = st.tasks[key] = Task(key, None, None, [], [0, 0, 0])  # (no recipe)
                 if key not in wants:
-                    self.orphans.add(key)
+                    self._hold(ts)
             if ts.state == "erred":
                 free.append(key)
             elif ts.state == "processing":  # running elsewhere too: the result is here
@@ -165,6 +172,8 @@ class Recovery:
         if ts is None:
             ts = st._new_task(key, func, args, deps, priority, retries, None)
             assert ts is not None       # (its inputs are known: _place_parked)
+            if key not in wants and self._holding_orphans():
+                self._hold(ts)
         if ts.state in ("released", "waiting"):
             if ts.func is None:
                 ts.func, ts.args = func, args
@@ -197,16 +206,29 @@ class Recovery:
                     and ts.processing_on not in dts.who_has:
                 st._emit(ts.processing_on, st._key_memory(dts, inline=False))
 
+    def _holding_orphans(self) -> bool:
+        return self.pending or bool(self.clients_due)
+
+    def _hold(self, ts: Task) -> None:
+        self.state._want(ts, HOLDER)
+        self.orphans.add(ts.key)
+
     def release_orphans(self) -> list:
-        """After the messages held while recovering (clients' ``holding``): results
-        resumed that still nobody wants are dropped."""
+        """Every client the journal knew has said what it holds (or the grace period
+        ended): what was held for them and nobody wants is dropped."""
+        self._release()
+        return self.state._flush()
+
+    def _release(self) -> None:
         st = self.state
         orphans, self.orphans = self.orphans, set()
+        self.clients_due.clear()
         for key in orphans:
             ts = st.tasks.get(key)
-            if ts is not None and ts.state == "memory":
+            if ts is not None:
+                st._unwant(ts, HOLDER)
                 st._maybe_release(ts)
-        return st._flush()
+        st.clients.pop(HOLDER, None)
 
     # -- clients ---------------------------------------------------------------------------
     def _on_holding(self, cid: str, msg: m.Holding) -> None:
@@ -230,6 +252,10 @@ class Recovery:
                 st._recompute(ts)
             else:
                 st._report(ts, cid)
+        if cid in self.clients_due:
+            self.clients_due.discard(cid)
+            if not self.clients_due and not self.pending:
+                self._release()
 
     # -- the end of recovery -------------------------------------------------------------------
     def settle(self) -> list:
@@ -246,7 +272,6 @@ class Recovery:
                     st._emit(wid, m.Unknown(key))      # nobody has it: claim it anew
                 else:
                     st._want(ts, wid)                  # told below, or when it is done
-                    self.orphans.discard(key)
         for holder in [h for h in st.clients if h[:2] in ("w-", "!w")
                        and h.lstrip("!") not in st.workers]:
             st._drop_client(holder)
