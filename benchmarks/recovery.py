@@ -158,9 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-dashboard", action="store_true")
     args = ap.parse_args(argv)
-    print(report_recovery(recovery_times(args.kills, args.held, not args.no_dashboard)),
-          flush=True)
-    print()
+    if args.kills:            # (--kills 0: the journal's cost alone)
+        print(report_recovery(recovery_times(args.kills, args.held, not args.no_dashboard)),
+              flush=True)
+        print()
     print(report_cost(journal_cost(args.flat, args.fanout, args.rounds)), flush=True)
 
 

@@ -82,7 +82,7 @@ def test_a_second_scheduler_on_the_same_state_dir_refuses_naming_the_first(tmp_p
 def _state_with_tasks():
     st = SchedulerState()
     rec_log = []
-    rec = Recorder(rec_log.append)
+    rec = Recorder(rec_log)
     msgs = [("c-a", m.Submit(key="x", func=b"f", args=b"a1", deps=[], priority=[0, 0, 1], retries=0, workers=None, resources=None, loose=False)),
             ("c-a", m.Submit(key="y", func=b"f", args=b"a2", deps=["x"], priority=[0, 0, 2], retries=1, workers=None, resources=None, loose=False)),
             ("c-b", m.Submit(key="z", func=b"g", args=b"a3", deps=[], priority=[0, 0, 3], retries=0, workers=None, resources=None, loose=False)),
@@ -121,6 +121,126 @@ def test_compaction_keeps_what_is_live_and_replay_gives_the_same(tmp_path):
     intents = Intents().replay(j.read())
     j.close()
     assert intents.epoch == 3 and intents.live() == {"x", "y"}
+
+
+def _claim(key, func=b"f", deps=(), seq=0, retries=0):
+    return m.Claim(key=key, func=func, args=b"a-" + key.encode(), deps=list(deps),
+                   priority=[0, 1, seq], retries=retries, confirm=True)
+
+
+def test_a_map_is_one_run_record_and_replays_as_its_recipes_and_wants():
+    st = SchedulerState()
+    out = []
+    rec = Recorder(out)
+    for i in range(5):
+        rec.record("w-a", _claim(f"k{i}", seq=i, deps=["k0"] if i == 3 else ()), st)
+    assert [r[0] for r in out] == ["F", "R"]          # one function, one run
+    run = out[1]
+    assert run[7] == [f"k{i}" for i in range(5)] and run[10] == [[3, ["k0"]]]
+    intents = Intents().replay(out)
+    assert intents.bad == 0 and intents.wants["w-a"] == {f"k{i}" for i in range(5)}
+    assert intents.recipes["k3"] == [b"f", b"a-k3", ["k0"], [0, 1, 3], 0, None, None, False]
+    assert intents.recipes["k4"] == [b"f", b"a-k4", [], [0, 1, 4], 0, None, None, False]
+
+
+def test_a_run_ends_at_anything_else_another_holder_function_or_option_and_a_commit():
+    st = SchedulerState()
+    out = []
+    rec = Recorder(out)
+    rec.record("w-a", _claim("a1"), st)
+    rec.record("w-a", _claim("a2"), st)
+    rec.record("w-a", m.Release(keys=["a1"]), st)     # in between: the run must not go on
+    rec.record("w-a", _claim("a1"), st)               # (a1 wanted again after its release)
+    rec.record("w-b", _claim("b1"), st)               # another holder
+    rec.record("w-b", _claim("b2", func=b"g"), st)    # another function
+    rec.record("w-b", _claim("b3", func=b"g", retries=2), st)   # another option
+    rec.record("c-x", m.Submit(key="s1", func=b"g", args=b"s", deps=[], priority=[0, 0, 1],
+                               retries=2, workers=["w"], resources=None, loose=False), st)
+    rec.record("c-x", m.Submit(key="s2", func=b"g", args=b"s", deps=[], priority=[0, 0, 2],
+                               retries=2, workers=["w"], resources=None, loose=False), st)
+    assert [(r[0], r[7] if r[0] == "R" else None) for r in out] == [
+        ("F", None), ("R", ["a1", "a2"]), ("U", None), ("R", ["a1"]), ("R", ["b1"]),
+        ("F", None), ("R", ["b2"]), ("R", ["b3"]), ("R", ["s1", "s2"])]
+    intents = Intents().replay(out)
+    assert intents.wants["w-a"] == {"a1", "a2"} and intents.recipes["s2"][5] == ["w"]
+    written = list(out)
+    out.clear()                                       # (what a commit does)
+    rec.record("w-a", _claim("a3"), st)
+    assert out[0][0] == "R" and out[0][7] == ["a3"] and written[3][7] == ["a1"]
+
+
+def test_functions_survive_compaction_and_a_new_one_after_it_is_defined(tmp_path):
+    st = SchedulerState()
+    st.add_worker("w-a", "tcp://w-a:1", "w-a", 1, 1, 0, [], 0.0)
+    j = Journal(str(tmp_path))
+    j.lock("test")
+    j.read()
+    rec = Recorder(j.pending)
+
+    def claim(msg):
+        rec.record("w-a", msg, st)
+        st.handle("w-a", msg)
+
+    for i in range(3):
+        claim(_claim(f"f{i}", func=b"f", seq=i))
+    claim(_claim("g0", func=b"g"))
+    j.commit()
+    st.handle("w-a", m.Release(keys=["g0"]))          # (g's only task goes)
+    rec.record("w-a", m.Release(keys=["g0"]), st)
+    j.compact(rec.snapshot(st, 1))                    # functions numbered afresh: f only
+    claim(_claim("f3", func=b"f", seq=3))             # f: defined by the snapshot
+    claim(_claim("g1", func=b"g", seq=4))             # g: defined again, after it
+    j.commit()
+    j.close()
+    journal = decode_all((tmp_path / "journal-00000001").read_bytes())[0]
+    assert [r[0] for r in journal[0]] == ["R", "F", "R"]
+    j = Journal(str(tmp_path))
+    j.lock("test")
+    intents = Intents().replay(j.read())
+    j.close()
+    assert intents.bad == 0
+    assert {k: r[0] for k, r in intents.recipes.items()} == {
+        "f0": b"f", "f1": b"f", "f2": b"f", "f3": b"f", "g1": b"g"}
+    assert intents.wants["w-a"] == {"f0", "f1", "f2", "f3", "g1"}
+
+
+def test_a_cut_at_every_byte_of_a_tick_that_defines_a_function_keeps_whole_ticks(tmp_path):
+    """Tick 2 defines g and runs tasks of f and g; tick 3 uses both. Cut anywhere, replay
+    keeps whole ticks and never meets a function it was not told of."""
+    st = SchedulerState()
+    ticks = [[_claim("a", func=b"f")],
+             [_claim("b", func=b"f", seq=1), _claim("c", func=b"g", seq=2, deps=["a"])],
+             [_claim("d", func=b"g", seq=3), _claim("e", func=b"f", seq=4)]]
+    pending: list = []
+    rec = Recorder(pending)
+    data, bounds, wanted = b"", [0], [set()]
+    for tick in ticks:
+        for msg in tick:
+            rec.record("w-a", msg, st)
+        data += encode(pending)
+        pending.clear()
+        bounds.append(len(data))
+        wanted.append(wanted[-1] | {msg.key for msg in tick})
+    for cut in range(len(data) + 1):
+        (tmp_path / "journal-00000000").write_bytes(data[:cut])
+        j = Journal(str(tmp_path))
+        j.lock("test")
+        intents = Intents().replay(j.read())
+        j.close()
+        whole = max(i for i, b in enumerate(bounds) if b <= cut)
+        assert intents.bad == 0 and set(intents.recipes) == wanted[whole], cut
+        assert (tmp_path / "journal-00000000").stat().st_size == bounds[whole]
+    assert intents.recipes["c"] == [b"g", b"a-c", ["a"], [0, 1, 2], 0, None, None, False]
+
+
+def test_records_of_earlier_versions_still_replay():
+    intents = Intents().replay([
+        ["F", 0, b"f"],
+        ["T", "x", 0, b"ax", [], [0, 0, 1], 0, None, None, False],
+        ["S", "c-a", "y", 0, b"ay", ["x"], [0, 0, 2], 1, None, None, False]])
+    assert intents.bad == 0 and intents.wants == {"c-a": {"y"}}
+    assert intents.recipes["y"] == [b"f", b"ay", ["x"], [0, 0, 2], 1, None, None, False]
+    assert intents.live() == {"x", "y"}
 
 
 # -- recovery: the facts, from the workers' resumes (pure) ----------------------------------

@@ -8,9 +8,17 @@ rebuilt from what workers report when they come back (recovery.py).
 Records are msgpack lists, first field a one-letter op::
 
     E epoch              a scheduler started serving the state dir
-    F fid func           a pickled function, named by fid in later records
+    F fid func           a pickled function, named by fid in later records (of its
+                         journal generation: a snapshot numbers them afresh)
+    R holder fid retries restrict resources loose keys args priorities deps
+                         submissions of one holder and function in a row (a map):
+                         the recipe of each keys[i] (args[i], priorities[i], the
+                         shared fields, and the inputs ``deps`` lists as [i, keys]
+                         for the rows that have any), and holder wants them all
+                         (holder nil: the recipes alone, as in a snapshot)
     T key fid args deps priority retries restrict resources loose   a recipe
     S holder key fid args ...   a submission: the recipe (as T), and holder wants key
+                         (T and S are what earlier versions wrote: still read)
     D keys               data without a recipe (scattered)
     W holder keys        holder wants keys        U holder keys   ... no longer
     X keys               cancelled: nobody wants them
@@ -44,11 +52,27 @@ def _kept_holder(holder: str) -> bool:
 
 
 class Recorder:
-    """Turns the messages the scheduler is about to handle into journal records."""
+    """Turns the messages the scheduler is about to handle into journal records.
 
-    def __init__(self, append: Callable[[Any], None]) -> None:
-        self.append = append
+    Records go into ``out``, the tick's list that the journal writes as one record at
+    the commit; ``added()`` is called after each new one (the shell schedules the
+    commit then). Submissions and claims are most of a journal, and what they cost is
+    the Python run and the objects encoded per task, so a map's are one R record: the
+    holder, the function and the options once, and a row per task in columns (key,
+    args, priority; inputs only for the rows that have any). A task that continues the
+    run costs one comparison and three appends."""
+
+    def __init__(self, out: list, added: Callable[[], None] | None = None) -> None:
+        self.out = out
+        self.added = added
         self.funcs: dict[bytes, int] = {}
+        # The R record submissions go on extending, and what its rows share: holder,
+        # function, retries, restrict, resources, loose. A run goes on only while it is
+        # the last record: nothing may come between intents that came in order, and a
+        # commit (which empties ``out``) ends it. (The tuples compare by identity first:
+        # one connection's messages share the function's object, None, False, ...)
+        self._run: list | None = None
+        self._shared: tuple = ()
         self.ops: dict[str, Callable[[str, Any, "SchedulerState"], None]] = {
             "submit": self._submit, "claim": self._claim, "placed": self._placed,
             "want": self._want, "release": self._release, "cancel": self._cancel,
@@ -57,6 +81,11 @@ class Recorder:
             "coord": self._coord,
         }
         self._coordination: list | None = None   # this tick's C record, filled at commit
+
+    def append(self, record: list) -> None:
+        self.out.append(record)
+        if self.added is not None:
+            self.added()
 
     def wants(self, op: str) -> bool:
         return op in self.ops
@@ -73,31 +102,64 @@ class Recorder:
             self.append(["F", fid, func])
         return fid
 
-    def recipe(self, key: str, func: Any, args: Any, deps: list, priority: list, retries: int,
-               restrict: Any = None, resources: Any = None, loose: bool = False) -> None:
-        if type(func) is bytes:
-            self.append(["T", key, self.fid(func), args, deps, priority, retries, restrict,
-                         resources, loose])
-
-    def submitted(self, holder: str, key: str, func: Any, args: Any, deps: list,
+    def submitted(self, holder: str | None, key: str, func: Any, args: Any, deps: list,
                   priority: list, retries: int, restrict: Any = None, resources: Any = None,
                   loose: bool = False) -> None:
-        """A recipe and its submitter's want, as one record (the commonest pair)."""
-        if type(func) is bytes:
-            fid = self.funcs.get(func)
-            self.append(["S", holder, key, self.fid(func) if fid is None else fid, args, deps,
-                         priority, retries, restrict, resources, loose])
-        else:
-            self.append(["W", holder, [key]])
+        """A recipe and its holder's want (holder None: the recipe alone)."""
+        if type(func) is not bytes:     # (no recipe to keep)
+            if holder is not None:
+                self.append(["W", holder, [key]])
+            return
+        run = self._run
+        out = self.out
+        if not (out and out[-1] is run
+                and (holder, func, retries, restrict, resources, loose) == self._shared):
+            fid = self.fid(func)        # (a new function's F record goes first)
+            self._run = run = ["R", holder, fid, retries, restrict, resources, loose, [], [],
+                               [], []]
+            self._shared = (holder, func, retries, restrict, resources, loose)
+            self.append(run)
+        run[7].append(key)
+        run[8].append(args)
+        run[9].append(priority)
+        if deps:
+            run[10].append([len(run[8]) - 1, deps])
+
+    def recipe(self, key: str, func: Any, args: Any, deps: list, priority: list, retries: int,
+               restrict: Any = None, resources: Any = None, loose: bool = False) -> None:
+        self.submitted(None, key, func, args, deps, priority, retries, restrict, resources,
+                       loose)
 
     # -- messages ---------------------------------------------------------------------
+    # submit and claim go on the tick's run inline (the commonest records by far: a
+    # call less per task); anything else goes the long way
     def _submit(self, source: str, msg: Any, state: Any) -> None:
-        self.submitted(source, msg.key, msg.func, msg.args, msg.deps, msg.priority,
-                       msg.retries, msg.workers, msg.resources, msg.loose)
+        run = self._run
+        out = self.out
+        if out and out[-1] is run and (source, msg.func, msg.retries, msg.workers,
+                                       msg.resources, msg.loose) == self._shared:
+            run[7].append(msg.key)
+            run[8].append(msg.args)
+            run[9].append(msg.priority)
+            if msg.deps:
+                run[10].append([len(run[8]) - 1, msg.deps])
+        else:
+            self.submitted(source, msg.key, msg.func, msg.args, msg.deps, msg.priority,
+                           msg.retries, msg.workers, msg.resources, msg.loose)
 
     def _claim(self, source: str, msg: Any, state: Any) -> None:
-        self.submitted(source, msg.key, msg.func, msg.args, msg.deps, msg.priority,
-                       msg.retries)
+        run = self._run
+        out = self.out
+        if out and out[-1] is run and (source, msg.func, msg.retries, None, None,
+                                       False) == self._shared:
+            run[7].append(msg.key)
+            run[8].append(msg.args)
+            run[9].append(msg.priority)
+            if msg.deps:
+                run[10].append([len(run[8]) - 1, msg.deps])
+        else:
+            self.submitted(source, msg.key, msg.func, msg.args, msg.deps, msg.priority,
+                           msg.retries)
 
     def _placed(self, source: str, msg: Any, state: Any) -> None:
         self.submitted(source, msg.key, msg.func, msg.args, [], msg.priority, msg.retries)
@@ -152,7 +214,7 @@ class Recorder:
         numbered afresh: the snapshot starts a new generation of the journal."""
         out: list[list] = [["E", epoch]]
         self.funcs = {}
-        append, self.append = self.append, out.append    # (F records go before their T)
+        saved, self.out, self.added = (self.out, self.added), out, None
         try:
             for ts in state.tasks.values():
                 if ts.func is not None:
@@ -169,7 +231,7 @@ class Recorder:
                 out.append(["J", wid, ws.address])
             out.append(["C", state.coordination.durable()])
         finally:
-            self.append = append
+            self.out, self.added = saved
         return out
 
 
@@ -197,7 +259,22 @@ class Intents:
 
     def apply(self, rec: list) -> None:
         op = rec[0]
-        if op == "S":
+        if op == "R":
+            (_, holder, fid, retries, restrict, resources, loose, keys, args, priorities,
+             deps) = rec
+            if not len(keys) == len(args) == len(priorities):
+                raise ValueError("R: columns of different lengths")
+            func = self.funcs[fid]
+            inputs = {i: d for i, d in deps}
+            recipes = self.recipes
+            for i, key in enumerate(keys):
+                if key not in recipes:
+                    recipes[key] = [func, args[i], inputs.get(i, []), priorities[i], retries,
+                                    restrict, resources, loose]
+            self.data.difference_update(keys)
+            if holder is not None and _kept_holder(holder):
+                self.wants.setdefault(holder, set()).update(keys)
+        elif op == "S":
             key = rec[2]
             if key not in self.recipes:
                 self.recipes[key] = [self.funcs[rec[3]], *rec[4:11]]

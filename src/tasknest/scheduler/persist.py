@@ -35,9 +35,9 @@ class Persistence:
         self.server = server
         self.recovery = recovery
         self.journal = Journal(os.path.abspath(path), fsync)
-        self.recorder = Recorder(self._append)
-        self._ops = self.recorder.ops           # (record() is on every message's path)
-        self._pending = self.journal.pending
+        # (the recorder writes into the journal's list of this tick's intents)
+        self.recorder = Recorder(self.journal.pending, self._commit_later)
+        self.recorders = self.recorder.ops      # op -> its recorder (on every message's path)
         self.recovery_wait = recovery_wait
         self.epoch = 0
         self.expected: set[str] = set()        # addresses of workers the journal knew
@@ -60,7 +60,7 @@ class Persistence:
         state._attempts = self.epoch << EPOCH_SHIFT
         self.expected = set(intents.workers.values())
         self.recovery.clients_due = {h for h in intents.wants if h[:2] == "c-"}
-        self._append(["E", self.epoch])
+        self.recorder.append(["E", self.epoch])
         self.journal.commit()
         log.info("state dir %s: %d records, %d live tasks, %d workers expected, read in "
                  "%.3f s (epoch %d)", self.journal.path, len(records), made,
@@ -135,12 +135,12 @@ class Persistence:
         return True
 
     def record(self, source: str, msg: "m.Message") -> None:
-        handler = self._ops.get(msg.op)
+        handler = self.recorders.get(msg.op)
         if handler is not None:
             handler(source, msg, self.server.state)
 
-    def _append(self, record: Any) -> None:
-        self._pending.append(record)
+    def _commit_later(self) -> None:
+        """Commit this tick's intents at the end of the tick (if no frame left first)."""
         if not self._commit_soon:
             self._commit_soon = True
             try:

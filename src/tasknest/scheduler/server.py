@@ -226,7 +226,9 @@ class Scheduler:
         if persist is not None:
             if persist.held is not None and persist.hold(source, msg):
                 return               # recovering: handled once every worker is back
-            persist.record(source, msg)
+            record = persist.recorders.get(op)    # (persist.record(), a call less)
+            if record is not None:
+                record(source, msg, self.state)
         self._do(self.state.handle(source, msg))
         if op == "resume" and persist is not None:
             persist.resumed(source)
