@@ -27,10 +27,10 @@ def _worker_client(lib: str) -> Callable[[], Any]:
     return importlib.import_module(lib).worker_client  # type: ignore[no-any-return]
 
 
-def fanout(n: int, lib: str) -> int:
-    """One task maps ``inc`` over ``n`` numbers from inside its worker."""
+def fanout(n: int, lib: str, start: int = 0) -> int:
+    """One task maps ``inc`` over ``n`` numbers (from ``start``) from inside its worker."""
     with _worker_client(lib)() as c:
-        return sum(c.gather(c.map(inc, range(n))))
+        return sum(c.gather(c.map(inc, range(start, start + n))))
 
 
 def fib_tree(n: int, lib: str) -> int:
