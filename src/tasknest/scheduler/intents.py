@@ -131,35 +131,14 @@ class Recorder:
                        loose)
 
     # -- messages ---------------------------------------------------------------------
-    # submit and claim go on the tick's run inline (the commonest records by far: a
-    # call less per task); anything else goes the long way
+    # (submit and claim, the commonest records by far, become rows of the tick's run)
     def _submit(self, source: str, msg: Any, state: Any) -> None:
-        run = self._run
-        out = self.out
-        if out and out[-1] is run and (source, msg.func, msg.retries, msg.workers,
-                                       msg.resources, msg.loose) == self._shared:
-            run[7].append(msg.key)
-            run[8].append(msg.args)
-            run[9].append(msg.priority)
-            if msg.deps:
-                run[10].append([len(run[8]) - 1, msg.deps])
-        else:
-            self.submitted(source, msg.key, msg.func, msg.args, msg.deps, msg.priority,
-                           msg.retries, msg.workers, msg.resources, msg.loose)
+        self.submitted(source, msg.key, msg.func, msg.args, msg.deps, msg.priority,
+                       msg.retries, msg.workers, msg.resources, msg.loose)
 
     def _claim(self, source: str, msg: Any, state: Any) -> None:
-        run = self._run
-        out = self.out
-        if out and out[-1] is run and (source, msg.func, msg.retries, None, None,
-                                       False) == self._shared:
-            run[7].append(msg.key)
-            run[8].append(msg.args)
-            run[9].append(msg.priority)
-            if msg.deps:
-                run[10].append([len(run[8]) - 1, msg.deps])
-        else:
-            self.submitted(source, msg.key, msg.func, msg.args, msg.deps, msg.priority,
-                           msg.retries)
+        self.submitted(source, msg.key, msg.func, msg.args, msg.deps, msg.priority,
+                       msg.retries)
 
     def _placed(self, source: str, msg: Any, state: Any) -> None:
         self.submitted(source, msg.key, msg.func, msg.args, [], msg.priority, msg.retries)

@@ -55,7 +55,6 @@ class Recovery:
         # on a worker, its result): the client that wants them may come back after the
         # worker did, so they are held (wanted by HOLDER) until every client the journal
         # knew has said what it holds (``holding``), or the shell's grace period ends
-        self.orphans: set[str] = set()
         self.clients_due: set[str] = set()
         state.register("resume", self._on_resume)
         state.register("holding", self._on_holding)
@@ -211,7 +210,11 @@ class Recovery:
 
     def _hold(self, ts: Task) -> None:
         self.state._want(ts, HOLDER)
-        self.orphans.add(ts.key)
+
+    @property
+    def orphans(self) -> set[str]:
+        """The keys held for clients still due."""
+        return self.state.clients.get(HOLDER, set())
 
     def release_orphans(self) -> list:
         """Every client the journal knew has said what it holds (or the grace period
@@ -220,15 +223,8 @@ class Recovery:
         return self.state._flush()
 
     def _release(self) -> None:
-        st = self.state
-        orphans, self.orphans = self.orphans, set()
         self.clients_due.clear()
-        for key in orphans:
-            ts = st.tasks.get(key)
-            if ts is not None:
-                st._unwant(ts, HOLDER)
-                st._maybe_release(ts)
-        st.clients.pop(HOLDER, None)
+        self.state._drop_client(HOLDER)      # (a holder gone: what only it wanted goes)
 
     # -- clients ---------------------------------------------------------------------------
     def _on_holding(self, cid: str, msg: m.Holding) -> None:
