@@ -143,11 +143,7 @@ class PeerPool:
     async def get_data(self, address: str, keys: list[str]) -> dict[str, Any]:
         """{key: frames or None} from the worker at ``address``."""
         comm = await self._data_comm(address)
-        self.rid += 1
-        fut = asyncio.get_running_loop().create_future()
-        self.pending[self.rid] = (fut, comm)
-        comm.send(m.GetData(self.rid, keys))
-        values = await fut
+        values = await self._ask(comm, lambda rid: m.GetData(rid, keys))
         failed = []
         for key, frames in values.items():
             if sharedmem.is_shared(frames):
@@ -158,11 +154,7 @@ class PeerPool:
                     log.info("cannot map %s from %s (%s): fetching it over TCP", key, address, exc)
         if failed:        # not this host's memory after all, or freed meanwhile
             comm.send(m.PeerHost(""))
-            self.rid += 1
-            fut = asyncio.get_running_loop().create_future()
-            self.pending[self.rid] = (fut, comm)
-            comm.send(m.GetData(self.rid, failed))
-            values.update(await fut)
+            values.update(await self._ask(comm, lambda rid: m.GetData(rid, failed)))
         return values
 
     async def put_data(self, address: str, scatter: int, keys: list[str],
@@ -177,11 +169,20 @@ class PeerPool:
         except (OSError, CommClosedError, asyncio.TimeoutError):
             self.unreachable[address] = time.monotonic()
             raise
-        self.rid += 1
+        return await self._ask(comm, lambda rid: m.ScatterData(rid, scatter, keys, values))
+
+    def _ask(self, comm: Comm, request: Any) -> "asyncio.Future[Any]":
+        """Send ``request(rid)`` on ``comm``; the future of its answer. On a connection
+        already closed it fails at once: its close handler, which fails what is
+        pending on it, ran before this request was (the fetch waited forever)."""
         fut = asyncio.get_running_loop().create_future()
+        if comm.closed:
+            fut.set_exception(CommClosedError(f"peer closed: {comm.close_reason}"))
+            return fut
+        self.rid += 1
         self.pending[self.rid] = (fut, comm)
-        comm.send(m.ScatterData(self.rid, scatter, keys, values))
-        return await fut
+        comm.send(request(self.rid))
+        return fut
 
     def close(self) -> None:
         self.closed = True
