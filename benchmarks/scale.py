@@ -12,8 +12,12 @@ the first result (``wait`` on it once map() returned), peak RSS and
 bytes per task of the scheduler, the workers and the client (sampled every 20 ms),
 and RSS of each after the futures are dropped (over ``--rounds`` rounds). Then
 100,000 tasks on 2 / 50 / 200 / 500 workers (``benchmarks.fleet`` instances) and the
-scheduler's CPU while they idle. Only tasknest; the rival systems' figures at the
-sizes they finish are in the main table (``python -m benchmarks.run``).
+scheduler's CPU while they idle. Last, the shapes side by side with the rivals
+(``--systems``), each measurement a fresh driver of ``benchmarks.run`` killed at
+``--timeout``: the flat map at every size, Fibonacci trees of every call a task
+(``--fib``), one task fanning out ``--fanout`` children and a chain ``--chain`` deep.
+A size is not run when the one before it took so long that it would need more than
+twice the timeout (the table says so and why).
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ import psutil
 
 from tasknest import Client, LocalCluster, wait
 from benchmarks.fleet import start_fleet, stop_fleet
+from benchmarks.run import run_one
+from benchmarks.tasks import fib_calls
 
 MIB = 2 ** 20
 
@@ -97,7 +103,7 @@ def _row(x: dict[str, Any]) -> str:
             f"{x['task_s']:.2f} | {x['first_s']:.2f} | {per} | {rss} |")
 
 
-def many(nworkers: int, ntasks: int) -> dict[str, Any]:
+def many(nworkers: int, ntasks: int, idle_s: float = 10.0) -> dict[str, Any]:
     with LocalCluster(n_workers=0) as cl, Client(cl) as c:
         procs = start_fleet(cl.scheduler_address, cl.token, nworkers)
         try:
@@ -109,7 +115,7 @@ def many(nworkers: int, ntasks: int) -> dict[str, Any]:
             sched = psutil.Process(cl.scheduler_proc.pid)
             time.sleep(2)
             a, t = sum(sched.cpu_times()[:2]), time.monotonic()
-            time.sleep(10)
+            time.sleep(idle_s)
             idle = (sum(sched.cpu_times()[:2]) - a) / (time.monotonic() - t) * 100
             t0 = time.perf_counter()
             assert c.gather(c.map(abs, range(ntasks)))[-1] == ntasks - 1
@@ -121,12 +127,66 @@ def many(nworkers: int, ntasks: int) -> dict[str, Any]:
     return row
 
 
+def _tasks(workload: str, size: int) -> int:
+    return fib_calls(size) if workload == "fib_tree" else size + (workload == "chain")
+
+
+def shapes(systems: list[str], plan: list[tuple[str, list[int]]],
+           timeout: float) -> list[dict[str, Any]]:
+    """Each (workload, sizes) on every system, smallest size first, in fresh drivers."""
+    rows = []
+    print("\n| workload | size | tasks | " + " | ".join(systems) + " |")
+    print("|---|---|---|" + "---|" * len(systems))
+    for workload, sizes in plan:
+        last: dict[str, tuple[int, float]] = {}   # system -> (tasks, seconds) of its last ok run
+        for size in sorted(sizes):
+            n, cells = _tasks(workload, size), []
+            for system in systems:
+                prev = last.get(system, (0, 0.0))
+                if prev[0] == -1:
+                    res = {"status": "not run", "why": "the smaller size did not finish"}
+                elif prev[0] and prev[1] * n / prev[0] > 2 * timeout:
+                    res = {"status": "not run",
+                           "why": f"~{prev[1] * n / prev[0]:,.0f} s expected from the size before"}
+                else:
+                    res = run_one(system, workload, size, timeout=timeout, quiet_wait=30)
+                if res["status"] == "ok":
+                    last[system] = (n, res["metrics"]["elapsed_s"])
+                elif res["status"] != "n/a":
+                    last[system] = (-1, 0.0)
+                rows.append({**res, "system": system, "workload": workload, "size": size,
+                             "tasks": n})
+                cells.append(_cell(res))
+            print(f"| {workload} | {size:,} | {n:,} | " + " | ".join(cells) + " |", flush=True)
+    return rows
+
+
+def _cell(res: dict[str, Any]) -> str:
+    if res["status"] == "ok":
+        el = res["metrics"]["elapsed_s"]
+        n = res["metrics"].get("tasks") or res["size"]
+        rss = res.get("peaks", {}).get("all_rss_mb")
+        return f"{n / el:,.0f}/s, {el:.3g} s" + (f", {rss:,.0f} MiB" if rss else "")
+    if res["status"] == "not run":
+        return f"not run ({res['why']})"
+    why = res.get("error") or "; ".join(res.get("errors", []))
+    return f"**{res['status']}**" + (f" ({why[:80]})" if why else "")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,10000,100000,1000000")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", default="2,50,200,500")
     ap.add_argument("--tasks", type=int, default=100_000)
+    ap.add_argument("--idle", type=float, default=10.0,
+                    help="seconds the idle scheduler's CPU is measured over")
+    ap.add_argument("--systems", default="tasknest,dask,ray",
+                    help="systems for the shapes; empty: skip them")
+    ap.add_argument("--fib", default="20,24,27")
+    ap.add_argument("--fanout", type=int, default=100_000)
+    ap.add_argument("--chain", type=int, default=10_000)
+    ap.add_argument("--timeout", type=float, default=290.0, help="seconds per shape run")
     args = ap.parse_args(argv)
     print("| tasks | round | tasks/s | µs/task | map() returns s | first task done s | "
           "first result in hand s | peak bytes/task: scheduler / client / workers | "
@@ -136,7 +196,14 @@ def main(argv: list[str] | None = None) -> None:
         flat(n, args.rounds)
     print("\n| workers | tasks | tasks/s | scheduler CPU, idle |\n|---|---|---|---|")
     for k in (int(s) for s in args.workers.split(",") if s):
-        many(k, args.tasks)
+        many(k, args.tasks, args.idle)
+    systems = [s for s in args.systems.split(",") if s]
+    if systems:
+        sizes = [int(s) for s in args.sizes.split(",") if s]
+        plan = [("flat", sizes), ("fib_tree", [int(s) for s in args.fib.split(",") if s]),
+                ("fanout", [args.fanout] if args.fanout else []),
+                ("chain", [args.chain] if args.chain else [])]
+        shapes(systems, [(w, z) for w, z in plan if z], args.timeout)
 
 
 if __name__ == "__main__":

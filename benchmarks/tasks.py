@@ -44,6 +44,14 @@ def fib_tree(n: int, lib: str) -> int:
     return x + y  # type: ignore[no-any-return]
 
 
+def chain(n: int, lib: str) -> int:
+    """A chain ``n`` deep: each task submits the next and waits on it."""
+    if n == 0:
+        return 0
+    with _worker_client(lib)() as c:
+        return c.submit(chain, n - 1, lib, pure=False).result() + 1  # type: ignore[no-any-return]
+
+
 def fib_dedup(n: int, lib: str) -> int:
     """The seed's Fibonacci as written: pure calls, so identical calls share a key."""
     if n < 2:

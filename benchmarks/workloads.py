@@ -91,6 +91,11 @@ def _fib_tree(s: System, n: int) -> dict[str, float]:
     return {"tasks": count, "tasks_per_s": count / el, "elapsed_s": el}
 
 
+def _chain(s: System, n: int) -> dict[str, float]:
+    el = _timed(s, lambda: s.chain(n), n)
+    return {"tasks": n + 1, "tasks_per_s": (n + 1) / el, "elapsed_s": el}
+
+
 def _fib_dedup(s: System, n: int) -> dict[str, float]:
     el = _timed(s, lambda: s.fib_dedup(n), tasks.fib(n))
     return {"elapsed_ms": el * 1e3}
@@ -154,6 +159,10 @@ WORKLOADS: dict[str, Workload] = {
                  _fib_tree, (15, 18), 6, "n",
                  Column("tasks_per_s", "tasks/s", ",.0f"), True,
                  (Column("tasks", "tasks", ",.0f"), Column("elapsed_s", "s", ".3g"))),
+        Workload("chain", "chain: each task submits the next and waits on it",
+                 _chain, (1_000,), 20, "depth",
+                 Column("tasks_per_s", "tasks/s", ",.0f"), True,
+                 (Column("elapsed_s", "s", ".3g"),)),
         Workload("fib_dedup", "fib_dedup: the seed's `fib(n)` with deterministic (pure) keys",
                  _fib_dedup, (100,), 30, "n",
                  Column("elapsed_ms", "ms", ",.1f"), False),

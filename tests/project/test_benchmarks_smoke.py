@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:  # the harness lives at the repository root, not i
 from benchmarks.run import run_one  # noqa: E402
 from benchmarks.workloads import WORKLOADS  # noqa: E402
 
-SMALLEST = {"latency": 5, "actor": 5, "flat": 100, "fanout": 50, "fib_tree": 6, "fib_dedup": 30,
+SMALLEST = {"latency": 5, "actor": 5, "flat": 100, "fanout": 50, "fib_tree": 6, "chain": 20, "fib_dedup": 30,
             "process_all": 50, "process_all_gathered": 50}
 
 
@@ -90,3 +90,23 @@ def test_baseline_runs_an_earlier_revision_beside_this_tree(tmp_path: Path, caps
     assert "tasknest-baseline-" not in cells["tasknest"]["runs"][0]["imported_from"]
     table = out.with_suffix(".md").read_text()
     assert "| latency | 5 |" in table and "%" in table
+
+
+@pytest.mark.timeout(240)
+def test_scale_suite_smallest_size() -> None:
+    """The scale suite end to end at toy sizes: the flat rounds, a small fleet and the
+    shapes (flat, tree, fan-out, chain) through the same harness as the rivals."""
+    import subprocess
+    out = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--sizes", "200",
+                          "--rounds", "2", "--workers", "4", "--tasks", "500", "--idle", "1",
+                          "--systems", "tasknest", "--fib", "6", "--fanout", "50",
+                          "--chain", "20", "--timeout", "100"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=220)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [ln for ln in out.stdout.splitlines() if ln.startswith("| ")]
+    assert any(ln.startswith("| 200 | 2 |") for ln in rows), out.stdout
+    assert any(ln.startswith("| 4 | 500 |") for ln in rows), out.stdout
+    for shape in ("flat | 200 | 200", "fib_tree | 6 | 25", "fanout | 50 | 50",
+                  "chain | 20 | 21"):
+        line = next(ln for ln in rows if ln.startswith(f"| {shape} |"))
+        assert "/s," in line, line

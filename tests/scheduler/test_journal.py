@@ -169,6 +169,31 @@ def test_a_run_ends_at_anything_else_another_holder_function_or_option_and_a_com
     assert out[0][0] == "R" and out[0][7] == ["a3"] and written[3][7] == ["a1"]
 
 
+def test_a_commit_lets_go_of_what_the_tick_recorded():
+    """The run a tick extended is written and forgotten at the commit: the recorder
+    keeps nothing of it alive (a million tasks' keys, args and priorities, otherwise,
+    until the next submission)."""
+    import gc
+    import weakref
+
+    class Args:      # (any object: a weak reference shows when the last one goes)
+        pass
+
+    st = SchedulerState()
+    out = []
+    rec = Recorder(out)
+    args = Args()
+    gone = weakref.ref(args)
+    rec.submitted("c-x", "k1", b"f", args, [], [0, 0, 1], 0)
+    rec.submitted("c-x", "k2", b"f", args, [], [0, 0, 2], 0)
+    assert out[-1][0] == "R" and out[-1][8] == [args, args]
+    rec.committing(st)
+    out.clear()                                       # (what the commit does)
+    del args
+    gc.collect()
+    assert gone() is None
+
+
 def test_functions_survive_compaction_and_a_new_one_after_it_is_defined(tmp_path):
     st = SchedulerState()
     st.add_worker("w-a", "tcp://w-a:1", "w-a", 1, 1, 0, [], 0.0)

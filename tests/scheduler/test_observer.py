@@ -5,7 +5,7 @@ import pytest
 
 from tasknest.dashboard import views
 from tasknest.protocol import messages as m
-from tasknest.protocol.monitoring import aggregate
+from tasknest.protocol.monitoring import aggregate, pack_runs
 from tasknest.scheduler import observer as observer_mod
 from tasknest.scheduler.observer import Observer
 from tasknest.scheduler.state import SchedulerState
@@ -35,7 +35,7 @@ def monitor(runs=(), spawns=(), output=(), logs=(), stats=None, events=()):
     stats = dict(stats or {})
     if runs:
         stats.update(aggregate(runs))
-    return m.Monitor(runs=runs, spawns=[list(s) for s in spawns], output=[list(o) for o in output], logs=list(logs), stats=stats, events=[list(e) for e in events])
+    return m.Monitor(runs=pack_runs(runs) if runs else b"", nruns=len(runs), spawns=[list(s) for s in spawns], output=[list(o) for o in output], logs=list(logs), stats=stats, events=[list(e) for e in events])
 
 
 def outputs(actions):
@@ -135,12 +135,17 @@ def test_malformed_monitor_contents_are_dropped_and_every_view_still_works():
     submit(st, "f-root")
     good = monitor(runs=[("f-root", 0, 1.0, 2.0, True)], spawns=[("f-root", "g-1")])
     st.handle("w-1", good)
-    bad = m.Monitor(runs=[["f-x", "thread?", "start", None, 1], [1, 2], ["ok-1", 0, 1.0, 2.0, True]], spawns=[["only-one"], [1, 2], ["p-1", "c-1"]], output=[["k", "stdout"], [1, "stdout", "x"]], logs=["a log line"], stats={"cpu": "lots", "memory": 5, "done": {"f": [1, "x"], 3: [1, 0]},
+    bad = m.Monitor(runs=pack_runs([["f-x", "thread?", "start", None, 1], [1, 2], ["ok-1", 0, 1.0, 2.0, True]]), nruns=3, spawns=[["only-one"], [1, 2], ["p-1", "c-1"]], output=[["k", "stdout"], [1, "stdout", "x"]], logs=["a log line"], stats={"cpu": "lots", "memory": 5, "done": {"f": [1, "x"], 3: [1, 0]},
                      "hist": [1, 2], "hist_sum": "x", "erred": [[1, 2], "x"], "http": 7}, events=[["transfer", "a", 1, "", 1, 1], ["spill", 1.0, 1.0, "", 1]])
     st.handle("w-1", bad)
+    # a blob that is not rows, one of the wrong length, and a count no blob could hold
+    st.handle("w-1", m.Monitor(runs=b"\xc1\xc1 not msgpack", nruns=2, spawns=[], output=[], logs=[], stats={"memory": 5}, events=[]))
+    st.handle("w-1", m.Monitor(runs=pack_runs([["ok-2", 0, 1.0, 2.0, True]]), nruns=2, spawns=[], output=[], logs=[], stats={"memory": 5}, events=[]))
+    st.handle("w-1", m.Monitor(runs=b"\x91", nruns=10**9, spawns=[], output=[], logs=[], stats={"memory": 5}, events=[]))
     obs.validate()
     rows = list(obs.all_rows())
-    assert [r[3] for r in rows] == ["f-root", "?-malformed", "?-malformed", "ok-1"]
+    assert [r[3] for r in rows] == ["f-root", "?-malformed", "?-malformed", "ok-1"] + ["?-malformed"] * 4
+    assert [r[0] for r in rows] == list(range(1, 9))
     assert obs.edges() == {"g-1": "f-root", "c-1": "p-1"}
     assert obs.stats["w-1"] == {"memory": 5} and not obs.marks
     assert obs.done_by_func == {"f": [1, 0]}       # (the bad counts were not added)
@@ -148,7 +153,7 @@ def test_malformed_monitor_contents_are_dropped_and_every_view_still_works():
     parse(render(snap)[0].decode())
     assert views.tree(st, obs, "f-root")["nchildren"] == 1
     assert views.task(st, obs, "ok-1")["duration"] == 1.0
-    assert obs.query("task_stream", None)[-1]["key"] == "ok-1"
+    assert obs.query("task_stream", None)[3]["key"] == "ok-1"
 
 
 def test_the_client_counts_repeated_lines_and_says_so():

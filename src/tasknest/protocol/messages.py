@@ -566,7 +566,8 @@ class RunDone(Message):
 # events [kind (transfer | spill), start, stop, peer, keys, bytes]
 class Monitor(Message):
     op = 'monitor'
-    runs: Lists
+    runs: bytes       # task stream rows, packed (monitoring.pack_runs)
+    nruns: int
     spawns: Lists
     output: Lists
     logs: Strs

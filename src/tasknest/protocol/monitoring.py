@@ -1,9 +1,13 @@
-"""What workers and the scheduler agree on for the ``monitor`` message's aggregates:
-the buckets of the task duration histogram, and how a key names its function."""
+"""What workers and the scheduler agree on for the ``monitor`` message: the buckets
+of the task duration histogram, how a key names its function, and how a batch of
+task stream rows travels and is kept (packed)."""
 from __future__ import annotations
 
 import json
 from bisect import bisect_left
+from typing import Any
+
+import msgpack
 
 # seconds: upper bounds of the duration histogram's buckets (one more bucket: above)
 BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
@@ -14,6 +18,36 @@ def funcname(key: str) -> str:
     """Keys are ``<function>-<token>``: the function's name, for grouping."""
     i = key.rfind("-")
     return key[:i] if i > 0 else key
+
+
+BAD_RUN = ["?-malformed", 0, 0.0, 0.0, False]
+_NUM = (int, float)
+
+
+def pack_runs(runs: list) -> bytes:
+    """A batch of task stream rows ([key, thread, start, stop, ok]) as one blob. The
+    scheduler keeps the last rows of a run for the dashboard; kept as decoded rows,
+    a few small objects each, they would be spread over the whole heap by the time a
+    large run ends and keep its memory from being given back. A blob is one
+    allocation, and nothing is decoded per task on arrival."""
+    return msgpack.packb(runs, use_bin_type=True)
+
+
+def _run_ok(r: Any) -> bool:
+    return (type(r) is list and len(r) == 5 and type(r[0]) is str and type(r[1]) is int
+            and type(r[2]) in _NUM and type(r[3]) in _NUM and type(r[4]) is bool)
+
+
+def unpack_runs(blob: bytes, n: int) -> list:
+    """The ``n`` rows of a blob; a row of the wrong shape, or every row of a blob that
+    is not ``n`` rows, reads as ``BAD_RUN`` (the numbering of the stream holds)."""
+    try:
+        runs = msgpack.unpackb(blob, raw=False, use_list=True)
+    except Exception:        # a worker's message is checked like any input
+        runs = None
+    if type(runs) is not list or len(runs) != n:
+        return [BAD_RUN] * n
+    return [r if _run_ok(r) else BAD_RUN for r in runs]
 
 
 def aggregate(runs: list) -> dict:

@@ -171,11 +171,14 @@ class Recorder:
             self._coordination = ["C", None]
             self.append(self._coordination)
 
-    def coordination_done(self, state: "SchedulerState") -> None:
-        """Before the commit: fill in this tick's C record."""
+    def committing(self, state: "SchedulerState") -> None:
+        """Before the commit: fill in this tick's C record, and end the run (the
+        commit empties ``out``; a run kept past it would hold the tick's keys, args
+        and priorities alive, up to a whole map's, long after they were written)."""
         if self._coordination is not None:
             self._coordination[1] = state.coordination.durable()
             self._coordination = None
+        self._run, self._shared = None, ()
 
     def _finished(self, source: str, msg: Any, state: Any) -> None:
         if msg.inner:

@@ -3,7 +3,8 @@
 A component of SchedulerState (registers ``monitor``, hears of workers leaving),
 owning bounded records that the task records do not keep:
 
-* the task stream: the workers' execution rows, kept as the batches they came in;
+* the task stream: the workers' execution rows, kept as the packed batches they came
+  in (decoded when read: see protocol/monitoring.pack_runs);
 * the spawn tree's edges (parent -> children), as the submitting worker saw them;
 * failures: erred tasks, KilledWorker, lost workers;
 * each worker's recent log lines and its last stats (CPU, memory, spilled keys);
@@ -21,7 +22,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..protocol import messages as m
-from ..protocol.monitoring import BUCKETS, funcname
+from ..protocol.monitoring import BUCKETS, funcname, unpack_runs
 
 if TYPE_CHECKING:
     from .state import SchedulerState
@@ -38,14 +39,8 @@ PENDING = 3.0          # seconds output waits for its task's tree to be known
 
 
 NUM = (int, float)
-BAD_RUN = ["?-malformed", 0, 0.0, 0.0, False]
 STATS: dict[str, Any] = {"cpu": NUM, "memory": int, "spilled": int, "keys": int, "time": NUM, "dropped": int,
          "http": str}
-
-
-def _run_ok(r: Any) -> bool:
-    return (type(r) is list and len(r) == 5 and type(r[0]) is str and type(r[1]) is int
-            and type(r[2]) in NUM and type(r[3]) in NUM and type(r[4]) is bool)
 
 
 def _rows_ok(rows: list, *types: Any) -> list:
@@ -58,9 +53,9 @@ class Observer:
     def __init__(self, state: "SchedulerState", clock: Callable[[], float]) -> None:
         self.state = state
         self.clock = clock
-        self.batches: deque[tuple[int, str, list]] = deque()   # (seq of first row, worker, runs)
+        # (seq of its first row, worker, rows, the rows packed)
+        self.batches: deque[tuple[int, str, int, bytes]] = deque()
         self.rows = 0                      # rows in batches
-        self._unchecked = 0                # batches whose rows are not checked yet
         self.seq = 0                       # rows ever received
         self._recent: tuple[int, dict] = (-1, {})
         self.parent: dict[str, str] = {}
@@ -98,8 +93,9 @@ class Observer:
                                       f"{len(ws.processing)} tasks processing"})
 
     def validate(self) -> None:
-        assert self.rows == sum(len(b[2]) for b in self.batches)
-        assert self.rows <= STREAM + max((len(b[2]) for b in self.batches), default=0)
+        assert self.rows == sum(b[2] for b in self.batches)
+        assert self.rows <= STREAM + max((b[2] for b in self.batches), default=0)
+        assert all(0 < b[2] <= len(b[3]) for b in self.batches)
 
     # -- events: per message, never per task -------------------------------------------
     def _on_monitor(self, wid: str, msg: m.Monitor) -> None:
@@ -107,16 +103,15 @@ class Observer:
         if ws is None:
             return
         address = ws.address
-        runs = msg.runs
-        if runs:
-            # (rows are checked when first read: nothing per task on arrival)
-            self.batches.append((self.seq + 1, address, runs))
-            self._unchecked += 1
-            self.seq += len(runs)
-            self.rows += len(runs)
-            while self.rows - len(self.batches[0][2]) >= STREAM:
-                self.rows -= len(self.batches.popleft()[2])
-            self._unchecked = min(self._unchecked, len(self.batches))
+        n = msg.nruns
+        # (rows are checked when read: nothing per task on arrival; a row packs to
+        # 6 bytes at least, so a count beyond the blob's size is a lie, not kept)
+        if 0 < n <= len(msg.runs):
+            self.batches.append((self.seq + 1, address, n, msg.runs))
+            self.seq += n
+            self.rows += n
+            while self.rows - self.batches[0][2] >= STREAM:
+                self.rows -= self.batches.popleft()[2]
         if msg.spawns:
             self._spawns.append(msg.spawns)
             self._spawn_rows += len(msg.spawns)
@@ -209,31 +204,20 @@ class Observer:
                 for r in self.all_rows() if start is None or r[5] >= start]
 
     # -- reading (on demand) -----------------------------------------------------------------
-    def _check(self) -> None:
-        """Rows of the wrong shape become a placeholder (numbering stays)."""
-        if not self._unchecked:
-            return
-        for first, _address, runs in list(self.batches)[-self._unchecked:]:
-            for i, r in enumerate(runs):
-                if not _run_ok(r):
-                    runs[i] = list(BAD_RUN)
-        self._unchecked = 0
-
     def all_rows(self) -> Iterator[list]:
         """Task stream rows, oldest first: [seq, worker, thread, key, start, stop, ok]."""
-        self._check()
-        for first, address, runs in list(self.batches):
-            for i, (key, thread, start, stop, ok) in enumerate(runs):
+        for first, address, n, blob in list(self.batches):
+            for i, (key, thread, start, stop, ok) in enumerate(unpack_runs(blob, n)):
                 yield [first + i, address, thread, key, start, stop, ok]
 
     def rows_since(self, since: int, limit: int) -> list[list]:
         """The newest rows after ``since`` (at most ``limit``), oldest first."""
-        self._check()
         out: list[list] = []
-        for first, address, runs in reversed(self.batches):
-            if first + len(runs) - 1 <= since or len(out) >= limit:
+        for first, address, n, blob in reversed(self.batches):
+            if first + n - 1 <= since or len(out) >= limit:
                 break
-            for i in range(len(runs) - 1, -1, -1):
+            runs = unpack_runs(blob, n)
+            for i in range(n - 1, -1, -1):
                 seq = first + i
                 if seq <= since or len(out) >= limit:
                     break
@@ -248,10 +232,9 @@ class Observer:
         (built when asked, kept until new rows arrive)."""
         seq, table = self._recent
         if seq != self.seq:
-            self._check()
             table = {}
-            for _first, address, runs in self.batches:
-                for key, _thread, start, stop, ok in runs:
+            for _first, address, n, blob in self.batches:
+                for key, _thread, start, stop, ok in unpack_runs(blob, n):
                     table[key] = [address, start, stop, ok]
             self._recent = (self.seq, table)
         return table

@@ -152,7 +152,7 @@ class Persistence:
         self._commit_soon = False
         journal = self.journal
         if journal.pending:
-            self.recorder.coordination_done(self.server.state)
+            self.recorder.committing(self.server.state)
             journal.commit()
             if journal.wants_compaction() and self.held is None:
                 asyncio.get_running_loop().call_soon(self.compact)
@@ -164,7 +164,7 @@ class Persistence:
         if self.held is not None:
             return
         t0 = time.perf_counter()
-        self.recorder.coordination_done(self.server.state)
+        self.recorder.committing(self.server.state)
         self.journal.commit()
         records = self.recorder.snapshot(self.server.state, self.epoch)
         self.journal.compact(records)

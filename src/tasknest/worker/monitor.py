@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any
 
 from ..protocol import messages as m
-from ..protocol.monitoring import aggregate
+from ..protocol.monitoring import aggregate, pack_runs
 from .context import current_task
 
 FLUSH = 0.25          # seconds between monitor messages (only when something happened)
@@ -87,7 +87,8 @@ class Monitor:
         stats = dict(self.stats, dropped=self.dropped)
         if runs:
             stats.update(aggregate(runs))
-        return m.Monitor(runs, spawns, output, logs, stats, events)
+        return m.Monitor(runs=pack_runs(runs) if runs else b"", nruns=len(runs),
+                         spawns=spawns, output=output, logs=logs, stats=stats, events=events)
 
 
 class _TaskStream(io.TextIOBase):
