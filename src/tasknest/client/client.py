@@ -425,10 +425,12 @@ class Client:
 
     def compact(self) -> bool:
         """Right-size the future tables a large run left mostly empty; True if any was."""
-        with self._lock:
-            shrank = sparse(self._states) or sparse(self._refs)
+        with self._lock:     # (on the loop thread, which is the only one to pop _submits
+            # outside the lock: a copy cannot miss its pops)
+            shrank = sparse(self._states) or sparse(self._refs) or sparse(self._submits)
             if shrank:
                 self._states, self._refs = dict(self._states), dict(self._refs)
+                self._submits = dict(self._submits)
             self._placing.compact()
         return shrank
 

@@ -319,7 +319,9 @@ class Worker:
         while not self.closing:
             await asyncio.sleep(FLUSH)
             now = time.monotonic()
-            if now - last >= STATS_EVERY:
+            # (stats as seldom as heartbeats: a scheduler with many workers asks for
+            # fewer of those, and 500 workers' stats every second were 500 frames a second)
+            if now - last >= max(STATS_EVERY, self._beat_every):
                 last = now
                 sample_monitor(mon, self._process, self)
             elif not mon.pending():
