@@ -68,6 +68,25 @@ def test_oversized_frame_refused_before_allocation() -> None:
         reader.updated(len(head))
 
 
+def test_an_announced_frame_costs_no_memory_until_it_is_sent() -> None:
+    """A peer may announce gigabytes under the limit and send nothing more: the reader
+    neither zero-fills the buffer (seconds of page faults on the event loop, under
+    load longer than a peer waits to be hung up on) nor keeps its pages."""
+    import psutil
+    for head in ((3 << 30).to_bytes(4, "little") + (0).to_bytes(4, "little"),       # payload
+                 (1).to_bytes(4, "little") + (1).to_bytes(4, "little")             # buffer
+                 + (3 << 30).to_bytes(8, "little") + b"\xc0"):
+        reader = FrameReader(8 << 30, lambda *_: None)
+        reader.frames()
+        before = psutil.Process().memory_info().rss
+        buf = reader.get_buffer()
+        buf[:len(head)] = head
+        reader.updated(len(head))
+        assert len(reader.get_buffer()) == 3 << 30            # reading in place now
+        assert psutil.Process().memory_info().rss - before < 256 << 20
+        del reader, buf
+
+
 def test_large_bytes_arrive_as_bytes_in_place() -> None:
     data = os.urandom(2 << 20)
     frames = dumps_value(data)

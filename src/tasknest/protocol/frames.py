@@ -244,17 +244,16 @@ class FrameReader:
                 self._start += plen
             elif plen <= SMALL_PAYLOAD:
                 return False                 # wait for the rest in the scratch
-            else:
-                obj = bytearray(plen)
+            else:    # (not zero-filled: a peer announcing gigabytes costs nothing until sent)
+                obj, view = allocate(plen, True)
                 frame[2] = obj
-                self._read_into(memoryview(obj))
+                self._read_into(view)
                 if self._target is not None:
                     return False
         while len(bufs) < len(sizes):
             size = sizes[len(bufs)]
             if size & COMPRESSED:
-                obj = bytearray(size & SIZE)
-                view = memoryview(obj)
+                obj, view = allocate(size & SIZE, False)
             else:
                 obj, view = allocate(size & SIZE, bool(size & READONLY))
             bufs.append(obj)
