@@ -110,12 +110,12 @@ def _rss(pid: int) -> int:
 @pytest.mark.timeout(240)
 def test_rounds_give_memory_back(cluster2) -> None:
     """Three rounds of 100,000 tasks: after each, every result is freed, the scheduler
-    holds no task record, and its resident memory does not grow from round to round
-    beyond 40 MiB (what a round leaves behind is reused by the next)."""
+    holds no task record, and on its next ticks it gives its memory back to within
+    60 MiB of where it stood before the first round (so no growth from round to round)."""
     n = 100_000
     with Client(cluster2) as c:
         sched = cluster2.scheduler_proc.pid
-        after = []
+        start = _rss(sched)
         for _ in range(3):
             futures = c.map(abs, range(-n, 0))
             assert sum(c.gather(futures)) == n * (n + 1) // 2
@@ -125,8 +125,9 @@ def test_rounds_give_memory_back(cluster2) -> None:
                        message="every result is freed once its future is dropped")
             wait_until(lambda: not c._query("tasks"), 60,
                        message="the scheduler holds no task record after the round")
-            after.append(_rss(sched))
-        assert after[2] - after[0] < 40 * 2**20, after
+            wait_until(lambda: _rss(sched) - start < 60 * 2**20, 20,
+                       message=f"the scheduler's memory given back (it started at "
+                               f"{start >> 20} MiB)")
 
 
 def test_deep_chain(cluster2) -> None:
