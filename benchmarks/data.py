@@ -43,6 +43,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 SYSTEMS = ("tasknest", "tasknest-tcp", "dask", "ray")
+# also runnable: tasknest-tcp-nopool, over TCP with the receive pool off (receive-pool = 0)
 PARTS = 16
 SMALL_TASKS = 1000
 START, END = "<!-- data:start -->", "<!-- data:end -->"
@@ -118,7 +119,7 @@ class Futures:
         else:
             import tasknest as lib  # type: ignore[no-redef]
             self.cluster = lib.LocalCluster(n_workers=2, threads_per_worker=1,
-                                            shared_memory=name == "tasknest")
+                                            shared_memory=name == "tasknest")  # -tcp: off
         self.lib = lib
         self.client = lib.Client(self.cluster)
         self.a, self.b = sorted(self.client.scheduler_info()["workers"])[:2]
@@ -356,6 +357,8 @@ def run_system(system: str, sizes: list[int], shuffle: int, reps: int,
         [str(ROOT), str(ROOT / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])}
     cmd = [sys.executable, "-m", "benchmarks.data", "--child", system, "--sizes",
            ",".join(map(str, sizes)), "--shuffle", str(shuffle), "--reps", str(reps)]
+    if system.endswith("-nopool"):      # (the driver and the workers it starts alike)
+        env["TASKNEST_RECEIVE_POOL"] = "0"
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
     sampler = Sampler(proc.pid)
@@ -404,7 +407,8 @@ def render(run: dict[str, Any]) -> str:
     by = {r["system"]: r for r in run["results"]}
     out = [START, "", "## Large data (`python -m benchmarks.data`)", "",
            f"Run on {run['date']}; {run['cpus']} cores; sizes {run['sizes']} MiB, shuffle "
-           f"{run['shuffle']} MiB, median of {run['reps']}. Each system in a fresh driver, "
+           f"{run['shuffle']} MiB, median of {run['reps']} (and the first of them, into memory the "
+           "receiver had not used yet). Each system in a fresh driver, "
            "2 worker processes x 1 thread (Ray `num_cpus=2`), default settings otherwise. "
            "`tasknest-tcp` is tasknest with same-host sharing off (`shared_memory=False`).", "",
            "Machine ceilings, measured in this run (start / end): loopback TCP "
@@ -422,7 +426,11 @@ def render(run: dict[str, Any]) -> str:
                 continue
             sec = statistics.median(p["seconds"])
             rate = p["mib"] / sec if sec else float("inf")
-            cells.append(f"{sec * 1e3:.1f} ms, {rate:.0f} MiB/s ({rate / loop:.2f}x)")
+            cell = f"{sec * 1e3:.1f} ms, {rate:.0f} MiB/s ({rate / loop:.2f}x)"
+            first = p["seconds"][0]
+            if len(p["seconds"]) > 1 and first:
+                cell += f"; first {p['mib'] / first / loop:.2f}x"
+            cells.append(cell)
         out.append(f"| {path} | " + " | ".join(cells) + " |")
     out += ["", "Peak RSS during each path (MiB: driver / largest worker / all processes; "
             "shared pages count in every process that maps them):", "",

@@ -99,6 +99,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["metrics"] = _medians([r["metrics"] for r in ok])
     out["peaks"] = _medians([r["peaks"] for r in ok if r.get("peaks")])
     out["start_s"] = statistics.median(r["start_s"] for r in ok)
+    cpu = [r["cpu_s"] for r in ok if "cpu_s" in r]
+    if cpu:
+        out["cpu_s"] = statistics.median(cpu)
     other = [r["other_cpu_pct"] for r in ok if "other_cpu_pct" in r]
     if other:
         out["other_cpu_pct"] = statistics.median(other)

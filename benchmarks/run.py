@@ -25,6 +25,7 @@ import os
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -151,23 +152,47 @@ def export_revision(rev: str, into: str) -> str:
     return os.path.join(into, "src")
 
 
+def _paired(now: list[dict[str, Any]], before: list[dict[str, Any]], get: Any) -> float | None:
+    """Median of run i's ratio now/before: the runs were interleaved, so each pair
+    saw the same moment of the machine, and drift between pairs cancels out."""
+    ratios = [a / b for x, y in zip(now, before)
+              if x["status"] == y["status"] == "ok"
+              and (a := get(x)) is not None and (b := get(y)) is not None and a > 0 and b > 0]
+    return statistics.median(ratios) if ratios else None
+
+
 def baseline_table(cells: list[dict[str, Any]], base: str) -> list[str]:
-    """Medians of this tree against ``base`` (tasknest@REV), workload by workload."""
-    by = {(c["workload"], c["size"], c["system"]): c["summary"] for c in cells}
-    lines = [f"| workload | size | {base} | this tree | change |", "|---|---|---|---|---|"]
-    for (wname, size, system), now in by.items():
+    """This tree against ``base`` (tasknest@REV), workload by workload: the medians,
+    the median of the interleaved pairs, and the CPU seconds of the driver and its
+    cluster (which load on the machine disturbs less than wall time)."""
+    by = {(c["workload"], c["size"], c["system"]): c for c in cells}
+    lines = [f"| workload | size | {base} | this tree | change | change, paired "
+             "| CPU s, before → now | CPU change, paired |", "|---|---|---|---|---|---|---|---|"]
+    for (wname, size, system), cell in by.items():
         if system != "tasknest":
             continue
-        w, before = WORKLOADS[wname], by.get((wname, size, base))
+        w, old = WORKLOADS[wname], by.get((wname, size, base))
+        now, before = cell["summary"], old and old["summary"]
         if before is None or now["status"] != "ok" or before["status"] != "ok":
             lines.append(f"| {wname} | {size:,} | {before and before['status']} | "
-                         f"{now['status']} | — |")
+                         f"{now['status']} | — | — | — | — |")
             continue
-        a, b = now["metrics"][w.primary.metric], before["metrics"][w.primary.metric]
+        m = w.primary.metric
+        a, b = now["metrics"][m], before["metrics"][m]
         faster = (a / b - 1) if w.higher_is_better else (b / a - 1)
+        pair = _paired(cell["runs"], old["runs"], lambda r: r["metrics"].get(m))
+        if pair is not None:
+            pair = (pair - 1) if w.higher_is_better else (1 / pair - 1)
+        cpu = _paired(cell["runs"], old["runs"], lambda r: r.get("cpu_s"))
+        cpu_change = "—" if cpu is None else f"{1 / cpu - 1:+.1%}"
+        cpu_s = (f"{before['cpu_s']:.3f} → {now['cpu_s']:.3f}"
+                 if "cpu_s" in now and "cpu_s" in before else "—")
         lines.append(f"| {wname} | {size:,} | {format(b, w.primary.fmt)} | "
                      f"{format(a, w.primary.fmt)} {w.primary.header} | "
-                     f"{faster:+.1%} ({'faster' if faster >= 0 else 'slower'}) |")
+                     f"{faster:+.1%} | {'—' if pair is None else f'{pair:+.1%}'} | "
+                     f"{cpu_s} | {cpu_change} |")
+    lines.append("")
+    lines.append("A positive change is this tree faster (or using less CPU), a negative one slower.")
     return lines
 
 

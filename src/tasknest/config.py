@@ -37,6 +37,8 @@ KEYS: dict[str, tuple[type, Any, str]] = {
     "worker.memory-limit": (str, "0", "e.g. 4GB; 0 for none"),
     "worker.resources": (str, "", 'what tasks may ask for, e.g. "GPU=2,MEM=16e9"'),
     "worker.reconnect-timeout": (float, 60.0, "seconds to keep trying a lost scheduler"),
+    "receive-pool": (str, "1GiB", "memory kept warm for large received arrays after they are "
+                                  "dropped (each process; 0 turns it off)"),
     "client.timeout": (float, 10.0, "seconds to wait for the scheduler to answer a connect"),
     "client.reconnect-timeout": (float, 60.0, "seconds a client waits for a lost scheduler "
                                               "to come back before its futures fail"),

@@ -334,13 +334,19 @@ def _kill_mid_transfer(receiver: int, sender: int, before: int) -> int:
 
 
 @pytest.mark.timeout(400)
-def test_transfer_cut_by_a_killed_sender_never_gives_a_truncated_value() -> None:
+def test_transfer_cut_by_a_killed_sender_never_gives_a_truncated_value(monkeypatch: Any) -> None:
     """A worker killed while it sends 1 GiB: a task's result is computed again from its
     recipe (worker to worker and worker to client); scattered data, which has no recipe,
     fails with LostError. Never a short or damaged value."""
     import threading
     from conftest import wait_until
     from tasknest.errors import LostError
+    from tasknest.protocol import bufpool
+    # The kill waits for the receiver's RSS to grow as the value arrives; warm buffers a
+    # previous part left in the pool would not make it grow (tests/protocol/test_bufpool.py
+    # covers the pool, and a cut into it: test_a_cut_frame_gives_its_buffer_back).
+    monkeypatch.setenv("TASKNEST_RECEIVE_POOL", "0")          # the workers
+    monkeypatch.setattr(bufpool.pool, "cap", 0)               # this process (the client)
     want = describe(ones(GiB))
     with LocalCluster(n_workers=2, threads_per_worker=1, shared_memory=False,
                       dashboard=False) as lc, Client(lc) as c:

@@ -61,6 +61,7 @@ FRAMES = st.lists(BYTES, max_size=2)
 
 TYPED = {
     str: KEYS, int: st.integers(-2, 3) | st.integers(-2**63, 2**64 - 1), bytes: BYTES,
+    float: st.floats(),
     bool: st.booleans(), dict: st.dictionaries(st.text(max_size=4), SCALARS, max_size=2),
     type(None): st.none(), object: ANYTHING,
     m.STRS: st.lists(KEYS, max_size=3), m.OPT_STRS: st.none() | st.lists(KEYS, max_size=3),

@@ -32,13 +32,14 @@ from typing import Any, Callable
 import msgpack
 
 from ..errors import ProtocolError
-from . import compression
+from . import bufpool, compression
 
 OOB_MIN = 64 * 1024          # smaller buffers ride inside the msgpack payload
 MAX_BUFFERS = 4096           # out-of-band buffers in one frame
 READONLY = 1 << 63           # flag in a buffer's size: it was read-only (bytes) at the sender
 COMPRESSED = 1 << 62         # flag in a buffer's size: it travels compressed
-SIZE = COMPRESSED - 1        # the size itself
+ANY = 1 << 61                # flag in a buffer's size: any memory will do (an array's buffer)
+SIZE = ANY - 1               # the size itself
 EXT_BUFFER = 1               # msgpack ext type: index of an out-of-band buffer
 SCRATCH = 1 << 18            # the reader's buffer for small frames
 SMALL_PAYLOAD = 1 << 16      # payloads up to this wait in the scratch buffer; larger get their own
@@ -83,8 +84,13 @@ else:                                           # pragma: no cover
 BYTES_MIN = 1 << 20          # below this a read-only buffer is received into a bytearray
 
 
-def allocate(size: int, readonly: bool) -> tuple[Any, memoryview]:
-    """The object a received buffer lives in, and a writable view to read into."""
+def allocate(size: int, readonly: bool, anywhere: bool = False) -> tuple[Any, memoryview]:
+    """The object a received buffer lives in, and a writable view to read into.
+    ``anywhere``: not a bytes or bytearray value's own buffer, so warm pages of the
+    pool will do (``bufpool``)."""
+    if anywhere and size >= bufpool.MIN:
+        view = bufpool.pool.take(size)
+        return (view.toreadonly() if readonly else view), view
     if readonly and size >= BYTES_MIN and new_bytes is not None:
         return new_bytes(size)
     obj = new_bytearray(size) if size >= BYTES_MIN else bytearray(size)
@@ -135,7 +141,8 @@ def encode(msgs: list, codec: str | None = None) -> tuple[list, int]:
         return [head, payload], 8 + len(payload)
     if len(bufs) > MAX_BUFFERS:
         raise ValueError(f"a frame may carry at most {MAX_BUFFERS} large buffers")
-    sizes = [b.nbytes | (READONLY if b.readonly else 0) for b in bufs]
+    sizes = [b.nbytes | (READONLY if b.readonly else 0) | (ANY if _anywhere(b) else 0)
+             for b in bufs]
     out: list = bufs
     if codec is not None:
         out = list(bufs)
@@ -146,6 +153,17 @@ def encode(msgs: list, codec: str | None = None) -> tuple[list, int]:
                 sizes[i] = len(packed) | COMPRESSED | (sizes[i] & READONLY)
     head = _HEAD.pack(len(payload), len(bufs)) + struct.pack(f"<{len(bufs)}Q", *sizes)
     return [head + payload, *out], 8 + 8 * len(bufs) + len(payload) + sum(s & SIZE for s in sizes)
+
+
+def _anywhere(buf: memoryview) -> bool:
+    """Whether the receiver may read ``buf`` into any memory: not when it is the very
+    bytes or bytearray of a value, which must arrive as themselves."""
+    base = buf.obj
+    for _ in range(4):                  # (a value's buffer is a view of a view, at most)
+        if type(base) is not memoryview:
+            break
+        base = base.obj
+    return type(base) is not bytes and type(base) is not bytearray and base is not None
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -255,7 +273,7 @@ class FrameReader:
             if size & COMPRESSED:
                 obj, view = allocate(size & SIZE, False)
             else:
-                obj, view = allocate(size & SIZE, bool(size & READONLY))
+                obj, view = allocate(size & SIZE, bool(size & READONLY), bool(size & ANY))
             bufs.append(obj)
             self._read_into(view)
             if self._target is not None:

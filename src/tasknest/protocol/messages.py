@@ -57,7 +57,7 @@ OPT_STRS = Check("list of str or nil", lambda v: v is None or _strs(v))
 INTS = Check("list of int", lambda v: type(v) is list and _all(v, int))
 NUMS = Check("list of numbers", lambda v: type(v) is list and _all(v, (int, float)))
 LISTS = Check("list of lists", lambda v: type(v) is list and _all(v, list))
-BYTES_LIKE = (bytes, bytearray)      # large buffers arrive in place, some as bytearrays
+BYTES_LIKE = (bytes, bytearray, memoryview)  # large buffers arrive in place: bytearrays, views
 FRAMES = Check("list of bytes", lambda v: type(v) is list and _all(v, BYTES_LIKE))
 OPT_FRAMES = Check("list of bytes or nil", lambda v: v is None or FRAMES(v))
 FRAMES_LIST = Check("list of lists of bytes", lambda v: type(v) is list and all(FRAMES(x) for x in v))
@@ -513,6 +513,11 @@ class PutDataDone(Message):
 class Heartbeat(Message):
     op = 'heartbeat'
     memory: int
+
+
+class BeatEvery(Message):    # heartbeat this often from now on (the cluster grew)
+    op = 'beat-every'
+    seconds: float
 
 
 class Goodbye(Message):    # leaving on purpose (not a crash)

@@ -29,6 +29,7 @@ from typing import Any
 
 SHM_DIR = "/dev/shm"
 SHM_MIN = 1 << 20            # values with fewer bytes of buffers travel over TCP
+_CHUNK = 16 << 20            # bytes copied into a segment at a time
 MARK = b"\x00tasknest-shm"   # frames[1] of a shared value
 _PREFIX = "tasknest-"
 _counter = itertools.count()
@@ -85,10 +86,17 @@ def export(frames: list) -> tuple[list, str, list]:
         offset += (b.nbytes + 63) & ~63          # aligned, as numpy likes
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.ftruncate(fd, max(offset, 1))
+        # allocated, not just sized: a full /dev/shm is an OSError here, where writing
+        # into a sparse file's mapping would be a SIGBUS (and the pages come in one go)
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, max(offset, 1))
+        else:                                   # pragma: no cover (not Linux)
+            os.ftruncate(fd, max(offset, 1))
         with mmap.mmap(fd, max(offset, 1)) as out:
             for (start, _), b in zip(layout, bufs):
-                out[start:start + b.nbytes] = b
+                for i in range(0, b.nbytes, _CHUNK):   # (the GIL is let go between chunks:
+                    n = min(_CHUNK, b.nbytes - i)       # the worker's loop is not held up)
+                    out[start + i:start + i + n] = b[i:i + n]
         local = _map(fd, offset, layout)
     except BaseException:
         os.unlink(path)

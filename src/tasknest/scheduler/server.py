@@ -71,6 +71,7 @@ class Scheduler:
             self.state._attempts = int(time.time() * 1000) << 12
         self.started = time.time()
         self.comms: dict[str, Comm] = {}
+        self._told_every = 1.0             # the heartbeat interval every worker was told
         self.listener: Listener | None = None
         self.validate = bool(os.environ.get("TASKNEST_VALIDATE")) if validate is None else validate
         self._ticker: asyncio.Task | None = None
@@ -173,8 +174,7 @@ class Scheduler:
             comm.on_close.append(lambda c: self._worker_gone(wid, c.close_reason))
             # ~100 heartbeats a second in all, however many workers: 500 idle ones
             # must not keep the scheduler busy (each is a wake-up and a frame)
-            every = min(max(1.0, len(self.state.workers) / HEARTBEATS_PER_S),
-                        self.heartbeat_timeout / 5)
+            every = self._beat_every(len(self.state.workers) + 1)
             comm.send(m.Welcome(wid, {"version": __version__, "heartbeat": every}))
             self._do(self.state.add_worker(
                 wid, msg.address, msg.name, max(1, msg.nthreads), msg.pid,
@@ -185,6 +185,22 @@ class Scheduler:
         else:
             raise ProtocolError(f"expected a registration, got {msg.op!r}")
         self._check()
+
+    def _beat_every(self, n_workers: int) -> float:
+        """Seconds between a worker's heartbeats: ~HEARTBEATS_PER_S in all, however many
+        workers (500 idle ones must not keep the scheduler busy: each beat is a wake-up
+        and a frame). The workers already here are told when the interval has grown by
+        half: those that joined first would otherwise go on at the pace of a small
+        cluster (with 500, 100 at 1 s and the rest slower made ~260 beats a second)."""
+        every = min(max(1.0, n_workers / HEARTBEATS_PER_S), self.heartbeat_timeout / 5)
+        if every >= 1.5 * self._told_every:
+            self._told_every = every
+            beat = m.BeatEvery(float(every))
+            for wid in self.state.workers:
+                comm = self.comms.get(wid)
+                if comm is not None:
+                    comm.send(beat)
+        return every
 
     def _client_gone(self, cid: str) -> None:
         self.comms.pop(cid, None)

@@ -54,7 +54,7 @@ STATE_OPS = WorkerState.OPS          # what the scheduler tells the pure core
 CLIENT_OPS = frozenset({"key-memory", "key-erred"})   # ... that the in-task client hears too
 # what the shell handles itself: op -> Worker._on_<op>
 SHELL_OPS = ("sync", "put-data", "key-cancelled", "reply", "unknown", "run-on", "welcome",
-             "close", "replicate")
+             "close", "replicate", "beat-every")
 
 INLINE_LIMIT = 64 * 1024      # results up to this size travel with task-finished
 GOODBYE_WAIT = 2.0            # seconds a leaving worker waits for the scheduler to hang up
@@ -464,6 +464,11 @@ class Worker:
     def _on_welcome(self, msg: m.Welcome) -> None:
         if not self._welcome.done():
             self._welcome.set_result(msg)
+
+    def _on_beat_every(self, msg: m.BeatEvery) -> None:
+        # (from the next beat on; never faster than asked at start, never past the
+        # scheduler's patience: it declares a worker dead after heartbeat_timeout)
+        self._beat_every = min(max(self.heartbeat_interval, msg.seconds), 60.0)
 
     def _on_close(self, msg: m.Close) -> None:
         asyncio.ensure_future(self.close(f"scheduler asked: {msg.reason}"))

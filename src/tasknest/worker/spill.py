@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import psutil
 import zict
 
+from ..protocol import bufpool
 from ..protocol import messages as m
 from ..protocol.serialize import dumps_value, loads_value
 
@@ -172,6 +173,8 @@ async def watch_memory(worker: Any) -> None:
             except psutil.Error:
                 continue
             high = rss > PAUSE_FRACTION * limit
+            if high and bufpool.pool.release_unused():
+                continue        # warm receive buffers went first: measure again
             if high and isinstance(store, SpillBuffer) and len(store._buffer.fast):
                 # move results to disk (off the event loop: writing takes time)
                 await loop.run_in_executor(None, store.evict)
