@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Callable, Iterable
 
-from ..memory import give_back, sparse
+from ..memory import give_back, sparse, tune_allocator
 from ..errors import (CallerError, ClosedClientError, CommClosedError, FutureCancelledError,
                       RemoteError, SchedulerLostError, TimedOutError)
 from ..protocol import messages as m
@@ -83,6 +83,7 @@ class Client:
                  forward_output: bool = True,
                  reconnect_timeout: float | str | None = None,
                  **cluster_kwargs: Any) -> None:
+        tune_allocator()    # (this process gives memory back after large runs)
         seconds = _check_timeout(timeout)
         if seconds is None:        # (the configuration's client.timeout, 10 s by default)
             from ..config import get

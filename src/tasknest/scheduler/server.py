@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from ..errors import ProtocolError
-from ..memory import give_back
+from ..memory import give_back, tune_allocator
 from ..protocol import messages as m
 from ..protocol.calls import run_call
 from ..protocol.comm import Comm, Listener, listen
@@ -49,6 +49,7 @@ class Scheduler:
                  dashboard_address: str | None = None,
                  dashboard_factory: Any = None, state_dir: str | None = None,
                  recovery_wait: float = 10.0, fsync: bool = False) -> None:
+        tune_allocator()
         self.host = host
         self.port = port
         self.token = token

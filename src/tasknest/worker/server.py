@@ -26,7 +26,7 @@ from tblib import Traceback
 
 from ..client.future import collect_inner, describe_type, error_from
 from ..errors import CallerError, ProtocolError, SchedulerLostError, SerializationError
-from ..memory import give_back, sparse
+from ..memory import give_back, sparse, tune_allocator
 from ..protocol import messages as m
 from ..protocol.calls import run_call
 from ..protocol.comm import Comm, Listener, connect, listen
@@ -72,6 +72,7 @@ class Worker:
                  shared_memory: bool = True) -> None:
         if nthreads < 1:
             raise CallerError(f"nthreads must be at least 1, got {nthreads}")
+        tune_allocator()
         self.scheduler_address = scheduler_address
         self.max_frame = max_frame            # largest frame a peer may send us
         self.nthreads = nthreads
