@@ -66,8 +66,9 @@ def other_cpu_seconds() -> dict[int, float]:
     return out
 
 
-def tree_cpu_seconds(skip: set[int]) -> float:
-    """CPU seconds used so far by this driver and the cluster it started.
+def tree_cpu_seconds(skip: set[int]) -> dict[str, float]:
+    """CPU seconds used so far by this driver and the cluster it started, by role
+    (``driver``, ``scheduler``, ``worker``, ``other``: the processes' command lines).
 
     Less disturbed by other load than wall time, so ``--baseline`` compares it
     too.  Read from each thread's scheduler statistics (nanoseconds; the
@@ -79,21 +80,24 @@ def tree_cpu_seconds(skip: set[int]) -> float:
     import psutil
 
     me = psutil.Process()
-    total = 0
+    out = {"driver": 0.0, "scheduler": 0.0, "worker": 0.0, "other": 0.0}
     for p in [me, *me.children(recursive=True)]:
         if p.pid in skip:
             continue
         try:
             tids = os.listdir(f"/proc/{p.pid}/task")
-        except OSError:          # ended between the listing and the read
+            cmd = " ".join(p.cmdline()) if p.pid != me.pid else ""
+        except (OSError, psutil.Error):     # ended between the listing and the read
             continue
+        role = ("driver" if p.pid == me.pid else "scheduler" if "scheduler" in cmd
+                else "worker" if "worker" in cmd else "other")
         for tid in tids:
             try:
                 with open(f"/proc/{p.pid}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
+                    out[role] += int(f.read().split()[0]) / 1e9
             except (OSError, ValueError, IndexError):
                 continue
-    return total / 1e9
+    return out
 
 
 def last_line(exc: BaseException) -> str:
@@ -142,7 +146,9 @@ def main() -> None:
             res["metrics"] = workload.measure(system, a.size)
         finally:
             region = time.perf_counter() - t0
-            res["cpu_s"] = round(tree_cpu_seconds(skip) - cpu0, 5)
+            cpu1 = tree_cpu_seconds(skip)
+            res["cpu_by"] = {k: round(cpu1[k] - cpu0[k], 5) for k in cpu1}
+            res["cpu_s"] = round(sum(res["cpu_by"].values()), 5)
             if sampler is not None:
                 res["peaks"] = sampler.stop()
             after = other_cpu_seconds()
