@@ -6,6 +6,7 @@ import gc
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -58,6 +59,31 @@ def test_sparse_tables_are_right_sized() -> None:
     assert small == d and not sparse(small)
     kept = {1: 1}
     assert shrunk(kept) is kept
+
+
+@pytest.mark.timeout(10)
+def test_the_allocator_thresholds_are_fixed_once_unless_the_environment_sets_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasknest import memory
+    calls: list[tuple] = []
+
+    def mallopt(*args: int) -> int:
+        calls.append(args)
+        return 1
+    fake = SimpleNamespace(mallopt=mallopt)
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda *a, **k: fake)
+    monkeypatch.setattr(memory, "_trim", lambda pad: 0)        # (as on glibc)
+    for name in [k for k in os.environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(memory, "_tuned", False)
+    memory.tune_allocator()
+    memory.tune_allocator()                                    # once per process
+    assert calls == [(-1, 4 << 20), (-3, 32 << 20)]            # M_TRIM_, M_MMAP_THRESHOLD
+    calls.clear()
+    monkeypatch.setattr(memory, "_tuned", False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")      # the user's choice stands
+    memory.tune_allocator()
+    assert calls == []
 
 
 def test_flat_records_return_to_zero_and_tables_shrink() -> None:
