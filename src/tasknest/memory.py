@@ -61,15 +61,20 @@ def shrunk(table: T) -> T:
     return table
 
 
-def _malloc_trim() -> Any:
+def _glibc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):    # not glibc: nothing to ask
+    except OSError:
         return None
+    if not (hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt")):
+        return None                      # not glibc: nothing to ask
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return libc
 
 
-_trim = _malloc_trim() if sys.platform.startswith("linux") else None
+_libc = _glibc()
 
 
 _MMAP_THRESHOLD = 32 << 20   # blocks above this are mapped on their own (and unmapped when freed)
@@ -82,24 +87,18 @@ def tune_allocator() -> None:
     which hand back a free top over 4 MiB, however large the blocks freed before. Left as
     they are if the environment sets them (``MALLOC_TRIM_THRESHOLD_``, ...)."""
     global _tuned
-    if _tuned or _trim is None:
+    if _tuned or _libc is None:
         return
     _tuned = True
     if any(k.startswith(("MALLOC_TRIM_THRESHOLD", "MALLOC_MMAP_THRESHOLD", "MALLOC_TOP_PAD"))
            for k in os.environ):
         return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    except (OSError, AttributeError):
-        return
-    mallopt(-1, _TRIM_THRESHOLD)          # M_TRIM_THRESHOLD (setting one fixes both)
-    mallopt(-3, _MMAP_THRESHOLD)          # M_MMAP_THRESHOLD
+    _libc.mallopt(-1, _TRIM_THRESHOLD)    # M_TRIM_THRESHOLD (setting one fixes both)
+    _libc.mallopt(-3, _MMAP_THRESHOLD)    # M_MMAP_THRESHOLD
 
 
 def give_back() -> None:
     """Collect cycles and hand free heap pages back to the operating system."""
     gc.collect()
-    if _trim is not None:
-        _trim(0)
+    if _libc is not None:
+        _libc.malloc_trim(0)

@@ -70,9 +70,7 @@ def test_the_allocator_thresholds_are_fixed_once_unless_the_environment_sets_the
     def mallopt(*args: int) -> int:
         calls.append(args)
         return 1
-    fake = SimpleNamespace(mallopt=mallopt)
-    monkeypatch.setattr(memory.ctypes, "CDLL", lambda *a, **k: fake)
-    monkeypatch.setattr(memory, "_trim", lambda pad: 0)        # (as on glibc)
+    monkeypatch.setattr(memory, "_libc", SimpleNamespace(mallopt=mallopt))   # (as on glibc)
     for name in [k for k in os.environ if k.startswith("MALLOC_")]:
         monkeypatch.delenv(name)
     monkeypatch.setattr(memory, "_tuned", False)

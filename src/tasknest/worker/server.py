@@ -26,7 +26,7 @@ from tblib import Traceback
 
 from ..client.future import collect_inner, describe_type, error_from
 from ..errors import CallerError, ProtocolError, SchedulerLostError, SerializationError
-from ..memory import give_back, sparse, tune_allocator
+from ..memory import tune_allocator
 from ..protocol import messages as m
 from ..protocol.calls import run_call
 from ..protocol.comm import Comm, Listener, connect, listen
@@ -45,8 +45,8 @@ from .spill import new_store, watch_memory
 from .state import WorkerState
 from .retiring import replicate, retire
 from .watchdog import Watchdog
-from .monitor import FLUSH, STATS_EVERY, Monitor, install as install_monitor
-from .monitor import sample as sample_monitor
+from .monitor import Monitor, install as install_monitor
+from .upkeep import heartbeat, report
 
 log = logging.getLogger("tasknest.worker")
 
@@ -147,11 +147,11 @@ class Worker:
         self.state.address = self.address
         self.peers = PeerPool(self.name, self.token, self.peer_ssl, host=self.shared.host)
         await self._connect(self.reconnect_timeout)
-        self._spawn(self._heartbeat())
+        self._spawn(heartbeat(self))
         self._log_handler = install_monitor(self.monitor)
         if self.http:
             await self._start_http()
-        self._spawn(self._report())
+        self._spawn(report(self))
         if self.memory_limit:
             self._spawn(watch_memory(self))
         return self
@@ -178,7 +178,7 @@ class Worker:
             self.comm = comm
         msg = await asyncio.wait_for(welcome, timeout)
         self.id = msg.id
-        self._beat_every = max(self.heartbeat_interval, float(msg.info.get("heartbeat", 0)))
+        self._beat_at(float(msg.info.get("heartbeat", 0)))
         self.client._bind()
         set_default(self.client, only_if_unset=True)  # futures unpickled here bind to it
         comm.when_closed(self._scheduler_lost)
@@ -274,31 +274,6 @@ class Worker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _heartbeat(self) -> None:
-        # a random phase spreads the beats of workers that joined together
-        await asyncio.sleep(random.uniform(0, self._beat_every))
-        while not self.closing:
-            await asyncio.sleep(self._beat_every)
-            try:
-                rss = self._process.memory_info().rss
-            except psutil.Error:
-                rss = 0
-            self.send(m.Heartbeat(rss))
-            self._compact()
-
-    def _compact(self) -> None:
-        """After a large run, right-size the tables it left mostly empty and give the
-        memory back to the system."""
-        with self.lock:
-            shrank = self.state.compact()
-            if type(self.data) is dict and sparse(self.data):
-                self.data, shrank = dict(self.data), True
-            if sparse(self.frames_cache):
-                self.frames_cache = dict(self.frames_cache)
-            shrank = self.client.compact() or shrank
-        if shrank:
-            give_back()
-
     async def _start_http(self) -> None:
         from ..protocol.auth import dashboard_key
         from .http import WorkerHTTP
@@ -312,24 +287,6 @@ class Worker:
         self.http = http
         host = self.address.split("://", 1)[1].rsplit(":", 1)[0]   # (as peers reach us)
         self.monitor.stats["http"] = address.replace(f"//{self.host}:", f"//{host}:")
-
-    async def _report(self) -> None:
-        """The monitor's records leave lazily, with the next batch (worker/monitor.py)."""
-        mon = self.monitor
-        last = 0.0
-        while not self.closing:
-            await asyncio.sleep(FLUSH)
-            now = time.monotonic()
-            # (stats as seldom as heartbeats: a scheduler with many workers asks for
-            # fewer of those, and 500 workers' stats every second were 500 frames a second)
-            if now - last >= max(STATS_EVERY, self._beat_every):
-                last = now
-                sample_monitor(mon, self._process, self)
-            elif not mon.pending():
-                continue
-            comm = self.comm
-            if comm is not None:
-                comm.send_any(mon.take())
 
     # -- sending ------------------------------------------------------------------------------
     def _wake(self, here: bool = True) -> None:
@@ -467,9 +424,12 @@ class Worker:
             self._welcome.set_result(msg)
 
     def _on_beat_every(self, msg: m.BeatEvery) -> None:
-        # (from the next beat on; never faster than asked at start, never past the
-        # scheduler's patience: it declares a worker dead after heartbeat_timeout)
-        self._beat_every = min(max(self.heartbeat_interval, msg.seconds), 60.0)
+        self._beat_at(msg.seconds)
+
+    def _beat_at(self, seconds: float) -> None:
+        """Heartbeat every ``seconds`` as the scheduler asks (from the next beat on), never
+        faster than this worker was made to, never slower than a minute."""
+        self._beat_every = min(max(self.heartbeat_interval, seconds), 60.0)
 
     def _on_close(self, msg: m.Close) -> None:
         asyncio.ensure_future(self.close(f"scheduler asked: {msg.reason}"))
