@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .version import __version__  # noqa: E402
-from .client.client import Client, Executor, default_client  # noqa: E402
+from .client.client import Client, Executor  # noqa: E402
+from .registry import default_client  # noqa: E402
 from .client.actor import Actor  # noqa: E402
 from .client.coordination import Event, Lock, Queue, Semaphore, Variable  # noqa: E402
 from .client.future import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,  # noqa: E402

@@ -17,7 +17,8 @@ from typing import Any, Iterator
 
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, register_parallel_backend
 
-from .client.client import Client, default_client
+from .client.client import Client
+from .registry import default_client
 from .errors import CallerError
 
 

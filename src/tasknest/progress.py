@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .client.client import default_client
-from .client.client import flatten_futures
+from .registry import default_client
+from .client.future import flatten_futures
 
 
 def progress(*futures: Any, nested: bool = False, file: TextIO | None = None,

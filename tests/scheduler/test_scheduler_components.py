@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tasknest.protocol import messages as m
+from tasknest.scheduler.loss import Losses
 from tasknest.scheduler.queries import Queries
 from tasknest.scheduler.records import Task, WorkerInfo
 from tasknest.scheduler.scatter import Scatters
@@ -72,6 +73,13 @@ class FakeCore:
 
     def _memory_reached(self, ts: Task, source: str) -> None:
         self.calls.append(("memory", ts.key))
+
+    def _needed(self, ts: Task) -> bool:
+        return bool(ts.who_wants)
+
+    def _drop_client(self, cid: str) -> None:
+        self.clients.pop(cid, None)
+        self.calls.append(("drop", cid))
 
 
 def queue(core: FakeCore, wid: str, n: int) -> list[Task]:
@@ -195,3 +203,42 @@ def test_a_planned_scatter_says_where_and_forwards_only_what_a_worker_still_wait
     assert core.tasks["a"].who_has == {"w-0", "w-1"} and not scatters.pending
     assert core.feed("c-1", m.ScatterVia(id=to.id, worker="tcp://h:1", keys=["a"], values=[[b"1"]])) == []
     scatters.validate()
+
+
+def test_a_lost_worker_s_wants_are_held_until_its_rerun_tasks_are_done() -> None:
+    core = FakeCore()
+    losses = Losses(core)                   # type: ignore[arg-type]
+    parent, child = Task("parent", b"f", b"a", [], [0, 1, 0]), Task("child", b"f", b"a", [], [0, 2, 0])
+    core.tasks.update(parent=parent, child=child)
+    parent.state, parent.who_wants = "waiting", {"c-1"}      # rerun elsewhere, still wanted
+    child.who_wants = {"w-0"}                                 # submitted by parent on w-0
+    core.clients["w-0"] = {"child"}
+    losses.hold_orphans("w-0", [parent])
+    assert core.clients["!w-0"] == {"child"} and "w-0" not in core.clients
+    assert child.who_wants == {"!w-0"} and losses.orphans == {"!w-0": {"parent"}}
+    losses.release_orphans()                 # the parent has not finished: still held
+    assert "!w-0" in core.clients and ("drop", "!w-0") not in core.calls
+    parent.state = "memory"
+    losses.release_orphans()
+    assert not losses.orphans and ("drop", "!w-0") in core.calls
+
+
+def test_a_lost_worker_with_no_wants_or_no_rerun_parent_holds_nothing() -> None:
+    core = FakeCore()
+    losses = Losses(core)                   # type: ignore[arg-type]
+    done = Task("done", b"f", b"a", [], [0, 1, 0])
+    done.state = "memory"
+    core.clients["w-0"] = {"x"}
+    losses.hold_orphans("w-0", [done])
+    assert not losses.orphans and ("drop", "w-0") in core.calls
+
+
+def test_only_the_tasks_a_lost_worker_may_have_started_are_suspected() -> None:
+    core = FakeCore()
+    losses = Losses(core)                   # type: ignore[arg-type]
+    tasks = queue(core, "w-0", 4)            # priorities [0, 1, -i]: t3 first, then t2 ...
+    ws = core.workers["w-0"]
+    tasks[0].running = True                  # reported running
+    assert losses._maybe_started(ws) == {"t0", "t3"}    # one thread: the best queued one too
+    ws.seceded = 1                           # a seceded thread lets one more run inline
+    assert losses._maybe_started(ws) == {"t0", "t3", "t2"}

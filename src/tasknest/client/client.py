@@ -17,53 +17,34 @@ import hashlib
 import itertools
 import logging
 import threading
-import time
 import uuid
-from collections.abc import Iterator
 from typing import Any, Callable, Iterable
 
 from ..memory import give_back, sparse, tune_allocator
 from ..errors import (CallerError, ClosedClientError, CommClosedError, FutureCancelledError,
-                      RemoteError, SchedulerLostError, TimedOutError)
+                      RemoteError)
 from ..protocol import messages as m
 from ..protocol.comm import Comm, connect
 from ..protocol.peers import PeerPool
 from ..protocol import sharedmem
-from ..protocol.serialize import dumps_call, dumps_function, dumps_value, nbytes
+from ..protocol.serialize import dumps_call, dumps_function
 from ..names import funcname as _funcname, unique_token
-from ..registry import clients as _clients, current_client, default_client, set_default
+from ..registry import clients as _clients, set_default
 from ..timeouts import parse_timeout
 from ..tls import client_ssl_context
 from ..version import __version__
-from .future import SKIP as _SKIP, Future, FutureState, describe_type, error_from, flatten_futures
-from .future import rebuild as _rebuild
+from .future import Future, FutureState, error_from
 from .loop import get_runner
-from . import coordination, operations
+from . import cancelling, coordination, gathering, operations, queries, scattering
 from .operations import resources_arg
 from .placing import Placing
 from .output import OutputPrinter
 from .reconnect import RESENT, Reconnection
-from .streaming import CHUNK, SENT_POLL, StreamedFuture, send_chunk, stream_map
+from .streaming import CHUNK, stream_map
 
 log = logging.getLogger("tasknest.client")
 
 _seq = itertools.count()
-
-
-def _check_timeout(timeout: Any) -> float | None:
-    """The timeout in seconds (dask's strings too); CallerError if it is none."""
-    return parse_timeout(timeout)
-
-
-def _data_key(value: Any, frames: list, hashed: bool) -> str:
-    """A scattered value's key: by its content (equal data, same key) or fresh."""
-    name = type(value).__name__
-    if not hashed:
-        return f"{name}-{unique_token()}"
-    digest = hashlib.blake2b(digest_size=16)
-    for frame in frames:
-        digest.update(frame)
-    return f"{name}-{digest.hexdigest()}"
 
 
 def _unsupported(**options: Any) -> None:
@@ -84,12 +65,12 @@ class Client:
                  reconnect_timeout: float | str | None = None,
                  **cluster_kwargs: Any) -> None:
         tune_allocator()    # (this process gives memory back after large runs)
-        seconds = _check_timeout(timeout)
+        seconds = parse_timeout(timeout)
         if seconds is None:        # (the configuration's client.timeout, 10 s by default)
             from ..config import get
             seconds = float(get("client.timeout"))
         timeout = seconds
-        again = _check_timeout(reconnect_timeout)
+        again = parse_timeout(reconnect_timeout)
         if again is None:          # (the configuration's client.reconnect-timeout, 60 s)
             from ..config import get
             again = float(get("client.reconnect-timeout"))
@@ -651,77 +632,12 @@ class Client:
         digest.update(dumps_call(args, kwargs, Future)[0])
         return f"{prefix}-{digest.hexdigest()}"
 
-    def scatter(self, data: Any, broadcast: bool = False, workers: Any = None,
-                timeout: float | str | None = None, hash: bool = True,
-                direct: bool | None = None) -> Any:
-        """Send local data to the workers; returns futures in the data's shape.
-
-        Args:
-            data: a list, tuple, set, frozenset, namedtuple or dict (one future per
-                element or value, in the same type), a range or iterator (a list of
-                futures), or any other object (one future).
-            broadcast: a copy on every worker.
-            workers: the workers to put the data on.
-            hash: equal values get equal keys (``typename-<hash>``); False: fresh keys.
-            timeout: seconds or a string ("2 s") for the data to arrive.
-            direct: accepted for dask compatibility (data always goes straight).
-
-        Returns:
-            Futures, in the shape of ``data``.
-
-        Raises:
-            CallerError: bad arguments; SerializationError: a value cannot be pickled.
-        """
-        self._check()
-        timeout = _check_timeout(timeout)
-        if isinstance(data, range) or isinstance(data, Iterator):
-            data = list(data)
-        if isinstance(data, dict):
-            keys, values = [str(k) for k in data], list(data.values())
-            frames = [dumps_value(v) for v in values]
-        else:
-            values = list(data) if isinstance(data, (list, tuple, set, frozenset)) else [data]
-            frames = [dumps_value(v) for v in values]
-            keys = [_data_key(v, fr, hash) for v, fr in zip(values, frames)]
-        futures = self._scatter(keys, values, broadcast, self._workers_arg(workers), timeout,
-                                frames)
-        if self.asynchronous:   # _scatter gave a coroutine: shape its futures once awaited
-            async def _shaped(pending: Any = futures) -> Any:
-                return self._scatter_shape(data, await pending)
-            return _shaped()
-        return self._scatter_shape(data, futures)
-
-    @staticmethod
-    def _scatter_shape(data: Any, futures: list[Future]) -> Any:
-        if isinstance(data, dict):
-            return type(data)(zip(data, futures))
-        if isinstance(data, tuple) and hasattr(data, "_fields"):      # a namedtuple
-            return type(data)(*futures)  # type: ignore[arg-type]
-        if isinstance(data, (list, tuple, set, frozenset)):
-            return futures if type(data) is list else type(data)(futures)
-        return futures[0]
-
-    def _scatter(self, keys: list[str], values: list, broadcast: bool, workers: list | None,
-                 timeout: float | None, frames: list | None = None) -> list[Future]:
-        frames = frames if frames is not None else [dumps_value(v) for v in values]
-        futures = [self._new_future(k)[0] for k in keys]
-        if self._peers is not None and not self._worker_side:
-            # the scheduler plans, we send each worker its part ourselves (scatter_to)
-            msg: m.Request = m.ScatterPlan(0, keys, broadcast, workers)
-            reply = self._request(msg, timeout, frames)
-        else:
-            reply = self._request(m.Scatter(0, keys, frames, broadcast, workers), timeout)
-
-        def settle() -> list[Future]:
-            for f, v, fr in zip(futures, values, frames):
-                f._state.finish(describe_type(v), nbytes(fr), [], None, v)
-            return futures
-        if self.asynchronous:   # the request is a coroutine: settle once it is answered
-            async def _after() -> list[Future]:
-                await reply
-                return settle()
-            return _after()  # type: ignore[return-value]
-        return settle()
+    # -- scatter (scattering.py) -----------------------------------------------------
+    scatter = scattering.scatter
+    _scatter_shape = staticmethod(scattering.scatter_shape)
+    _scatter = scattering.scatter_keys
+    _on_scatter_to = scattering.on_scatter_to
+    _scatter_part = scattering.scatter_part
 
     # -- operations on the cluster (operations.py) ---------------------------------------------
     run = operations.run
@@ -742,27 +658,6 @@ class Client:
     get_dataset = coordination.get_dataset
     list_datasets = coordination.list_datasets
     unpublish_dataset = coordination.unpublish_dataset
-
-    def _on_scatter_to(self, msg: m.ScatterTo) -> None:
-        """Where our scatter's values go: we send them (again, after a scheduler restart)."""
-        frames = self._scattering.get(msg.rid)
-        request = self._requests.get(msg.rid)
-        if frames is None or not isinstance(request, m.ScatterPlan):
-            return                     # (answered or given up meanwhile)
-        for address, idx in msg.plan.items():
-            task = asyncio.ensure_future(self._scatter_part(
-                msg.id, address, [request.keys[i] for i in idx], [frames[i] for i in idx]))
-            self._scatter_sends.add(task)           # (a running task must be referenced)
-            task.add_done_callback(self._scatter_sends.discard)
-
-    async def _scatter_part(self, scatter: int, address: str, keys: list, frames: list) -> None:
-        try:
-            await self._peers.put_data(address, scatter, keys, frames)  # type: ignore[union-attr]
-        except OSError as exc:         # (CommClosedError too): the old way, through the scheduler
-            log.info("scatter: cannot hand %d values to %s (%s): sending them through the "
-                     "scheduler", len(keys), address, exc)
-            if self.status == "running":
-                self._send(m.ScatterVia(scatter, address, keys, frames))
 
     # -- requests -------------------------------------------------------------------------------
     def _request(self, msg: m.Request, timeout: float | None = None,
@@ -794,150 +689,24 @@ class Client:
         finally:
             self._scattering.pop(rid, None)
 
-    def _query(self, what: str, arg: Any = None) -> Any:
-        return self._request(m.Query(0, what, arg), self.timeout)
-
-    def who_has(self, futures: Any = None) -> Any:
-        """Where the results are.
-
-        Args:
-            futures: a future, or lists, tuples, sets and dicts of them; None: every key.
-
-        Returns:
-            ``{key: [worker addresses]}``.
-        """
-        keys = None if futures is None else [f.key for f in flatten_futures(futures)]
-        return self._query("who_has", keys)
-
-    def has_what(self, workers: Any = None) -> Any:
-        """Which keys each worker holds.
-
-        Args:
-            workers: addresses or names (one, or a list); None: every worker.
-
-        Returns:
-            ``{worker address: [keys]}``.
-
-        Raises:
-            ClosedClientError: the client is closed.
-        """
-        return self._shaped(self._query("has_what"), lambda v: self._by_workers(v, workers))
+    # -- what the cluster knows (queries.py) -----------------------------------------
+    _query = queries.query
+    who_has = queries.who_has
+    has_what = queries.has_what
+    get_worker_logs = queries.get_worker_logs
+    get_task_stream = queries.get_task_stream
+    scheduler_info = queries.scheduler_info
+    nthreads = queries.nthreads
+    processing = queries.processing
+    _shaped = queries.shaped
+    _by_workers = queries.by_workers
+    wait_for_workers = queries.wait_for_workers
+    _wait_for_workers_async = queries.wait_for_workers_async
 
     @property
     def dashboard_link(self) -> str | None:
         """The dashboard's URL, with the key that lets a browser in (None without one)."""
         return self._info.get("dashboard")
-
-    def get_worker_logs(self) -> Any:
-        """``{worker address: [recent log lines]}``."""
-        return self._query("worker_logs")
-
-    def get_task_stream(self, start: float | None = None, filename: str | None = None) -> Any:
-        """The executions the scheduler remembers (the last 20,000), as dicts with key,
-        function, worker, thread, start, stop, status; since ``start`` (a time.time()) if
-        given. ``filename``: also write them as a Chrome trace (open in Perfetto).
-
-        Args:
-            start: only executions that started after this time.time().
-            filename: also write them there as a Chrome trace.
-
-        Returns:
-            A list of dicts, one per execution.
-        """
-        def shape(rows: list) -> list:
-            if filename is not None:
-                from ..protocol.monitoring import write_chrome_trace
-                write_chrome_trace(rows, filename)
-            return rows
-        return self._shaped(self._query("task_stream", start), shape)
-
-    def scheduler_info(self, n_workers: int = 5) -> Any:
-        """The scheduler and its workers, in dask's shape.
-
-        Args:
-            n_workers: at most this many workers (all if -1).
-
-        Returns:
-            ``{"workers": {address: {...}}, "started": ..., "address": ...}``.
-        """
-        if not isinstance(n_workers, int):
-            raise CallerError(f"n_workers must be an integer, got {n_workers!r}")
-
-        def shape(rows: list) -> dict:
-            rows = rows if n_workers < 0 else rows[:n_workers]
-            return {"type": "Scheduler", "id": self._info.get("address", self.scheduler_address),
-                    "address": self.scheduler_address, "started": self._info.get("started"),
-                    "n_workers": len(rows), "workers": {w["address"]: w for w in rows}}
-        return self._shaped(self._query("workers"), shape)
-
-    def nthreads(self, workers: Any = None) -> Any:
-        """How many threads each worker runs tasks on.
-
-        Args:
-            workers: addresses or names (one, or a list); None: every worker.
-
-        Returns:
-            ``{worker address: threads}``.
-        """
-        return self._shaped(self._query("workers"), lambda rows: self._by_workers(
-            {w["address"]: w["nthreads"] for w in rows}, workers, rows))
-
-    def processing(self, workers: Any = None) -> Any:
-        """What each worker runs or has queued.
-
-        Args:
-            workers: addresses or names (one, or a list); None: every worker.
-
-        Returns:
-            ``{worker address: [keys it runs or has queued]}``.
-        """
-        return self._shaped(self._query("processing"), lambda v: self._by_workers(v, workers))
-
-    def _shaped(self, answer: Any, shape: Callable[[Any], Any]) -> Any:
-        if self.asynchronous:
-            async def _s() -> Any:
-                return shape(await answer)
-            return _s()
-        return shape(answer)
-
-    def _by_workers(self, by_address: dict, workers: Any, rows: list | None = None) -> dict:
-        if workers is None:
-            return by_address
-        wanted = set(self._workers_arg(workers) or [])
-        if rows is None:
-            return {a: v for a, v in by_address.items() if a in wanted}
-        names = {w["address"] for w in rows if w["name"] in wanted or w["address"] in wanted}
-        return {a: v for a, v in by_address.items() if a in names}
-
-    def wait_for_workers(self, n_workers: int = 1, timeout: float | str | None = None) -> Any:
-        """Block until at least ``n_workers`` workers are connected.
-
-        Args:
-            n_workers: how many.
-            timeout: seconds or a string ("10 s"); None waits for ever.
-
-        Raises:
-            TimedOutError: saying how many of them came ("2/10 workers").
-            CallerError: bad arguments.
-        """
-        timeout = _check_timeout(timeout)
-        if not isinstance(n_workers, int) or n_workers < 0:
-            raise CallerError(f"n_workers must be a non-negative integer, got {n_workers!r}")
-        if self.asynchronous:
-            return self._wait_for_workers_async(n_workers, timeout)
-        return self._run(self._wait_for_workers_async(n_workers, timeout))
-
-    async def _wait_for_workers_async(self, n: int, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.01
-        while True:
-            info = await self._request_async(m.Query(0, "workers", None), self.timeout)
-            if len(info) >= n:
-                return
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimedOutError(f"only {len(info)}/{n} workers arrived within {timeout} s")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.2)
 
     @property
     def futures(self) -> dict[str, Future]:
@@ -946,99 +715,25 @@ class Client:
             keys = list(self._states)
         return {k: self._new_future(k)[0] for k in keys if k in self._states}
 
-    def cancel(self, futures: Any, force: bool = False) -> None:
-        """Cancel these futures: when this returns, each is ``cancelled()``.
-
-        A pending task is stopped (and those that depend on it); a finished one is
-        released. Using a cancelled future afterwards raises FutureCancelledError.
-
-        Args:
-            futures: a future, or lists, tuples, sets and dicts of them, nested.
-            force: accepted for dask compatibility (cancelling is always forced).
-
-        Raises:
-            ClosedClientError: the client is closed.
-        """
-        self._check()
-        fs = flatten_futures(futures)
-        for f in fs:
-            f._state    # (a map's future not sent yet is sent first, not under our lock)
-        keys = []
-        with self._lock:
-            for f in fs:
-                st = f._state
-                if self._states.get(f.key) is st:     # detach: the key may live again
-                    del self._states[f.key]
-                    self._refs.pop(f.key, None)
-                    self._placing.placed.pop(f.key, None)
-                    keys.append(f.key)
-        for f in fs:
-            if f._state.status != "cancelled":
-                f._state.cancel(FutureCancelledError(f"{f.key} was cancelled"))
-        if keys:
-            self._send(m.Cancel(keys))
-
-    def retry(self, futures: Any) -> None:
-        """Run failed tasks again (and the failed tasks they depend on).
-
-        Args:
-            futures: a future, or lists, tuples, sets and dicts of them, nested.
-
-        Raises:
-            ClosedClientError: the client is closed.
-        """
-        self._check()
-        # (not a map's task whose arguments could not be pickled: it never left)
-        fs = [f for f in flatten_futures(futures) if f._state.status == "error"
-              and self._states.get(f.key) is f._state]
-        for f in fs:
-            f._state.reset()
-        if fs:
-            self._send(m.Retry([f.key for f in fs]))
-
-    def _fire_and_forget(self, keys: list[str]) -> None:
-        self._check()
-        self._send(m.FireAndForget(keys))
+    # -- cancelling and retrying (cancelling.py) -------------------------------------
+    cancel = cancelling.cancel
+    retry = cancelling.retry
+    _fire_and_forget = cancelling.fire_and_forget
 
     # -- gathering ---------------------------------------------------------------------------------
-    def gather(self, futures: Any, errors: str = "raise",
-               timeout: float | str | None = None, direct: bool | None = None,
-               asynchronous: bool | None = None) -> Any:
-        """Wait for futures and return their results, in the same nested shape.
-
-        Args:
-            futures: a future, or lists, tuples, sets and dicts of them, nested.
-            errors: "raise" the first failure, or "skip" failed futures (left out).
-            timeout: seconds or a string ("2 s").
-            direct, asynchronous: accepted for dask compatibility (results come
-                straight from the workers when they can).
-
-        Returns:
-            The results, in the shape of ``futures``.
-
-        Raises:
-            the task's exception, FutureCancelledError, TimedOutError.
-        """
-        self._check()
-        timeout = _check_timeout(timeout)
-        if errors not in ("raise", "skip"):
-            raise CallerError(f"errors must be 'raise' or 'skip', got {errors!r}")
-        flat = flatten_futures(futures)
-        self._check_own(flat, "gather()")
-        if self.asynchronous and self._in_own_loop():
-            async def _g() -> Any:
-                vals = await self._gather_async(flat, errors=errors)
-                return _rebuild(futures, self._by_key(flat, vals, errors))
-            return _g()
-        vals = self._gather_sync(flat, timeout=timeout, errors=errors)
-        return _rebuild(futures, self._by_key(flat, vals, errors))
-
-    @staticmethod
-    def _by_key(flat: list[Future], vals: list, errors: str) -> dict[str, Any]:
-        if errors == "skip":
-            return {f.key: v if f._state.status == "finished" else _SKIP
-                    for f, v in zip(flat, vals)}
-        return dict(zip([f.key for f in flat], vals))
+    # -- gathering (gathering.py) ----------------------------------------------------
+    gather = gathering.gather
+    _by_key = staticmethod(gathering.by_key)
+    _wait_states = gathering.wait_states
+    _wait_in_order = gathering.wait_in_order
+    _gather_sync = gathering.gather_sync
+    _values = gathering.values
+    _check_own = gathering.check_own
+    _raise_errors = gathering.raise_errors
+    _fetch_sync = gathering.fetch_sync
+    _fetch = gathering.fetch
+    _gather_async = gathering.gather_async
+    _aio_wait = gathering.aio_wait
 
     def _in_own_loop(self) -> bool:
         try:
@@ -1060,96 +755,6 @@ class Client:
         """Run some of these futures' tasks on this thread; True if any ran."""
         return False
 
-    def _wait_states(self, states: list[FutureState], timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if any(st.status == "pending" for st in states):
-            self._wake()
-        for st in states:
-            if st.status != "pending":
-                continue
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not st.wait(remaining):
-                raise TimedOutError(f"results not ready after {timeout} s")
-
-    def _wait_in_order(self, futures: list[Future], timeout: float | None) -> None:
-        """Wait for each future in turn, so that a streaming map's futures are reached
-        after the sender sent them (asking for them all at once would send every chunk
-        from this thread, past the sender's backpressure)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        woken = False
-        for f in futures:
-            st = f._state
-            if st.status != "pending":
-                continue
-            if not woken:
-                self._wake()
-                woken = True
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not st.wait(remaining):
-                raise TimedOutError(f"results not ready after {timeout} s")
-
-    def _gather_sync(self, futures: list[Future], timeout: float | None = None,
-                     errors: str = "raise") -> list:
-        if self.status == "new":     # an async client used before it was awaited
-            self._check()
-        if any(type(f) is StreamedFuture for f in futures):
-            self._wait_in_order(futures, timeout)
-        states = [f._state for f in futures]
-        if len(futures) == 1 and futures[0].key in self._placing.placed:
-            self._placing.spin(states[0])
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:     # (a value lost on its way is computed again, then fetched anew)
-            self._wait_states(states, None if deadline is None else
-                              max(0.0, deadline - time.monotonic()))
-            self._raise_errors(futures, errors)
-            missing = [(f.key, f._state) for f in futures
-                       if f._state.status == "finished" and not f._state.has_value()]
-            if not missing:
-                break
-            self._fetch_sync(missing)
-        return self._values(states)
-
-    def _values(self, states: list[FutureState]) -> list:
-        """Futures inside the values bind to this client (it received them), not to
-        whichever client this process made last."""
-        token = current_client.set(self)
-        try:
-            return [st.get_value() if st.status == "finished" else None for st in states]
-        finally:
-            current_client.reset(token)
-
-    def _check_own(self, futures: list[Future], what: str) -> None:
-        """A future of another cluster names a key this scheduler does not know."""
-        for f in futures:
-            chunk = f._lazy if type(f) is StreamedFuture else None
-            if chunk is not None and not chunk.sent and f.client is self:
-                continue    # ours and not cancelled (cancel sends it): no need to send it now
-            if f._state.status == "cancelled":
-                raise FutureCancelledError(f"{what} got the cancelled future {f.key!r}")
-            other = f.client
-            if other is self:
-                continue
-            theirs = getattr(other, "scheduler_address", None)
-            if theirs != self.scheduler_address:
-                raise CallerError(
-                    f"{what} got future {f.key!r} of the cluster at {theirs}, but this client "
-                    f"is connected to {self.scheduler_address}: gather it with its own client "
-                    "and pass the value instead")
-            if other.status == "closed" and not f.done():
-                raise CallerError(f"{what} got future {f.key!r} of a closed client")
-
-    def _raise_errors(self, futures: list[Future], errors: str) -> None:
-        if errors == "raise":
-            for f in futures:
-                st = f._state
-                if st.status in ("error", "cancelled", "lost"):
-                    if st.error is None:
-                        raise RemoteError(f"{f.key} failed")
-                    raise st.error.with_traceback(st.tb)    # (its remote frames, afresh)
-
-    def _fetch_sync(self, missing: list[tuple[str, FutureState]]) -> None:
-        self._run(self._fetch(missing))
-
     def _lending(self) -> Any:
         """Context around a wait on the scheduler (a task lends its slot meanwhile)."""
         return contextlib.nullcontext()
@@ -1157,84 +762,6 @@ class Client:
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         """Run a coroutine on this client's loop from another thread and wait."""
         return get_runner().run(coro, timeout)
-
-    async def _fetch(self, missing: list[tuple[str, FutureState]]) -> None:
-        """Get values straight from workers that hold them; re-ask the scheduler if gone."""
-        by_addr: dict[str, list[tuple[str, FutureState]]] = {}
-        lost = []
-        for key, st in missing:
-            if st.who_has:
-                by_addr.setdefault(st.who_has[0], []).append((key, st))
-            else:
-                lost.append(key)
-        peers = self._peers
-        assert peers is not None            # (a result came: connected)
-        for addr, items in by_addr.items():
-            try:
-                values = await peers.get_data(addr, [k for k, _ in items])
-            except (CommClosedError, OSError) as exc:
-                log.info("could not fetch from %s: %s", addr, exc)
-                values = {}
-            for key, st in items:
-                frames = values.get(key)
-                if frames is not None:
-                    st.frames = frames
-                else:
-                    # (the scheduler may not know yet that the worker died: without this
-                    # it would name the same worker again)
-                    comm = self._comm        # (the one now, after the await)
-                    assert comm is not None
-                    comm.send(m.MissingData(key, addr))
-                    lost.append(key)
-                    st.reset()
-        if lost:
-            comm = self._comm                # (the one now, after the awaits)
-            assert comm is not None
-            comm.send(m.Want(lost))
-
-    async def _gather_async(self, futures: list[Future], errors: str = "raise",
-                            single: bool = False) -> Any:
-        for f in futures:
-            chunk = f._lazy if type(f) is StreamedFuture else None
-            while chunk is not None and not chunk.sent:
-                # a streaming map's future: its sender gets to it (this loop must not
-                # send every chunk itself, its connection's writes wait on it)
-                sender = self._sender
-                if sender is None or sender.thread is None:
-                    send_chunk(chunk)        # (nobody else will)
-                    break
-                await asyncio.sleep(SENT_POLL)
-        states = [f._state for f in futures]
-        while True:     # (a value lost on its way is computed again, then fetched anew)
-            await self._aio_wait(states)
-            self._raise_errors(futures, errors)
-            missing = [(f.key, f._state) for f in futures
-                       if f._state.status == "finished" and not f._state.has_value()]
-            if not missing:
-                break
-            if self._in_own_loop():
-                await self._fetch(missing)
-            else:
-                assert self.loop is not None        # (set when the client started)
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                    self._fetch(missing), self.loop))
-        vals = self._values(states)
-        return vals[0] if single else vals
-
-    async def _aio_wait(self, states: list[FutureState]) -> None:
-        loop = asyncio.get_running_loop()
-        for st in states:
-            if st.done():
-                continue
-            fut = loop.create_future()
-
-            def wake(fut: asyncio.Future = fut) -> None:
-                def set_() -> None:
-                    if not fut.done():
-                        fut.set_result(None)
-                loop.call_soon_threadsafe(set_)
-            if st.add_callback(wake):
-                await fut
 
     def __repr__(self) -> str:
         addr = getattr(self, "scheduler_address", "?")

@@ -95,7 +95,7 @@ class performance_report:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        from ..client.client import default_client
+        from ..registry import default_client
         client = self.client or default_client()
         stop = time.time()
         # (the task stream query syncs with the workers: what they ran has arrived)

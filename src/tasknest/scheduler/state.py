@@ -29,6 +29,7 @@ from .resources import free_for
 from .records import ALLOWED_FAILURES, CLAIMED, EMPTY, FIRE_AND_FORGET, NOTHING, Task, WorkerInfo
 from . import invariants
 from .coordination import Coordination
+from .loss import Losses
 from .operations import Operations
 from .placing import Placing
 from .queries import Queries
@@ -55,7 +56,6 @@ class SchedulerState:
         self._rr = 0
         self._ring: list[WorkerInfo] | None = None   # the workers in turn (_any_worker)
         self._attempts = 0        # computes sent so far: each is numbered
-        self.orphans: dict[str, set[str]] = {}    # holder -> rerun parents (see _hold_orphans)
         self.addresses: dict[str, str] = {}       # worker address -> id
         self._handlers = {op: getattr(self, "_on_" + op.replace("-", "_"))
                           for op in m.CATALOGUE if hasattr(self, "_on_" + op.replace("-", "_"))}
@@ -70,6 +70,7 @@ class SchedulerState:
         self.coordination = Coordination(self)
         self.operations = Operations(self)
         self.retirement = Retirement(self)
+        self.losses = Losses(self)
 
     def register(self, op: str, handler: Any) -> None:
         """A component handles this message op itself."""
@@ -82,8 +83,8 @@ class SchedulerState:
         if handler is None:
             raise ProtocolError(f"scheduler does not accept {msg.op!r}")
         handler(source, msg)
-        if self.orphans:
-            self._release_orphans()
+        if self.losses.orphans:
+            self.losses.release_orphans()
         if self.unrunnable and self.workers:    # resources freed may let some run now
             for ts in [t for t in self.unrunnable.values() if t.resources]:
                 if self.unrunnable.get(ts.key) is ts:
@@ -149,107 +150,8 @@ class SchedulerState:
         return self._flush()
 
     def remove_worker(self, wid: str, reason: str = "worker lost") -> list:
-        for c in self.components:
-            c.source_gone(wid)
-        ws = self.workers.pop(wid, None)
-        self._ring = None
-        self.idle.discard(wid)
-        self.paused.discard(wid)
-        if ws is None:
-            self.stealing.worker_lost(wid)
-            return self._flush()
-        if self.addresses.get(ws.address) == wid:   # (a restarted worker may share it)
-            del self.addresses[ws.address]
-            for other in self.workers.values():
-                if other.address == ws.address:
-                    self.addresses[ws.address] = other.id
-        killed: list[Task] = []
-        lost: list[Task] = []
-        started = self._maybe_started(ws)
-        for key in ws.processing:
-            ts = self.tasks[key]
-            ts.processing_on = None
-            ts.stealing = None
-            ts.running = False
-            ts.state = "released"
-            if key in started:   # only a task that may have been running is suspected
-                ts.suspicious += 1
-                ts.died_on = [*ts.died_on, ws.address]
-            (killed if ts.suspicious > self.allowed_failures else lost).append(ts)
-        for key in ws.has_what:
-            ts = self.tasks[key]
-            ts.who_has.discard(wid)
-            if not ts.who_has and ts.state == "memory":
-                ts.state = "released"
-                ts.value = None
-                lost.append(ts)
-        self.stealing.worker_lost(wid)
-        self.scatters.worker_lost(ws, reason)
-        self.queries.worker_lost(wid)
-        for ts in killed:
-            self._err(ts, [], f"task {ts.key} was running on {ts.suspicious} workers that died "
-                              f"({', '.join(ts.died_on)}; the last: {reason})", "killed")
-        for ts in lost:
-            if ts.state != "released":
-                continue
-            if ts.scattered:
-                self._err(ts, [], f"the data of {ts.key} was lost with worker {ws.address} and "
-                                  "cannot be recomputed (scatter with broadcast=True keeps "
-                                  "copies)", "lost")
-            elif self._needed(ts):
-                self._recompute(ts)
-        self._hold_orphans(wid, [self.tasks[k] for k in ws.processing if k in self.tasks])
-        for ts in lost:
-            if self.tasks.get(ts.key) is ts:
-                self._maybe_release(ts)
+        self.losses.worker_lost(wid, reason)
         return self._flush()
-
-    def _maybe_started(self, ws: WorkerInfo) -> set[str]:
-        """Tasks that may have been executing on a lost worker.
-
-        Workers do not report when a task starts, and a worker holds many queued
-        tasks; it runs them best priority first (user priority, then depth, then
-        FIFO), one per thread, plus one inline per seceded thread. Counting only
-        those keeps a worker killed by something else from condemning its queue.
-        """
-        tasks = [self.tasks[k] for k in ws.processing]
-        started = {ts.key for ts in tasks if ts.running}
-
-        def order(ts: Task) -> tuple:
-            user, depth, seq = (list(ts.priority) + [0, 0, 0])[:3]
-            return (-user, -depth, seq)
-        queued = sorted((ts for ts in tasks if not ts.running), key=order)
-        started.update(ts.key for ts in queued[: ws.nthreads + ws.seceded])
-        return started
-
-    def _hold_orphans(self, wid: str, reran: list[Task]) -> None:
-        """Keep what tasks on a lost worker wanted until those tasks, rerun elsewhere,
-        are done: a rerun parent that submits a child again (same pure key) finds it
-        finished or running instead of recomputing it. Then the wants are dropped."""
-        parents = {ts.key for ts in reran if ts.state in ("waiting", "processing", "released")}
-        wanted = self.clients.get(wid)
-        if not wanted or not parents:
-            self._drop_client(wid)
-            return
-        holder = "!" + wid
-        self.clients[holder] = self.clients.pop(wid)
-        for key in wanted:
-            ts = self.tasks.get(key)
-            if ts is not None:
-                ts.who_wants.discard(wid)
-                ts.who_wants.add(holder)
-        self.orphans[holder] = parents
-
-    def _release_orphans(self) -> None:
-        for holder, parents in list(self.orphans.items()):
-            for key in list(parents):
-                ts = self.tasks.get(key)
-                if ts is None or ts.state in ("memory", "erred") or (
-                        ts.state == "released" and not self._needed(ts)):
-                    parents.discard(key)
-            if not parents:
-                del self.orphans[holder]
-                self._drop_client(holder)
 
     def tick(self, now: float, timeout: float) -> list[str]:
         """Workers whose heartbeats stopped; the shell removes them."""
