@@ -110,3 +110,20 @@ def test_scale_suite_smallest_size() -> None:
                   "chain | 20 | 21"):
         line = next(ln for ln in rows if ln.startswith(f"| {shape} |"))
         assert "/s," in line, line
+
+
+@pytest.mark.timeout(120)
+def test_instruction_counts_run_every_workload_in_one_process() -> None:
+    """benchmarks.instructions counts under valgrind what its child runs: here the child
+    alone (no valgrind), every workload at a small size, on this tree."""
+    import os
+    import subprocess
+    from benchmarks.instructions import SIZES
+    assert set(SIZES) == set(WORKLOADS)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    for workload in SIZES:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--child",
+                              workload, str(SMALLEST[workload])], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert f"imported_from {ROOT / 'src'}" in out.stdout, out.stdout

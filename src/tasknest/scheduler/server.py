@@ -227,10 +227,11 @@ class Scheduler:
         op = msg.op
         if op not in allowed:
             raise ProtocolError(f"{op!r} is not allowed on this connection")
-        if isinstance(msg, m.Heartbeat):
+        if op == "heartbeat" and isinstance(msg, m.Heartbeat):   # (the op first: cheaper)
             self.state.heartbeat(source, time.monotonic(), msg.memory)
             return
-        if isinstance(msg, m.Goodbye):   # leaving on purpose: we close, so no reset races
+        if op == "goodbye" and isinstance(msg, m.Goodbye):
+            # leaving on purpose: we close, so no reset races
             self._leaving[source] = msg.reason                              # its words
             comm = self.comms.get(source)
             if comm is not None:

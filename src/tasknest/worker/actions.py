@@ -55,20 +55,31 @@ Action = Union[Send, Tell, Fetch, Ready, Done, Drop]
 F = TypeVar("F", bound=Callable[..., list])
 
 
-def reaping(core: Callable[[Any], Any]) -> Callable[[F], F]:
-    """A decorator for the events of the state machine that ``core(owner)`` gives.
+def reaping(core: Callable[[Any], Any] | None = None) -> Callable[[F], F]:
+    """A decorator for the events of the state machine that ``core(owner)`` gives
+    (None: the owner itself, without a call: every task passes here several times).
 
     An erred record stays until the shell has settled local futures from it, which
     it does after the event that erred it; so the next event, whichever it is,
     first forgets such records. This is the one place that happens."""
     def event(method: F) -> F:
+        if core is None:
+            @wraps(method)
+            def run(owner: Any, *args: Any, **kwargs: Any) -> list:
+                if owner._erred:
+                    out = owner.reap()
+                    out += method(owner, *args, **kwargs)
+                    return out
+                return method(owner, *args, **kwargs)
+            return run  # type: ignore[return-value]
+
         @wraps(method)
-        def run(owner: Any, *args: Any, **kwargs: Any) -> list:
+        def run_on(owner: Any, *args: Any, **kwargs: Any) -> list:
             st = core(owner)
             if st._erred:
                 out = st.reap()
                 out += method(owner, *args, **kwargs)
                 return out
             return method(owner, *args, **kwargs)
-        return run  # type: ignore[return-value]
+        return run_on  # type: ignore[return-value]
     return event

@@ -316,17 +316,17 @@ class Worker:
         done = []
         fetches: dict[str, list[str]] = {}
         for a in actions:
-            if isinstance(a, Send):
+            if type(a) is Send:      # (type() is one opcode; several actions a task)
                 self.send(a.msg, now)
-            elif isinstance(a, Tell):
-                self._tell(a.client, a.msg, now)
-            elif isinstance(a, Ready):
-                self.pool.notify()
-            elif isinstance(a, Done):
+            elif type(a) is Done:
                 done.append(self._settle_record(a.key))
-            elif isinstance(a, Fetch):        # one request per peer for what it asks of it
+            elif type(a) is Ready:
+                self.pool.notify()
+            elif type(a) is Tell:
+                self._tell(a.client, a.msg, now)
+            elif type(a) is Fetch:        # one request per peer for what it asks of it
                 fetches.setdefault(random.choice(a.addrs), []).append(a.key)
-            elif isinstance(a, Drop):
+            elif type(a) is Drop:
                 self.data.pop(a.key, None)
                 self.frames_cache.pop(a.key, None)
                 self.shared.release(a.key)
@@ -379,11 +379,12 @@ class Worker:
         done: list = []
         if op in STATE_OPS:
             with self.lock:
-                if isinstance(msg, m.KeyMemory) and self._arrived_inline(msg):
+                if op == "key-memory" and isinstance(msg, m.KeyMemory) and \
+                        self._arrived_inline(msg):
                     done = self._inline_arrival(msg)
                 else:
                     done = self.apply(self.state.handle(msg))
-                if isinstance(msg, m.Free):
+                if op == "free" and isinstance(msg, m.Free):
                     done += self.client._freed(msg.keys)
             if op in CLIENT_OPS:          # (the in-task client's futures hear of it too)
                 self.client._handle(msg)

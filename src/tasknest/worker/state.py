@@ -30,7 +30,7 @@ from .placing import Placing
 from .actions import READY, Action, Done, Drop, Fetch, Send, Tell, reaping
 from .records import CLAIMED, UNCOUNTED, WState, WTask, heap_priority
 
-event = reaping(lambda st: st)
+event = reaping()
 
 
 class WorkerState:
