@@ -333,11 +333,11 @@ class Cluster:
                 w.data.add(t.key)
                 out = st.fetched(t.key, 1)
             else:
-                out = st.key_memory(msg.key, msg.who_has)  # type: ignore[attr-defined]
+                out = st.handle(msg)
         elif op == "key-erred":
             w.recipes.pop(msg.key, None)  # type: ignore[attr-defined]
             w.settled.add(msg.key)  # type: ignore[attr-defined]
-            out = st.key_erred(msg.key, msg.exception, msg.traceback, msg.kind)  # type: ignore
+            out = st.handle(msg)
         elif op == "put-data":
             keys = list(msg.keys)  # type: ignore[attr-defined]
             w.data.update(keys)

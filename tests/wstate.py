@@ -24,7 +24,8 @@ def prio(depth: int, seq: int, user: int = 0) -> list:
 
 def compute(ws: WorkerState, key: str, deps: dict | None = None, depth: int = 0, seq: int = 0,
             retries: int = 0) -> list:
-    out = ws.compute(key, 1, b"", deps or {}, prio(depth, seq), retries)
+    out = ws.handle(m.Compute(key=key, func=1, args=b"", deps=deps or {}, priority=prio(depth,
+                              seq), retries=retries, notify=[], attempt=0))
     ws.validate()
     return out
 

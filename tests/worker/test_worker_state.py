@@ -24,7 +24,8 @@ def test_compute_without_deps_is_ready():
     assert READY in out and ws.tasks["a"].state == "ready"
     run(ws, "a")
     out = finish(ws, "a")
-    assert sent(out) == [m.TaskFinished(key="a", nbytes=8, type="int", value=None, inner=[], notified=[], attempt=0)]
+    assert sent(out) == [m.TaskFinished(key="a", nbytes=8, type="int", value=None, inner=[],
+                                        notified=[], attempt=0)]
     assert Done("a") in out
     assert ws.tasks["a"].state == "memory" and ws.held_keys() == ["a"]
 
@@ -51,7 +52,8 @@ def test_claim_queues_locally_and_tells_the_scheduler():
     ws = WorkerState(ME)
     out = ws.claim("child", 1, b"", [], prio(1, 5), 0)
     ws.validate()
-    assert sent(out) == [m.Claim(key="child", func=1, args=b"", deps=[], priority=prio(1, 5), retries=0, confirm=False)]
+    assert sent(out) == [m.Claim(key="child", func=1, args=b"", deps=[], priority=prio(1, 5),
+                                 retries=0, confirm=False)]
     t = ws.tasks["child"]
     assert t.state == "ready" and t.claimed and t.owned
 
@@ -71,8 +73,10 @@ def test_pop_ready_is_depth_first_then_fifo():
 
 def test_user_priority_beats_depth():
     ws = WorkerState(ME)
-    ws.compute("deep", 1, b"", {}, [0, 5, 1], 0)
-    ws.compute("urgent", 1, b"", {}, [1, 0, 2], 0)
+    ws.handle(m.Compute(key="deep", func=1, args=b"", deps={}, priority=[0, 5, 1], retries=0,
+                        notify=[], attempt=0))
+    ws.handle(m.Compute(key="urgent", func=1, args=b"", deps={}, priority=[1, 0, 2], retries=0,
+                        notify=[], attempt=0))
     assert ws.pop_ready().key == "urgent"
 
 
@@ -111,7 +115,8 @@ def test_erred_with_retries_runs_again_then_reports():
     run(ws, "a")
     out = ws.erred("a", [b"e"], "tb", "exception")
     ws.validate()
-    assert sent(out) == [m.TaskErred(key="a", exception=[b"e"], traceback="tb", kind="exception", attempt=0)]
+    assert sent(out) == [m.TaskErred(key="a", exception=[b"e"], traceback="tb", kind="exception",
+                                     attempt=0)]
     assert Done("a") in out and ws.tasks["a"].state == "erred"
 
 
@@ -141,7 +146,7 @@ def test_erred_propagates_to_local_dependents_then_records_are_forgotten():
 def test_steal_of_a_ready_task_succeeds_and_forgets_it():
     ws = WorkerState(ME)
     compute(ws, "a")
-    out = ws.steal("a")
+    out = ws.handle(m.Steal(key="a"))
     ws.validate()
     assert sent(out) == [m.StealReply(key="a", ok=True, later=False)]
     assert "a" not in ws.tasks and ws.pop_ready() is None
@@ -151,26 +156,27 @@ def test_steal_of_an_executing_task_fails():
     ws = WorkerState(ME)
     compute(ws, "a")
     run(ws, "a")
-    assert sent(ws.steal("a")) == [m.StealReply(key="a", ok=False, later=False)]
+    assert sent(ws.handle(m.Steal(key="a"))) == [m.StealReply(key="a", ok=False, later=False)]
     assert ws.tasks["a"].state == "executing"
-    assert sent(ws.steal("unknown")) == [m.StealReply(key="unknown", ok=False, later=False)]
+    assert sent(ws.handle(m.Steal(key="unknown"))) == [m.StealReply(key="unknown", ok=False,
+                                                                    later=False)]
 
 
 def test_stolen_task_with_local_dependent_waits_for_its_result():
     ws = WorkerState(ME)
     ws.claim("a", 1, b"", [], prio(1, 1), 0)
     ws.claim("b", 1, b"", ["a"], prio(1, 2), 0)
-    ws.steal("a")
+    ws.handle(m.Steal(key="a"))
     ws.validate()
     assert ws.tasks["a"].state == "remote" and ws.tasks["b"].waiting_on == {"a"}
-    out = ws.key_memory("a", [PEER])
+    out = ws.handle(m.KeyMemory(key="a", type="int", nbytes=8, who_has=[PEER], value=None))
     assert kinds(out, Fetch) == [Fetch("a", [PEER])]
 
 
 def test_claim_rejected_drops_the_local_copy():
     ws = WorkerState(ME)
     ws.claim("pure", 1, b"", [], prio(1, 1), 0)
-    ws.claim_rejected("pure")
+    ws.handle(m.ClaimRejected(key="pure"))
     ws.validate()
     assert "pure" not in ws.tasks and ws.pop_ready() is None
 
@@ -179,7 +185,7 @@ def test_claim_rejected_while_executing_keeps_running():
     ws = WorkerState(ME)
     ws.claim("pure", 1, b"", [], prio(1, 1), 0)
     run(ws, "pure")
-    ws.claim_rejected("pure")
+    ws.handle(m.ClaimRejected(key="pure"))
     ws.validate()
     assert ws.tasks["pure"].state == "executing" and not ws.tasks["pure"].claimed
 
@@ -187,7 +193,7 @@ def test_claim_rejected_while_executing_keeps_running():
 def test_free_of_a_ready_task_unqueues_it():
     ws = WorkerState(ME)
     compute(ws, "a")
-    ws.free(["a"])
+    ws.handle(m.Free(keys=["a"]))
     ws.validate()
     assert ws.tasks == {} and ws.pop_ready() is None
 
@@ -196,7 +202,7 @@ def test_free_of_an_executing_task_drops_its_result_silently():
     ws = WorkerState(ME)
     compute(ws, "a")
     run(ws, "a")
-    ws.free(["a"])
+    ws.handle(m.Free(keys=["a"]))
     ws.validate()
     assert ws.tasks["a"].state == "cancelled"
     out = finish(ws, "a")
@@ -208,7 +214,7 @@ def test_free_of_memory_drops_the_value():
     compute(ws, "a")
     run(ws, "a")
     finish(ws, "a")
-    out = ws.free(["a"])
+    out = ws.handle(m.Free(keys=["a"]))
     ws.validate()
     assert out == [Drop("a")] and ws.tasks == {}
 
@@ -220,7 +226,7 @@ def test_free_keeps_a_value_a_local_task_still_needs():
     finish(ws, "a")
     compute(ws, "b", {"a": [ME]})
     run(ws, "b")
-    assert ws.free(["a"]) == []
+    assert ws.handle(m.Free(keys=["a"])) == []
     ws.validate()
     out = finish(ws, "b")
     assert Drop("a") in out and "a" not in ws.tasks
@@ -252,7 +258,7 @@ def test_fetch_failure_tries_the_next_holder_and_tells_the_scheduler():
 def test_key_erred_errs_waiting_dependents():
     ws = WorkerState(ME)
     compute(ws, "b", {"far": [PEER]})
-    out = ws.key_erred("far", [b"e"], "tb", "exception")
+    out = ws.handle(m.KeyErred(key="far", exception=[b"e"], traceback="tb", kind="exception"))
     ws.validate()
     assert Done("b") in out and ws.tasks["b"].state == "erred"
 
@@ -284,7 +290,7 @@ def test_recompute_of_a_task_freed_while_running_keeps_that_run():
     ws = WorkerState(ME)
     compute(ws, "a")
     run(ws, "a")
-    ws.free(["a"])
+    ws.handle(m.Free(keys=["a"]))
     assert compute(ws, "a") == []
     assert ws.tasks["a"].state == "executing" and ws.pop_ready() is None
     out = finish(ws, "a")
@@ -297,7 +303,7 @@ def test_claim_of_a_key_freed_while_running_keeps_that_run():
     ws = WorkerState(ME)
     compute(ws, "pure")
     run(ws, "pure")
-    ws.free(["pure"])
+    ws.handle(m.Free(keys=["pure"]))
     out = ws.claim("pure", 1, b"", [], prio(1, 1), 0)
     ws.validate()
     assert sent(out, "claim") and ws.pop_ready() is None
@@ -326,8 +332,8 @@ def test_a_freed_task_still_running_is_not_forgotten_when_a_dependent_goes():
     ws.fetched("r", 1)
     run(ws, "k")
     ws.claim("c", 1, b"", ["k"], prio(1, 1), 0)
-    ws.free(["k"])
-    ws.claim_rejected("c")
+    ws.handle(m.Free(keys=["k"]))
+    ws.handle(m.ClaimRejected(key="c"))
     ws.validate()
     assert ws.tasks["k"].state == "cancelled"
     out = finish(ws, "k")
@@ -340,7 +346,7 @@ def test_a_task_that_will_not_run_here_stops_waiting():
     ws = WorkerState(ME)
     compute(ws, "k", {"r": [PEER]})
     ws.claim("c", 1, b"", ["k"], prio(1, 1), 0)
-    ws.free(["k"])
+    ws.handle(m.Free(keys=["k"]))
     ws.validate()
     assert ws.tasks["k"].state == "remote" and not ws.tasks["k"].waiting_on
     ws.fetched("r", 1)                    # nobody needs it any more
@@ -352,7 +358,7 @@ def test_failed_fetch_of_an_input_nobody_needs_forgets_it():
     # before: the remote record stayed forever once its only dependent was freed
     ws = WorkerState(ME)
     compute(ws, "k", {"r": [PEER]})
-    ws.free(["k"])
+    ws.handle(m.Free(keys=["k"]))
     ws.fetch_failed("r", PEER)
     ws.validate()
     assert ws.tasks == {}
@@ -362,7 +368,7 @@ def test_key_erred_of_a_waiting_claim_releases_its_inputs():
     # before: the claim's placeholder input stayed forever
     ws = WorkerState(ME)
     ws.claim("c", 1, b"", ["gone"], prio(1, 1), 0)
-    ws.key_erred("c", [b"e"], "tb", "exception")
+    ws.handle(m.KeyErred(key="c", exception=[b"e"], traceback="tb", kind="exception"))
     ws.idle(True)
     ws.validate()
     assert ws.tasks == {}
@@ -445,7 +451,10 @@ class WorkerMachine(RuleBasedStateMachine):
         deps = {d: [ME] if d in self.held else [PEER] for d in self.recipes[key]}
         self.n += 1
         self.assigned.add(key)
-        self._apply(self.ws.compute(key, 1, b"", deps, [0, depth, self.n], retries))
+        self.unconfirmed.discard(key)       # (a compute is the scheduler's word on a claim)
+        self._apply(self.ws.handle(m.Compute(key=key, func=1, args=b"", deps=deps,
+                                             priority=[0, depth, self.n], retries=retries,
+                                             notify=[], attempt=0)))
 
     @rule(data=st.data(), depth=st.integers(1, 3), confirm=st.booleans())
     def claim(self, data: st.DataObject, depth: int, confirm: bool) -> None:
@@ -467,13 +476,14 @@ class WorkerMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def steal(self, data: st.DataObject) -> None:
         if self.assigned:
-            self._apply(self.ws.steal(data.draw(st.sampled_from(sorted(self.assigned)))))
+            key = data.draw(st.sampled_from(sorted(self.assigned)))
+            self._apply(self.ws.handle(m.Steal(key=key)))
 
     @rule(data=st.data())
     def claim_rejected(self, data: st.DataObject) -> None:
         if self.claimed - self.accepted:
             key = data.draw(st.sampled_from(sorted(self.claimed - self.accepted)))
-            self._apply(self.ws.claim_rejected(key))
+            self._apply(self.ws.handle(m.ClaimRejected(key=key)))
             self.claimed.discard(key)
             self.unconfirmed.discard(key)
             t = self.ws.tasks.get(key)
@@ -487,14 +497,14 @@ class WorkerMachine(RuleBasedStateMachine):
             key = data.draw(st.sampled_from(sorted(self.unconfirmed)))
             self.unconfirmed.discard(key)
             self.accepted.add(key)
-            self._apply(self.ws.claim_accepted([key]))
+            self._apply(self.ws.handle(m.ClaimAccepted(keys=[key])))
 
     @rule(data=st.data())
     def free(self, data: st.DataObject) -> None:
         here = sorted(self.assigned | self.held)
         if here:
             keys = data.draw(st.lists(st.sampled_from(here), min_size=1, max_size=2, unique=True))
-            self._apply(self.ws.free(keys))
+            self._apply(self.ws.handle(m.Free(keys=keys)))
             for k in keys:
                 self.assigned.discard(k)
                 self.claimed.discard(k)
@@ -506,7 +516,9 @@ class WorkerMachine(RuleBasedStateMachine):
         waiting = sorted(k for k, t in self.ws.tasks.items() if t.state in ("remote", "fetching")
                          and k in self.remote)
         if waiting:
-            self._apply(self.ws.key_memory(data.draw(st.sampled_from(waiting)), [PEER]))
+            key = data.draw(st.sampled_from(waiting))
+            self._apply(self.ws.handle(m.KeyMemory(key=key, type="int", nbytes=8, who_has=[PEER],
+                                                   value=None)))
 
     @rule(data=st.data())
     def key_erred(self, data: st.DataObject) -> None:
@@ -514,7 +526,8 @@ class WorkerMachine(RuleBasedStateMachine):
                       and k in self.remote)
         if gone:
             key = data.draw(st.sampled_from(gone))
-            self._apply(self.ws.key_erred(key, [b"e"], "tb", "exception"))
+            self._apply(self.ws.handle(m.KeyErred(key=key, exception=[b"e"], traceback="tb",
+                                                  kind="exception")))
 
     @rule()
     def put_data(self) -> None:
@@ -602,7 +615,8 @@ class WorkerMachine(RuleBasedStateMachine):
             for k, t in list(ws.tasks.items()):   # the scheduler says where results are
                 if t.state == "remote" and any(ws.tasks[d].state == "waiting"
                                                for d in t.dependents if d in ws.tasks):
-                    self._apply(ws.key_memory(k, [PEER]))
+                    self._apply(ws.handle(m.KeyMemory(key=k, type="int", nbytes=8,
+                                                      who_has=[PEER], value=None)))
                     moved = moved or ws.tasks[k].state == "fetching"
             if ws.pop_ready() is not None:
                 moved = True
@@ -611,7 +625,7 @@ class WorkerMachine(RuleBasedStateMachine):
                 break
         else:
             raise AssertionError("the worker did not settle")
-        self._apply(ws.free(sorted(self.assigned | self.held)))
+        self._apply(ws.handle(m.Free(keys=sorted(self.assigned | self.held))))
         self.assigned.clear()
         self.held.clear()
         self._apply(ws.idle(True))
@@ -629,12 +643,15 @@ test_random_worker_histories = pytest.mark.timeout(300)(WorkerMachine.TestCase)
 
 def test_finished_tells_connected_waiting_clients_directly():
     ws = WorkerState("tcp://127.0.0.1:9001")
-    ws.compute("a", 1, b"", {}, prio(0, 1), 0, ["c-1", "c-2"])
+    ws.handle(m.Compute(key="a", func=1, args=b"", deps={}, priority=prio(0, 1), retries=0,
+                        notify=["c-1", "c-2"], attempt=0))
     assert ws.pop_ready().key == "a"
     out = ws.finished("a", 8, "int", [b"v"], [], {"c-1", "c-3"})   # c-2 is not connected
     assert kinds(out, Tell) == [
-        Tell("c-1", m.KeyMemory(key="a", type="int", nbytes=8, who_has=["tcp://127.0.0.1:9001"], value=[b"v"]))]
-    assert sent(out) == [m.TaskFinished(key="a", nbytes=8, type="int", value=[b"v"], inner=[], notified=["c-1"], attempt=0)]
+        Tell("c-1", m.KeyMemory(key="a", type="int", nbytes=8, who_has=["tcp://127.0.0.1:9001"],
+                                value=[b"v"]))]
+    assert sent(out) == [m.TaskFinished(key="a", nbytes=8, type="int", value=[b"v"], inner=[],
+                                        notified=["c-1"], attempt=0)]
     ws.validate()
 
 
@@ -651,7 +668,8 @@ def test_a_result_holding_futures_goes_through_the_scheduler():
     """The client asks for the inner futures' keys as it unpickles the result; told
     directly, it could ask before the scheduler read this worker's claims of them."""
     ws = WorkerState("tcp://127.0.0.1:9001")
-    ws.compute("parent", 1, b"", {}, prio(0, 1), 0, ["c-1"])
+    ws.handle(m.Compute(key="parent", func=1, args=b"", deps={}, priority=prio(0, 1), retries=0,
+                        notify=["c-1"], attempt=0))
     assert ws.pop_ready().key == "parent"
     ws.claim("child", b"f", b"", [], prio(1, 1), 0)
     out = ws.finished("parent", 8, "dict", [b"v"], ["child"], {"c-1"})

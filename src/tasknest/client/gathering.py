@@ -105,7 +105,7 @@ def gather_sync(self: "Client", futures: list[Future], timeout: float | None = N
                  errors: str = "raise") -> list:
     if self.status == "new":     # an async client used before it was awaited
         self._check()
-    if any(type(f) is StreamedFuture for f in futures):
+    if len(futures) > 1 and any(type(f) is StreamedFuture for f in futures):
         self._wait_in_order(futures, timeout)
     states = [f._state for f in futures]
     if len(futures) == 1 and futures[0].key in self._placing.placed:

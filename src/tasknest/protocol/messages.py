@@ -43,24 +43,33 @@ def _all(values: Any, types: Any) -> bool:
     return True
 
 
-def _strs(v: Any) -> bool:
-    if type(v) is not list:
-        return False
-    for x in v:
-        if type(x) is not str:
-            return False
-    return True
+def _list_of(types: Any, nil: bool = False) -> Any:
+    """The check of a list of ``types`` (or None if ``nil``): one call a field, for
+    every message received."""
+    def check(v: Any) -> bool:
+        if type(v) is not list:
+            return nil and v is None
+        for x in v:            # a plain loop: these lists are short on hot paths
+            if not isinstance(x, types):
+                return False
+        return True
+    return check
 
 
-STRS = Check("list of str", _strs)
-OPT_STRS = Check("list of str or nil", lambda v: v is None or _strs(v))
-INTS = Check("list of int", lambda v: type(v) is list and _all(v, int))
-NUMS = Check("list of numbers", lambda v: type(v) is list and _all(v, (int, float)))
-LISTS = Check("list of lists", lambda v: type(v) is list and _all(v, list))
+_strs = _list_of(str)
 BYTES_LIKE = (bytes, bytearray, memoryview)  # large buffers arrive in place: bytearrays, views
-FRAMES = Check("list of bytes", lambda v: type(v) is list and _all(v, BYTES_LIKE))
-OPT_FRAMES = Check("list of bytes or nil", lambda v: v is None or FRAMES(v))
-FRAMES_LIST = Check("list of lists of bytes", lambda v: type(v) is list and all(FRAMES(x) for x in v))
+_frames = _list_of(BYTES_LIKE)
+_opt_frames = _list_of(BYTES_LIKE, nil=True)
+_ints = _list_of(int)
+STRS = Check("list of str", _strs)
+OPT_STRS = Check("list of str or nil", _list_of(str, nil=True))
+INTS = Check("list of int", _ints)
+NUMS = Check("list of numbers", _list_of((int, float)))
+LISTS = Check("list of lists", _list_of(list))
+FRAMES = Check("list of bytes", _frames)
+OPT_FRAMES = Check("list of bytes or nil", _opt_frames)
+FRAMES_LIST = Check("list of lists of bytes",
+                    lambda v: type(v) is list and all(map(_frames, v)))
 AMOUNTS = Check("map of str to non-negative numbers",
                 lambda v: type(v) is dict and all(type(k) is str and type(x) in (int, float)
                                                   and x >= 0 for k, x in v.items()))
@@ -69,9 +78,9 @@ OPT_AMOUNTS = Check("map of str to non-negative numbers or nil",
 WHO_HAS = Check("map of str to list of str",
                 lambda v: type(v) is dict and (not v or _all(v, str) and all(map(_strs, v.values()))))
 PLAN = Check("map of str to list of int",
-             lambda v: type(v) is dict and _all(v, str) and all(INTS(x) for x in v.values()))
+             lambda v: type(v) is dict and _all(v, str) and all(map(_ints, v.values())))
 DATA = Check("map of str to bytes lists or nil",
-             lambda v: type(v) is dict and _all(v, str) and all(OPT_FRAMES(x) for x in v.values()))
+             lambda v: type(v) is dict and _all(v, str) and all(map(_opt_frames, v.values())))
 
 
 # Field types: what mypy sees, and (Annotated) the check a decoder runs on the wire value
@@ -129,7 +138,7 @@ class _Catalogued(type):
 
 def _generate(op: str, names: tuple[str, ...], types: tuple[Any, ...]) -> dict[str, Any]:
     args = ", ".join(names)
-    ns: dict[str, Any] = {"ProtocolError": ProtocolError}
+    ns: dict[str, Any] = {"ProtocolError": ProtocolError, "_new": object.__new__}
     body = "".join(f"    self.{n} = {n}\n" for n in names) or "    pass\n"
     src = [f"def __init__(self, {args}):\n{body}",
            f"def encode(self):\n    return [{op!r}, {''.join(f'self.{n}, ' for n in names)}]\n",
@@ -146,7 +155,10 @@ def _generate(op: str, names: tuple[str, ...], types: tuple[Any, ...]) -> dict[s
             cond = f"not isinstance(raw[{i}], t{i})"
             what = "has type {type(raw[%d]).__name__}" % i
         src.append(f"    if {cond}:\n        raise ProtocolError(f\"{op}: field '{name}' {what}\")")
-    src.append(f"    return cls({', '.join(f'raw[{i}]' for i in range(1, len(names) + 1))})")
+    # built without a call of __init__ (one frame less for every message received)
+    src.append("    msg = _new(cls)")
+    src += [f"    msg.{n} = raw[{i}]" for i, n in enumerate(names, 1)]
+    src.append("    return msg")
     exec("\n".join(src), ns)
     return {"__init__": ns["__init__"], "encode": ns["encode"],
             "decode": classmethod(ns["decode"])}

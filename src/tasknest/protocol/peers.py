@@ -31,6 +31,7 @@ from . import messages as m, sharedmem
 from .comm import Comm, connect
 
 log = logging.getLogger("tasknest.peers")
+PUSHED = frozenset({"key-memory", "key-erred"})   # what a worker sends a client unasked
 
 
 class PeerPool:
@@ -114,12 +115,13 @@ class PeerPool:
         return min(candidates or [main], key=self._outstanding)
 
     def _on_message(self, msg: m.Message) -> None:
-        if isinstance(msg, (m.Data, m.PutDataDone)):
+        if msg.op in PUSHED:        # (the most frequent: a result straight from a worker)
+            if self.on_push is not None:
+                self.on_push(msg)
+        elif isinstance(msg, (m.Data, m.PutDataDone)):
             entry = self.pending.pop(msg.rid, None)
             if entry is not None and not entry[0].done():
                 entry[0].set_result(msg.values if isinstance(msg, m.Data) else msg.keys)
-        elif msg.op in ("key-memory", "key-erred") and self.on_push is not None:
-            self.on_push(msg)
 
     def _on_close(self, comm: Comm) -> None:
         for rid, (fut, c) in list(self.pending.items()):

@@ -61,7 +61,8 @@ def reaping(core: Callable[[Any], Any] | None = None) -> Callable[[F], F]:
 
     An erred record stays until the shell has settled local futures from it, which
     it does after the event that erred it; so the next event, whichever it is,
-    first forgets such records. This is the one place that happens."""
+    first forgets such records. This and ``WorkerState.handle`` (the scheduler's
+    messages: a step less on the hottest path) are the places that happens."""
     def event(method: F) -> F:
         if core is None:
             @wraps(method)

@@ -75,13 +75,14 @@ class Placing:
             self._counted_here(key, early[1], out)
         return out
 
-    @event
-    def confirm(self, key: str, client: str, seq: int, attempt: int) -> list[Action]:
+    # -- the scheduler's messages (WorkerState.handle reaps before these) --------------
+    def _on_confirm(self, msg: m.Confirm) -> list[Action]:
         """The scheduler's answer to a client's ``placed``: the copy here is the task, as
         compute ``attempt`` (report it so), or, if negative, it is not (the task lives
         elsewhere, or nowhere): a copy nobody counts then goes."""
         out: list[Action] = []
-        pk = (client, seq)
+        key, attempt = msg.key, msg.attempt
+        pk = (msg.client, msg.seq)
         if self.places.pop(pk, None) is None:     # the place is still on its way
             self.early[pk] = (key, attempt)
             return out
@@ -116,19 +117,19 @@ class Placing:
         elif t.state == "memory":
             self.state._maybe_drop(t, out)
 
-    @event
-    def withdraw(self, client: str, upto: int) -> list[Action]:
+    def _on_withdraw(self, msg: m.Withdraw) -> list[Action]:
         """The client's connection here broke: its places up to seq ``upto`` that have
         not arrived never will, so the confirms kept for them are void (the scheduler
         sent their tasks by ``compute`` since)."""
+        client, upto = msg.client, msg.upto
         for pk in [pk for pk in self.early if pk[0] == client and pk[1] <= upto]:
             del self.early[pk]
         return []
 
-    @event
-    def client_gone(self, client: str) -> list[Action]:
+    def _on_client_gone(self, msg: m.ClientGone) -> list[Action]:
         """A client left: its places the scheduler never heard of will never be confirmed."""
         out: list[Action] = []
+        client = msg.client
         for pk in [pk for pk in self.places if pk[0] == client]:
             t = self.state.tasks.get(self.places.pop(pk))
             if t is not None and pk in t.placers:

@@ -489,20 +489,20 @@ class Worker:
 
         def handler(msg: m.Message) -> None:
             nonlocal client, same_host
-            if isinstance(msg, m.GetData):
-                comm.send(m.Data(msg.rid, {k: self._frames(k, same_host) for k in msg.keys}))
-            elif isinstance(msg, m.ScatterData):    # a client's scatter, straight here
-                keys, sizes = self._put_data(msg.id, msg.keys, msg.values)
-                comm.send(m.PutDataDone(msg.rid, keys, sizes))
-            elif isinstance(msg, m.PeerHost):
-                same_host = bool(self.shared.host) and msg.host == self.shared.host
-            elif isinstance(msg, m.Place) and client:
+            if isinstance(msg, m.Place) and client:     # (the most frequent first)
                 self._placed_at = time.perf_counter()
                 with self.lock:
                     done = self.apply(self.state.placing.place(
                         msg.key, msg.func, msg.args, msg.priority, msg.retries, client, msg.seq))
                 if done:
                     self.settle(done)
+            elif isinstance(msg, m.GetData):
+                comm.send(m.Data(msg.rid, {k: self._frames(k, same_host) for k in msg.keys}))
+            elif isinstance(msg, m.ScatterData):    # a client's scatter, straight here
+                keys, sizes = self._put_data(msg.id, msg.keys, msg.values)
+                comm.send(m.PutDataDone(msg.rid, keys, sizes))
+            elif isinstance(msg, m.PeerHost):
+                same_host = bool(self.shared.host) and msg.host == self.shared.host
             elif isinstance(msg, m.RegisterPeer) and not client:
                 name = msg.name
                 if name.startswith("c-"):     # a client: results it waits for come this way

@@ -1,6 +1,8 @@
 """WorkerState: what one worker knows about its tasks, as a pure state machine.
 
-Methods marked ``@event`` take one event and return actions (actions.py): Send a
+Events return actions (actions.py): the scheduler's messages through ``handle(msg)``
+(to the ``_on_<op>`` methods, here and in the Placing component), the shell's own
+(a task finished, a value arrived) through methods marked ``@event``. Send a
 message to the scheduler, Tell a client connected here, Fetch a dependency, wake
 the pool (READY), settle local futures on a key that is Done, Drop a value.
 
@@ -43,46 +45,22 @@ class WorkerState:
         self.idle_reported = False
         self._erred: list[str] = []    # erred records to forget at the next event (reap)
         self.placing = Placing(self)   # tasks clients placed here straight
+        # op -> the bound method that takes it (the state's own, or its component's)
+        self._handlers = {op: getattr(owner, _handler_name(op)) for op in self.OPS
+                          for owner in (self, self.placing) if hasattr(owner, _handler_name(op))}
 
     # == dispatch =====================================================================
     def handle(self, msg: m.Message) -> list[Action]:
         """One message from the scheduler, as the scheduler's ``handle``: the actions it
-        causes. (Tests and the shell's own events call the methods below directly.)"""
-        return self._handlers[msg.op](self, msg)
+        causes. Records an earlier event erred are reaped first, here, once for the
+        message (actions.reaping has why); the shell's own events reap by ``@event``."""
+        if self._erred:
+            out = self.reap()
+            out += self._handlers[msg.op](msg)
+            return out
+        return self._handlers[msg.op](msg)
 
-    def _on_compute(self, msg: m.Compute) -> list[Action]:
-        return self.compute(msg.key, msg.func, msg.args, msg.deps, msg.priority, msg.retries,
-                            msg.notify, msg.attempt)
-
-    def _on_free(self, msg: m.Free) -> list[Action]:
-        return self.free(msg.keys)
-
-    def _on_steal(self, msg: m.Steal) -> list[Action]:
-        return self.steal(msg.key)
-
-    def _on_claim_rejected(self, msg: m.ClaimRejected) -> list[Action]:
-        return self.claim_rejected(msg.key)
-
-    def _on_claim_accepted(self, msg: m.ClaimAccepted) -> list[Action]:
-        return self.claim_accepted(msg.keys)
-
-    def _on_confirm(self, msg: m.Confirm) -> list[Action]:
-        return self.placing.confirm(msg.key, msg.client, msg.seq, msg.attempt)
-
-    def _on_withdraw(self, msg: m.Withdraw) -> list[Action]:
-        return self.placing.withdraw(msg.client, msg.upto)
-
-    def _on_client_gone(self, msg: m.ClientGone) -> list[Action]:
-        return self.placing.client_gone(msg.client)
-
-    def _on_key_memory(self, msg: m.KeyMemory) -> list[Action]:
-        return self.key_memory(msg.key, msg.who_has)
-
-    def _on_key_erred(self, msg: m.KeyErred) -> list[Action]:
-        return self.key_erred(msg.key, msg.exception, msg.traceback, msg.kind)
-
-    _handlers: dict[str, Any] = {}        # op -> handler, filled in below the class
-    OPS: frozenset[str] = frozenset()
+    OPS: frozenset[str] = frozenset()     # what handle() takes, set below the class
 
     def compact(self) -> bool:
         """Right-size the tables a large run left mostly empty; True if any was."""
@@ -94,12 +72,10 @@ class WorkerState:
         return shrank
 
     # == incoming work ===================================================================
-    @event
-    def compute(self, key: str, func: bytes, args: bytes, deps: dict[str, list[str]],
-                priority: list, retries: int, notify: list[str] | None = None,
-                attempt: int = CLAIMED) -> list[Action]:
+    def _on_compute(self, msg: m.Compute) -> list[Action]:
         """The scheduler assigned a task here (its ``attempt``-th assignment)."""
         out: list[Action] = []
+        key, notify, attempt = msg.key, msg.notify, msg.attempt
         t = self.tasks.get(key)
         if t is None:
             t = self.tasks[key] = WTask(key, "new")
@@ -107,18 +83,19 @@ class WorkerState:
             # the one run there is (a cancelled one resumes) answers the newest compute
             self._adopt(t, attempt, out)
             if t.unconfirmed:             # assigned here: the claim is ours
-                out += self.claim_accepted([key])
+                self._accept(t, out)
             if notify and t.state != "memory":
                 t.notify = list(dict.fromkeys(t.notify + notify))
             return out
         t.notify = notify or []
         t.attempt = attempt
-        t.func, t.args, t.priority, t.retries = func, args, heap_priority(priority), retries
-        t.deps = list(deps)
+        t.func, t.args, t.retries = msg.func, msg.args, msg.retries
+        t.priority = heap_priority(msg.priority)
+        t.deps = list(msg.deps)
         t.claimed = False
         t.stolen = False
         self.idle_reported = False
-        self._resolve_deps(t, deps, out)
+        self._resolve_deps(t, msg.deps, out)
         return out
 
     @event
@@ -148,17 +125,19 @@ class WorkerState:
         self._resolve_deps(t, {d: (locations or {}).get(d, []) for d in deps}, out)
         return out
 
-    @event
-    def claim_accepted(self, keys: list[str]) -> list[Action]:
+    def _on_claim_accepted(self, msg: m.ClaimAccepted) -> list[Action]:
         """The scheduler keeps these claims as ours: they may run."""
         out: list[Action] = []
-        for key in keys:
+        for key in msg.keys:
             t = self.tasks.get(key)
             if t is not None and t.unconfirmed:
-                t.unconfirmed = False
-                if t.state == "confirming":
-                    self._make_ready(t, out)
+                self._accept(t, out)
         return out
+
+    def _accept(self, t: WTask, out: list[Action]) -> None:
+        t.unconfirmed = False
+        if t.state == "confirming":
+            self._make_ready(t, out)
 
     def _adopt(self, t: WTask, attempt: int, out: list[Action]) -> None:
         """The scheduler counts the run here as its compute ``attempt``."""
@@ -476,26 +455,24 @@ class WorkerState:
         self._maybe_drop(t, out)      # its dependents may have gone while it travelled
         return out
 
-    @event
-    def key_memory(self, key: str, who_has: list[str]) -> list[Action]:
+    def _on_key_memory(self, msg: m.KeyMemory) -> list[Action]:
         """The scheduler says where a key we may need lives."""
         out: list[Action] = []
-        t = self.tasks.get(key)
+        t = self.tasks.get(msg.key)
         if t is None or t.state not in ("remote", "fetching"):
             return out
-        t.who_has = [a for a in who_has if a != self.address]
+        t.who_has = [a for a in msg.who_has if a != self.address]
         if any(self.tasks[k].state == "waiting" for k in t.dependents if k in self.tasks):
             self._fetch(t, out)
         return out
 
-    @event
-    def key_erred(self, key: str, exception: list, traceback: str, kind: str) -> list[Action]:
+    def _on_key_erred(self, msg: m.KeyErred) -> list[Action]:
         out: list[Action] = []
-        t = self.tasks.get(key)
+        t = self.tasks.get(msg.key)
         if t is not None and t.state in ("remote", "fetching", "waiting", "ready",
                                          "confirming"):
-            self.fetching.discard(key)
-            self._set_erred(t, exception, traceback, kind, out)
+            self.fetching.discard(msg.key)
+            self._set_erred(t, msg.exception, msg.traceback, msg.kind, out)
             t.owned = False
             self._release_inputs(t, out)   # a claim that waited: its inputs may go now
             self._maybe_drop(t, out)
@@ -517,11 +494,10 @@ class WorkerState:
                 self._dependency_arrived(t, out)
         return out
 
-    @event
-    def free(self, keys: list[str]) -> list[Action]:
+    def _on_free(self, msg: m.Free) -> list[Action]:
         """The scheduler no longer needs these here."""
         out: list[Action] = []
-        for key in keys:
+        for key in msg.keys:
             pk = self.placing.early_run(key)
             if pk is not None:    # that run (still on its way) is not wanted any more
                 self.placing.early[pk] = (key, UNCOUNTED)
@@ -545,8 +521,8 @@ class WorkerState:
             self._maybe_drop(t, out)
         return out
 
-    @event
-    def steal(self, key: str) -> list[Action]:
+    def _on_steal(self, msg: m.Steal) -> list[Action]:
+        key = msg.key
         # (not a task a local one waits to run the moment its claim is accepted: it
         # would only bounce to the thief and back, and its siblings' shared calls too)
         t = self.tasks.get(key)
@@ -563,11 +539,10 @@ class WorkerState:
             self._maybe_drop(t, out)
         return out
 
-    @event
-    def claim_rejected(self, key: str) -> list[Action]:
+    def _on_claim_rejected(self, msg: m.ClaimRejected) -> list[Action]:
         """Another worker claimed this pure key first; wait for its result instead."""
         out: list[Action] = []
-        t = self.tasks.get(key)
+        t = self.tasks.get(msg.key)
         if t is not None and t.placers:     # a client placed it too: its confirm says
             t.claimed = False                # whether the copy stays
         elif t is not None and t.state in ("ready", "waiting", "confirming"):
@@ -627,6 +602,9 @@ class WorkerState:
         return {k: t.state for k, t in self.tasks.items()}
 
 
-WorkerState._handlers = {op: getattr(WorkerState, "_on_" + op.replace("-", "_"))
-                         for op in m.CATALOGUE if hasattr(WorkerState, "_on_" + op.replace("-", "_"))}
-WorkerState.OPS = frozenset(WorkerState._handlers)
+def _handler_name(op: str) -> str:
+    return "_on_" + op.replace("-", "_")
+
+
+WorkerState.OPS = frozenset(op for op in m.CATALOGUE for owner in (WorkerState, Placing)
+                            if hasattr(owner, _handler_name(op)))
