@@ -1,7 +1,7 @@
 """Instructions per task, this tree against another revision (valgrind).
 
     python -m benchmarks.instructions --baseline REV [--workloads flat,fanout]
-                                      [--rounds 2] [--output FILE]
+                                      [--rounds 3] [--workers 1] [--json FILE]
 
 Wall and CPU time on a shared 2-core machine swing by ±10–20% from one run to the
 next, so they cannot show a change of a few percent. Instructions can. Each count
@@ -15,8 +15,12 @@ Both trees run with this tree's workloads and task functions; only ``src`` diffe
 (the baseline is exported with ``git archive``, as for ``benchmarks.run``). A count
 is not exact: valgrind runs one thread at a time and switches between them as it
 goes, so how messages batch, and when the garbage collector runs, differ from run
-to run; the spread between rounds of one tree is shown beside the change. Valgrind runs everything about 50 times slower, so timers (heartbeats,
-ticks) fire more often per task than in a live run; both trees see the same.
+to run; the spread between rounds of one tree is shown beside the change. The
+cluster has one worker by default: with two, which worker claims a shared call
+first or steals what changes from run to run, and the nested workloads' work per
+task with it (fib_dedup by ±10–20%). Valgrind runs everything about 50 times
+slower, so timers (heartbeats, ticks) fire more often per task than in a live run;
+both trees see the same.
 
 Waiting awake is turned off in both trees (``SPINS``): a thread that spins for a
 result it expects within a round trip burns instructions in proportion to the time
@@ -66,8 +70,9 @@ def tasks_at(workload: str, n: int) -> int:
     return n
 
 
-def child(workload: str, n: int) -> None:
-    """Run ``workload`` at size ``n`` once on an in-process cluster (under valgrind)."""
+def child(workload: str, n: int, workers: int) -> None:
+    """Run ``workload`` at size ``n`` once on an in-process cluster of ``workers``
+    one-thread workers (under valgrind)."""
     import importlib
 
     from benchmarks import workloads as wl
@@ -79,7 +84,7 @@ def child(workload: str, n: int) -> None:
 
     class InProcess(FuturesSystem):
         def start(self) -> None:
-            self.cluster = self.mod.LocalCluster(n_workers=2, threads_per_worker=1,
+            self.cluster = self.mod.LocalCluster(n_workers=workers, threads_per_worker=1,
                                                  processes=False, dashboard=False)
             self.client = self.mod.Client(self.cluster)
 
@@ -107,12 +112,12 @@ def child(workload: str, n: int) -> None:
         s.close()
 
 
-def count(src: str, workload: str, n: int) -> int:
+def count(src: str, workload: str, n: int, workers: int) -> int:
     """Instructions of one child run importing tasknest from ``src``."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, str(ROOT)]))
     cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--branch-sim=no",
            "--cachegrind-out-file=/dev/null", sys.executable, "-m", "benchmarks.instructions",
-           "--child", workload, str(n)]
+           "--child", workload, str(n), "--workers", str(workers)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=1800)
     if proc.returncode != 0:
@@ -149,11 +154,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                     help="counts run at once (valgrind runs one thread at a time)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="one-thread workers of the cluster (default 1: with two, which "
+                         "worker claims or steals what varies from run to run, and with it "
+                         "the work per task by ±10%% on the nested workloads)")
     ap.add_argument("--json", default="benchmarks/results/instructions.json")
     ap.add_argument("--child", nargs=2, metavar=("WORKLOAD", "N"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        child(a.child[0], int(a.child[1]))
+        child(a.child[0], int(a.child[1]), a.workers)
         sys.stdout.flush()
         # the count is complete: skip the interpreter's finalization, where a thread
         # state made under valgrind for a late thread now and then dereferences NULL
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def one(job: tuple) -> int:       # counts do not depend on what else runs
         r, w, t, n = job
-        got = count(trees[t], w, n)
+        got = count(trees[t], w, n, a.workers)
         print(f"[{time.monotonic() - t0:6.0f} s] round {r + 1} {w} {t} at {n}: "
               f"{got:,} instructions", flush=True)
         return got
@@ -190,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = render(results, base)
     print(table)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps({"baseline": a.baseline, "results": results,
+    Path(a.json).write_text(json.dumps({"baseline": a.baseline, "workers": a.workers,
+                                        "results": results,
                                         "sizes": {w: SIZES[w] for w in names}}, indent=1))
     return results
 
