@@ -720,7 +720,6 @@ class Client:
     retry = cancelling.retry
     _fire_and_forget = cancelling.fire_and_forget
 
-    # -- gathering ---------------------------------------------------------------------------------
     # -- gathering (gathering.py) ----------------------------------------------------
     gather = gathering.gather
     _by_key = staticmethod(gathering.by_key)
