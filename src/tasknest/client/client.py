@@ -781,7 +781,7 @@ def _checked_options(retries: Any, priority: Any, actors: Any) -> int:
     return retries
 
 # op -> the name of its handler (looked up on the instance: a subclass may override one)
-_HANDLERS = {op: "_on_" + op.replace("-", "_")
+_HANDLERS = {op: m.handler_name(op)
              for op in ("key-memory", "key-erred", "key-cancelled", "reply", "warn", "output",
                         "welcome", "refused", "scatter-to")}
 

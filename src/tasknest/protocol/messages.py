@@ -758,6 +758,24 @@ RULES: dict[str, Any] = {
 }
 
 
+def handler_name(op: str) -> str:
+    """The method that handles ``op`` in every dispatch table: ``_on_<op>``."""
+    return "_on_" + op.replace("-", "_")
+
+
+def handlers(*owners: Any) -> dict[str, Any]:
+    """op -> the ``_on_<op>`` method of the first owner that has one, for the ops of
+    the catalogue (owners: objects, for bound methods, or classes)."""
+    table = {}
+    for op in CATALOGUE:
+        name = handler_name(op)
+        for owner in owners:
+            if hasattr(owner, name):
+                table[op] = getattr(owner, name)
+                break
+    return table
+
+
 def decode(raw: Any) -> Message:
     """Turn a decoded msgpack array into a validated message, or raise ProtocolError."""
     if type(raw) is not list or not raw or type(raw[0]) is not str:

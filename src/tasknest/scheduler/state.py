@@ -57,8 +57,7 @@ class SchedulerState:
         self._ring: list[WorkerInfo] | None = None   # the workers in turn (_any_worker)
         self._attempts = 0        # computes sent so far: each is numbered
         self.addresses: dict[str, str] = {}       # worker address -> id
-        self._handlers = {op: getattr(self, "_on_" + op.replace("-", "_"))
-                          for op in m.CATALOGUE if hasattr(self, "_on_" + op.replace("-", "_"))}
+        self._handlers = m.handlers(self)
         # components own their records, register their handlers and hear of
         # source_gone(id), worker_added(id) and validate() (retirement wraps stealing's
         # "paused", so it comes after it)

@@ -94,7 +94,7 @@ class Worker:
         self.confirm_waiters = 0
         self._validate_pending = False
         self.state = WorkerState()
-        self._handlers = {op: getattr(self, "_on_" + op.replace("-", "_")) for op in SHELL_OPS}
+        self._handlers = {op: getattr(self, m.handler_name(op)) for op in SHELL_OPS}
         self.data: MutableMapping[str, Any] = new_store(memory_limit)   # spills under a limit
         self.paused = False               # memory above the pause fraction: start no task
         self.frames_cache: dict[str, list] = {}

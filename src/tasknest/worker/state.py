@@ -46,8 +46,7 @@ class WorkerState:
         self._erred: list[str] = []    # erred records to forget at the next event (reap)
         self.placing = Placing(self)   # tasks clients placed here straight
         # op -> the bound method that takes it (the state's own, or its component's)
-        self._handlers = {op: getattr(owner, _handler_name(op)) for op in self.OPS
-                          for owner in (self, self.placing) if hasattr(owner, _handler_name(op))}
+        self._handlers = m.handlers(self, self.placing)
 
     # == dispatch =====================================================================
     def handle(self, msg: m.Message) -> list[Action]:
@@ -602,9 +601,4 @@ class WorkerState:
         return {k: t.state for k, t in self.tasks.items()}
 
 
-def _handler_name(op: str) -> str:
-    return "_on_" + op.replace("-", "_")
-
-
-WorkerState.OPS = frozenset(op for op in m.CATALOGUE for owner in (WorkerState, Placing)
-                            if hasattr(owner, _handler_name(op)))
+WorkerState.OPS = frozenset(m.handlers(WorkerState, Placing))
