@@ -379,6 +379,42 @@ def test_a_resumed_task_whose_inputs_nobody_brings_errs_at_the_settling():
     assert len(erred) == 1 and "['p'] of q were lost with the scheduler" in str(erred[0])
 
 
+def test_what_a_resume_taught_survives_the_next_restart():
+    """Worker a claimed p and q (on p) while the old scheduler was dying: only a's
+    resume names them. That scheduler steals p for worker b and is killed before b
+    hears of it; a let p go. The next scheduler knows p and q from the journal: q is
+    taken up, p computed again, and nothing errs as lost with the scheduler."""
+    from tasknest.scheduler.intents import Recorder
+    p = ["p", 0, b"f", b"ap", [], [0, 0, 1], 0]
+    q = ["q", 0, b"f", b"aq", ["p"], [0, 0, 2], 0]
+    log: list = []
+    st, recovery = _recovering([])
+    resume = m.Resume(memory=["x"], nbytes=[8], kinds=["int"], tasks=[q, p], wants=["q", "p", "x"])
+    Recorder(log).record("w-a", resume, st)
+    st.handle("w-a", resume)
+    assert st.tasks["p"].processing_on == "w-a" and st.tasks["q"].processing_on == "w-a"
+    st, recovery = _recovering(log)               # killed: the next one
+    assert {"p", "q", "x"} <= set(st.tasks)
+    st.handle("w-a", m.Resume(memory=["x"], nbytes=[8], kinds=["int"], tasks=[q], wants=["q", "p", "x"]))
+    st.handle("w-b", m.Resume(memory=[], nbytes=[], kinds=[], tasks=[], wants=[]))
+    out = recovery.settle()
+    st.validate()
+    assert not any(msg.op == "key-erred" for _, msg in out), out
+    assert st.tasks["q"].processing_on == "w-a" and st.tasks["p"].state == "processing"
+
+
+def test_a_malformed_resume_is_refused_and_not_journaled():
+    from tasknest.errors import ProtocolError
+    from tasknest.scheduler.intents import Recorder
+    log: list = []
+    st, _ = _recovering([])
+    bad = m.Resume(memory=[], nbytes=[], kinds=[], tasks=[["q", 0, "not bytes", b"a", [], [0, 0, 1], 0]], wants=[])
+    Recorder(log).record("w-a", bad, st)
+    with pytest.raises(ProtocolError, match="malformed"):
+        st.handle("w-a", bad)
+    assert not log
+
+
 def test_no_compaction_while_recovering(tmp_path):
     """A snapshot taken before every worker is back would drop the intents not yet
     confirmed (here: the task the journal knows, wanted by a client not back yet)."""

@@ -36,8 +36,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..errors import ProtocolError
 from .coordination import Coordination
 from .records import FIRE_AND_FORGET, Task
+from .recovery import check_entry
 
 if TYPE_CHECKING:
     from .state import SchedulerState
@@ -78,7 +80,7 @@ class Recorder:
             "want": self._want, "release": self._release, "cancel": self._cancel,
             "fire-and-forget": self._ff, "add-keys": self._add_keys,
             "put-data-done": self._put_data_done, "task-finished": self._finished,
-            "coord": self._coord,
+            "coord": self._coord, "resume": self._resume,
         }
         self._coordination: list | None = None   # this tick's C record, filled at commit
 
@@ -164,6 +166,28 @@ class Recorder:
         if entry is not None:
             self.append(["D", msg.keys])
             self.append(["W", entry[0], msg.keys])
+
+    def _resume(self, source: str, msg: Any, state: Any) -> None:
+        # What only this worker told us: the recipes of its tasks, the results we had
+        # no recipe of, and what its in-task client waits on. Unjournaled, a scheduler
+        # killed during or after this recovery would know none of it, and a task resumed
+        # there would err, its inputs "lost with the scheduler", if they had moved on
+        # meanwhile (stolen by a worker that never heard the compute).
+        try:
+            for entry in msg.tasks:
+                check_entry(entry)
+        except ProtocolError:
+            return                  # (the handler refuses the message)
+        tasks = state.tasks
+        data = [k for k in msg.memory if k not in tasks]
+        if data:
+            self.append(["D", data])
+        for entry in msg.tasks:
+            if entry[0] not in tasks:
+                key, _, func, args, deps, priority, retries = entry
+                self.recipe(key, func, args, deps, priority, retries)
+        if msg.wants:
+            self.append(["W", source, msg.wants])
 
     def _coord(self, source: str, msg: Any, state: Any) -> None:
         # (the state after the tick's coord messages, taken as the tick is committed)

@@ -40,6 +40,19 @@ if TYPE_CHECKING:
 HOLDER = "~recovery"     # holds resumed records the journal never knew, for their clients
 
 
+def check_entry(entry: Any) -> None:
+    """A task entry of a resume: [key, attempt, func, args, deps, priority, retries]."""
+    try:
+        key, attempt, func, args, deps, priority, retries = entry
+        ok = (type(key) is str and type(attempt) is int and type(func) is bytes
+              and type(args) is bytes and m.STRS(deps) and m.NUMS(priority)
+              and type(retries) is int)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ProtocolError(f"resume: a task entry is malformed: {str(entry)[:80]}")
+
+
 class Recovery:
     def __init__(self, state: "SchedulerState") -> None:
         self.state = state
@@ -96,7 +109,7 @@ class Recovery:
         if free:
             st._emit(wid, m.Free(free))
         for entry in msg.tasks:
-            self._check_entry(entry)
+            check_entry(entry)
         self._place_parked([*self.parked, *((wid, e, wants) for e in msg.tasks)])
         if not self.pending:
             self._fail_parked()
@@ -117,18 +130,6 @@ class Recovery:
                     st._recompute(ts)
                 else:
                     st._report(ts, wid)
-
-    @staticmethod
-    def _check_entry(entry: Any) -> None:
-        try:
-            key, attempt, func, args, deps, priority, retries = entry
-            ok = (type(key) is str and type(attempt) is int and type(func) is bytes
-                  and type(args) is bytes and m.STRS(deps) and m.NUMS(priority)
-                  and type(retries) is int)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ProtocolError(f"resume: a task entry is malformed: {str(entry)[:80]}")
 
     def _place_parked(self, parked: list) -> None:
         """Take up every resumed task whose inputs are known, in as many rounds as it
