@@ -72,6 +72,16 @@ def test_each_lane_takes_one_placed_task_at_a_time():
     assert [msg.key for msg in peers.comms[first].sent] == ["a"]
 
 
+def test_however_many_workers_only_a_few_lanes_the_rest_goes_through_the_scheduler():
+    """A map on 500 workers placed one task a message on each of them; the scheduler
+    sends a worker what is queued for it in one."""
+    from tasknest.client.placing import LANES
+    p, _ = placing(500)
+    lanes = {place(p, f"k{i}", i) for i in range(LANES)}
+    assert len(lanes) == LANES
+    assert p.lane() is None
+
+
 def test_a_result_frees_the_lane_and_fills_in_the_record_not_yet_sent():
     p, client = placing(1)
     addr = place(p, "a", 1)

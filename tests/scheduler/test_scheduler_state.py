@@ -621,3 +621,20 @@ def test_a_claim_crossing_the_free_of_an_earlier_life_of_its_key_is_made_again()
     assert c.s.tasks["pure"].state == "memory"
     c.drain()
     c.assert_clean()
+
+
+# -- many workers: where a task that may run anywhere goes ---------------------------------
+def test_with_many_idle_workers_a_few_tasks_go_one_to_each():
+    s = sched(40)
+    targets = [do(s, "c-1", submit(f"t{i}"))[0][0] for i in range(10)]
+    assert len(set(targets)) == 10, targets       # long tasks spread, none waits behind another
+
+
+def test_in_a_large_cluster_no_new_task_goes_to_a_retiring_worker():
+    """(Beyond 16 workers a task goes to the least loaded of a few next in turn: a
+    window of retiring workers only must not give it one of them.)"""
+    s = sched(40)
+    leaving = [f"w-{i}" for i in range(1, 11)]
+    do(s, "c-1", m.Retire(rid=0, workers=leaving, timeout_ms=60_000))
+    targets = [do(s, "c-1", submit(f"t{i}"))[0][0] for i in range(200)]
+    assert not set(targets) & set(leaving)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .client import Client
 
 SPIN = 0.0005      # seconds a thread waits awake for a placed task's result
+LANES = 8          # placed tasks pending at once, at most (whatever the cluster's size)
 
 
 class Placing:
@@ -39,8 +40,13 @@ class Placing:
     def lane(self) -> tuple[str, Comm] | None:
         """A worker to place a task on: connected, none of our placed tasks pending there."""
         peers = self.client._peers
-        if peers is None or len(self.placed) >= len(peers.comms):
-            return None               # (in a map, after the first few: every lane is busy)
+        # (in a map, after the first few: every lane is busy.) However many workers
+        # we are connected to, only a few lanes: each placed task is a message of its
+        # own each way, where the scheduler sends a worker what is queued for it in
+        # one, and a map placing on 500 lanes made each worker's wake-ups the cost of
+        # a task (500 workers ran a flat map at a quarter of the rate of 2)
+        if peers is None or len(self.placed) >= min(len(peers.comms), LANES):
+            return None
         with self.lock:
             busy = {p.worker for p in self.placed.values()}
         for addr, comm in list(peers.comms.items()):

@@ -632,7 +632,8 @@ class SchedulerState:
             best = min(workers, key=lambda w: (
                 -sum(self.tasks[d].nbytes for d in ts.deps if w.id in self.tasks[d].who_has),
                 w.load()))
-        elif len(workers) > SMALL_CLUSTER and not ts.restrict and not ts.resources:
+        elif len(workers) > SMALL_CLUSTER and not ts.restrict and not ts.resources \
+                and not self.retirement.retiring:     # (_any_worker: of all the workers)
             best = self._any_worker()
         else:
             best = min(workers, key=WorkerInfo.load)
