@@ -87,6 +87,34 @@ def test_an_announced_frame_costs_no_memory_until_it_is_sent() -> None:
         del reader, buf
 
 
+@pytest.mark.timeout(60)
+def test_a_full_dev_shm_fails_the_export_cleanly_and_the_value_stays_as_it_is(monkeypatch: Any) -> None:
+    """/dev/shm full midway (ENOSPC from the write): no segment is left behind, the
+    worker keeps the value it has (it then goes over TCP), with a warning."""
+    import errno
+    from tasknest.worker.sharing import SharedSegments
+    if not sharedmem.available():
+        pytest.skip("this machine has no writable /dev/shm")
+    frames = dumps_value(bytearray(range(256)) * (40 << 12))      # 40 MiB: three writes
+    writes = []
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        if writes:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        writes.append(offset)
+        return real(fd, data, offset)
+    real = os.pwrite
+    monkeypatch.setattr(sharedmem.os, "pwrite", pwrite)
+    before = sharedmem.segments(os.getpid())
+    with pytest.raises(OSError, match="No space left"):
+        sharedmem.export(frames)
+    assert sharedmem.segments(os.getpid()) == before
+    writes.clear()
+    seg = SharedSegments(True)
+    assert seg.share("k", frames) is None and seg.reference("k") is None
+    assert sharedmem.segments(os.getpid()) == before
+
+
 def test_large_bytes_arrive_as_bytes_in_place() -> None:
     data = os.urandom(2 << 20)
     frames = dumps_value(data)

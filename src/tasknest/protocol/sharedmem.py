@@ -86,17 +86,15 @@ def export(frames: list) -> tuple[list, str, list]:
         offset += (b.nbytes + 63) & ~63          # aligned, as numpy likes
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        # allocated, not just sized: a full /dev/shm is an OSError here, where writing
-        # into a sparse file's mapping would be a SIGBUS (and the pages come in one go)
-        if hasattr(os, "posix_fallocate"):
-            os.posix_fallocate(fd, 0, max(offset, 1))
-        else:                                   # pragma: no cover (not Linux)
-            os.ftruncate(fd, max(offset, 1))
-        with mmap.mmap(fd, max(offset, 1)) as out:
-            for (start, _), b in zip(layout, bufs):
-                for i in range(0, b.nbytes, _CHUNK):   # (the GIL is let go between chunks:
-                    n = min(_CHUNK, b.nbytes - i)       # the worker's loop is not held up)
-                    out[start + i:start + i + n] = b[i:i + n]
+        # Written, not copied into a mapping: each page faulted in through a mapping
+        # cost about as much as the copy itself (512 MiB in 0.54 s against 0.31 s), and
+        # a full /dev/shm is an OSError here, where it would be a SIGBUS in a mapping.
+        # (pwrite lets go of the GIL: the worker's loop is not held up meanwhile.)
+        for (start, _), b in zip(layout, bufs):
+            done = 0
+            while done < b.nbytes:
+                done += os.pwrite(fd, b[done:done + _CHUNK], start + done)
+        os.ftruncate(fd, max(offset, 1))        # (the padding after the last buffer)
         local = _map(fd, offset, layout)
     except BaseException:
         os.unlink(path)
