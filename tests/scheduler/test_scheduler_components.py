@@ -29,6 +29,7 @@ class FakeCore:
         self.tasks: dict[str, Task] = {}
         self.workers: dict[str, WorkerInfo] = {}
         self.clients: dict[str, set[str]] = {"c-1": set()}
+        self.alone: dict[str, frozenset] = {}
         self.idle: set[str] = set()
         self.paused: set[str] = set()
         self.components: list[Any] = []
@@ -73,7 +74,7 @@ class FakeCore:
         self.calls.append(("assign", ts.key))
 
     def _want(self, ts: Task, cid: str) -> None:
-        ts.who_wants.add(cid)
+        ts.who_wants = set(ts.who_wants) | {cid}
         self.clients.setdefault(cid, set()).add(ts.key)
 
     def _add_replica(self, ts: Task, ws: WorkerInfo) -> None:
@@ -91,7 +92,7 @@ class FakeCore:
         self.calls.append(("drop", cid))
 
     def _unwant(self, ts: Task, cid: str) -> None:
-        ts.who_wants.discard(cid)
+        ts.who_wants = set(ts.who_wants) - {cid}
         self.clients.get(cid, set()).discard(ts.key)
         self.calls.append(("unwant", ts.key, cid))
 

@@ -124,6 +124,7 @@ class Coordination:
         if not held:
             del self.held[holder]
             self.state.clients.pop(holder, None)
+            self.state.alone.pop(holder, None)
 
     # -- queues ------------------------------------------------------------------------------
     def _queue_put(self, source: str, msg: m.Coord) -> None:

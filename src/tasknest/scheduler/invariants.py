@@ -42,8 +42,12 @@ def validate(st: "SchedulerState") -> None:
             assert dk in st.tasks and key in st.tasks[dk].deps, (ts, dk)
         for cid in ts.who_wants:
             assert key in st.clients.get(cid, ()), (ts, cid)
+        if type(ts.who_wants) is not set:          # (nobody, or one holder's shared set)
+            assert len(ts.who_wants) <= 1 and (not ts.who_wants or ts.who_wants is st.alone[
+                next(iter(ts.who_wants))]), (ts, ts.who_wants)
         if ts.state == "erred":
             assert ts.error is not None
+    assert st.alone.keys() <= st.clients.keys(), st.alone.keys() - st.clients.keys()
     for cid, keys in st.clients.items():
         for key in keys:
             assert key in st.tasks and cid in st.tasks[key].who_wants, (cid, key)

@@ -111,11 +111,12 @@ class Losses(Component):
             return
         holder = "!" + wid
         self.state.clients[holder] = self.state.clients.pop(wid)
+        self.state.alone.pop(wid, None)
         for key in wanted:
             ts = self.state.tasks.get(key)
             if ts is not None:
-                ts.who_wants.discard(wid)
-                ts.who_wants.add(holder)
+                self.state._unwant(ts, wid)
+                self.state._want(ts, holder)
         self.orphans[holder] = parents
 
     def release_orphans(self) -> None:

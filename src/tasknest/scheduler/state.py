@@ -55,6 +55,7 @@ class SchedulerState:
         self.out: list[tuple[str, m.Message]] = []
         self._rr = 0
         self._ring: list[WorkerInfo] | None = None   # the workers in turn (_any_worker)
+        self.alone: dict[str, frozenset] = {}     # holder -> {holder}, shared (see _want)
         self._attempts = 0        # computes sent so far: each is numbered
         self.addresses: dict[str, str] = {}       # worker address -> id
         self._handlers = m.handlers(self)
@@ -116,10 +117,11 @@ class SchedulerState:
         return self._flush()
 
     def _drop_client(self, cid: str) -> None:
+        self.alone.pop(cid, None)
         for key in self.clients.pop(cid, set()):
             ts = self.tasks.get(key)
             if ts is not None:
-                ts.who_wants.discard(cid)
+                _lose(ts, cid)
                 self._maybe_release(ts)
 
     def add_worker(self, wid: str, address: str, name: str, nthreads: int, pid: int,
@@ -285,7 +287,7 @@ class SchedulerState:
             if wants is not None:
                 wants.discard(key)
             if ts is not None and cid in ts.who_wants:
-                ts.who_wants.discard(cid)
+                _lose(ts, cid)
                 self._maybe_release(ts)
 
     def _on_fire_and_forget(self, cid: str, msg: m.FireAndForget) -> None:
@@ -332,7 +334,7 @@ class SchedulerState:
             if cid[0] in "cw":
                 self._emit(cid, m.KeyCancelled(ts.key, reason))
             self.clients.get(cid, set()).discard(ts.key)
-        ts.who_wants.clear()
+        ts.who_wants = EMPTY
         self._maybe_release(ts)
 
     # == workers =======================================================================
@@ -450,6 +452,7 @@ class SchedulerState:
                 self._maybe_release(its)
         if not ts.inner:
             self.clients.pop(holder, None)
+            self.alone.pop(holder, None)
 
     def _memory_reached(self, ts: Task, source: str, notified: Iterable[str] = ()) -> None:
         ff = FIRE_AND_FORGET in ts.who_wants
@@ -544,7 +547,19 @@ class SchedulerState:
 
     # == core transitions ==================================================================
     def _want(self, ts: Task, cid: str) -> None:
-        ts.who_wants.add(cid)
+        # Most tasks have one holder (the client that submitted them), and a set of one
+        # costs 216 bytes: they share that holder's frozenset {cid} instead, a set of
+        # their own only once a second holder comes.
+        who = ts.who_wants
+        if not who:
+            alone = self.alone.get(cid)
+            if alone is None:
+                alone = self.alone[cid] = frozenset((cid,))
+            ts.who_wants = alone
+        elif cid not in who:
+            if type(who) is not set:
+                ts.who_wants = who = set(who)
+            who.add(cid)
         wants = self.clients.get(cid)
         if wants is None:
             wants = self.clients[cid] = set()
@@ -552,7 +567,7 @@ class SchedulerState:
 
     def _unwant(self, ts: Task, cid: str) -> None:
         if cid in ts.who_wants:
-            ts.who_wants.discard(cid)
+            _lose(ts, cid)
             self.clients.get(cid, set()).discard(ts.key)
 
     def _needed(self, ts: Task) -> bool:
@@ -763,10 +778,11 @@ class SchedulerState:
         if ts.inner:
             holder = "^" + ts.key
             self.clients.pop(holder, None)
+            self.alone.pop(holder, None)
             for ik in ts.inner:
                 its = self.tasks.get(ik)
                 if its is not None:
-                    its.who_wants.discard(holder)
+                    _lose(its, holder)
                     self._maybe_release(its)
         for cid in ts.who_wants:
             self.clients.get(cid, set()).discard(ts.key)
@@ -778,3 +794,12 @@ def _stale(ts: Task, msg: m.TaskFinished | m.TaskErred) -> bool:
     since. Its result is about to be dropped, and whom it says it told were waiting for
     the old run: taking it would lose the new one's result."""
     return msg.attempt != CLAIMED and msg.attempt != ts.attempt
+
+
+def _lose(ts: Task, cid: str) -> None:
+    """``cid`` no longer wants ``ts`` (a shared {cid} is let go, not changed)."""
+    who = ts.who_wants
+    if type(who) is set:
+        who.discard(cid)
+    elif cid in who:
+        ts.who_wants = EMPTY
