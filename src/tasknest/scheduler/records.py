@@ -39,7 +39,7 @@ class Task:
         self.dependents: set[str] = EMPTY
         self.who_has: set[str] = EMPTY
         self.processing_on: str | None = None
-        self.who_wants: set[str] = EMPTY   # (one holder: its shared Alone, see _want)
+        self.who_wants: set[str] | frozenset[str] = EMPTY   # (see SchedulerState._want)
         self.nbytes = 0
         self.type = ""
         self.value: list | None = None

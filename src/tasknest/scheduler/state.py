@@ -557,9 +557,10 @@ class SchedulerState:
                 alone = self.alone[cid] = frozenset((cid,))
             ts.who_wants = alone
         elif cid not in who:
-            if type(who) is not set:
-                ts.who_wants = who = set(who)
-            who.add(cid)
+            if type(who) is set:
+                who.add(cid)
+            else:
+                ts.who_wants = {*who, cid}
         wants = self.clients.get(cid)
         if wants is None:
             wants = self.clients[cid] = set()
