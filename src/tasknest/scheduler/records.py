@@ -58,6 +58,14 @@ class Task:
     def __repr__(self) -> str:
         return f"<Task {self.key} {self.state}>"
 
+    def unwanted_by(self, holder: str) -> None:
+        """``holder`` no longer wants this (a shared {holder} is let go, not changed)."""
+        who = self.who_wants
+        if type(who) is set:
+            who.discard(holder)
+        elif holder in who:
+            self.who_wants = EMPTY
+
     def failure(self) -> tuple[list, str, str]:
         """Its error (exception frames, traceback, kind): an erred task's, never None."""
         assert self.error is not None, self

@@ -121,7 +121,7 @@ class SchedulerState:
         for key in self.clients.pop(cid, set()):
             ts = self.tasks.get(key)
             if ts is not None:
-                _lose(ts, cid)
+                ts.unwanted_by(cid)
                 self._maybe_release(ts)
 
     def add_worker(self, wid: str, address: str, name: str, nthreads: int, pid: int,
@@ -287,7 +287,7 @@ class SchedulerState:
             if wants is not None:
                 wants.discard(key)
             if ts is not None and cid in ts.who_wants:
-                _lose(ts, cid)
+                ts.unwanted_by(cid)
                 self._maybe_release(ts)
 
     def _on_fire_and_forget(self, cid: str, msg: m.FireAndForget) -> None:
@@ -547,9 +547,7 @@ class SchedulerState:
 
     # == core transitions ==================================================================
     def _want(self, ts: Task, cid: str) -> None:
-        # Most tasks have one holder (the client that submitted them), and a set of one
-        # costs 216 bytes: they share that holder's frozenset {cid} instead, a set of
-        # their own only once a second holder comes.
+        # (one holder, most tasks' lot: its frozenset {cid}, shared; a set of 216 B for two)
         who = ts.who_wants
         if not who:
             alone = self.alone.get(cid)
@@ -568,7 +566,7 @@ class SchedulerState:
 
     def _unwant(self, ts: Task, cid: str) -> None:
         if cid in ts.who_wants:
-            _lose(ts, cid)
+            ts.unwanted_by(cid)
             self.clients.get(cid, set()).discard(ts.key)
 
     def _needed(self, ts: Task) -> bool:
@@ -783,7 +781,7 @@ class SchedulerState:
             for ik in ts.inner:
                 its = self.tasks.get(ik)
                 if its is not None:
-                    _lose(its, holder)
+                    its.unwanted_by(holder)
                     self._maybe_release(its)
         for cid in ts.who_wants:
             self.clients.get(cid, set()).discard(ts.key)
@@ -795,12 +793,3 @@ def _stale(ts: Task, msg: m.TaskFinished | m.TaskErred) -> bool:
     since. Its result is about to be dropped, and whom it says it told were waiting for
     the old run: taking it would lose the new one's result."""
     return msg.attempt != CLAIMED and msg.attempt != ts.attempt
-
-
-def _lose(ts: Task, cid: str) -> None:
-    """``cid`` no longer wants ``ts`` (a shared {cid} is let go, not changed)."""
-    who = ts.who_wants
-    if type(who) is set:
-        who.discard(cid)
-    elif cid in who:
-        ts.who_wants = EMPTY
