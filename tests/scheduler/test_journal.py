@@ -403,16 +403,17 @@ def test_what_a_resume_taught_survives_the_next_restart():
     assert st.tasks["q"].processing_on == "w-a" and st.tasks["p"].state == "processing"
 
 
-def test_a_malformed_resume_is_refused_and_not_journaled():
+@pytest.mark.parametrize("entry", [["q", 0, "not bytes", b"a", [], [0, 0, 1], 0],
+                                   ["q", 0, b"f", b"a", [], [0, 0, 1]], "not a list",
+                                   ["q", 0, b"f", b"a", [7], [0, 0, 1], 0]])
+def test_a_malformed_resume_is_refused_and_not_journaled(entry):
+    """Refused as it is decoded: neither the journal's recorder nor recovery sees it."""
     from tasknest.errors import ProtocolError
-    from tasknest.scheduler.intents import Recorder
-    log: list = []
-    st, _ = _recovering([])
-    bad = m.Resume(memory=[], nbytes=[], kinds=[], tasks=[["q", 0, "not bytes", b"a", [], [0, 0, 1], 0]], wants=[])
-    Recorder(log).record("w-a", bad, st)
-    with pytest.raises(ProtocolError, match="malformed"):
-        st.handle("w-a", bad)
-    assert not log
+    raw = m.Resume(memory=[], nbytes=[], kinds=[], tasks=[entry], wants=[]).encode()
+    with pytest.raises(ProtocolError, match="resume: a task entry is malformed"):
+        m.decode(raw)
+    good = m.Resume(memory=[], nbytes=[], kinds=[], tasks=[["q", 0, b"f", b"a", ["p"], [0, 0, 1], 0]], wants=[])
+    assert m.decode(good.encode()) == good
 
 
 def test_no_compaction_while_recovering(tmp_path):

@@ -87,6 +87,10 @@ class FakeCore:
     def _needed(self, ts: Task) -> bool:
         return bool(ts.who_wants)
 
+    def _forget_holder(self, holder: str) -> set[str]:
+        self.alone.pop(holder, None)
+        return self.clients.pop(holder, set())
+
     def _drop_client(self, cid: str) -> None:
         self.clients.pop(cid, None)
         self.calls.append(("drop", cid))

@@ -744,6 +744,24 @@ def _not_own_dep(msg: Any) -> str | None:
     return f"task {msg.key!r} depends on itself" if msg.key in msg.deps else None
 
 
+def _resume_problem(msg: Any) -> str | None:
+    if not len(msg.memory) == len(msg.nbytes) == len(msg.kinds):
+        return "memory, nbytes and kinds differ in length"
+    if type(msg.tasks) is not list:
+        return "tasks is not a list"
+    for entry in msg.tasks:     # [key, attempt, func, args, deps, priority, retries]
+        try:
+            key, attempt, func, args, deps, priority, retries = entry
+            ok = (type(key) is str and type(attempt) is int and type(func) is bytes
+                  and type(args) is bytes and _strs(deps) and NUMS(priority)
+                  and type(retries) is int)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            return f"a task entry is malformed: {str(entry)[:80]}"
+    return None
+
+
 # rules across fields: a message breaking one would corrupt a state machine
 RULES: dict[str, Any] = {
     "submit": _not_own_dep, "claim": _not_own_dep,
@@ -751,8 +769,7 @@ RULES: dict[str, Any] = {
     "scatter-via": _same_length("keys", "values"), "scatter-data": _same_length("keys", "values"),
     "add-keys": _same_length("keys", "nbytes"), "put-data-done": _same_length("keys", "nbytes"),
     "replicated": _same_length("keys", "nbytes"),
-    "resume": lambda msg: None if len(msg.memory) == len(msg.nbytes) == len(msg.kinds)
-    and type(msg.tasks) is list else "memory, nbytes and kinds differ in length",
+    "resume": _resume_problem,
     "query": lambda msg: None if msg.what != "who_has" or msg.arg is None or _strs(msg.arg)
     else "who_has takes a list of keys or nil",
 }

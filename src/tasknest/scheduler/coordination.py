@@ -123,8 +123,7 @@ class Coordination:
                     self.state._maybe_release(ts)
         if not held:
             del self.held[holder]
-            self.state.clients.pop(holder, None)
-            self.state.alone.pop(holder, None)
+            self.state._forget_holder(holder)
 
     # -- queues ------------------------------------------------------------------------------
     def _queue_put(self, source: str, msg: m.Coord) -> None:

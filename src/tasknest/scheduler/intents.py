@@ -36,10 +36,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import ProtocolError
 from .coordination import Coordination
 from .records import FIRE_AND_FORGET, Task
-from .recovery import check_entry
 
 if TYPE_CHECKING:
     from .state import SchedulerState
@@ -173,11 +171,6 @@ class Recorder:
         # killed during or after this recovery would know none of it, and a task resumed
         # there would err, its inputs "lost with the scheduler", if they had moved on
         # meanwhile (stolen by a worker that never heard the compute).
-        try:
-            for entry in msg.tasks:
-                check_entry(entry)
-        except ProtocolError:
-            return                  # (the handler refuses the message)
         tasks = state.tasks
         data = [k for k in msg.memory if k not in tasks]
         if data:

@@ -110,12 +110,10 @@ class Losses(Component):
             self.state._drop_client(wid)
             return
         holder = "!" + wid
-        self.state.clients[holder] = self.state.clients.pop(wid)
-        self.state.alone.pop(wid, None)
-        for key in wanted:
+        for key in self.state._forget_holder(wid):
             ts = self.state.tasks.get(key)
             if ts is not None:
-                self.state._unwant(ts, wid)
+                ts.unwanted_by(wid)
                 self.state._want(ts, holder)
         self.orphans[holder] = parents
 

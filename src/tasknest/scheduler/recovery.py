@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ProtocolError
 from ..protocol import messages as m
 from .records import CLAIMED, Task
 
@@ -38,19 +37,6 @@ if TYPE_CHECKING:
     from .state import SchedulerState
 
 HOLDER = "~recovery"     # holds resumed records the journal never knew, for their clients
-
-
-def check_entry(entry: Any) -> None:
-    """A task entry of a resume: [key, attempt, func, args, deps, priority, retries]."""
-    try:
-        key, attempt, func, args, deps, priority, retries = entry
-        ok = (type(key) is str and type(attempt) is int and type(func) is bytes
-              and type(args) is bytes and m.STRS(deps) and m.NUMS(priority)
-              and type(retries) is int)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ProtocolError(f"resume: a task entry is malformed: {str(entry)[:80]}")
 
 
 class Recovery:
@@ -108,8 +94,6 @@ class Recovery:
                                 dts.waiting_on.discard(key)
         if free:
             st._emit(wid, m.Free(free))
-        for entry in msg.tasks:
-            check_entry(entry)
         self._place_parked([*self.parked, *((wid, e, wants) for e in msg.tasks)])
         if not self.pending:
             self._fail_parked()

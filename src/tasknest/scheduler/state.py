@@ -116,9 +116,13 @@ class SchedulerState:
             self._emit(wid, m.ClientGone(cid))   # confirms of the others went before)
         return self._flush()
 
+    def _forget_holder(self, holder: str) -> Any:
+        """What ``holder`` wanted, no longer recorded as its (nor its shared {holder})."""
+        self.alone.pop(holder, None)
+        return self.clients.pop(holder, EMPTY)
+
     def _drop_client(self, cid: str) -> None:
-        self.alone.pop(cid, None)
-        for key in self.clients.pop(cid, set()):
+        for key in self._forget_holder(cid):
             ts = self.tasks.get(key)
             if ts is not None:
                 ts.unwanted_by(cid)
@@ -451,8 +455,7 @@ class SchedulerState:
                 self._unwant(its, holder)
                 self._maybe_release(its)
         if not ts.inner:
-            self.clients.pop(holder, None)
-            self.alone.pop(holder, None)
+            self._forget_holder(holder)
 
     def _memory_reached(self, ts: Task, source: str, notified: Iterable[str] = ()) -> None:
         ff = FIRE_AND_FORGET in ts.who_wants
@@ -776,8 +779,7 @@ class SchedulerState:
                 self._maybe_release(dts)
         if ts.inner:
             holder = "^" + ts.key
-            self.clients.pop(holder, None)
-            self.alone.pop(holder, None)
+            self._forget_holder(holder)
             for ik in ts.inner:
                 its = self.tasks.get(ik)
                 if its is not None:
