@@ -48,6 +48,22 @@ class _Empty(frozenset):
 EMPTY: Any = _Empty()
 
 
+_same: dict[Any, Any] = {}
+_SAME_MAX = 4096             # values remembered (forgetting them all only costs memory)
+_SAME_SIZE = 1024            # longer values are not worth hashing per message
+
+
+def shared(value: T) -> T:
+    """The one object kept for values equal to ``value`` (bytes, str or a tuple of
+    them): what many records repeat -- a function's pickle, a type's name, a result's
+    holders -- held once instead of once per message that decoded a copy."""
+    if len(value) > _SAME_SIZE:  # type: ignore[arg-type]
+        return value
+    if len(_same) > _SAME_MAX:
+        _same.clear()
+    return _same.setdefault(value, value)
+
+
 def sparse(table: Any) -> bool:
     """Whether a dict or set holds far fewer entries than it has room for."""
     size = sys.getsizeof(table)

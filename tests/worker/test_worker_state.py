@@ -30,6 +30,21 @@ def test_compute_without_deps_is_ready():
     assert ws.tasks["a"].state == "memory" and ws.held_keys() == ["a"]
 
 
+def test_a_result_keeps_no_recipe_and_shares_what_records_repeat():
+    """A held result is its key and size: the recipe is the scheduler's to keep, and
+    the empty or repeated parts of a record are shared, not one object each."""
+    ws = WorkerState(ME)
+    for key in ("a", "b"):
+        ws.handle(m.Compute(key=key, func=1, args=b"args", deps={}, priority=prio(0, 7),
+                            retries=0, notify=["c-1"], attempt=1))
+    a, b = ws.tasks["a"], ws.tasks["b"]
+    assert a.notify is b.notify and a.who_has is b.who_has is ()
+    run(ws, "a")
+    finish(ws, "a")
+    assert (a.func, a.args, a.deps, a.priority, a.notify) == (None, None, (), (), ())
+    assert ws.tasks["b"].args == b"args"              # (a pending one keeps its recipe)
+
+
 def test_compute_with_local_and_remote_deps_fetches_the_remote_one():
     ws = WorkerState(ME)
     ws.put_data(["local"], [3])

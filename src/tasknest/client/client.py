@@ -529,12 +529,14 @@ class Client:
     def _submit_key(self, key: str, fbytes: bytes, abytes: bytes, deps: list[str],
                     priority: list, retries: int, workers: list | None,
                     resources: dict | None = None, loose: bool = False,
-                    fresh: bool = False) -> Future:
+                    fresh: bool = False, recipe: tuple | None = None) -> Future:
+        """``recipe``: what to keep to send it again, if not the arguments themselves
+        (a map's item keeps (its map, index, args, deps): streaming.full_recipe)."""
         fut, new = self._new_future(key)
         if new:
             with self._lock:    # (sent again if the scheduler restarts before the result)
-                self._submits[key] = (fbytes, abytes, deps, priority, retries, workers,
-                                      resources, loose)
+                self._submits[key] = recipe if recipe is not None else (
+                    fbytes, abytes, deps, priority, retries, workers, resources, loose)
             placing = self._placing
             lane = None if deps or resources else placing.lane() if workers is None \
                 else placing.lane_to(workers[0][1:]) if len(workers) == 1 and \

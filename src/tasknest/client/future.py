@@ -24,6 +24,7 @@ from tblib import Traceback
 
 from ..errors import (CallerError, FutureCancelledError, KilledWorker, LostError, RemoteError,
                       RemoteTraceback, SerializationError, TimedOutError)
+from ..memory import shared
 from ..protocol.serialize import loads_value
 from ..registry import current_client, default_client
 from ..timeouts import parse_timeout
@@ -49,7 +50,7 @@ class FutureState:
         self.nbytes = 0
         self.frames: list | None = None
         self.value: Any = _NOTHING
-        self.who_has: list[str] = _NONE
+        self.who_has: tuple[str, ...] = _NONE
         self.error: BaseException | None = None
         self.traceback: str | None = None       # the remote traceback as text
         self.tb: types.TracebackType | None = None   # ... and as frames
@@ -101,9 +102,11 @@ class FutureState:
 
     def finish(self, type_name: str, nbytes: int, who_has: list[str], frames: list | None,
                value: Any = _NOTHING) -> None:
-        self.type = type_name or self.type
+        # (each message decodes its own copies of the type and the holders; a finished
+        # state keeps one of each kind, ~190 B a task: see memory.shared)
+        self.type = shared(type_name) or self.type
         self.nbytes = nbytes
-        self.who_has = who_has
+        self.who_has = shared(tuple(who_has)) if who_has else _NONE
         if frames is not None:
             self.frames = frames
         if value is not _NOTHING:

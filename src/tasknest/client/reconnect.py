@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SchedulerLostError
 from ..protocol import messages as m
+from .streaming import full_recipe
 
 if TYPE_CHECKING:
     from ..protocol.comm import Comm
@@ -96,7 +97,7 @@ class Reconnection:
             c._placing.placed.clear()        # (the places' confirms went with the old scheduler)
             requests = list(c._requests.items())
             for key, recipe in pending:     # the scheduler may never have read them
-                comm.send(m.Submit(key, *recipe))
+                comm.send(m.Submit(key, *full_recipe(recipe)))
             comm.send(m.Holding(held))
             for rid, msg in requests:
                 if msg.op in RESENT:

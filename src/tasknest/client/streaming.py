@@ -82,6 +82,16 @@ class _Chunk:
         self.sent = False
 
 
+def full_recipe(recipe: tuple) -> tuple:
+    """A kept recipe as ``m.Submit``'s fields after the key. A map's item keeps only
+    what is its own: (map, index, args, deps), a third of the bytes of the whole."""
+    if type(recipe[0]) is not _Map:
+        return recipe
+    mp, i, abytes, deps = recipe
+    return (mp.fbytes, abytes, list(deps), [mp.priority, mp.depth, mp.seq0 + i], mp.retries,
+            mp.workers, mp.resources, mp.loose)
+
+
 def _key(mp: _Map, args: tuple, abytes: bytes) -> str:
     """The key submit() would give this call."""
     if mp.pure:
@@ -126,7 +136,8 @@ def _submit(chunk: _Chunk, raise_errors: bool) -> None:
             key = listed[i] if listed is not None else _key(mp, args, abytes)
             fut = client._submit_key(key, fbytes, abytes, deps,
                                      [mp.priority, mp.depth, mp.seq0 + i], mp.retries,
-                                     mp.workers, mp.resources, mp.loose, fresh)
+                                     mp.workers, mp.resources, mp.loose, fresh,
+                                     (mp, i, abytes, deps or ()))
         except Exception as exc:
             if raise_errors:
                 raise

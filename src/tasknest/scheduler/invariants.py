@@ -24,6 +24,8 @@ def validate(st: "SchedulerState") -> None:
             assert ts.who_has, f"{ts} in memory nowhere"
             for w in ts.who_has:
                 assert key in st.workers[w].has_what, (ts, w)
+            if type(ts.who_has) is not set:        # (one worker's shared {wid})
+                assert ts.who_has is st.workers[next(iter(ts.who_has))].alone, ts
         else:
             assert not ts.who_has, (ts, ts.who_has)
         if ts.state == "processing":

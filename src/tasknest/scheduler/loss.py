@@ -57,7 +57,7 @@ class Losses(Component):
             (killed if ts.suspicious > st.allowed_failures else lost).append(ts)
         for key in ws.has_what:
             ts = st.tasks[key]
-            ts.who_has.discard(wid)
+            ts.replica_lost(wid)
             if not ts.who_has and ts.state == "memory":
                 ts.state = "released"
                 ts.value = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..memory import EMPTY
 from ..protocol import messages as m
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class Operations:
                 continue
             for wid in ts.who_has:
                 st.workers[wid].has_what.discard(ts.key)
-            ts.who_has.clear()
+            ts.who_has = EMPTY
             ts.value = None
             if ts.state == "memory":
                 ts.state = "released"

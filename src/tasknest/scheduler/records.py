@@ -37,7 +37,7 @@ class Task:
         self.state: TaskState = "released"
         self.waiting_on: set[str] = EMPTY
         self.dependents: set[str] = EMPTY
-        self.who_has: set[str] = EMPTY
+        self.who_has: set[str] | frozenset[str] = EMPTY   # (see SchedulerState._add_replica)
         self.processing_on: str | None = None
         self.who_wants: set[str] | frozenset[str] = EMPTY   # (see SchedulerState._want)
         self.nbytes = 0
@@ -66,6 +66,14 @@ class Task:
         elif holder in who:
             self.who_wants = EMPTY
 
+    def replica_lost(self, wid: str) -> None:
+        """Worker ``wid`` holds no copy any more (its shared {wid} is let go)."""
+        who = self.who_has
+        if type(who) is set:
+            who.discard(wid)
+        elif wid in who:
+            self.who_has = EMPTY
+
     def failure(self) -> tuple[list, str, str]:
         """Its error (exception frames, traceback, kind): an erred task's, never None."""
         assert self.error is not None, self
@@ -75,7 +83,7 @@ class Task:
 class WorkerInfo:
     __slots__ = ("id", "address", "name", "nthreads", "pid", "memory_limit", "processing",
                  "has_what", "seceded", "idle", "last_seen", "memory", "paused", "asked",
-                 "resources")
+                 "resources", "alone")
 
     def __init__(self, wid: str, address: str, name: str, nthreads: int, pid: int,
                  memory_limit: int, now: float) -> None:
@@ -94,6 +102,7 @@ class WorkerInfo:
         self.paused = False          # above its memory mark: it starts no new task
         self.asked = 0               # steal requests on its behalf awaiting their answer
         self.resources: dict = {}    # what it has (tasks that ask hold it while there)
+        self.alone = frozenset((wid,))   # the who_has of results only it holds, shared
 
     def load(self) -> float:
         return (len(self.processing) - self.seceded) / self.nthreads

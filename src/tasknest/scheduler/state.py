@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..errors import ProtocolError
-from ..memory import sparse
+from ..memory import sparse, shared
 from ..protocol import messages as m
 from .resources import free_for
 from .records import ALLOWED_FAILURES, CLAIMED, EMPTY, FIRE_AND_FORGET, NOTHING, Task, WorkerInfo
@@ -223,14 +223,12 @@ class SchedulerState:
         ts = self.tasks.get(key)
         if ts is None:
             ts = self._new_task(key, func, args, deps, priority, retries, restrict)
-            if ts is not None:
-                ts.resources = resources or None
-                ts.loose = loose
             if ts is None:
                 missing = [d for d in deps if d not in self.tasks]
                 self._emit(cid, m.KeyErred(key, [], f"dependencies {missing} of {key} are "
                                            "unknown to the scheduler (released?)", "lost"))
                 return
+            ts.resources, ts.loose = resources or None, loose
             self._want(ts, cid)
             self._recompute(ts)
             return
@@ -417,7 +415,7 @@ class SchedulerState:
                    value: list | None, inner: list[str], notified: list[str]) -> None:
         """A worker holds the task's result."""
         key, wid = ts.key, ws.id
-        ts.nbytes, ts.type = nbytes, type_name
+        ts.nbytes, ts.type = nbytes, shared(type_name)
         if value is not None and nbytes <= self.inline_limit:
             ts.value = value
         self._add_replica(ts, ws)
@@ -534,7 +532,7 @@ class SchedulerState:
         if ts is None:
             return
         if bad is not None and bad.id in ts.who_has:
-            ts.who_has.discard(bad.id)
+            ts.replica_lost(bad.id)
             bad.has_what.discard(ts.key)
         if ts.state == "memory":
             if ts.who_has:
@@ -699,10 +697,14 @@ class SchedulerState:
                                     notify, ts.attempt))
 
     def _add_replica(self, ts: Task, ws: WorkerInfo) -> None:
-        if ts.who_has:
-            ts.who_has.add(ws.id)
-        else:
-            ts.who_has = {ws.id}
+        who = ts.who_has    # (one holder, most results' lot: its shared {wid}, as _want)
+        if not who:
+            ts.who_has = ws.alone
+        elif ws.id not in who:
+            if type(who) is set:
+                who.add(ws.id)
+            else:
+                ts.who_has = {*who, ws.id}
         ws.has_what.add(ts.key)
 
     def _key_memory(self, ts: Task, inline: bool) -> m.Message:

@@ -127,10 +127,11 @@ class WorkerClient(Client):
     def _submit_key(self, key: str, fbytes: bytes, abytes: bytes, deps: list[str],
                     priority: list, retries: int, workers: list | None,
                     resources: dict | None = None, loose: bool = False,
-                    fresh: bool = False) -> Future:
+                    fresh: bool = False, recipe: tuple | None = None) -> Future:
         """``fresh``: a ``pure=False`` key, which no other task can be claiming: it runs
         at once. Any other key may be claimed on another worker at the same moment, so
-        it runs once the scheduler has said the claim is ours (one round trip later)."""
+        it runs once the scheduler has said the claim is ours (one round trip later).
+        (``recipe`` is the top-level client's: this one keeps its own, below.)"""
         fut, new = self._new_future(key)
         if not new:
             return fut

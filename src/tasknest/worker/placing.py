@@ -67,7 +67,7 @@ class Placing:
             if t.state == "confirming":
                 self.state._make_ready(t, out)
         if t.state in ("ready", "waiting", "executing") and client not in t.notify:
-            t.notify.append(client)
+            t.notify = [*t.notify, client]
         if early is None:
             self.places[pk] = key
             t.placers += (pk,)

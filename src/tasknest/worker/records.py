@@ -1,7 +1,7 @@
 """The worker's record of a key (plain data, no behaviour), and its ready-queue order."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 from ..memory import EMPTY
 from ..protocol import messages as m
@@ -26,18 +26,20 @@ class WTask:
         self.state: WState = state
         self.func: bytes | None = None
         self.args: bytes | None = None
-        self.deps: list[str] = []
+        # (a record may live long, holding a result: what it no longer needs, and the
+        # empty sequences most records keep, are the shared ``()`` rather than a list each)
+        self.deps: Sequence[str] = ()
         self.priority: tuple = ()
         self.retries = 0
         self.waiting_on: set[str] = EMPTY    # (shared until it has some: see memory.py)
         self.dependents: set[str] = EMPTY
         self.claimed = False
         self.owned = False            # the scheduler counts this worker as holding it
-        self.who_has: list[str] = []
+        self.who_has: Sequence[str] = ()
         self.nbytes = 0
         self.error: tuple[list, str, str] | None = None
         self.stolen = False
-        self.notify: list[str] = []   # clients to tell straight from here when it finishes
+        self.notify: Sequence[str] = ()   # clients to tell straight from here when it finishes
         self.attempt = CLAIMED        # the scheduler's compute this run answers
         self.placers: tuple = ()      # (client, seq) of places awaiting their confirm
         self.held: m.Message | None = None   # the report of an UNCOUNTED copy

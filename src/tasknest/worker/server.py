@@ -665,7 +665,7 @@ class Worker:
             self.send(self.monitor.take())
         inline = None
         inner: list[str] = []
-        size = plain_nbytes(result)
+        size = plain = plain_nbytes(result)
         if size is not None and size <= INLINE_LIMIT:
             # plain values: no futures inside, no out-of-band buffers, cannot fail
             inline = [pickle.dumps(result, protocol=5)]
@@ -690,8 +690,8 @@ class Worker:
                     result = shared
         with self.lock:
             self.data[key] = result
-            if inline is not None:
-                self.frames_cache[key] = inline
+            if inline is not None and plain is None:   # (a plain value pickles again
+                self.frames_cache[key] = inline          # cheaply, if it is ever asked for)
             actions = self.state.finished(key, size, describe_type(result), inline,
                                           list(dict.fromkeys(inner)), self.client_comms)
             # nothing else to run: the result leaves now, written by this thread, rather

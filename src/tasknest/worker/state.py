@@ -24,9 +24,9 @@ not thread-safe: the shell calls it under one lock.
 from __future__ import annotations
 
 import heapq
-from typing import Any, get_args
+from typing import Any, Mapping, Sequence, get_args
 
-from ..memory import EMPTY, sparse
+from ..memory import EMPTY, shared, sparse
 from ..protocol import messages as m
 from .placing import Placing
 from .actions import READY, Action, Done, Drop, Fetch, Send, Tell, reaping
@@ -84,13 +84,13 @@ class WorkerState:
             if t.unconfirmed:             # assigned here: the claim is ours
                 self._accept(t, out)
             if notify and t.state != "memory":
-                t.notify = list(dict.fromkeys(t.notify + notify))
+                t.notify = list(dict.fromkeys([*t.notify, *notify]))
             return out
-        t.notify = notify or []
+        t.notify = shared(tuple(notify)) if notify else ()   # (the same client, mostly)
         t.attempt = attempt
         t.func, t.args, t.retries = msg.func, msg.args, msg.retries
         t.priority = heap_priority(msg.priority)
-        t.deps = list(msg.deps)
+        t.deps = tuple(msg.deps)
         t.claimed = False
         t.stolen = False
         self.idle_reported = False
@@ -99,7 +99,7 @@ class WorkerState:
 
     @event
     def claim(self, key: str, func: bytes, args: bytes, deps: list[str], priority: list,
-              retries: int, locations: dict[str, list[str]] | None = None,
+              retries: int, locations: Mapping[str, Sequence[str]] | None = None,
               confirm: bool = False) -> list[Action]:
         """A task on this worker submitted a new task: queue it here, tell the scheduler.
 
@@ -156,7 +156,7 @@ class WorkerState:
             t.held = None
         t.owned = t.state != "erred"
 
-    def _resolve_deps(self, t: WTask, deps: dict[str, list[str]], out: list[Action]) -> None:
+    def _resolve_deps(self, t: WTask, deps: Mapping[str, Sequence[str]], out: list[Action]) -> None:
         t.waiting_on = set() if deps else EMPTY
         for dk, addrs in deps.items():
             d = self.tasks.get(dk)
@@ -304,7 +304,7 @@ class WorkerState:
         # futures' keys as it unpickles them, and the scheduler must have read this
         # worker's claims of them (sent before this report) by then
         notified = [c for c in t.notify if c in connected] if t.notify and not inner else []
-        t.notify = []
+        t.notify = ()
         report = m.TaskFinished(key, nbytes, type_name, inline, inner, notified, t.attempt)
         if t.attempt == UNCOUNTED:
             t.held = report                  # until the scheduler counts the placed copy
@@ -315,6 +315,10 @@ class WorkerState:
         out.append(Done(key))
         self._dependency_arrived(t, out)
         self._release_inputs(t, out)
+        # the record now holds a result, maybe for long: its recipe is the scheduler's
+        # to keep (a resume names results by key alone)
+        t.func = t.args = None
+        t.deps = t.priority = ()
         return out
 
     @event
@@ -341,7 +345,7 @@ class WorkerState:
             t.held = report
         else:
             out.append(Send(report))
-        t.notify = []
+        t.notify = ()
         self._set_erred(t, exception, traceback, kind, out)
         self._release_inputs(t, out)
         return out
@@ -533,7 +537,7 @@ class WorkerState:
             t.state = "remote"            # computed elsewhere now; local dependents wait for it
             t.owned = False
             t.stolen = True
-            t.who_has = []
+            t.who_has = ()
             self._release_inputs(t, out)
             self._maybe_drop(t, out)
         return out
@@ -549,7 +553,7 @@ class WorkerState:
             t.owned = False
             t.claimed = False
             t.unconfirmed = False
-            t.who_has = []
+            t.who_has = ()
             self._release_inputs(t, out)
             self._maybe_drop(t, out)
         elif t is not None and t.state in ("executing", "memory"):
