@@ -27,7 +27,7 @@ from tblib import Traceback
 from ..client.future import collect_inner, describe_type, error_from
 from ..errors import CallerError, ProtocolError, SchedulerLostError, SerializationError
 from ..memory import tune_allocator
-from ..protocol import messages as m
+from ..protocol import messages as m, sharedmem
 from ..protocol.calls import run_call
 from ..protocol.comm import Comm, Listener, connect, listen
 from ..protocol.peers import PeerPool
@@ -315,6 +315,7 @@ class Worker:
         ``now``: a task thread that calls _wake() next writes the messages itself."""
         done = []
         fetches: dict[str, list[str]] = {}
+        dropped = False
         for a in actions:
             if type(a) is Send:      # (type() is one opcode; several actions a task)
                 self.send(a.msg, now)
@@ -330,6 +331,9 @@ class Worker:
                 self.data.pop(a.key, None)
                 self.frames_cache.pop(a.key, None)
                 self.shared.release(a.key)
+                dropped = True
+        if dropped and sharedmem.holding():  # a mapping nothing uses lets go of its file
+            sharedmem.sweep()                # now: its owner may write the next value there
         for address, keys in fetches.items():
             self._start_fetch(address, keys)
         if self.validate and not self._validate_pending and self.loop is not None:

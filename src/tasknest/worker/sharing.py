@@ -4,8 +4,10 @@ A large result (at least ``SHM_MIN`` bytes of pickle-5 buffers) is copied once i
 a segment under /dev/shm as its task finishes, and the worker keeps the value over
 its own mapping of that segment from then on (so it is not held twice). A peer
 or client on the same host then gets a reference and maps the pages; others get
-the bytes over TCP. The segment is unlinked when the key is dropped and when the
-worker closes; after a SIGKILL its supervisor removes it (files carry the pid).
+the bytes over TCP. When the key is dropped the file is kept a few seconds for the
+next value of its size (protocol/sharedmem.py has why), then unlinked; all are
+unlinked when the worker closes, and after a SIGKILL its supervisor removes them
+(files carry the pid).
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ class SharedSegments:
             old = self._refs.pop(key, None)
             self._refs[key] = (name, ref)
         if old is not None:
-            sharedmem.unlink(old[0])
+            sharedmem.release(old[0])
         return value
 
     def reference(self, key: str) -> list | None:
@@ -53,10 +55,11 @@ class SharedSegments:
             with self._lock:
                 entry = self._refs.pop(key, None)
             if entry is not None:
-                sharedmem.unlink(entry[0])
+                sharedmem.release(entry[0])
 
     def close(self) -> None:
         with self._lock:
             entries, self._refs = list(self._refs.values()), {}
         for name, _ in entries:
             sharedmem.unlink(name)
+        sharedmem.drop_released()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from ..memory import give_back, sparse
-from ..protocol import messages as m
+from ..protocol import messages as m, sharedmem
 from .monitor import FLUSH, STATS_EVERY, sample
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ def compact(worker: "Worker") -> None:
         if sparse(worker.frames_cache):
             worker.frames_cache = dict(worker.frames_cache)
         shrank = worker.client.compact() or shrank
+    if sharedmem.holding():
+        sharedmem.sweep()
     if shrank:
         give_back()
 
