@@ -432,6 +432,52 @@ def test_transfer_cut_by_a_killed_sender_never_gives_a_truncated_value(monkeypat
         print(f"scattered, cut after {got / MiB:.0f} MiB: LostError")
 
 
+# -- files and mappings used again: never under a value still read ------------------------
+def filled(fill: int, n: int) -> object:
+    return np.full(n, fill, dtype="u1")
+
+
+def sum_and_scribble(x: Any, scribble: bool) -> int:
+    total = int(x.sum(dtype="u8"))
+    if scribble:
+        x[::4096] = 0          # copy-on-write: pages of this task's own
+    return total
+
+
+@pytest.mark.timeout(300)
+def test_values_written_into_used_files_arrive_whole_and_held_ones_stay() -> None:
+    """A worker writes its next value into a file released before (protocol/sharedmem.py):
+    every value arrives whole on the other worker and at the client, a value the client
+    still holds is never overwritten, and a reader that wrote into its argument never
+    sees those pages again."""
+    if not sharedmem.available():
+        pytest.skip("no /dev/shm here")
+    n = 4 * MiB
+    with LocalCluster(n_workers=2, threads_per_worker=1) as lc, Client(lc) as c:
+        info = c.scheduler_info()["workers"]
+        a, b = sorted(info)[:2]
+        kept, files = [], set()
+        for i in range(1, 31):
+            x = c.submit(filled, i, n, workers=[a], pure=False)
+            wait([x])
+            for name in sharedmem.segments(info[a]["pid"]):
+                try:
+                    files.add(os.stat(os.path.join(sharedmem.SHM_DIR, name)).st_ino)
+                except FileNotFoundError:
+                    pass
+            got = c.submit(sum_and_scribble, x, i % 5 == 0, workers=[b], pure=False).result()
+            assert got == i * n, f"value {i} read on the other worker: {got}"
+            value = x.result()
+            assert int(value.min()) == int(value.max()) == i, f"value {i} at the client"
+            if i % 3 == 0:
+                kept.append((i, value))      # held here while the next ones are made
+            del x, value
+        for i, value in kept:
+            assert int(value.min()) == int(value.max()) == i, f"value {i} was overwritten"
+        print(f"\n30 values of 4 MiB went through {len(files)} files")
+        assert len(files) < 30, "no file was used again"
+
+
 # -- /dev/shm holds nothing of a cluster once it no longer needs it ----------------------
 def _held(pids: set) -> list:
     return [s for p in pids for s in sharedmem.segments(p)]

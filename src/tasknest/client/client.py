@@ -398,6 +398,7 @@ class Client:
             emptied = not self._refs and sparse(self._states)
         if emptied and not self._worker_side:    # the last future of a large run went
             self._give_back_soon()
+        sharedmem.sweep_soon(self.loop)   # (its value may have been the last over a file)
         if self.status == "running":
             # always through the thread-safe queue: this may run inside a garbage
             # collection that interrupted a send on the loop thread

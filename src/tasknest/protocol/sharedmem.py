@@ -402,6 +402,28 @@ def holding() -> bool:
     return bool(_mappings or _released or _retired)
 
 
+_soon = False
+
+
+def sweep_soon(loop: asyncio.AbstractEventLoop | None) -> None:
+    """A sweep on ``loop``, once however many ask meanwhile (safe from any thread, or
+    inside a garbage collection): a value just dropped lets go of its file before its
+    owner writes the next value, rather than at the next second's sweep."""
+    global _soon
+    if _soon or loop is None or not holding():
+        return
+    _soon = True
+
+    def run() -> None:
+        global _soon
+        _soon = False
+        sweep()
+    try:
+        loop.call_soon_threadsafe(run)
+    except RuntimeError:       # (the loop is closed)
+        _soon = False
+
+
 # == the janitor ========================================================================
 def remove_segments(pid: int) -> int:
     """Remove what a process (dead, or about to be) left in /dev/shm; how many."""
