@@ -478,6 +478,25 @@ def test_values_written_into_used_files_arrive_whole_and_held_ones_stay() -> Non
         assert len(files) < 30, "no file was used again"
 
 
+@pytest.mark.timeout(120)
+def test_a_client_on_the_same_host_has_a_large_result_mapped_when_it_finishes() -> None:
+    """A result told straight to a client of the same host comes as a reference, mapped
+    as it arrives: ``result()`` asks no worker."""
+    if not sharedmem.available():
+        pytest.skip("no /dev/shm here")
+    with LocalCluster(n_workers=1, threads_per_worker=1) as lc, Client(lc) as c:
+        c.submit(int, 1, pure=False).result()     # (results come straight from now on)
+        x = c.submit(filled, 7, 4 * MiB, pure=False)
+        wait([x])
+        assert c._states[x.key].has_value(), "the result was not mapped as it came"
+
+        async def no_fetch(*args: Any) -> Any:
+            raise AssertionError("result() asked a worker for a value it had")
+        c._peers.get_data = no_fetch   # type: ignore[union-attr]
+        value = x.result()
+        assert value.shape == (4 * MiB,) and int(value.min()) == int(value.max()) == 7
+
+
 # -- /dev/shm holds nothing of a cluster once it no longer needs it ----------------------
 def _held(pids: set) -> list:
     return [s for p in pids for s in sharedmem.segments(p)]

@@ -315,7 +315,7 @@ class Client:
     def _on_key_memory(self, msg: m.KeyMemory) -> None:
         st = self._states.get(msg.key)
         if st is not None:
-            st.finish(msg.type, msg.nbytes, msg.who_has, msg.value)
+            st.finish(msg.type, msg.nbytes, msg.who_has, sharedmem.mapped(msg.value))
         peers = self._peers
         if msg.who_has and not self._worker_side and peers is not None:
             # results from that worker will come straight from it from now on

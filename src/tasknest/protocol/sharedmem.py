@@ -43,6 +43,7 @@ import glob
 import itertools
 import mmap
 import os
+import resource
 import secrets
 import struct
 import sys
@@ -238,11 +239,41 @@ def attach(ref: list) -> list:
     return [ref[0], *parts]
 
 
+def mapped(frames: Any) -> Any:
+    """A value's frames as they are, or over a mapping if they are a reference (None if
+    it cannot be mapped here: the value is fetched then)."""
+    if not is_shared(frames):
+        return frames
+    try:
+        return attach(frames)
+    except (OSError, ValueError):
+        return None
+
+
+_descriptors_raised = False
+
+
+def _raise_descriptor_limit() -> None:
+    """A mapping in use holds two descriptors (its lock's, and the one mmap keeps), and a
+    client may hold many results: the soft limit goes up to the hard one (1024 is common)."""
+    global _descriptors_raised
+    _descriptors_raised = True
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (OSError, ValueError):
+        pass                  # (as it was: mapping fails first, and values go over TCP)
+
+
 class _Mapping:
     """This process's mapping of one segment file, kept while the file is."""
     __slots__ = ("mem", "size", "addr", "lock_fd", "unused_since", "writable")
 
     def __init__(self, fd: int, size: int) -> None:
+        if not _descriptors_raised:
+            _raise_descriptor_limit()
         # mapped through a descriptor of its own: the mmap object keeps a duplicate of
         # the one it is given, which would hold that one's lock as long as it lives
         own = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
@@ -296,6 +327,8 @@ def _use(fd: int, layout: list) -> tuple[list, bool]:
 def sweep() -> bool:
     """Let go of the files whose mappings nothing uses any more; forget mappings and
     released files kept too long, or beyond ``POOL``. True while some are kept."""
+    if not holding():
+        return False
     with _lock:
         now = time.monotonic()
         for key, mp in list(_mappings.items()):

@@ -60,24 +60,24 @@ class Task:
 
     def unwanted_by(self, holder: str) -> None:
         """``holder`` no longer wants this (a shared {holder} is let go, not changed)."""
-        who = self.who_wants
-        if type(who) is set:
-            who.discard(holder)
-        elif holder in who:
-            self.who_wants = EMPTY
+        self.who_wants = _without(self.who_wants, holder)
 
     def replica_lost(self, wid: str) -> None:
         """Worker ``wid`` holds no copy any more (its shared {wid} is let go)."""
-        who = self.who_has
-        if type(who) is set:
-            who.discard(wid)
-        elif wid in who:
-            self.who_has = EMPTY
+        self.who_has = _without(self.who_has, wid)
 
     def failure(self) -> tuple[list, str, str]:
         """Its error (exception frames, traceback, kind): an erred task's, never None."""
         assert self.error is not None, self
         return self.error
+
+
+def _without(who: set[str] | frozenset[str], member: str) -> set[str] | frozenset[str]:
+    """``who`` less ``member``: a set of its own is changed, a shared {member} let go."""
+    if type(who) is set:
+        who.discard(member)
+        return who
+    return EMPTY if member in who else who
 
 
 class WorkerInfo:

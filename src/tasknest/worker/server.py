@@ -102,6 +102,7 @@ class Worker:
         if hasattr(self.data, "on_spill"):
             self.data.on_spill = self.shared.release
         self.client_comms: dict[str, Comm] = {}   # client id -> its connection to this worker
+        self.near: set[str] = set()       # clients of those that map our segments
         self._told: set[Comm] = set()             # client comms with messages from threads
         self._placed_at = -1.0            # when a client last placed a task here
         self.pool = Pool(nthreads, self.lock, lambda: not self.paused and self.state.has_ready(),
@@ -332,8 +333,8 @@ class Worker:
                 self.frames_cache.pop(a.key, None)
                 self.shared.release(a.key)
                 dropped = True
-        if dropped and sharedmem.holding():  # a mapping nothing uses lets go of its file
-            sharedmem.sweep()                # now: its owner may write the next value there
+        if dropped:        # a mapping nothing uses lets go of its file: its owner may reuse it
+            sharedmem.sweep()
         for address, keys in fetches.items():
             self._start_fetch(address, keys)
         if self.validate and not self._validate_pending and self.loop is not None:
@@ -507,23 +508,31 @@ class Worker:
                 comm.send(m.PutDataDone(msg.rid, keys, sizes))
             elif isinstance(msg, m.PeerHost):
                 same_host = bool(self.shared.host) and msg.host == self.shared.host
+                if client:
+                    (self.near.add if same_host else self.near.discard)(client)
             elif isinstance(msg, m.RegisterPeer) and not client:
                 name = msg.name
                 if name.startswith("c-"):     # a client: results it waits for come this way
                     client = name
-                    self.client_comms[name] = comm
-                    comm.on_close.append(lambda c: self.client_comms.pop(name, None)
-                                         if self.client_comms.get(name) is c else None)
+                    self.client_comms[name] = comm       # (its peer-host comes next)
+                    comm.on_close.append(lambda c: self._client_gone(name, c))
             else:
                 raise ProtocolError(f"peers may only ask for data (and clients place tasks "
                                     f"and scatter), not {msg.op!r}")
         comm.start(handler)
+
+    def _client_gone(self, cid: str, comm: Comm) -> None:
+        if self.client_comms.get(cid) is comm:
+            del self.client_comms[cid]
+            self.near.discard(cid)
 
     def _tell(self, cid: str, msg: m.Message, now: bool = False) -> None:
         """A result straight to a client connected here (if it still is: if not, the
         client asks the scheduler again for everything it waits on)."""
         comm = self.client_comms.get(cid)
         if comm is not None:
+            if type(msg) is m.KeyMemory and msg.value is None and cid in self.near:
+                msg.value = self.shared.reference(msg.key)   # mapped there, not fetched
             _queue(comm, msg, now)
             self._told.add(comm)     # woken with the scheduler's comm when the thread waits
 
