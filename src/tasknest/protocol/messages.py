@@ -750,14 +750,8 @@ def _resume_problem(msg: Any) -> str | None:
     if type(msg.tasks) is not list:
         return "tasks is not a list"
     for entry in msg.tasks:     # [key, attempt, func, args, deps, priority, retries]
-        try:
-            key, attempt, func, args, deps, priority, retries = entry
-            ok = (type(key) is str and type(attempt) is int and type(func) is bytes
-                  and type(args) is bytes and _strs(deps) and NUMS(priority)
-                  and type(retries) is int)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
+        if not (type(entry) is list and len(entry) == 7 and _strs(entry[4]) and NUMS(entry[5])
+                and [*map(type, entry[:4]), type(entry[6])] == [str, int, bytes, bytes, int]):
             return f"a task entry is malformed: {str(entry)[:80]}"
     return None
 
@@ -783,14 +777,9 @@ def handler_name(op: str) -> str:
 def handlers(*owners: Any) -> dict[str, Any]:
     """op -> the ``_on_<op>`` method of the first owner that has one, for the ops of
     the catalogue (owners: objects, for bound methods, or classes)."""
-    table = {}
-    for op in CATALOGUE:
-        name = handler_name(op)
-        for owner in owners:
-            if hasattr(owner, name):
-                table[op] = getattr(owner, name)
-                break
-    return table
+    # (owners in reverse: the first owner's method is the one written last, and kept)
+    return {op: getattr(owner, handler_name(op)) for op in CATALOGUE
+            for owner in reversed(owners) if hasattr(owner, handler_name(op))}
 
 
 def decode(raw: Any) -> Message:
