@@ -55,8 +55,8 @@ _SAME_SIZE = 1024            # longer values are not worth hashing per message
 
 def shared(value: T) -> T:
     """The one object kept for values equal to ``value`` (bytes, str or a tuple of
-    them): what many records repeat -- a function's pickle, a type's name, a result's
-    holders -- held once instead of once per message that decoded a copy."""
+    them): what many records repeat -- a type's name, a result's holders, the clients
+    to notify -- held once instead of once per message that decoded a copy."""
     if len(value) > _SAME_SIZE:  # type: ignore[arg-type]
         return value
     if len(_same) > _SAME_MAX:

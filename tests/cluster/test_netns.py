@@ -25,7 +25,11 @@ from conftest import wait_until
 from netns import Network, missing
 
 
-pytestmark = pytest.mark.skipif(bool(missing()), reason=missing())
+if missing() and os.environ.get("CI") == "true":     # in CI a missing component fails
+    def test_network_namespaces_are_available() -> None:
+        pytest.fail(f"the multi-host tests cannot run: {missing()}")
+else:
+    pytestmark = pytest.mark.skipif(bool(missing()), reason=missing())
 
 
 @pytest.fixture

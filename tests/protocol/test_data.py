@@ -451,7 +451,7 @@ def test_values_written_into_used_files_arrive_whole_and_held_ones_stay() -> Non
     still holds is never overwritten, and a reader that wrote into its argument never
     sees those pages again."""
     if not sharedmem.available():
-        pytest.skip("no /dev/shm here")
+        pytest.skip("this machine has no writable /dev/shm")
     n = 4 * MiB
     with LocalCluster(n_workers=2, threads_per_worker=1) as lc, Client(lc) as c:
         info = c.scheduler_info()["workers"]
@@ -483,7 +483,7 @@ def test_a_client_on_the_same_host_has_a_large_result_mapped_when_it_finishes() 
     """A result told straight to a client of the same host comes as a reference, mapped
     as it arrives: ``result()`` asks no worker."""
     if not sharedmem.available():
-        pytest.skip("no /dev/shm here")
+        pytest.skip("this machine has no writable /dev/shm")
     with LocalCluster(n_workers=1, threads_per_worker=1) as lc, Client(lc) as c:
         c.submit(int, 1, pure=False).result()     # (results come straight from now on)
         x = c.submit(filled, 7, 4 * MiB, pure=False)
@@ -507,7 +507,7 @@ def _held(pids: set) -> list:
 def test_no_segment_left_after_release_close_and_sigkill(nanny: bool) -> None:
     from conftest import wait_until
     if not sharedmem.available():
-        pytest.skip("no /dev/shm here")
+        pytest.skip("this machine has no writable /dev/shm")
     pids: set = {os.getpid()}
     with LocalCluster(n_workers=2, threads_per_worker=1, nanny=nanny, memory_limit="4GiB",
                       dashboard=False) as lc, Client(lc) as c:

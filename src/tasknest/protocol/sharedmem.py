@@ -161,8 +161,9 @@ def release(name: str) -> None:
     except OSError:
         return
     with _lock:
-        _released[name] = (size, time.monotonic())
-        _trim(time.monotonic())
+        now = time.monotonic()
+        _released[name] = (size, now)
+        _trim(now)
     _arm()
 
 
@@ -292,8 +293,7 @@ class _Mapping:
 
 
 _lock = threading.Lock()
-_mappings: dict[tuple[int, int], _Mapping] = {}   # (device, inode) -> mapping
-_retired: list[_Mapping] = []        # replaced by a larger one while in use: kept till unused
+_mappings: dict[tuple[int, int, int], _Mapping] = {}   # (device, inode, size) -> mapping
 
 
 def _use(fd: int, layout: list) -> tuple[list, bool]:
@@ -302,12 +302,10 @@ def _use(fd: int, layout: list) -> tuple[list, bool]:
     st = os.fstat(fd)
     if not st.st_size:
         return [b"" for _ in layout], False
-    key = (st.st_dev, st.st_ino)
+    key = (st.st_dev, st.st_ino, st.st_size)     # (a file is sized once, before use)
     with _lock:
         mp = _mappings.get(key)
-        if mp is None or mp.size < st.st_size:
-            if mp is not None:
-                _retired.append(mp)
+        if mp is None:
             mp = _mappings[key] = _Mapping(fd, st.st_size)
         kept = mp.lock_fd < 0
         if kept:
@@ -340,12 +338,8 @@ def sweep() -> bool:
             else:
                 os.close(mp.lock_fd)         # unlocked: its owner may take the file back
                 mp.lock_fd, mp.unused_since, mp.writable = -1, now, False
-        for mp in list(_retired):
-            if sys.getrefcount(mp.mem) <= _BASE:
-                _retired.remove(mp)
-                _close(mp)
         _trim(now)
-        return bool(_mappings or _released or _retired)
+        return holding()
 
 
 def _trim(now: float) -> None:
@@ -432,7 +426,7 @@ def _arm() -> None:
 
 
 def holding() -> bool:
-    return bool(_mappings or _released or _retired)
+    return bool(_mappings or _released)
 
 
 _soon = False
