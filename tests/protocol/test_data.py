@@ -19,6 +19,7 @@ from tasknest import Client, LocalCluster, get_worker, wait  # noqa: E402
 from tasknest.protocol import sharedmem  # noqa: E402
 from tasknest.protocol.frames import FrameError, FrameReader, encode, mark_buffers  # noqa: E402
 from tasknest.protocol.serialize import dumps_value, loads_value  # noqa: E402
+from tasknest.worker.sharing import EAGER  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -143,12 +144,12 @@ def test_every_path_identical(shared: bool) -> None:
 def test_shared_result_maps_segment_and_segments_go() -> None:
     with LocalCluster(n_workers=2, threads_per_worker=1) as lc, Client(lc) as c:
         a, b = sorted(c.scheduler_info()["workers"])[:2]
-        x = c.submit(np.ones, 1 << 18, workers=[a], pure=False)   # 2 MiB: shared
+        x = c.submit(np.ones, 1 << 18, workers=[a], pure=False)   # 2 MiB: shared when asked
         wait([x])
         pids = {w["pid"] for w in c.scheduler_info()["workers"].values()}
-        held = [s for p in pids for s in sharedmem.segments(p)]
-        assert len(held) == 1
+        assert not [s for p in pids for s in sharedmem.segments(p)]   # nobody asked yet
         value = x.result()
+        assert len([s for p in pids for s in sharedmem.segments(p)]) == 1
         assert value.sum() == 1 << 18
         assert isinstance(value.base.obj if hasattr(value.base, "obj") else None,
                           (type(None), object))
@@ -160,7 +161,7 @@ def test_shared_result_maps_segment_and_segments_go() -> None:
             assert __import__("time").monotonic() < deadline, "segment not removed"
             c.submit(int, 1, pure=False).result()
         # SIGKILL of the worker that holds one: nothing left once the cluster closed
-        y = c.submit(np.ones, 1 << 18, workers=[a], pure=False)
+        y = c.submit(np.ones, EAGER // 8, workers=[a], pure=False)   # shared as it ends
         wait([y])
         owner = next(w["pid"] for w in c.scheduler_info()["workers"].values()
                      if sharedmem.segments(w["pid"]))
@@ -480,13 +481,13 @@ def test_values_written_into_used_files_arrive_whole_and_held_ones_stay() -> Non
 
 @pytest.mark.timeout(120)
 def test_a_client_on_the_same_host_has_a_large_result_mapped_when_it_finishes() -> None:
-    """A result told straight to a client of the same host comes as a reference, mapped
-    as it arrives: ``result()`` asks no worker."""
+    """A result shared as its task ends and told straight to a client of the same host
+    comes as a reference, mapped as it arrives: ``result()`` asks no worker."""
     if not sharedmem.available():
         pytest.skip("this machine has no writable /dev/shm")
     with LocalCluster(n_workers=1, threads_per_worker=1) as lc, Client(lc) as c:
         c.submit(int, 1, pure=False).result()     # (results come straight from now on)
-        x = c.submit(filled, 7, 4 * MiB, pure=False)
+        x = c.submit(filled, 7, EAGER, pure=False)
         wait([x])
         assert c._states[x.key].has_value(), "the result was not mapped as it came"
 
@@ -494,7 +495,7 @@ def test_a_client_on_the_same_host_has_a_large_result_mapped_when_it_finishes() 
             raise AssertionError("result() asked a worker for a value it had")
         c._peers.get_data = no_fetch   # type: ignore[union-attr]
         value = x.result()
-        assert value.shape == (4 * MiB,) and int(value.min()) == int(value.max()) == 7
+        assert value.shape == (EAGER,) and int(value.min()) == int(value.max()) == 7
 
 
 # -- /dev/shm holds nothing of a cluster once it no longer needs it ----------------------
@@ -518,26 +519,26 @@ def test_no_segment_left_after_release_close_and_sigkill(nanny: bool) -> None:
 
         # released keys: results, results read by the other worker and by the client
         a, b = sorted(workers())[:2]
-        xs = [c.submit(ones, 4 * MiB, workers=[w], pure=False) for w in (a, b, a)]
+        xs = [c.submit(ones, EAGER, workers=[w], pure=False) for w in (a, b, a)]
         wait(xs)
         assert len(_held(pids)) == 3
-        assert c.submit(describe, xs[0], workers=[b], pure=False).result() == describe(ones(4 * MiB))
+        assert c.submit(describe, xs[0], workers=[b], pure=False).result() == describe(ones(EAGER))
         local = xs[1].result()
         del xs
         wait_until(lambda: not _held(pids), 30, message="segments of released keys removed")
-        assert int(local.sum()) == 4 * MiB           # the client's mapping outlives the file
+        assert int(local.sum()) == EAGER           # the client's mapping outlives the file
 
         # a spilled value gives its segment up
-        x = c.submit(ones, 4 * MiB, workers=[a], pure=False)
+        x = c.submit(ones, EAGER, workers=[a], pure=False)
         wait([x])
         assert len(_held(pids)) == 1
         assert c.submit(spill_all, workers=[a], pure=False).result() >= 1
         wait_until(lambda: not _held(pids), 30, message="segment of a spilled key removed")
-        assert describe(x.result()) == describe(ones(4 * MiB))
+        assert describe(x.result()) == describe(ones(EAGER))
         del x
 
         # SIGKILL of the worker holding segments: none of them left once the cluster closed
-        held = [c.submit(ones, 4 * MiB, workers=[a], pure=False) for _ in range(3)]
+        held = [c.submit(ones, EAGER, workers=[a], pure=False) for _ in range(3)]
         wait(held)
         owner = workers()[a]
         assert len(sharedmem.segments(owner)) == 3
@@ -547,10 +548,10 @@ def test_no_segment_left_after_release_close_and_sigkill(nanny: bool) -> None:
             wait_until(lambda: not sharedmem.segments(owner), 30,
                        message="the nanny removed the killed worker's segments")
         # the cluster goes on; its surviving worker still shares what it makes
-        y = c.submit(ones, 4 * MiB, workers=[b], pure=False)
+        y = c.submit(ones, EAGER, workers=[b], pure=False)
         wait([y])
         assert sharedmem.segments(workers()[b])
-        assert int(local.sum()) == 4 * MiB           # mapped before the kill: still whole
+        assert int(local.sum()) == EAGER           # mapped before the kill: still whole
         started = time.monotonic()
         lc.close()                                   # while y is still held
         closed = time.monotonic() - started

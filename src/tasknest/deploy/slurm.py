@@ -38,6 +38,7 @@ from typing import Any
 
 from ..errors import CallerError, SubmissionError
 from ..protocol.auth import new_token
+from ..protocol.comm import address_towards
 from .cluster import Cluster
 from .local import _first_line, _spawn, _stop
 
@@ -76,17 +77,6 @@ def _address_of_interface(name: str) -> str:
             return addr.address
     raise CallerError(f"interface {name!r} has no IPv4 address (have: "
                       f"{sorted(psutil.net_if_addrs())})")
-
-
-def _route_to_host(host: str) -> str:
-    """This machine's address on the route to ``host`` (no packet is sent)."""
-    try:
-        target = socket.gethostbyname(host)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((target, 9))
-            return s.getsockname()[0]
-    except OSError:
-        return ""
 
 
 def _controller_host() -> str:
@@ -188,8 +178,8 @@ class SLURMCluster(Cluster):
             contact = _address_of_interface(interface)
         if contact is None:
             controller = _controller_host()
-            contact = (_route_to_host(controller) if controller else "") or \
-                _route_to_host(socket.gethostname()) or "127.0.0.1"
+            contact = (address_towards(controller) if controller else "") or \
+                address_towards(socket.gethostname()) or "127.0.0.1"
         env = dict(os.environ)
         env["TASKNEST_TOKEN"] = self.token
         env["TASKNEST_PARENT_PID"] = str(os.getpid())

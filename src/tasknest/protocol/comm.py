@@ -19,6 +19,7 @@ import asyncio
 import collections
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -44,6 +45,16 @@ BATCH_MAX = 256          # ... or this many messages
 # sending, undoing) is declared in the catalogue (messages.py): this module reads those
 # sets and never names an op. ConnectError is imported here for older code.
 _UNDONE = frozenset(UNDOES.values())
+
+
+def address_towards(host: str, port: int = 9) -> str:
+    """This machine's address on the route to ``host`` ("" if none; no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((socket.gethostbyname(host), port))
+            return str(s.getsockname()[0])
+    except OSError:
+        return ""
 
 
 def parse_address(address: str) -> tuple[str, str, int]:

@@ -29,7 +29,7 @@ from ..errors import CallerError, ProtocolError, SchedulerLostError, Serializati
 from ..memory import tune_allocator
 from ..protocol import messages as m, sharedmem
 from ..protocol.calls import run_call
-from ..protocol.comm import Comm, Listener, connect, listen
+from ..protocol.comm import Comm, Listener, address_towards, connect, listen, parse_address
 from ..protocol.peers import PeerPool
 from ..registry import set_default
 from ..protocol.serialize import (dumps_value, loads_call, loads_function, loads_value, nbytes,
@@ -144,7 +144,7 @@ class Worker:
         self.address = self.listener.address
         if self.host in ("0.0.0.0", "::", ""):          # advertise an address peers can reach
             self.address = self.address.replace(
-                f"//{self.host}:" if self.host else "//:", f"//{_route_to(self.scheduler_address)}:")
+                f"//{self.host}:" if self.host else "//:", f"//{_towards(self.scheduler_address)}:")
         self.state.address = self.address
         self.peers = PeerPool(self.name, self.token, self.peer_ssl, host=self.shared.host)
         await self._connect(self.reconnect_timeout)
@@ -502,7 +502,11 @@ class Worker:
                 if done:
                     self.settle(done)
             elif isinstance(msg, m.GetData):
-                comm.send(m.Data(msg.rid, {k: self._frames(k, same_host) for k in msg.keys}))
+                late = same_host and self.shared.unshared(msg.keys, self.state.tasks)
+                if late:            # copied into shared memory first, in a thread
+                    self._spawn(self._answer_shared(comm, msg, late))
+                else:
+                    comm.send(m.Data(msg.rid, {k: self._frames(k, same_host) for k in msg.keys}))
             elif isinstance(msg, m.ScatterData):    # a client's scatter, straight here
                 keys, sizes = self._put_data(msg.id, msg.keys, msg.values)
                 comm.send(m.PutDataDone(msg.rid, keys, sizes))
@@ -520,6 +524,10 @@ class Worker:
                 raise ProtocolError(f"peers may only ask for data (and clients place tasks "
                                     f"and scatter), not {msg.op!r}")
         comm.start(handler)
+
+    async def _answer_shared(self, comm: Comm, msg: m.GetData, late: list[str]) -> None:
+        await self.shared.share_held(late, self.data, self.lock)
+        comm.send(m.Data(msg.rid, {k: self._frames(k, True) for k in msg.keys}))
 
     def _client_gone(self, cid: str, comm: Comm) -> None:
         if self.client_comms.get(cid) is comm:
@@ -764,19 +772,6 @@ def _is_async(func: Any) -> bool:
     return result
 
 
-def _route_to(address: str) -> str:
-    """This machine's IP on the route to ``address`` (no packet is sent)."""
-    import socket
-    from ..protocol.comm import parse_address
-    _, host, port = parse_address(address)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect((host, port))
-            return s.getsockname()[0]
-        except OSError:
-            return "127.0.0.1"
-
-
 def configure_process() -> None:
     """Room for deep inline nesting in task threads."""
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
@@ -784,6 +779,11 @@ def configure_process() -> None:
         threading.stack_size(64 * 1024 * 1024)
     except (ValueError, RuntimeError):
         pass
+
+
+def _towards(address: str) -> str:
+    _, host, port = parse_address(address)
+    return address_towards(host, port) or "127.0.0.1"
 
 
 async def run_worker(scheduler_address: str, **kwargs: Any) -> Worker:
