@@ -461,13 +461,13 @@ def test_values_written_into_used_files_arrive_whole_and_held_ones_stay() -> Non
         for i in range(1, 31):
             x = c.submit(filled, i, n, workers=[a], pure=False)
             wait([x])
-            for name in sharedmem.segments(info[a]["pid"]):
+            got = c.submit(sum_and_scribble, x, i % 5 == 0, workers=[b], pure=False).result()
+            assert got == i * n, f"value {i} read on the other worker: {got}"
+            for name in sharedmem.segments(info[a]["pid"]):    # (shared as b asked)
                 try:
                     files.add(os.stat(os.path.join(sharedmem.SHM_DIR, name)).st_ino)
                 except FileNotFoundError:
                     pass
-            got = c.submit(sum_and_scribble, x, i % 5 == 0, workers=[b], pure=False).result()
-            assert got == i * n, f"value {i} read on the other worker: {got}"
             value = x.result()
             assert int(value.min()) == int(value.max()) == i, f"value {i} at the client"
             if i % 3 == 0:
@@ -496,6 +496,40 @@ def test_a_client_on_the_same_host_has_a_large_result_mapped_when_it_finishes() 
         c._peers.get_data = no_fetch   # type: ignore[union-attr]
         value = x.result()
         assert value.shape == (EAGER,) and int(value.min()) == int(value.max()) == 7
+
+
+@pytest.mark.timeout(120)
+def test_a_client_of_the_host_scatters_through_a_segment_of_its_own() -> None:
+    """A large scattered value is written once into a segment of the client's, which
+    the workers map: it reads whole everywhere, stays a copy (the client's later
+    writes do not reach it), and goes once the client lets go of it."""
+    from conftest import wait_until
+    if not sharedmem.available():
+        pytest.skip("this machine has no writable /dev/shm")
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard=False) as lc, \
+            Client(lc) as c:
+        a, b = sorted(c.scheduler_info()["workers"])[:2]
+        v = filled(3, 4 * MiB)
+        s = c.scatter(v, hash=False, workers=[a])
+        name, _ = c._peers.lent[s.key]                       # type: ignore[union-attr]
+        assert name in sharedmem.segments(os.getpid())
+        v[:] = 9                                             # the scattered value is a copy
+        for w in (a, b):
+            assert c.submit(sum_and_scribble, s, False, workers=[w], pure=False).result() \
+                == 3 * v.size
+        every = c.scatter(filled(5, 2 * MiB), broadcast=True, hash=False)
+        assert sorted(c.who_has(every)[every.key]) == [a, b]
+        for w in (a, b):
+            assert c.submit(sum_and_scribble, every, False, workers=[w], pure=False).result() \
+                == 5 * 2 * MiB
+        assert len(sharedmem.segments(os.getpid())) == 2     # one each, however many map it
+        del s, every
+        wait_until(lambda: not sharedmem.segments(os.getpid()), 30,
+                   message="the client's segments removed once it let go of the keys")
+        kept = c.scatter(filled(7, 2 * MiB), hash=False)
+        assert sharedmem.segments(os.getpid())
+    assert not sharedmem.segments(os.getpid()), "a closed client left its segments"
+    assert c.status == "closed" and kept.key
 
 
 # -- /dev/shm holds nothing of a cluster once it no longer needs it ----------------------

@@ -398,7 +398,8 @@ class Client:
             emptied = not self._refs and sparse(self._states)
         if emptied and not self._worker_side:    # the last future of a large run went
             self._give_back_soon()
-        sharedmem.sweep_soon(self.loop)   # (its value may have been the last over a file)
+        # (its value may have been the last over a file; one it scattered is let go)
+        sharedmem.sweep_soon(self.loop, self._peers.lent.pop(key, ("",))[0] if self._peers else "")
         if self.status == "running":
             # always through the thread-safe queue: this may run inside a garbage
             # collection that interrupted a send on the loop thread

@@ -9,7 +9,10 @@
 
 A pool that names its host (``peer-host``) gets large values of workers on the
 same host as shared-memory references, and maps them; one it cannot map is asked
-for again over TCP.
+for again over TCP. The worker names its own host in return: a client scattering
+to a worker of its host writes each large value into a segment once and sends the
+reference (the worker maps it); the segment is the client's until it lets go of
+the key.
 
 A frame is never interleaved with another on its connection, so a request waits
 behind a large value that is being received on it. ``get-data`` therefore goes
@@ -21,8 +24,10 @@ requests for data always take one of the others.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
+import threading
 import time
 from typing import Any, Callable
 
@@ -55,6 +60,10 @@ class PeerPool:
         self.rid = 0
         self.closed = False
         self.host = host              # sharedmem.host_id() if this process maps segments
+        self.hosts: dict[str, asyncio.Future] = {}   # address -> the host its worker names
+        # key -> (segment of ours the workers map it from, its reference)
+        self.lent: dict[str, tuple[str, list]] = {}
+        self._lending = threading.Lock()     # (a broadcast's writes: one segment a key)
 
     def ensure(self, address: str) -> None:
         """Open a connection to ``address`` in the background, if there is none."""
@@ -84,11 +93,12 @@ class PeerPool:
     async def _connect(self, address: str, data: bool = False) -> Comm:
         comm = await connect(address, self.token, timeout=self.timeout, retry=False,
                              ssl_context=self.ssl_context)
-        comm.start(self._on_message)
+        comm.start(functools.partial(self._on_message, address))
         comm.on_close.append(self._on_close)
         if not data:         # (a data connection does not stand for the client: no pushes)
             comm.send(m.RegisterPeer(self.name))
         if self.host:
+            self.hosts.setdefault(address, asyncio.get_running_loop().create_future())
             comm.send(m.PeerHost(self.host))
         if data:
             self.data_comms.setdefault(address, []).append(comm)
@@ -114,7 +124,7 @@ class PeerPool:
                 log.info("no further connection to %s (%s): sharing one", address, exc)
         return min(candidates or [main], key=self._outstanding)
 
-    def _on_message(self, msg: m.Message) -> None:
+    def _on_message(self, address: str, msg: m.Message) -> None:
         if msg.op in PUSHED:        # (the most frequent: a result straight from a worker)
             if self.on_push is not None:
                 self.on_push(msg)
@@ -122,6 +132,10 @@ class PeerPool:
             entry = self.pending.pop(msg.rid, None)
             if entry is not None and not entry[0].done():
                 entry[0].set_result(msg.values if isinstance(msg, m.Data) else msg.keys)
+        elif isinstance(msg, m.PeerHost):
+            named = self.hosts.get(address)
+            if named is not None and not named.done():
+                named.set_result(msg.host)
 
     def _on_close(self, comm: Comm) -> None:
         for rid, (fut, c) in list(self.pending.items()):
@@ -171,7 +185,39 @@ class PeerPool:
         except (OSError, CommClosedError, asyncio.TimeoutError):
             self.unreachable[address] = time.monotonic()
             raise
+        if any(sharedmem.buffers_size(f) >= sharedmem.SHM_MIN for f in values) \
+                and await self._same_host(address):     # written once, in a thread
+            values = await asyncio.get_running_loop().run_in_executor(
+                None, self._lend, keys, values)
         return await self._ask(comm, lambda rid: m.ScatterData(rid, scatter, keys, values))
+
+    async def _same_host(self, address: str) -> bool:
+        named = self.hosts.get(address)
+        if named is None:
+            return False
+        try:
+            return await asyncio.wait_for(asyncio.shield(named), self.timeout) == self.host
+        except asyncio.TimeoutError:
+            return False
+
+    def _lend(self, keys: list[str], values: list) -> list:
+        """Large values written into segments of ours (once a key, whichever worker
+        it goes to): references to send instead."""
+        out = []
+        with self._lending:
+            for key, frames in zip(keys, values):
+                if sharedmem.buffers_size(frames) >= sharedmem.SHM_MIN:
+                    if key not in self.lent:
+                        try:
+                            ref, name, _ = sharedmem.export(frames)
+                        except OSError as exc:         # /dev/shm full, say: the bytes go
+                            log.info("cannot share %s through shared memory: %s", key, exc)
+                            out.append(frames)
+                            continue
+                        self.lent[key] = (name, ref)
+                    frames = self.lent[key][1]
+                out.append(frames)
+        return out
 
     def _ask(self, comm: Comm, request: Any) -> "asyncio.Future[Any]":
         """Send ``request(rid)`` on ``comm``; the future of its answer. On a connection
@@ -192,3 +238,7 @@ class PeerPool:
             comm.close("peer pool closed")
         self.comms.clear()
         self.data_comms.clear()
+        for name, _ in self.lent.values():
+            sharedmem.unlink(name)
+        self.lent.clear()
+        sharedmem.drop_released()

@@ -430,20 +430,26 @@ def holding() -> bool:
 
 
 _soon = False
+_later: list[str] = []       # segments to release at the next sweep_soon
 
 
-def sweep_soon(loop: asyncio.AbstractEventLoop | None) -> None:
+def sweep_soon(loop: asyncio.AbstractEventLoop | None, released: str | None = None) -> None:
     """A sweep on ``loop``, once however many ask meanwhile (safe from any thread, or
     inside a garbage collection): a value just dropped lets go of its file before its
-    owner writes the next value, rather than at the next second's sweep."""
+    owner writes the next value, rather than at the next second's sweep. ``released``:
+    a segment of ours its owner is done with, released there too."""
     global _soon
-    if _soon or loop is None or not holding():
+    if released:
+        _later.append(released)
+    if _soon or loop is None or not (holding() or _later):
         return
     _soon = True
 
     def run() -> None:
         global _soon
         _soon = False
+        while _later:
+            release(_later.pop())
         sweep()
     try:
         loop.call_soon_threadsafe(run)

@@ -98,9 +98,7 @@ class Worker:
         self.data: MutableMapping[str, Any] = new_store(memory_limit)   # spills under a limit
         self.paused = False               # memory above the pause fraction: start no task
         self.frames_cache: dict[str, list] = {}
-        self.shared = SharedSegments(shared_memory)   # large results, for same-host readers
-        if hasattr(self.data, "on_spill"):
-            self.data.on_spill = self.shared.release
+        self.shared = SharedSegments(shared_memory, self.data)   # for same-host readers
         self.client_comms: dict[str, Comm] = {}   # client id -> its connection to this worker
         self.near: set[str] = set()       # clients of those that map our segments
         self._told: set[Comm] = set()             # client comms with messages from threads
@@ -473,8 +471,9 @@ class Worker:
         values, sizes, keys = [], [], []
         for key, frames in zip(put, frames_list):
             try:
+                frames = self.shared.receive(key, frames)    # (mapped, if a reference)
                 values.append(loads_value(frames))
-            except SerializationError as exc:
+            except (SerializationError, OSError) as exc:
                 log.warning("cannot store scattered %s: %s", key, exc)
                 continue
             keys.append(key)
@@ -512,6 +511,7 @@ class Worker:
                 comm.send(m.PutDataDone(msg.rid, keys, sizes))
             elif isinstance(msg, m.PeerHost):
                 same_host = bool(self.shared.host) and msg.host == self.shared.host
+                comm.send(m.PeerHost(self.shared.host))      # ours, in return
                 if client:
                     (self.near.add if same_host else self.near.discard)(client)
             elif isinstance(msg, m.RegisterPeer) and not client:

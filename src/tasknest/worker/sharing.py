@@ -32,10 +32,13 @@ EAGER = 64 << 20     # bytes of buffers from which a result is shared as its tas
 
 
 class SharedSegments:
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, data: Any = None) -> None:
         self.enabled = enabled and sharedmem.available() and bool(sharedmem.host_id())
+        if hasattr(data, "on_spill"):
+            data.on_spill = self.release      # a spilled value's segment goes
         self.host = sharedmem.host_id() if self.enabled else ""
-        # key -> (segment name, reference); ("", None): asked for, and not worth sharing
+        # key -> (segment name, reference); ("", None): asked for, and not worth sharing;
+        # ("", reference): a client's segment (scattered)
         self._refs: dict[str, tuple[str, list | None]] = {}
         self._lock = threading.Lock()
         self._copying: dict[str, asyncio.Future] = {}    # key -> its copy, in a thread
@@ -62,6 +65,23 @@ class SharedSegments:
     def reference(self, key: str) -> list | None:
         entry = self._refs.get(key)
         return entry[1] if entry is not None else None
+
+    def receive(self, key: str, frames: list) -> list:
+        """A scattered value's frames, mapped if a client of this host wrote them into
+        a segment (OSError if it cannot be mapped). The segment stays the client's; its
+        reference serves other readers of the host while it lasts."""
+        if not sharedmem.is_shared(frames):
+            return frames
+        try:
+            local = sharedmem.attach(frames)
+        except ValueError as exc:        # (not a segment's name)
+            raise OSError(str(exc)) from None
+        with self._lock:
+            old = self._refs.pop(key, None)
+            self._refs[key] = ("", frames)
+        if old is not None and old[0]:
+            sharedmem.release(old[0])
+        return local
 
     def unshared(self, keys: list[str], tasks: dict) -> list[str]:
         """Those of ``keys`` a same-host reader asks for that may be worth sharing and
