@@ -129,3 +129,27 @@ def test_a_paused_worker_gets_no_new_tasks_until_it_resumes(tmp_path):
         assert hog.result(timeout=30).startswith("held")
         del hog
         wait_until(lambda: not paused(client)[a], 30, message="the worker resumes")
+
+
+@pytest.mark.timeout(30)
+def test_small_values_stay_in_memory_and_are_counted():
+    """Values of at most SMALL bytes are kept in a plain table, never spilled (a file
+    each would free less than it costs), and still counted in the memory in use."""
+    from tasknest.worker.spill import SMALL, sizeof
+    store = SpillBuffer(target=3000)
+    try:
+        for i in range(10_000):
+            store[f"s{i}"] = i + 1000
+        store["big"] = b"x" * 4000                      # over the target: to disk
+        assert store.spilled == {"big"} and len(store) == 10_001
+        assert os.listdir(store.directory) and len(os.listdir(store.directory)) == 1
+        assert store.memory_bytes == sum(sizeof(i + 1000) for i in range(10_000))
+        assert sizeof(1000) <= SMALL and store["s5"] == 1005 and "s5" in store
+        store["s5"] = b"y" * 2000                       # a key's value may change size
+        assert store["s5"] == b"y" * 2000 and len(store) == 10_001
+        for i in range(10_000):
+            del store[f"s{i}"]
+        assert store.compact() and sorted(store) == ["big"]        # (its table right-sized)
+        assert store.memory_bytes == 0 and store["big"] == b"x" * 4000
+    finally:
+        store.close()

@@ -40,7 +40,6 @@ def cancel(self: "Client", futures: Any, force: bool = False) -> None:
             st = f._state
             if self._states.get(f.key) is st:     # detach: the key may live again
                 del self._states[f.key]
-                self._refs.pop(f.key, None)
                 self._placing.placed.pop(f.key, None)
                 keys.append(f.key)
     for f in fs:

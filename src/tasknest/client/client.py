@@ -81,7 +81,6 @@ class Client:
         self.status = "new"
         self._lock = threading.RLock()     # RLock: a Future.__del__ may run while it is held
         self._states: dict[str, FutureState] = {}
-        self._refs: dict[str, int] = {}
         self._replies: dict[int, asyncio.Future] = {}
         self._rid = 0
         self._comm: Comm | None = None
@@ -374,10 +373,9 @@ class Client:
             st = self._states.get(key)
             if st is None:
                 st = self._states[key] = FutureState()
-                self._refs[key] = 1
                 new = True
             else:
-                self._refs[key] += 1
+                st.refs += 1
                 new = False
         if new and inform and self.status == "running":
             self._send(m.Want([key]))
@@ -385,17 +383,16 @@ class Client:
 
     def _release(self, key: str, state: FutureState | None = None) -> None:
         with self._lock:
-            if state is not None and self._states.get(key) is not state:
+            st = self._states.get(key)
+            if state is not None and st is not state:
                 return          # a future of an earlier life of the key (cancelled)
-            n = self._refs.get(key, 0) - 1
-            if n > 0:
-                self._refs[key] = n
+            if st is not None and st.refs > 1:
+                st.refs -= 1
                 return
-            self._refs.pop(key, None)
             self._states.pop(key, None)
             self._placing.placed.pop(key, None)
             self._submits.pop(key, None)
-            emptied = not self._refs and sparse(self._states)
+            emptied = not self._states and sparse(self._states)
         if emptied and not self._worker_side:    # the last future of a large run went
             self._give_back_soon()
         # (its value may have been the last over a file; one it scattered is let go)
@@ -411,10 +408,9 @@ class Client:
         """Right-size the future tables a large run left mostly empty; True if any was."""
         with self._lock:     # (on the loop thread, which is the only one to pop _submits
             # outside the lock: a copy cannot miss its pops)
-            shrank = sparse(self._states) or sparse(self._refs) or sparse(self._submits)
+            shrank = sparse(self._states) or sparse(self._submits)
             if shrank:
-                self._states, self._refs = dict(self._states), dict(self._refs)
-                self._submits = dict(self._submits)
+                self._states, self._submits = dict(self._states), dict(self._submits)
             self._placing.compact()
         return shrank
 
@@ -439,9 +435,8 @@ class Client:
             new = st is None
             if st is None:
                 st = self._states[key] = FutureState()
-                self._refs[key] = 1
             else:
-                self._refs[key] += 1
+                st.refs += 1
         fut = Future.__new__(Future)
         fut.key, fut.client, fut._state, fut._held = key, self, st, True
         return fut, new

@@ -42,13 +42,15 @@ class FutureState:
     """What one client knows about one key."""
 
     __slots__ = ("status", "type", "nbytes", "frames", "value", "who_has", "error",
-                 "traceback", "tb", "_event", "callbacks")
+                 "traceback", "tb", "_event", "callbacks", "refs")
 
     def __init__(self) -> None:
         self.status = "pending"
         self.type = ""
         self.nbytes = 0
-        self.frames: list | None = None
+        # the result's pickle until it is first read: one frame is kept as the bytes
+        # alone (a million small results each kept a list of one, ~70 B)
+        self.frames: list | bytes | None = None
         self.value: Any = _NOTHING
         self.who_has: tuple[str, ...] = _NONE
         self.error: BaseException | None = None
@@ -56,6 +58,7 @@ class FutureState:
         self.tb: types.TracebackType | None = None   # ... and as frames
         self._event: threading.Event | None = None
         self.callbacks: list[Callable[[], None]] = _NONE
+        self.refs = 1            # the client's futures of the key (a table of counts cost more)
 
     def done(self) -> bool:
         return self.status != "pending"
@@ -108,7 +111,7 @@ class FutureState:
         self.nbytes = nbytes
         self.who_has = shared(tuple(who_has)) if who_has else _NONE
         if frames is not None:
-            self.frames = frames
+            self.frames = frames[0] if len(frames) == 1 and type(frames[0]) is bytes else frames
         if value is not _NOTHING:
             self.value = value
         if self.status == "pending" or self.status == "lost":
@@ -147,7 +150,8 @@ class FutureState:
 
     def get_value(self) -> Any:
         if self.value is _NOTHING and self.frames is not None:
-            self.value = loads_value(self.frames)
+            frames = self.frames
+            self.value = loads_value(frames if type(frames) is list else [frames])
             self.frames = None
         return self.value
 

@@ -51,9 +51,11 @@ class WTask:
         return f"<WTask {self.key} {self.state}>"
 
 
-def heap_priority(priority: list) -> tuple:
-    """User priority first (higher first), then depth (deeper first), then FIFO."""
+def heap_priority(priority: list, key: str) -> tuple:
+    """User priority first (higher first), then depth (deeper first), then FIFO; the
+    key last. A record's priority is its entry in the ready heap as it is (one tuple
+    a queued task, not two)."""
     if len(priority) == 3:
-        return (-priority[0], -priority[1], priority[2])
+        return (-priority[0], -priority[1], priority[2], key)
     user, depth, seq = (list(priority) + [0, 0, 0])[:3]
-    return (-user, -depth, seq)
+    return (-user, -depth, seq, key)

@@ -6,7 +6,9 @@
 Built on ``zict`` (the mapping toolkit made for exactly this): a ``Buffer`` of a
 plain dict in front of pickled files in a private directory, weighed by an
 estimate of each value's size. Only workers with a memory limit use it; others
-keep a plain dict.
+keep a plain dict. Values of at most ``SMALL`` bytes stay in a plain dict beside
+it, never spilled: a file each would free less than it costs, and the buffer's
+records of a key (its LRU order and weight) cost ~80 B, more than such a value.
 
 A value goes to disk as its pickle-5 frames, written from the value's own memory
 (no pickle stream holding a copy), and comes back read into one buffer of the
@@ -28,6 +30,7 @@ from typing import Any, Iterator
 import psutil
 import zict
 
+from ..memory import sparse
 from ..protocol import bufpool
 from ..protocol import messages as m
 from ..protocol.serialize import dumps_value, loads_value
@@ -37,6 +40,7 @@ log = logging.getLogger("tasknest.worker")
 SPILL_FRACTION = 0.6     # of the memory limit: results above this go to disk
 PAUSE_FRACTION = 0.8     # of the memory limit (process RSS): stop starting new tasks
 WATCH_INTERVAL = 0.1     # seconds between memory samples
+SMALL = 512              # bytes (estimated): values this small are never spilled
 
 
 def sizeof(value: Any, _depth: int = 0) -> int:
@@ -86,6 +90,8 @@ class SpillBuffer(MutableMapping):
         self.directory = tempfile.mkdtemp(prefix=f"tasknest-spill-{os.getpid()}-", dir=directory)
         self.spilled_count = 0
         self.on_spill: Any = None       # called with a key written to disk
+        self._small: dict[str, Any] = {}    # values of at most SMALL bytes, kept here
+        self._small_bytes = 0
         self._buffer = zict.Buffer(
             {}, zict.Func(_dumps, _loads, zict.File(self.directory)),  # type: ignore[arg-type]
             n=target,
@@ -105,7 +111,7 @@ class SpillBuffer(MutableMapping):
     @property
     def memory_bytes(self) -> int:
         """Estimated bytes of the values held in memory."""
-        return int(self._buffer.fast.total_weight)
+        return int(self._buffer.fast.total_weight) + self._small_bytes
 
     @property
     def spilled(self) -> set[str]:
@@ -116,24 +122,49 @@ class SpillBuffer(MutableMapping):
         return int(self._buffer.fast.evict()[2]) if self._buffer.fast else -1
 
     def __getitem__(self, key: str) -> Any:
-        return self._buffer[key]
+        try:
+            return self._small[key]
+        except KeyError:
+            return self._buffer[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._buffer[key] = value
+        size = sizeof(value)
+        if key in self:
+            del self[key]
+        if size <= SMALL:
+            self._small[key] = value
+            self._small_bytes += size
+        else:
+            self._buffer[key] = value
 
     def __delitem__(self, key: str) -> None:
-        del self._buffer[key]
+        try:
+            value = self._small.pop(key)
+        except KeyError:
+            del self._buffer[key]
+        else:     # (its estimate again: close enough, as a mutable value may change)
+            self._small_bytes = max(0, self._small_bytes - sizeof(value))
+
+    def compact(self) -> bool:
+        """Right-size the small values' table a large run left mostly empty."""
+        if sparse(self._small):
+            self._small = dict(self._small)
+            return True
+        return False
 
     def __contains__(self, key: object) -> bool:
-        return key in self._buffer
+        return key in self._small or key in self._buffer
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._buffer)
+        yield from list(self._small)
+        yield from self._buffer
 
     def __len__(self) -> int:
-        return len(self._buffer)
+        return len(self._small) + len(self._buffer)
 
     def close(self) -> None:
+        self._small.clear()
+        self._small_bytes = 0
         self._buffer.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
 

@@ -39,7 +39,7 @@ class WorkerState:
     def __init__(self, address: str = "") -> None:
         self.address = address
         self.tasks: dict[str, WTask] = {}
-        self.ready: list[tuple[tuple, str]] = []
+        self.ready: list[tuple] = []           # records' priorities: (..., key)
         self.executing: set[str] = set()
         self.fetching: set[str] = set()
         self.idle_reported = False
@@ -89,7 +89,7 @@ class WorkerState:
         t.notify = shared(tuple(notify)) if notify else ()   # (the same client, mostly)
         t.attempt = attempt
         t.func, t.args, t.retries = msg.func, msg.args, msg.retries
-        t.priority = heap_priority(msg.priority)
+        t.priority = heap_priority(msg.priority, key)
         t.deps = tuple(msg.deps)
         t.claimed = False
         t.stolen = False
@@ -117,7 +117,8 @@ class WorkerState:
             t.claimed = True      # a client's placed copy the scheduler may not know yet:
             return out            # it hears of it from here too (the claim)
         t = self.tasks[key] = WTask(key, "new")
-        t.func, t.args, t.deps, t.priority, t.retries = func, args, deps, heap_priority(priority), retries
+        t.func, t.args, t.deps, t.retries = func, args, deps, retries
+        t.priority = heap_priority(priority, key)
         t.claimed = True
         t.owned = True
         t.unconfirmed = confirm
@@ -187,7 +188,7 @@ class WorkerState:
             t.state = "confirming"
             return
         t.state = "ready"
-        heapq.heappush(self.ready, (t.priority, t.key))
+        heapq.heappush(self.ready, t.priority)       # (it ends with the key)
         self.idle_reported = False
         out.append(READY)
 
@@ -202,7 +203,7 @@ class WorkerState:
         """The highest-priority ready task, now executing."""
         heap = self.ready
         while heap:
-            _, key = heapq.heappop(heap)
+            key = heapq.heappop(heap)[-1]
             t = self.tasks.get(key)
             if t is not None and t.state == "ready":
                 t.state = "executing"
@@ -217,7 +218,7 @@ class WorkerState:
         """The ready task at the top of the heap (stale entries dropped), not popped."""
         heap = self.ready
         while heap:
-            t = self.tasks.get(heap[0][1])
+            t = self.tasks.get(heap[0][-1])
             if t is not None and t.state == "ready":
                 return t
             heapq.heappop(heap)
@@ -596,7 +597,7 @@ class WorkerState:
                 assert t.attempt == UNCOUNTED and t.state in ("memory", "erred"), t
         for key in self.executing:     # a running task keeps its record until it ends
             assert key in self.tasks and self.tasks[key].state in ("executing", "cancelled"), key
-        queued = {k for _, k in self.ready}
+        queued = {entry[-1] for entry in self.ready}
         for key, t in self.tasks.items():
             if t.state == "ready":
                 assert key in queued, t

@@ -15,6 +15,7 @@ import psutil
 from ..memory import give_back, sparse
 from ..protocol import messages as m, sharedmem
 from .monitor import FLUSH, STATS_EVERY, sample
+from .spill import SpillBuffer
 
 if TYPE_CHECKING:
     from .server import Worker
@@ -40,6 +41,8 @@ def compact(worker: "Worker") -> None:
         shrank = worker.state.compact()
         if type(worker.data) is dict and sparse(worker.data):
             worker.data, shrank = dict(worker.data), True
+        elif isinstance(worker.data, SpillBuffer):
+            shrank = worker.data.compact() or shrank
         if sparse(worker.frames_cache):
             worker.frames_cache = dict(worker.frames_cache)
         shrank = worker.client.compact() or shrank
