@@ -43,6 +43,9 @@ def test_a_result_keeps_no_recipe_and_shares_what_records_repeat():
     finish(ws, "a")
     assert (a.func, a.args, a.deps, a.priority, a.notify) == (None, None, (), (), ())
     assert ws.tasks["b"].args == b"args"              # (a pending one keeps its recipe)
+    run(ws, "b")
+    ws.finished("b", 8, "".join(["i", "nt"]), None, [])   # (a name made afresh, as int's is)
+    assert a.type == b.type == "int" and a.type is b.type
 
 
 def test_compute_with_local_and_remote_deps_fetches_the_remote_one():

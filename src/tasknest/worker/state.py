@@ -299,7 +299,7 @@ class WorkerState:
             return out
         t.state = "memory"
         t.nbytes = nbytes
-        t.type = type_name
+        t.type = shared(type_name)       # (a builtin's name is made afresh each time)
         t.owned = True
         # a result holding futures goes through the scheduler: the client asks for those
         # futures' keys as it unpickles them, and the scheduler must have read this
@@ -311,6 +311,7 @@ class WorkerState:
             t.held = report                  # until the scheduler counts the placed copy
         else:     # queued before the clients hear: a ``sync`` after that finds it sent
             out.append(Send(report))
+            t.attempt = CLAIMED      # (answered: its number, an int object, is not kept)
         for cid in notified:
             out.append(Tell(cid, m.KeyMemory(key, type_name, nbytes, [self.address], inline)))
         out.append(Done(key))
