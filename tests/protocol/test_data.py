@@ -20,6 +20,7 @@ from tasknest.protocol import sharedmem  # noqa: E402
 from tasknest.protocol.frames import FrameError, FrameReader, encode, mark_buffers  # noqa: E402
 from tasknest.protocol.serialize import dumps_value, loads_value  # noqa: E402
 from tasknest.worker.sharing import EAGER  # noqa: E402
+from tasknest.worker.spill import SMALL  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -254,7 +255,8 @@ def test_every_kind_and_size_identical_through_every_path(shared: bool) -> None:
                     f"worker to worker: {what}"
                 assert describe(made.result()) == want, f"result: {what}"
                 wait([kept])
-                assert c.submit(spill_all, workers=[a], pure=False).result() >= 2
+                spilled = c.submit(spill_all, workers=[a], pure=False).result()
+                assert spilled >= (2 if n > SMALL else 0)   # (small ones stay: spill.py)
                 assert c.submit(describe, kept, workers=[a], pure=False).result() == want, \
                     f"spilled, read back on its worker: {what}"
                 assert describe(kept.result()) == want, f"spilled, then a result: {what}"

@@ -45,7 +45,6 @@ class WorkerClient(Client):
         self.status = "new"
         self._lock = threading.RLock()
         self._states: dict[str, FutureState] = {}
-        self._refs: dict[str, int] = {}
         self._placing = Placing(self)    # (tasks submit through claims, never place)
         self._submits: dict = {}         # (the worker's resume re-asserts its futures)
         self._requests: dict = {}
@@ -204,7 +203,7 @@ class WorkerClient(Client):
     # by another worker that starts it late) shares it instead of running it again.
     def _release(self, key: str, state: FutureState | None = None) -> None:
         if key in self._shared and state is not None and state.status == "finished" \
-                and self._refs.get(key) == 1 and self._states.get(key) is state \
+                and state.refs == 1 and self._states.get(key) is state \
                 and self.status == "running":
             with self._lock:
                 first = not self._lingering
