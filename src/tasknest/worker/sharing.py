@@ -10,10 +10,10 @@ finishes, as Ray's store does: the copy of 1 GiB takes longer than a same-host
 read of it, which would otherwise wait for it. A smaller one is copied the first
 time a reader of the host asks for it (in a thread, not holding up the loop), so
 the many results read only where they were made -- most of a shuffle's pieces --
-are never copied at all; that copy costs a 16 MiB reader ~2 ms. When the key is dropped the file is kept a few seconds for the
-next value of its size (protocol/sharedmem.py has why), then unlinked; all are
-unlinked when the worker closes, and after a SIGKILL its supervisor removes them
-(files carry the pid).
+are never copied at all; the first reader waits for the copy. When the key is
+dropped the file is kept a few seconds for the next value of its size
+(protocol/sharedmem.py has why), then unlinked; all are unlinked when the worker
+closes, and after a SIGKILL its supervisor removes them (files carry the pid).
 """
 from __future__ import annotations
 
@@ -55,12 +55,16 @@ class SharedSegments:
         except Exception as exc:       # /dev/shm full, say: the value goes over TCP
             log.warning("cannot share %s through shared memory: %s", key, exc)
             return None
+        self._keep(key, name, ref)
+        return value
+
+    def _keep(self, key: str, name: str, ref: list) -> None:
+        """``key``'s reference from now on (a segment it had before is released)."""
         with self._lock:
             old = self._refs.pop(key, None)
             self._refs[key] = (name, ref)
         if old is not None and old[0]:
             sharedmem.release(old[0])
-        return value
 
     def reference(self, key: str) -> list | None:
         entry = self._refs.get(key)
@@ -76,11 +80,7 @@ class SharedSegments:
             local = sharedmem.attach(frames)
         except ValueError as exc:        # (not a segment's name)
             raise OSError(str(exc)) from None
-        with self._lock:
-            old = self._refs.pop(key, None)
-            self._refs[key] = ("", frames)
-        if old is not None and old[0]:
-            sharedmem.release(old[0])
+        self._keep(key, "", frames)
         return local
 
     def unshared(self, keys: list[str], tasks: dict) -> list[str]:
