@@ -93,15 +93,19 @@ def _glibc() -> Any:
 _libc = _glibc()
 
 
-_MMAP_THRESHOLD = 32 << 20   # blocks above this are mapped on their own (and unmapped when freed)
+_MMAP_THRESHOLD = 4 << 20    # blocks above this are mapped on their own (and unmapped when freed)
 _TRIM_THRESHOLD = 4 << 20    # free memory at the top of a heap above this goes back
 _tuned = False
 
 
 def tune_allocator() -> None:
-    """Fix glibc's thresholds (once per process): blocks under 32 MiB come from its heaps,
-    which hand back a free top over 4 MiB, however large the blocks freed before. Left as
-    they are if the environment sets them (``MALLOC_TRIM_THRESHOLD_``, ...)."""
+    """Fix glibc's thresholds (once per process): blocks under 4 MiB come from its heaps,
+    which hand back a free top over 4 MiB, however large the blocks freed before; larger
+    ones are mapped on their own and go back when freed. (A dict doubling its table
+    frees the old one: with 32 MiB, the tables a worker's half a million records left
+    behind stayed in the heap, where small objects never reuse them, ~50 B a record at
+    the peak.) Left as they are if the environment sets them (``MALLOC_TRIM_THRESHOLD_``,
+    ...)."""
     global _tuned
     if _tuned or _libc is None:
         return

@@ -11,6 +11,7 @@ import pytest
 from tasknest.client.future import FutureState
 from tasknest.client.placing import Placing
 from tasknest.client.reconnect import Reconnection
+from tasknest.client.streaming import MapCall, full_recipe
 from tasknest.errors import SchedulerLostError
 from tasknest.protocol import messages as m
 
@@ -134,7 +135,6 @@ class FakeReconnectingClient:
         self._comm = FakeSchedulerComm()
         self._lock = threading.RLock()
         self._states: dict[str, FutureState] = {}
-        self._submits: dict[str, tuple] = {}
         self._placing = Placing(cast(Any, FakeClient()))
         self._requests: dict[int, m.Message] = {}
         self._replies: dict[int, Any] = {}
@@ -169,10 +169,11 @@ class FakeReply:
 def test_back_it_says_again_what_is_pending_and_held_and_fails_other_requests():
     client = FakeReconnectingClient(reconnect_timeout=5.0)
     client.status = "reconnecting"
-    pending, finished = FutureState(), FutureState()
+    pending = FutureState((b"f", b"a", [], [0, 0, 1], 0, None, None, False))
+    finished = FutureState((b"f", b"b", [], [0, 0, 2], 0, None, None, False))
     finished.finish("int", 8, [], None)
+    assert finished.recipe is None            # (kept only until the result)
     client._states = {"a": pending, "b": finished}
-    client._submits = {"a": (b"f", b"a", [], [0, 0, 1], 0, None, None, False)}
     client._placing.placed["a"] = cast(Any, object())
     query, restart = m.Query(rid=1, what="who_has", arg=None), m.Restart(rid=2)
     client._requests = {1: query, 2: restart}
@@ -185,3 +186,29 @@ def test_back_it_says_again_what_is_pending_and_held_and_fails_other_requests():
     assert [msg.op for msg in sent] == ["submit", "holding", "query"]
     assert sent[0].key == "a" and sent[1].keys == ["a", "b"]
     assert isinstance(reply.error, SchedulerLostError) and 2 not in client._requests
+
+
+def test_a_maps_items_sent_again_keep_their_order_and_their_maps_options():
+    mp = MapCall.__new__(MapCall)           # (what full_recipe reads of a map)
+    mp.fbytes, mp.priority, mp.depth, mp.seq0 = b"f", 5, 1, 100
+    mp.retries, mp.workers, mp.resources, mp.loose = 2, None, None, False
+    sent: dict = {}
+    assert full_recipe((mp, b"x"), sent) == (b"f", b"x", [], [5, 1, 100], 2, None, None, False)
+    assert full_recipe((mp, b"y", ("d",)), sent) == (b"f", b"y", ["d"], [5, 1, 101], 2, None,
+                                                     None, False)
+    plain = (b"g", b"z", [], [0, 0, 7], 0, None, None, False)
+    assert full_recipe(plain, sent) is plain
+
+
+def test_a_state_waits_through_a_callback_and_keeps_none_after_a_timeout():
+    st = FutureState()
+    assert st.wait(0.01) is False and not st.callbacks    # (a poller leaves none behind)
+    finisher = threading.Thread(target=st.finish, args=("int", 8, ["tcp://w:1"], None))
+    finisher.start()
+    assert st.wait(10) and st.status == "finished"
+    finisher.join(10)
+    assert (st.type, st.who_has, st.error) == ("int", ("tcp://w:1",), None)
+    failed = FutureState()
+    failed.fail(ValueError("bad"), "remote text")
+    assert failed.wait(0) and isinstance(failed.error, ValueError)
+    assert failed.traceback == "remote text" and failed.status == "error"

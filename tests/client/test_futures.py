@@ -66,13 +66,13 @@ def test_result_timeout_done_status_type_and_repr(client, tmp_path):
     with pytest.raises(TimeoutError):
         f.result(timeout=0.1)
     assert not f.done() and f.status == "pending"
-    assert re.fullmatch(r"<Future: status: pending, key: opened_after-[0-9a-f]{32}>", repr(f))
+    assert re.fullmatch(r"<Future: status: pending, key: opened_after-[0-9a-f]{24}>", repr(f))
     gate.open()
     assert f.result(timeout=20) == "opened"
     assert f.done() and f.status == "finished" and f.type is str
     g = client.submit(inc, 1)
     g.result()
-    assert re.fullmatch(r"<Future: status: finished, type: int, key: inc-[0-9a-f]{32}>", repr(g))
+    assert re.fullmatch(r"<Future: status: finished, type: int, key: inc-[0-9a-f]{24}>", repr(g))
 
 
 @pytest.mark.timeout(30)

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from tasknest import Client, as_completed, wait
+from tasknest import Client, Event, as_completed, wait
 from tasknest.client import streaming
 from tasknest.client.future import Future
 from tasknest.client.streaming import StreamedFuture
@@ -176,3 +176,24 @@ def test_in_process_cluster_streams(inproc) -> None:
     """Scheduler, workers and the client's connection on one event loop."""
     futures = inproc.map(inc, range(N))
     assert inproc.gather(futures, timeout=60) == list(range(1, N + 1))
+
+
+def gated(x: int, gate: str) -> int:
+    Event(gate).wait()
+    return x
+
+
+def test_the_sender_waits_while_a_window_of_tasks_is_in_flight(client, monkeypatch) -> None:
+    monkeypatch.setattr(streaming, "IN_FLIGHT", streaming.CHUNK)
+    gate = Event("window-gate")
+    futures = client.map(gated, range(N), gate="window-gate")
+    sender = client._sender
+    # the first chunk runs two at a time and none ends: the window is full
+    wait_until(lambda: sender.holding == "window", 30, message="the sender holds back")
+    assert type(futures[streaming.CHUNK]) is StreamedFuture      # the next chunk waits
+    assert futures[-1].key                    # a future asked for sends its own chunk
+    assert type(futures[-1]) is Future and type(futures[streaming.CHUNK]) is StreamedFuture
+    gate.set()
+    assert client.gather(futures, timeout=60) == list(range(N))
+    wait_until(lambda: _sender_idle(client), 30, message="the sender finishes")
+    assert sender.holding is None

@@ -76,7 +76,7 @@ def test_the_allocator_thresholds_are_fixed_once_unless_the_environment_sets_the
     monkeypatch.setattr(memory, "_tuned", False)
     memory.tune_allocator()
     memory.tune_allocator()                                    # once per process
-    assert calls == [(-1, 4 << 20), (-3, 32 << 20)]            # M_TRIM_, M_MMAP_THRESHOLD
+    assert calls == [(-1, 4 << 20), (-3, 4 << 20)]            # M_TRIM_, M_MMAP_THRESHOLD
     calls.clear()
     monkeypatch.setattr(memory, "_tuned", False)
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")      # the user's choice stands

@@ -562,7 +562,7 @@ def test_a_want_answered_unknown_claims_the_task_anew_if_its_future_still_waits(
         c.deliver_to_scheduler(wid)       # release (the scheduler frees it), then want
     c.deliver_to_worker(wid)              # free: the run here is cancelled
     c.deliver_to_worker(wid)              # unknown: the waiting future claims it anew
-    assert w.state.tasks["child"].state == "executing" and w.state.tasks["child"].claimed
+    assert w.state.tasks["child"].state == "executing" and w.state.tasks["child"].owned
     assert isinstance(c.to_sched[wid][-1], m.Claim)
     c.finish(wid, "child")
     assert "child" in w.settled           # the parent's future has its value
@@ -609,7 +609,7 @@ def test_a_claim_crossing_the_free_of_an_earlier_life_of_its_key_is_made_again()
     w = c.workers[wid]
     while w.inbox:
         c.deliver_to_worker(wid)            # compute, free: the waiting future claims again
-    assert w.state.tasks["pure"].claimed and isinstance(c.to_sched[wid][-1], m.Claim)
+    assert w.state.tasks["pure"].owned and isinstance(c.to_sched[wid][-1], m.Claim)
     while c.to_sched[wid]:
         c.deliver_to_scheduler(wid)
     assert c.s.tasks["pure"].processing_on == wid

@@ -73,7 +73,7 @@ def test_claim_queues_locally_and_tells_the_scheduler():
     assert sent(out) == [m.Claim(key="child", func=1, args=b"", deps=[], priority=prio(1, 5),
                                  retries=0, confirm=False)]
     t = ws.tasks["child"]
-    assert t.state == "ready" and t.claimed and t.owned
+    assert t.state == "ready" and t.owned
 
 
 def test_pop_ready_is_depth_first_then_fifo():
@@ -205,7 +205,9 @@ def test_claim_rejected_while_executing_keeps_running():
     run(ws, "pure")
     ws.handle(m.ClaimRejected(key="pure"))
     ws.validate()
-    assert ws.tasks["pure"].state == "executing" and not ws.tasks["pure"].claimed
+    assert ws.tasks["pure"].state == "executing"
+    [report] = [msg for msg in sent(finish(ws, "pure")) if msg.op == "task-finished"]
+    assert report.key == "pure" and ws.tasks["pure"].state == "memory"
 
 
 def test_free_of_a_ready_task_unqueues_it():

@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import hashlib
 import itertools
 import logging
 import threading
 import uuid
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from ..memory import give_back, sparse, tune_allocator
 from ..errors import (CallerError, ClosedClientError, CommClosedError, FutureCancelledError,
@@ -28,7 +27,7 @@ from ..protocol.comm import Comm, connect
 from ..protocol.peers import PeerPool
 from ..protocol import sharedmem
 from ..protocol.serialize import dumps_call, dumps_function
-from ..names import funcname as _funcname, unique_token
+from ..names import content_key, funcname as _funcname, hasher, unique_token
 from ..registry import clients as _clients, set_default
 from ..timeouts import parse_timeout
 from ..tls import client_ssl_context
@@ -40,7 +39,7 @@ from .operations import resources_arg
 from .placing import Placing
 from .output import OutputPrinter
 from .reconnect import RESENT, Reconnection
-from .streaming import CHUNK, stream_map
+from .streaming import CHUNK, MapCall, stream_map
 
 log = logging.getLogger("tasknest.client")
 
@@ -95,7 +94,6 @@ class Client:
         self._sender: Any = None                  # streaming.Sender, once map() streams
         self._placing = Placing(self)             # tasks placed straight on workers
         self._reconnection = Reconnection(self)   # a lost scheduler: the way back
-        self._submits: dict[str, tuple] = {}      # key -> its recipe, until the result
         self._requests: dict[int, m.Message] = {}  # rid -> request, until its reply
         self._scattering: dict[int, list] = {}     # scatter-plan rid -> its values' frames
         self._scatter_sends: set[asyncio.Future] = set()   # parts on their way to workers
@@ -307,8 +305,6 @@ class Client:
         if isinstance(msg, (m.KeyMemory, m.KeyErred, m.KeyCancelled)):
             if self._placing.placed:
                 self._placing.done(msg)
-            if self._submits:
-                self._submits.pop(msg.key, None)
         getattr(self, handler)(msg)
 
     def _on_key_memory(self, msg: m.KeyMemory) -> None:
@@ -390,8 +386,9 @@ class Client:
                 st.refs -= 1
                 return
             self._states.pop(key, None)
+            if st is not None and st.recipe is not None:
+                st.drop()
             self._placing.placed.pop(key, None)
-            self._submits.pop(key, None)
             emptied = not self._states and sparse(self._states)
         if emptied and not self._worker_side:    # the last future of a large run went
             self._give_back_soon()
@@ -406,11 +403,10 @@ class Client:
 
     def compact(self) -> bool:
         """Right-size the future tables a large run left mostly empty; True if any was."""
-        with self._lock:     # (on the loop thread, which is the only one to pop _submits
-            # outside the lock: a copy cannot miss its pops)
-            shrank = sparse(self._states) or sparse(self._submits)
+        with self._lock:
+            shrank = sparse(self._states)
             if shrank:
-                self._states, self._submits = dict(self._states), dict(self._submits)
+                self._states = dict(self._states)
             self._placing.compact()
         return shrank
 
@@ -429,12 +425,16 @@ class Client:
         except RuntimeError:     # the loop is closed: nothing left to give back
             pass
 
-    def _new_future(self, key: str) -> tuple[Future, bool]:
+    def _new_future(self, key: str, recipe: tuple | None = None) -> tuple[Future, bool]:
+        """A future of ``key``; True if the key is new here (then its state keeps
+        ``recipe``, to send it again if the scheduler restarts before the result)."""
         with self._lock:
             st = self._states.get(key)
             new = st is None
             if st is None:
-                st = self._states[key] = FutureState()
+                st = self._states[key] = FutureState(recipe)
+                if recipe is not None and type(recipe[0]) is MapCall:
+                    recipe[0].sent += 1          # (its window of tasks in flight)
             else:
                 st.refs += 1
         fut = Future.__new__(Future)
@@ -494,9 +494,7 @@ class Client:
         fresh = key is None and not pure     # a key nobody else can be submitting
         if key is None:
             if pure:
-                digest = hashlib.blake2b(fbytes, digest_size=16)
-                digest.update(abytes)
-                key = f"{_funcname(func)}-{digest.hexdigest()}"
+                key = content_key(_funcname(func), hasher(fbytes, abytes))
             else:
                 key = self._impure_key(func, fbytes, abytes)
         return self._submit_key(key, fbytes, abytes, deps,
@@ -528,12 +526,10 @@ class Client:
                     resources: dict | None = None, loose: bool = False,
                     fresh: bool = False, recipe: tuple | None = None) -> Future:
         """``recipe``: what to keep to send it again, if not the arguments themselves
-        (a map's item keeps (its map, index, args, deps): streaming.full_recipe)."""
-        fut, new = self._new_future(key)
+        (a map's item keeps (its map, args[, deps]): streaming.full_recipe)."""
+        fut, new = self._new_future(key, recipe if recipe is not None else (
+            fbytes, abytes, deps, priority, retries, workers, resources, loose))
         if new:
-            with self._lock:    # (sent again if the scheduler restarts before the result)
-                self._submits[key] = recipe if recipe is not None else (
-                    fbytes, abytes, deps, priority, retries, workers, resources, loose)
             placing = self._placing
             lane = None if deps or resources else placing.lane() if workers is None \
                 else placing.lane_to(workers[0][1:]) if len(workers) == 1 and \
@@ -582,7 +578,9 @@ class Client:
             raise CallerError(f"key must be a prefix string or a list of keys, got {key!r:.60}")
         # (one iterable: its elements as they are, no tuple each until they are sent)
         single = len(iterables) == 1 and not actor and not self._worker_side
-        items = list(iterables[0]) if single else list(zip(*iterables))
+        # (a range stays one: its chunks are ranges too, not a million ints at once)
+        items: Sequence = (iterables[0] if type(iterables[0]) is range
+                           else list(iterables[0])) if single else list(zip(*iterables))
         keys = key if isinstance(key, (list, tuple)) else None
         if keys is not None and len(keys) != len(items):
             raise CallerError(f"map() got {len(keys)} keys for {len(items)} items")
@@ -592,13 +590,12 @@ class Client:
             return self._stream_map(func, items, single, kwargs, keys, prefix, pure,
                                     workers, resources, retries, priority,
                                     allow_other_workers, actors, chunk)
-        if single:
-            items = [(x,) for x in items]
+        calls: Sequence[tuple] = [(x,) for x in items] if single else items
         options = dict(workers=workers, resources=resources, retries=retries,
                        priority=priority, allow_other_workers=allow_other_workers,
                        actor=actor, actors=actors)
         out = []
-        for i, args in enumerate(items):
+        for i, args in enumerate(calls):
             k = keys[i] if keys else None
             if prefix is not None:
                 k = self._prefixed_key(prefix, func, args, kwargs, pure)
@@ -607,7 +604,7 @@ class Client:
                 self._wake()
         return out
 
-    def _stream_map(self, func: Callable, items: list, single: bool, kwargs: dict, keys: Any,
+    def _stream_map(self, func: Callable, items: Sequence, single: bool, kwargs: dict, keys: Any,
                     prefix: str | None, pure: bool, workers: Any, resources: Any,
                     retries: Any, priority: Any, loose: Any, actors: Any,
                     chunk: int) -> list[Future]:
@@ -627,9 +624,8 @@ class Client:
                       pure: bool) -> str:
         if not pure:
             return f"{prefix}-{unique_token()}"
-        digest = hashlib.blake2b(dumps_function(func), digest_size=16)
-        digest.update(dumps_call(args, kwargs, Future)[0])
-        return f"{prefix}-{digest.hexdigest()}"
+        return content_key(prefix, hasher(dumps_function(func),
+                                          dumps_call(args, kwargs, Future)[0]))
 
     # -- scatter (scattering.py) -----------------------------------------------------
     scatter = scattering.scatter

@@ -34,31 +34,54 @@ if TYPE_CHECKING:
 
 _NOTHING = object()
 _NONE: Any = ()        # shared empty list of a state (most never get callbacks)
+_NO_META = ("", ())
 _state_lock = threading.Lock()    # orders settling against callback registration
 _collect = threading.local()      # keys of futures pickled inside a task's result
 
 
 class FutureState:
-    """What one client knows about one key."""
+    """What one client knows about one key (a million of them for a large map: each
+    slot is 8 B a task, so a failure's three parts share one, the result's type and
+    holders another, and a waiter's event is one of the callbacks)."""
 
-    __slots__ = ("status", "type", "nbytes", "frames", "value", "who_has", "error",
-                 "traceback", "tb", "_event", "callbacks", "refs")
+    __slots__ = ("status", "meta", "frames", "value", "failure", "callbacks", "refs",
+                 "recipe")
 
-    def __init__(self) -> None:
+    def __init__(self, recipe: tuple | None = None) -> None:
         self.status = "pending"
-        self.type = ""
-        self.nbytes = 0
+        self.meta: tuple[str, tuple[str, ...]] = _NO_META   # (type name, holders), shared
         # the result's pickle until it is first read: one frame is kept as the bytes
         # alone (a million small results each kept a list of one, ~70 B)
         self.frames: list | bytes | None = None
         self.value: Any = _NOTHING
-        self.who_has: tuple[str, ...] = _NONE
-        self.error: BaseException | None = None
-        self.traceback: str | None = None       # the remote traceback as text
-        self.tb: types.TracebackType | None = None   # ... and as frames
-        self._event: threading.Event | None = None
+        # (exception, remote traceback as text, ... as frames), once it failed
+        self.failure: tuple[BaseException, str | None, types.TracebackType | None] | None \
+            = None
         self.callbacks: list[Callable[[], None]] = _NONE
         self.refs = 1            # the client's futures of the key (a table of counts cost more)
+        # what to send again if the scheduler restarts before the result: Submit's fields
+        # after the key, or a map item's own part (streaming.full_recipe)
+        self.recipe = recipe
+
+    @property
+    def type(self) -> str:
+        return self.meta[0]
+
+    @property
+    def who_has(self) -> tuple[str, ...]:
+        return self.meta[1]
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.failure[0] if self.failure is not None else None
+
+    @property
+    def traceback(self) -> str | None:
+        return self.failure[1] if self.failure is not None else None
+
+    @property
+    def tb(self) -> types.TracebackType | None:
+        return self.failure[2] if self.failure is not None else None
 
     def done(self) -> bool:
         return self.status != "pending"
@@ -66,12 +89,13 @@ class FutureState:
     def wait(self, timeout: float | None = None) -> bool:
         if self.status != "pending":
             return True
-        ev = self._event
-        if ev is None:
-            ev = self._event = threading.Event()
-            if self.status != "pending":
-                return True
-        return ev.wait(timeout)
+        ev = threading.Event()
+        if not self.add_callback(ev.set):
+            return True
+        if ev.wait(timeout):
+            return True
+        self.remove_callback(ev.set)      # (a caller polling in a loop leaves none behind)
+        return self.status != "pending"
 
     def add_callback(self, cb: Callable[[], None]) -> bool:
         """Register cb for when this settles; False (and cb not kept) if already settled."""
@@ -92,10 +116,9 @@ class FutureState:
                 pass
 
     def _settle(self) -> None:
-        if self._event is not None:
-            self._event.set()
         with _state_lock:
             callbacks, self.callbacks = self.callbacks, _NONE
+            self._forget_recipe()
         for cb in callbacks:
             try:
                 cb()
@@ -103,13 +126,25 @@ class FutureState:
                 import logging
                 logging.getLogger("tasknest.client").exception("error in done callback")
 
+    def _forget_recipe(self) -> None:
+        """No longer to send again (``_state_lock`` held): a map's item counts as
+        settled for its map's window of tasks in flight (streaming.py)."""
+        recipe = self.recipe
+        if recipe is not None:
+            self.recipe = None
+            if type(recipe[0]) is not bytes:       # (a map's, not Submit's fields)
+                recipe[0].settled += 1
+
+    def drop(self) -> None:
+        """The client let go of the key before its result."""
+        with _state_lock:
+            self._forget_recipe()
+
     def finish(self, type_name: str, nbytes: int, who_has: list[str], frames: list | None,
                value: Any = _NOTHING) -> None:
         # (each message decodes its own copies of the type and the holders; a finished
         # state keeps one of each kind, ~190 B a task: see memory.shared)
-        self.type = shared(type_name) or self.type
-        self.nbytes = nbytes
-        self.who_has = shared(tuple(who_has)) if who_has else _NONE
+        self.meta = shared((type_name or self.meta[0], shared(tuple(who_has))))
         if frames is not None:
             self.frames = frames[0] if len(frames) == 1 and type(frames[0]) is bytes else frames
         if value is not _NOTHING:
@@ -121,9 +156,7 @@ class FutureState:
     def fail(self, error: BaseException, traceback: str | None = None,
              status: str = "error") -> None:
         if self.status in ("pending", "lost"):
-            self.error = error
-            self.traceback = traceback
-            self.tb = error.__traceback__
+            self.failure = (error, traceback, error.__traceback__)
             self.status = status
             self._settle()
 
@@ -134,19 +167,16 @@ class FutureState:
         if self.status == "pending":
             self.fail(error, None, "cancelled")
         else:
-            self.error, self.traceback, self.tb = error, None, None
+            self.failure = (error, None, None)
             self.status = "cancelled"
 
     def reset(self) -> None:
         """The result was lost and is being recomputed (or an erred task retried)."""
         if self.status in ("finished", "error"):
             self.status = "pending"
-            self.error = None
-            self.traceback = self.tb = None
+            self.failure = None
             self.frames = None
             self.value = _NOTHING
-            if self._event is not None:
-                self._event.clear()
 
     def get_value(self) -> Any:
         if self.value is _NOTHING and self.frames is not None:

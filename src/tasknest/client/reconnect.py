@@ -92,12 +92,13 @@ class Reconnection:
         # itself; none falls between a picture without it and a status that drops its send.
         with c._lock:
             held = list(c._states)
-            pending = [(k, c._submits[k]) for k, st in c._states.items()
-                       if not st.done() and k in c._submits]
+            pending = [(k, st.recipe) for k, st in c._states.items()
+                       if not st.done() and st.recipe is not None]
             c._placing.placed.clear()        # (the places' confirms went with the old scheduler)
             requests = list(c._requests.items())
+            sent: dict = {}          # map -> its items sent again so far
             for key, recipe in pending:     # the scheduler may never have read them
-                comm.send(m.Submit(key, *full_recipe(recipe)))
+                comm.send(m.Submit(key, *full_recipe(recipe, sent)))
             comm.send(m.Holding(held))
             for rid, msg in requests:
                 if msg.op in RESENT:

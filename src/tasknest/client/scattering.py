@@ -13,12 +13,11 @@ Each is a function of a typed ``self: Client``, bound as a method in Client's bo
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..names import unique_token
+from ..names import content_key, hasher, unique_token
 from ..protocol import messages as m
 from ..protocol.serialize import dumps_value, nbytes
 from ..timeouts import parse_timeout
@@ -35,10 +34,7 @@ def data_key(value: Any, frames: list, hashed: bool) -> str:
     name = type(value).__name__
     if not hashed:
         return f"{name}-{unique_token()}"
-    digest = hashlib.blake2b(digest_size=16)
-    for frame in frames:
-        digest.update(frame)
-    return f"{name}-{digest.hexdigest()}"
+    return content_key(name, hasher(*frames))
 
 def scatter(self: "Client", data: Any, broadcast: bool = False, workers: Any = None,
             timeout: float | str | None = None, hash: bool = True,

@@ -19,14 +19,13 @@ queue, eagerly.
 from __future__ import annotations
 
 import collections
-import hashlib
 import itertools
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import ClosedClientError
-from ..names import funcname, unique_token
+from ..names import content_key, funcname, hasher, unique_token
 from ..protocol.serialize import dumps_call
 from .future import Future, FutureState
 
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
 
 CHUNK = 1000                # items pickled and sent together
 UNSENT_BOUND = 1 << 20      # bytes the connection may hold unsent before the sender waits
+IN_FLIGHT = 100_000         # a map's tasks sent and not settled before the sender waits
 POLL = 0.002                # seconds between looks at a connection over the bound
 RECONNECT_POLL = 0.05       # ... at a client reconnecting to its scheduler
 SENT_POLL = 0.005           # seconds between looks of an async gather at a chunk not sent
@@ -47,12 +47,12 @@ _lazy_slot: Any = Future.__dict__["_lazy"]
 _client_slot: Any = Future.__dict__["client"]
 
 
-class _Map:
+class MapCall:
     """What every item of one map() call shares."""
 
     __slots__ = ("client", "func", "fbytes", "kwargs", "keys", "prefix", "pure", "fname",
                  "digest", "priority", "depth", "seq0", "retries", "workers", "resources",
-                 "loose", "cond", "single")
+                 "loose", "cond", "single", "sent", "settled")
 
     def __init__(self, client: "Client", func: Callable, fbytes: bytes, kwargs: dict,
                  keys: Any, prefix: str | None, pure: bool, priority: Any, depth: int,
@@ -62,19 +62,22 @@ class _Map:
         self.single = single        # items are the arguments themselves, not tuples
         self.keys, self.prefix, self.pure = keys, prefix, pure
         self.fname = funcname(func)
-        self.digest = hashlib.blake2b(fbytes, digest_size=16)   # copied per pure key
+        self.digest = hasher(fbytes)   # copied per pure key
         self.priority, self.depth, self.seq0 = priority, depth, seq0
         self.retries, self.workers, self.resources, self.loose = (retries, workers,
                                                                   resources, loose)
         self.cond = threading.Condition()      # a chunk's sender finished
+        # new keys sent (the client's lock held) and settled or let go (the states'
+        # lock held): the sender waits while IN_FLIGHT of them are in the cluster
+        self.sent = self.settled = 0
 
 
 class _Chunk:
     __slots__ = ("map", "start", "items", "keys", "states", "dropped", "owner", "sent")
 
-    def __init__(self, mp: _Map, start: int, items: list) -> None:
+    def __init__(self, mp: MapCall, start: int, items: Sequence) -> None:
         self.map, self.start = mp, start
-        self.items: list | None = items
+        self.items: Sequence | None = items    # (a list, or a range for a map of one)
         self.keys: list | None = None
         self.states: list | None = None
         self.dropped: set[int] | None = None   # futures gone before the chunk left
@@ -82,23 +85,27 @@ class _Chunk:
         self.sent = False
 
 
-def full_recipe(recipe: tuple) -> tuple:
+def full_recipe(recipe: tuple, sent: dict) -> tuple:
     """A kept recipe as ``m.Submit``'s fields after the key. A map's item keeps only
-    what is its own: (map, index, args, deps), a third of the bytes of the whole."""
-    if type(recipe[0]) is not _Map:
+    what is its own, (map, args) or (map, args, deps): a fifth of the bytes of the
+    whole. Its place in the map's order is not kept (an int each): items sent again
+    in the order they were first sent (``sent``: map -> how many so far) keep their
+    order among themselves."""
+    if type(recipe[0]) is not MapCall:
         return recipe
-    mp, i, abytes, deps = recipe
+    mp, abytes, deps = recipe if len(recipe) == 3 else (*recipe, ())
+    i = sent[mp] = sent.get(mp, -1) + 1
     return (mp.fbytes, abytes, list(deps), [mp.priority, mp.depth, mp.seq0 + i], mp.retries,
             mp.workers, mp.resources, mp.loose)
 
 
-def _key(mp: _Map, args: tuple, abytes: bytes) -> str:
+def _key(mp: MapCall, args: tuple, abytes: bytes) -> str:
     """The key submit() would give this call."""
     if mp.pure:
         digest = mp.digest.copy()
         digest.update(abytes)
         name = mp.prefix if mp.prefix is not None else mp.fname
-        return f"{name}-{digest.hexdigest()}"
+        return content_key(name, digest)
     if mp.prefix is not None:
         return f"{mp.prefix}-{unique_token()}"
     return mp.client._impure_key(mp.func, mp.fbytes, abytes)
@@ -137,7 +144,7 @@ def _submit(chunk: _Chunk, raise_errors: bool) -> None:
             fut = client._submit_key(key, fbytes, abytes, deps,
                                      [mp.priority, mp.depth, mp.seq0 + i], mp.retries,
                                      mp.workers, mp.resources, mp.loose, fresh,
-                                     (mp, i, abytes, deps or ()))
+                                     (mp, abytes, deps) if deps else (mp, abytes))
         except Exception as exc:
             if raise_errors:
                 raise
@@ -295,6 +302,7 @@ class Sender:
         self.queue: collections.deque[_Chunk] = collections.deque()
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
+        self.holding: str | None = None     # what it waits for: "connection" or "window"
 
     def add(self, chunks: list[_Chunk]) -> None:
         with self.cond:
@@ -313,7 +321,10 @@ class Sender:
                 chunk = self.queue.popleft()
             if chunk.sent:
                 continue
-            self._hold_back()
+            try:
+                self._hold_back(chunk.map)
+            finally:
+                self.holding = None
             try:
                 send_chunk(chunk)
             except Exception:      # a bug: the chunk's futures send it when asked
@@ -322,10 +333,13 @@ class Sender:
             if comm is not None:
                 comm.wake()         # this thread writes the frame, not the event loop
 
-    def _hold_back(self) -> None:
+    def _hold_back(self, mp: MapCall) -> None:
         """Backpressure: wait while the connection holds more than UNSENT_BOUND bytes,
-        and while the client reconnects to a restarted scheduler (what is sent meanwhile
-        is only kept, to be sent again)."""
+        while the map has IN_FLIGHT tasks sent and not settled (the cluster then holds
+        only so many of its tasks: the scheduler's records, the workers' queues and this
+        client's recipes, not the whole map at once), and while the client reconnects to
+        a restarted scheduler (what is sent meanwhile is only kept, to be sent again).
+        A future asked for sends its chunk at once, whatever the window."""
         client = self.client
         while True:
             status = client.status
@@ -336,7 +350,11 @@ class Sender:
             comm = client._comm
             if comm is None or comm.closed or status != "running":
                 return
-            if comm.unsent() <= UNSENT_BOUND:
+            if comm.unsent() > UNSENT_BOUND:
+                self.holding = "connection"
+            elif mp.sent - mp.settled >= IN_FLIGHT:
+                self.holding = "window"
+            else:
                 return
             with self.cond:
                 self.cond.wait(POLL)
@@ -345,7 +363,7 @@ class Sender:
 _seq_lock = threading.Lock()
 
 
-def stream_map(client: "Client", func: Callable, fbytes: bytes, items: list, single: bool,
+def stream_map(client: "Client", func: Callable, fbytes: bytes, items: Sequence, single: bool,
                kwargs: dict, keys: Any, prefix: str | None, pure: bool, priority: Any,
                seq: Any, retries: int, workers: list | None, resources: dict | None,
                loose: bool, chunk: int) -> list[Future]:
@@ -355,7 +373,7 @@ def stream_map(client: "Client", func: Callable, fbytes: bytes, items: list, sin
     n = len(items)
     # n consecutive priorities, taken in one C call: FIFO order as if submitted now
     last = next(itertools.islice(seq, n - 1, None))
-    mp = _Map(client, func, fbytes, kwargs, keys, prefix, pure, priority, client._depth(),
+    mp = MapCall(client, func, fbytes, kwargs, keys, prefix, pure, priority, client._depth(),
               last - n + 1, retries, workers, resources, loose, single)
     chunks = [_Chunk(mp, s, items[s:s + chunk]) for s in range(0, n, chunk)]
     del items

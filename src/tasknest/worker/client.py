@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
 import os
 import sys
 import threading
@@ -21,7 +20,7 @@ from ..client.client import Client
 from ..client.placing import Placing
 from ..client.future import Future, FutureState, flatten_futures, rebuild
 from ..errors import BlockingCallError, CallerError, TimedOutError
-from ..names import funcname
+from ..names import content_key, funcname, hasher
 from ..protocol import messages as m
 from .context import current_task
 from .records import UNCOUNTED
@@ -46,7 +45,6 @@ class WorkerClient(Client):
         self._lock = threading.RLock()
         self._states: dict[str, FutureState] = {}
         self._placing = Placing(self)    # (tasks submit through claims, never place)
-        self._submits: dict = {}         # (the worker's resume re-asserts its futures)
         self._requests: dict = {}
         self._recipes: dict[str, tuple] = {}   # keys our futures wait on: how to claim them
         self._shared: set[str] = set()         # pure keys claimed here (see _release)
@@ -116,11 +114,8 @@ class WorkerClient(Client):
         if t is None:
             return super()._impure_key(func, fbytes, abytes)
         t.impure += 1
-        digest = hashlib.blake2b(f"{t.key}\0{t.attempt}\0{t.impure}\0".encode(),
-                                 digest_size=16)
-        digest.update(fbytes)
-        digest.update(abytes)
-        return f"{funcname(func)}-{digest.hexdigest()}"
+        return content_key(funcname(func), hasher(
+            f"{t.key}\0{t.attempt}\0{t.impure}\0".encode(), fbytes, abytes))
 
     # -- submitting: straight into this worker's queue ----------------------------------
     def _submit_key(self, key: str, fbytes: bytes, abytes: bytes, deps: list[str],

@@ -50,8 +50,7 @@ class Placing:
             return out
         if t is None:
             t = self.state.tasks[key] = WTask(key, "new")
-            t.func, t.args, t.priority, t.retries = func, args, heap_priority(priority, key), retries
-            t.stolen = t.claimed = False
+            t.recipe, t.priority = (func, args, retries), heap_priority(priority, key)
             t.attempt = UNCOUNTED             # a copy the scheduler has not counted (yet)
             t.owned = True
             self.state._resolve_deps(t, {}, out)

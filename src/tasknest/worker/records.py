@@ -16,29 +16,26 @@ UNCOUNTED = -1       # attempt of a copy the scheduler does not count (yet): its
 
 
 class WTask:
-    __slots__ = ("key", "func", "args", "deps", "priority", "retries", "state", "waiting_on",
-                 "dependents", "claimed", "owned", "who_has", "nbytes", "error", "stolen",
-                 "notify", "attempt", "placers", "held", "type", "unconfirmed",
-                 "awaited")
+    # (a worker keeps one per held result, half a million of them at times: 8 B a slot)
+    __slots__ = ("key", "recipe", "deps", "priority", "state", "waiting_on", "dependents",
+                 "owned", "who_has", "nbytes", "error", "notify", "attempt", "placers",
+                 "held", "type", "unconfirmed", "awaited")
 
     def __init__(self, key: str, state: WState) -> None:
         self.key = key
         self.state: WState = state
-        self.func: bytes | None = None
-        self.args: bytes | None = None
+        # (pickled function, pickled arguments, retries left) until it has run
+        self.recipe: tuple[bytes, bytes, int] | None = None
         # (a record may live long, holding a result: what it no longer needs, and the
         # empty sequences most records keep, are the shared ``()`` rather than a list each)
         self.deps: Sequence[str] = ()
         self.priority: tuple = ()
-        self.retries = 0
         self.waiting_on: set[str] = EMPTY    # (shared until it has some: see memory.py)
         self.dependents: set[str] = EMPTY
-        self.claimed = False
         self.owned = False            # the scheduler counts this worker as holding it
         self.who_has: Sequence[str] = ()
         self.nbytes = 0
         self.error: tuple[list, str, str] | None = None
-        self.stolen = False
         self.notify: Sequence[str] = ()   # clients to tell straight from here when it finishes
         self.attempt = CLAIMED        # the scheduler's compute this run answers
         self.placers: tuple = ()      # (client, seq) of places awaiting their confirm
@@ -46,6 +43,18 @@ class WTask:
         self.type = ""
         self.unconfirmed = False      # a pure claim the scheduler has not accepted yet
         self.awaited = 0              # local tasks waiting to run it once it is accepted
+
+    @property
+    def func(self) -> bytes | None:
+        return self.recipe[0] if self.recipe is not None else None
+
+    @property
+    def args(self) -> bytes | None:
+        return self.recipe[1] if self.recipe is not None else None
+
+    @property
+    def retries(self) -> int:
+        return self.recipe[2] if self.recipe is not None else 0
 
     def __repr__(self) -> str:
         return f"<WTask {self.key} {self.state}>"

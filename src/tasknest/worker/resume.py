@@ -27,7 +27,6 @@ def inventory(st: WorkerState, wants: list[str]) -> tuple[list, list, list, list
             t.placers = ()
             if t.attempt == -1:
                 t.attempt = 0
-                t.claimed = True
                 t.held = None
     st.placing.clear()
     st.idle_reported = False

@@ -33,7 +33,7 @@ from ..protocol.comm import Comm, Listener, address_towards, connect, listen, pa
 from ..protocol.peers import PeerPool
 from ..registry import set_default
 from ..protocol.serialize import (dumps_value, loads_call, loads_function, loads_value, nbytes,
-                                  plain_nbytes)
+                                  plain_nbytes, unframed)
 from ..version import __version__
 from .actions import Action, Done, Drop, Fetch, Ready, Send, Tell
 from .client import WorkerClient
@@ -689,7 +689,7 @@ class Worker:
         size = plain = plain_nbytes(result)
         if size is not None and size <= INLINE_LIMIT:
             # plain values: no futures inside, no out-of-band buffers, cannot fail
-            inline = [pickle.dumps(result, protocol=5)]
+            inline = [unframed(pickle.dumps(result, protocol=5))]
             size = len(inline[0])
         elif size is None:
             # pickled now: to travel inline, to find futures inside, or to fail here,

@@ -88,11 +88,9 @@ class WorkerState:
             return out
         t.notify = shared(tuple(notify)) if notify else ()   # (the same client, mostly)
         t.attempt = attempt
-        t.func, t.args, t.retries = msg.func, msg.args, msg.retries
+        t.recipe = (msg.func, msg.args, msg.retries)
         t.priority = heap_priority(msg.priority, key)
         t.deps = tuple(msg.deps)
-        t.claimed = False
-        t.stolen = False
         self.idle_reported = False
         self._resolve_deps(t, msg.deps, out)
         return out
@@ -110,16 +108,15 @@ class WorkerState:
                                               confirm))]
         t = self.tasks.get(key)
         if t is not None and t.state == "cancelled":   # still running: that run counts again
-            t.state, t.claimed, t.owned, t.attempt = "executing", True, True, CLAIMED
+            t.state, t.owned, t.attempt = "executing", True, CLAIMED
             return out
         if t is not None and t.attempt == UNCOUNTED and t.state in (
                 "ready", "waiting", "executing", "memory", "erred"):
-            t.claimed = True      # a client's placed copy the scheduler may not know yet:
-            return out            # it hears of it from here too (the claim)
+            # a client's placed copy the scheduler may not know yet: it hears of it from
+            return out            # here too (the claim)
         t = self.tasks[key] = WTask(key, "new")
-        t.func, t.args, t.deps, t.retries = func, args, deps, retries
+        t.recipe, t.deps = (func, args, retries), deps
         t.priority = heap_priority(priority, key)
-        t.claimed = True
         t.owned = True
         t.unconfirmed = confirm
         self._resolve_deps(t, {d: (locations or {}).get(d, []) for d in deps}, out)
@@ -319,7 +316,7 @@ class WorkerState:
         self._release_inputs(t, out)
         # the record now holds a result, maybe for long: its recipe is the scheduler's
         # to keep (a resume names results by key alone)
-        t.func = t.args = None
+        t.recipe = None
         t.deps = t.priority = ()
         return out
 
@@ -335,8 +332,9 @@ class WorkerState:
                 self._release_inputs(t, out)
                 self._maybe_drop(t, out)
             return out
-        if t.retries > 0 and kind == "exception":
-            t.retries -= 1
+        if t.recipe is not None and t.recipe[2] > 0 and kind == "exception":
+            func, args, retries = t.recipe
+            t.recipe = (func, args, retries - 1)
             self._make_ready(t, out)
             return out
         report = m.TaskErred(key, exception, traceback, kind, t.attempt)
@@ -520,7 +518,6 @@ class WorkerState:
             t.owned = False
             if t.state in ("ready", "waiting", "confirming"):
                 t.state = "remote"
-                t.claimed = False
                 t.unconfirmed = False
                 self._release_inputs(t, out)
             self._maybe_drop(t, out)
@@ -538,7 +535,6 @@ class WorkerState:
         if ok and t is not None:
             t.state = "remote"            # computed elsewhere now; local dependents wait for it
             t.owned = False
-            t.stolen = True
             t.who_has = ()
             self._release_inputs(t, out)
             self._maybe_drop(t, out)
@@ -548,18 +544,15 @@ class WorkerState:
         """Another worker claimed this pure key first; wait for its result instead."""
         out: list[Action] = []
         t = self.tasks.get(msg.key)
-        if t is not None and t.placers:     # a client placed it too: its confirm says
-            t.claimed = False                # whether the copy stays
-        elif t is not None and t.state in ("ready", "waiting", "confirming"):
+        # (placed by a client too: its confirm says whether the copy stays; running or
+        # run here already: that run goes on, and its result counts as a copy)
+        if t is not None and not t.placers and t.state in ("ready", "waiting", "confirming"):
             t.state = "remote"
             t.owned = False
-            t.claimed = False
             t.unconfirmed = False
             t.who_has = ()
             self._release_inputs(t, out)
             self._maybe_drop(t, out)
-        elif t is not None and t.state in ("executing", "memory"):
-            t.claimed = False
         return out
 
     @event

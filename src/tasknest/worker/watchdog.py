@@ -62,9 +62,14 @@ class Watchdog:
             self.loop.call_soon_threadsafe(self.loop.call_later, PERIOD, self.check)
 
     def _suspects(self) -> list[int]:
-        contexts = self.contexts
-        return [ident for ident in self.pool.holders()
-                if (ctx := contexts.get(ident)) is not None and ctx.seceded]
+        """Slot holders inside ``worker_client()`` (this runs on every task a busy
+        worker queues: most often no task at all is inside one). (A copy of the
+        contexts, taken in one step: task threads change them without the lock.)"""
+        seceded = [ident for ident, ctx in list(self.contexts.items()) if ctx.seceded]
+        if not seceded:
+            return seceded
+        holders = self.pool.holders()
+        return [ident for ident in seceded if ident in holders]
 
     def check(self) -> None:
         """Loop thread: lend the slots of suspects that made no progress."""
