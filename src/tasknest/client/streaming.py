@@ -3,10 +3,13 @@
     map() ──first chunk: pickled, keyed and sent here (its errors raise at the call)
           ──one cheap StreamedFuture per item; the other chunks queue for the sender
     sender thread ──a chunk at a time: pickle, key, submit──> connection
-                  (waits while the connection holds > UNSENT_BOUND bytes unsent)
+                  (waits while the connection holds > UNSENT_BOUND bytes unsent,
+                   or while IN_FLIGHT of the map's tasks are sent and not settled)
 
 The first tasks run while the rest are still being sent, and a slow scheduler holds
-the sender back instead of the client queueing every message at once.
+the sender back instead of the client queueing every message at once; so does a
+cluster that has a window of the map's tasks already, so that the scheduler, the
+workers and this client hold that window rather than the whole map.
 
 A StreamedFuture knows its chunk and index, not yet its key. Asking for its key or
 its state (result, gather, wait, cancel, pickling it into another task...) sends its
