@@ -41,8 +41,8 @@ def test_a_result_keeps_no_recipe_and_shares_what_records_repeat():
     assert a.notify is b.notify and a.who_has is b.who_has is ()
     run(ws, "a")
     finish(ws, "a")
-    assert (a.func, a.args, a.deps, a.priority, a.notify) == (None, None, (), (), ())
-    assert ws.tasks["b"].args == b"args"              # (a pending one keeps its recipe)
+    assert (a.recipe, a.deps, a.priority, a.notify) == (None, (), (), ())
+    assert ws.tasks["b"].recipe[1] == b"args"         # (a pending one keeps its recipe)
     run(ws, "b")
     ws.finished("b", 8, "".join(["i", "nt"]), None, [])   # (a name made afresh, as int's is)
     assert a.type == b.type == "int" and a.type is b.type

@@ -44,18 +44,6 @@ class WTask:
         self.unconfirmed = False      # a pure claim the scheduler has not accepted yet
         self.awaited = 0              # local tasks waiting to run it once it is accepted
 
-    @property
-    def func(self) -> bytes | None:
-        return self.recipe[0] if self.recipe is not None else None
-
-    @property
-    def args(self) -> bytes | None:
-        return self.recipe[1] if self.recipe is not None else None
-
-    @property
-    def retries(self) -> int:
-        return self.recipe[2] if self.recipe is not None else 0
-
     def __repr__(self) -> str:
         return f"<WTask {self.key} {self.state}>"
 

@@ -36,9 +36,10 @@ def inventory(st: WorkerState, wants: list[str]) -> tuple[list, list, list, list
             memory.append(key)
             sizes.append(t.nbytes)
             types.append(t.type)
-        elif t.state in RUNS and t.func is not None:
-            tasks.append([key, t.attempt, t.func, t.args, list(t.deps), _priority(t.priority),
-                          t.retries])
+        elif t.state in RUNS and t.recipe is not None:
+            func, args, retries = t.recipe
+            tasks.append([key, t.attempt, func, args, list(t.deps), _priority(t.priority),
+                          retries])
     return memory, sizes, types, tasks, wants
 
 

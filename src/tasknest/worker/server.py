@@ -625,15 +625,15 @@ class Worker:
         parent = current_task.get()
         depth = -task.priority[1] if len(task.priority) > 1 else 0
         ctx = TaskContext(self, task.key, depth, (parent.inline + 1) if inline and parent else 0)
-        ctx.attempt = task.retries
+        fbytes, abytes, ctx.attempt = task.recipe      # (a ready task's, kept until it ends)
         try:
-            func = loads_function(task.func)
+            func = loads_function(fbytes)
             if task.deps:
                 with self.lock:
                     values = {d: self.data[d] for d in task.deps}
             else:
                 values = {}
-            args, kwargs = loads_call(task.args, values)
+            args, kwargs = loads_call(abytes, values)
         except Exception as exc:
             return self._failed(task.key, exc, "serialization",
                                 f"cannot unpickle the function or arguments of {task.key}: "
