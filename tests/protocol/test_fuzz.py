@@ -2,9 +2,9 @@
 
 Each hypothesis example opens one connection (no handshake, a wrong key, or the
 right key followed by a registration), sends a few chunks (random bytes, random
-msgpack, catalogue-shaped messages with random or wrongly typed fields, mutated
-or truncated frames, absurd length prefixes), half-closes and waits for the
-server to finish with it. Afterwards both processes are alive, logged no
+msgpack, catalogue-shaped messages with random or wrongly typed fields, runs of
+one op as columns, mutated or truncated frames, absurd length prefixes),
+half-closes and waits for the server to finish with it. Afterwards both processes are alive, logged no
 unexpected error, and still run tasks correctly.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from rawpeer import ProcCluster, RawPeer, frame, register_client
 from tasknest import Client
 from tasknest.protocol import auth
 from tasknest.protocol import messages as m
+from tasknest.protocol.runs import RUN, RUN_OPS
 
 TOKEN = auth.new_token()
 
@@ -114,6 +115,25 @@ def messages(draw: st.DrawFn, ops: list[str] = ALL_OPS) -> list:
     return [op, *fields]
 
 
+@st.composite
+def runs(draw: st.DrawFn) -> list:
+    """Messages of one op as a run (protocol/runs.py): mostly well-formed, else one flaw."""
+    op = draw(st.sampled_from(sorted(RUN_OPS)))
+    cls = m.CATALOGUE[op]
+    rows = [[draw(TYPED_FIELD[t]) for t in cls.types] for _ in range(draw(st.integers(1, 4)))]
+    cols = [list(c) for c in zip(*rows)]
+    flaw = draw(st.sampled_from(["none"] * 3 + ["cell", "ragged", "columns", "op"]))
+    if flaw == "cell":
+        cols[draw(st.integers(0, len(cols) - 1))][0] = draw(ANYTHING)
+    elif flaw == "ragged":
+        cols[draw(st.integers(0, len(cols) - 1))].pop()
+    elif flaw == "columns":
+        cols.pop()
+    elif flaw == "op":
+        op = draw(st.sampled_from(ALL_OPS) | ANYTHING)
+    return [RUN, op, *cols]
+
+
 def _mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
     b = bytearray(data)
     for pos, val in edits:
@@ -124,6 +144,7 @@ def _mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes
 def chunks(ops: list[str]) -> st.SearchStrategy:
     return st.one_of(
         st.lists(messages(ops), min_size=1, max_size=4).map(frame),              # messages
+        st.lists(runs() | messages(ops), min_size=1, max_size=3).map(frame),      # runs
         st.binary(max_size=120),                                                  # raw bytes
         st.binary(max_size=120).map(lambda b: len(b).to_bytes(8, "little") + b),  # framed junk
         ANYTHING.map(lambda x: frame(x)),                                         # any msgpack
@@ -262,6 +283,8 @@ def test_worker_answers_get_data_for_missing_keys_with_nothing(procs):
     (frame([["no-such-op", 1]]), "unknown op"),
     (frame([["want", "not-a-list"]]), "field 'keys'"),
     (frame([["want"]]), "expected 1 fields"),
+    (frame([[RUN, "want", [["a"]]]]), "cannot come in runs"),
+    (frame([[RUN, "submit", ["k"], [0]]]), "expected 9 columns"),
     (frame({"not": "a list"}), "not a list"),
     (b"\x05\x00\x00\x00\x00\x00\x00\x00\xc1\xc1\xc1\xc1\xc1", "malformed frame"),
 ])

@@ -209,7 +209,8 @@ async def _scheduler_main(args: argparse.Namespace) -> int:
 # -- worker -------------------------------------------------------------------------------------
 async def _worker_main(args: argparse.Namespace) -> int:
     from ..errors import AuthenticationError, CommClosedError
-    from ..worker.server import Worker, configure_process
+    from ..worker.pool import configure_process
+    from ..worker.server import Worker
     configure_process()
     security = _security(args)
     worker = Worker(args.address, nthreads=args.nthreads, name=args.name, host=args.host,

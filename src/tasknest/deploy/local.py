@@ -254,7 +254,8 @@ class LocalCluster(Cluster):
     def _start_inprocess(self) -> None:
         from ..client.loop import get_runner
         from ..scheduler.server import Scheduler
-        from ..worker.server import Worker, configure_process
+        from ..worker.pool import configure_process
+        from ..worker.server import Worker
         configure_process()
         runner = get_runner()
         ssl_server = server_ssl_context(self.security)

@@ -28,9 +28,10 @@ from typing import Any, Callable, cast
 import psutil
 
 from ..errors import AuthenticationError, CallerError, CommClosedError, ConnectError, ProtocolError
-from . import auth, compression, frames
+from . import auth, compression, frames, runs
 from .transport import open_connection
-from .messages import FUNC_OPS, LAZY_OPS, MERGE_OPS, UNDOES, Codecs, DefineFunc, Message, decode
+from .messages import (ANY, CATALOGUE, DATA, FRAMES, FRAMES_LIST, FUNC_OPS, LAZY_OPS, MERGE_OPS,
+                       OPT_FRAMES, UNDOES, Codecs, DefineFunc, Message, decode)
 
 log = logging.getLogger("tasknest.comm")
 
@@ -45,6 +46,18 @@ BATCH_MAX = 256          # ... or this many messages
 # sending, undoing) is declared in the catalogue (messages.py): this module reads those
 # sets and never names an op. ConnectError is imported here for older code.
 _UNDONE = frozenset(UNDOES.values())
+RUN_OPS = runs.RUN_OPS
+# where a message's large buffers can be: its fields of pickled frames (every field, if
+# one may hold anything)
+_VALUE_FIELDS = {op: tuple(i for i, t in enumerate(CATALOGUE[op].types, 1)
+                           if t in (FRAMES, OPT_FRAMES, FRAMES_LIST, DATA))
+                 for op in frames.VALUE_OPS
+                 if op in CATALOGUE and ANY not in CATALOGUE[op].types}
+
+
+class _Rows(list):
+    """Encoded messages of one op waiting in the outbox to leave as a run."""
+    __slots__ = ()
 
 
 def address_towards(host: str, port: int = 9) -> str:
@@ -113,6 +126,8 @@ class Comm(asyncio.BufferedProtocol):
         self._draining = False
         self._undoable: dict[tuple, list] = {}   # (op, key) -> an unsent message, see UNDOES
         self._cancelled = 0
+        self._runs = False      # the outbox holds a run (_Rows) to turn into columns
+        self.run_handler: Callable[[list], Any] | None = None   # a run's messages at once
         self.before_write: Callable[[], Any] | None = None   # e.g. commit a journal first
         self.codec: str | None = None      # large buffers we send are compressed with it
         self.codecs_offered: list[str] = []   # what we told the other end we read
@@ -224,34 +239,70 @@ class Comm(asyncio.BufferedProtocol):
             raw = frames.decode(payload, bufs)
             if type(raw) is not list:
                 raise ProtocolError("frame is not a list of messages")
-            msgs = [decode(m) for m in raw]
+            # a run stays a list: messages of one op (runs.py)
+            items: list[Any] = [runs.decode(m) if type(m) is list and m and m[0] == runs.RUN
+                     else decode(m) for m in raw]
         except Exception as exc:
             return self.abort(f"malformed frame: {type(exc).__name__}: {exc}")
-        for msg in msgs:
+        for item in items:
+            if type(item) is list:
+                if not self._deliver_run(item):
+                    return
+                continue
+            msg = item
             if type(msg) is DefineFunc:
                 self.funcs[msg.fid] = msg.func
                 continue
             if type(msg) is Codecs:
                 self.codec = compression.choose(msg.names)
                 continue
-            if msg.op in FUNC_OPS:       # (the wire holds the function's number)
-                fmsg: Any = msg          # (a FUNC_OPS message: it has ``func``)
-                func = self.funcs.get(fmsg.func)
-                if func is None:
-                    return self.abort(f"{msg.op} names function #{fmsg.func} never defined")
-                fmsg.func = func
+            if msg.op in FUNC_OPS and not self._swap_func(msg):
+                return
             if self.handler is None:
                 self._pending.append(msg)
                 continue
-            try:
-                self.handler(msg)
-            except ProtocolError as exc:
-                return self.abort(f"invalid {msg.op}: {exc}")
-            except Exception:
-                log.exception("error handling %s from %s", msg.op, self.peer)
-                return self.abort(f"error handling {msg.op}")
-            if self.closed:
+            if not self._deliver(self.handler, msg, msg.op):
                 return
+
+    def _swap_func(self, msg: Any) -> bool:
+        """The function's bytes for the number on the wire (False: aborted)."""
+        func = self.funcs.get(msg.func)
+        if func is None:
+            self.abort(f"{msg.op} names function #{msg.func} never defined")
+            return False
+        msg.func = func
+        return True
+
+    def _deliver(self, handler: Callable[[Any], Any], arg: Any, op: str) -> bool:
+        """Hand a message (or a run) over; False if the connection closed meanwhile."""
+        try:
+            handler(arg)
+        except ProtocolError as exc:
+            self.abort(f"invalid {op}: {exc}")
+            return False
+        except Exception:
+            log.exception("error handling %s from %s", op, self.peer)
+            self.abort(f"error handling {op}")
+            return False
+        return not self.closed
+
+    def _deliver_run(self, msgs: list) -> bool:
+        """A run's messages: to ``run_handler`` together, if set, else one by one."""
+        op = msgs[0].op
+        if op in FUNC_OPS:
+            for msg in msgs:
+                if not self._swap_func(msg):
+                    return False
+        if self.handler is None:
+            self._pending += msgs
+            return True
+        if self.run_handler is not None:
+            return self._deliver(self.run_handler, msgs, op)
+        handler = self.handler
+        for msg in msgs:
+            if not self._deliver(handler, msg, op):
+                return False
+        return True
 
     def start(self, handler: Callable[[Message], Any]) -> None:
         """Begin delivering messages (those that arrived early first)."""
@@ -317,8 +368,19 @@ class Comm(asyncio.BufferedProtocol):
             if op in FUNC_OPS:   # its function by number (the message itself is not
                 encoded[2] = self.func_id(encoded[2])   # changed: it may go elsewhere too)
             if op in frames.VALUE_OPS:      # large buffers go out of band
-                encoded = frames.mark_buffers(encoded)
-            self._outbox.append(encoded)
+                encoded = frames.mark_buffers(encoded, _VALUE_FIELDS.get(op))
+            outbox = self._outbox
+            if op in RUN_OPS and outbox:    # adjacent ones travel as columns (runs.py)
+                last = outbox[-1]
+                if type(last) is _Rows:
+                    if last[0][0] == op:
+                        last.append(encoded)
+                        return
+                elif last[0] == op:
+                    outbox[-1] = _Rows((last, encoded))
+                    self._runs = True
+                    return
+            outbox.append(encoded)
             if op in _UNDONE:
                 self._undoable[(op, kmsg.key)] = encoded
 
@@ -340,6 +402,9 @@ class Comm(asyncio.BufferedProtocol):
         if self._cancelled:
             out = [x for x in out if x[0] is not None]
             self._cancelled = 0
+        if self._runs:
+            self._runs = False
+            out = [runs.columns(x) if type(x) is _Rows else x for x in out]
         try:
             chunks, _ = frames.encode(out, self.codec)
         except Exception as exc:  # a bug in a message; fail loudly but keep the link

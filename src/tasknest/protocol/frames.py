@@ -98,10 +98,22 @@ def allocate(size: int, readonly: bool, anywhere: bool = False) -> tuple[Any, me
 
 
 # -- writing ------------------------------------------------------------------------------
-def mark_buffers(fields: list) -> list:
+def mark_buffers(fields: list, at: tuple | None = None) -> list:
     """The encoded message with its large bytes-like items (at any depth up to 3) as
-    PickleBuffers, which ``encode`` sends out of band; the message itself is not changed."""
-    return _mark(fields, 0)
+    PickleBuffers, which ``encode`` sends out of band; the message itself is not changed.
+    ``at``: the only fields to look in (each a list or dict, or None)."""
+    if at is None:
+        return _mark(fields, 0)
+    out = fields
+    for i in at:
+        x = fields[i]
+        if type(x) is list or type(x) is dict:
+            y = _mark(x, 1)
+            if y is not x:
+                if out is fields:
+                    out = list(fields)
+                out[i] = y
+    return out
 
 
 def _mark(seq: Any, depth: int) -> Any:

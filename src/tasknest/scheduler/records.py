@@ -1,7 +1,7 @@
 """The scheduler's records of tasks and workers (plain data, no behaviour)."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 from ..memory import EMPTY
 
@@ -106,3 +106,12 @@ class WorkerInfo:
 
     def load(self) -> float:
         return (len(self.processing) - self.seceded) / self.nthreads
+
+
+def with_names(restrict: list, workers: Iterable[WorkerInfo]) -> list:
+    """A worker named by its address is named by its name too: its nanny restarts it
+    under that name at a new address, where the task then runs instead of waiting
+    for an address that will never come back. ("!address" stays as it is.)"""
+    names = [w.name for w in workers
+             if w.name and w.address in restrict and w.name not in restrict]
+    return [*restrict, *names] if names else restrict

@@ -169,6 +169,7 @@ class Scheduler:
                 return
             self.comms[cid] = comm
             comm.handler = lambda msg: self._dispatch(cid, msg, CLIENT_OPS)
+            comm.run_handler = lambda msgs: self._dispatch_run(cid, msgs, CLIENT_OPS)
             comm.on_close.append(lambda _: self._client_gone(cid))
             self._do(self.state.add_client(cid))
             comm.send(m.Welcome(cid, {"version": __version__, "started": self.started,
@@ -178,6 +179,7 @@ class Scheduler:
             wid = f"w-{uuid.uuid4().hex[:12]}"
             self.comms[wid] = comm
             comm.handler = lambda msg: self._dispatch(wid, msg, WORKER_OPS)
+            comm.run_handler = lambda msgs: self._dispatch_run(wid, msgs, WORKER_OPS)
             comm.on_close.append(lambda c: self._worker_gone(wid, c.close_reason))
             # ~100 heartbeats a second in all, however many workers: 500 idle ones
             # must not keep the scheduler busy (each is a wake-up and a frame)
@@ -256,6 +258,26 @@ class Scheduler:
         self._do(self.state.handle(source, msg))
         if op == "resume" and persist is not None:
             persist.resumed(source)
+        self._check()
+
+    def _dispatch_run(self, source: str, msgs: list, allowed: frozenset) -> None:
+        """A run (protocol/runs.py: submits, task-finished): one op, checked once, its
+        messages handled in one loop and their actions sent together."""
+        op = msgs[0].op
+        persist = self.persist
+        if op not in allowed or persist is not None and persist.held is not None:
+            for msg in msgs:        # (refused as one message would be; held while recovering)
+                self._dispatch(source, msg, allowed)
+            return
+        ws = self.state.workers.get(source)
+        if ws is not None:
+            ws.last_seen = time.monotonic()
+        if persist is not None:
+            record = persist.recorders.get(op)     # (recorders never read the state)
+            if record is not None:
+                for msg in msgs:
+                    record(source, msg, self.state)
+        self._do(self.state.handle_run(source, msgs))
         self._check()
 
     def _do(self, actions: list) -> None:

@@ -1,10 +1,10 @@
 """SchedulerState: the truth about every task, as a pure state machine.
 
 ``handle(source, msg)`` takes one event (a catalogue message from a client or a
-worker, or a connection event) and returns the actions it causes, as a list of
-``(target_id, message)``. No sockets, threads or clocks live here: the shell
-(server.py) delivers events and carries out the actions; time arrives as an
-argument of ``tick``.
+worker, or a connection event; ``handle_run``, a run of them) and returns the
+actions it causes, as a list of ``(target_id, message)``. No sockets, threads or
+clocks live here: the shell (server.py) delivers events and carries out the
+actions; time arrives as an argument of ``tick``.
 
 Task lifecycle::
 
@@ -20,13 +20,14 @@ holds futures (``^key``) and fire-and-forget (``@ff``).
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from ..errors import ProtocolError
 from ..memory import sparse, shared
 from ..protocol import messages as m
 from .resources import free_for
-from .records import ALLOWED_FAILURES, CLAIMED, EMPTY, FIRE_AND_FORGET, NOTHING, Task, WorkerInfo
+from .records import (ALLOWED_FAILURES, CLAIMED, EMPTY, FIRE_AND_FORGET, NOTHING, Task, WorkerInfo,
+                      with_names)
 from . import invariants
 from .coordination import Coordination
 from .loss import Losses
@@ -79,12 +80,19 @@ class SchedulerState:
 
     # == dispatch =====================================================================
     def handle(self, source: str, msg: m.Message) -> list[tuple[str, m.Message]]:
-        handler = self._handlers.get(msg.op)
+        return self.handle_run(source, (msg,))
+
+    def handle_run(self, source: str, msgs: Sequence[m.Message]) -> list[tuple[str, m.Message]]:
+        """Messages of one op (one, or a run: protocol/runs.py), handled in order; the
+        actions of all of them."""
+        handler = self._handlers.get(msgs[0].op)
         if handler is None:
-            raise ProtocolError(f"scheduler does not accept {msg.op!r}")
-        handler(source, msg)
-        if self.losses.orphans:
-            self.losses.release_orphans()
+            raise ProtocolError(f"scheduler does not accept {msgs[0].op!r}")
+        losses = self.losses
+        for msg in msgs:
+            handler(source, msg)
+            if losses.orphans:
+                losses.release_orphans()
         if self.unrunnable and self.workers:    # resources freed may let some run now
             for ts in [t for t in self.unrunnable.values() if t.resources]:
                 if self.unrunnable.get(ts.key) is ts:
@@ -194,7 +202,7 @@ class SchedulerState:
             if dk not in tasks:
                 return None
         if restrict:
-            restrict = self._with_names(restrict)
+            restrict = with_names(restrict, self.workers.values())
         ts = Task(key, func, args, deps, priority, retries, restrict)
         tasks[key] = ts
         for dk in deps:
@@ -204,14 +212,6 @@ class SchedulerState:
             else:
                 dts.dependents = {key}
         return ts
-
-    def _with_names(self, restrict: list) -> list:
-        """A worker named by its address is named by its name too: its nanny restarts it
-        under that name at a new address, where the task then runs instead of waiting
-        for an address that will never come back. ("!address" stays as it is.)"""
-        names = [w.name for w in self.workers.values()
-                 if w.name and w.address in restrict and w.name not in restrict]
-        return [*restrict, *names] if names else restrict
 
     def _on_submit(self, cid: str, msg: m.Submit) -> None:
         self._submitted(cid, msg.key, msg.func, msg.args, msg.deps, msg.priority,

@@ -21,11 +21,13 @@ All methods except ``start``/``close`` are called with ``lock`` held.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import sys
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 log = logging.getLogger("tasknest.worker")
 
@@ -213,3 +215,31 @@ class Pool:
             self.closed = True
             self.cond.notify_all()
             self.rejoin_cond.notify_all()
+
+
+_async_funcs: dict[Any, bool] = {}
+
+
+def is_async(func: Any) -> bool:
+    """inspect.iscoroutinefunction, remembered per function (it is slow-ish)."""
+    try:
+        return _async_funcs[func]
+    except (KeyError, TypeError):
+        pass
+    result = inspect.iscoroutinefunction(func)
+    try:
+        if len(_async_funcs) > 4096:
+            _async_funcs.clear()
+        _async_funcs[func] = result
+    except TypeError:      # an unhashable callable
+        pass
+    return result
+
+
+def configure_process() -> None:
+    """Room for deep inline nesting in task threads."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+    try:
+        threading.stack_size(64 * 1024 * 1024)
+    except (ValueError, RuntimeError):
+        pass

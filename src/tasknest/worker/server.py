@@ -9,12 +9,10 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import pickle
 import random
-import sys
 import threading
 import time
 import traceback
@@ -38,7 +36,7 @@ from ..version import __version__
 from .actions import Action, Done, Drop, Fetch, Ready, Send, Tell
 from .client import WorkerClient
 from .context import TaskContext, current_task, reset_task, set_task
-from .pool import Pool
+from .pool import Pool, is_async
 from .resume import inventory as inventory_of
 from .sharing import SharedSegments
 from .spill import new_store, watch_memory
@@ -162,6 +160,7 @@ class Worker:
         self._welcome = welcome
         # a scheduler killed before it welcomed us must not leave us waiting out the timeout
         comm.fail_on_close(welcome, "the welcome")
+        comm.run_handler = self._handle_run
         comm.start(self._handle)
         with self.lock:    # (no task thread reports before the registration and resume)
             held = [] if resume else self.state.held_keys()
@@ -314,14 +313,14 @@ class Worker:
         ``now``: a task thread that calls _wake() next writes the messages itself."""
         done = []
         fetches: dict[str, list[str]] = {}
-        dropped = False
+        dropped = ready = False
         for a in actions:
             if type(a) is Send:      # (type() is one opcode; several actions a task)
                 self.send(a.msg, now)
             elif type(a) is Done:
                 done.append(self._settle_record(a.key))
             elif type(a) is Ready:
-                self.pool.notify()
+                ready = True
             elif type(a) is Tell:
                 self._tell(a.client, a.msg, now)
             elif type(a) is Fetch:        # one request per peer for what it asks of it
@@ -331,6 +330,8 @@ class Worker:
                 self.frames_cache.pop(a.key, None)
                 self.shared.release(a.key)
                 dropped = True
+        if ready:
+            self.pool.notify()
         if dropped:        # a mapping nothing uses lets go of its file: its owner may reuse it
             sharedmem.sweep()
         for address, keys in fetches.items():
@@ -402,6 +403,22 @@ class Worker:
                 self.confirmed.notify_all()
         if done:
             self.settle(done)
+
+    def _handle_run(self, msgs: list) -> None:
+        """A run of computes (protocol/runs.py) is queued under one lock, with one apply;
+        another run goes message by message."""
+        if msgs[0].op != "compute":
+            for msg in msgs:
+                self._handle(msg)
+            return
+        handle = self.state.handle
+        with self.lock:
+            actions: list = []
+            for msg in msgs:
+                actions += handle(msg)
+            self.apply(actions)      # (a compute settles nothing)
+            if self.confirm_waiters:
+                self.confirmed.notify_all()
 
     def _on_sync(self, msg: m.Sync) -> None:
         if self.monitor.pending():    # (send() puts what task threads queued first; what
@@ -638,7 +655,7 @@ class Worker:
             return self._failed(task.key, exc, "serialization",
                                 f"cannot unpickle the function or arguments of {task.key}: "
                                 f"{type(exc).__name__}: {exc}")
-        if _is_async(func):
+        if is_async(func):
             self.loop.call_soon_threadsafe(  # type: ignore[union-attr]
                 lambda: self._spawn(self._run_async(task.key, ctx, func, args, kwargs)))
             return
@@ -753,32 +770,6 @@ def _queue(comm: Comm, msg: m.Message, now: bool) -> None:
 
 
 _MISSING = object()
-_async_funcs: dict[Any, bool] = {}
-
-
-def _is_async(func: Any) -> bool:
-    """inspect.iscoroutinefunction, remembered per function (it is slow-ish)."""
-    try:
-        return _async_funcs[func]
-    except (KeyError, TypeError):
-        pass
-    result = inspect.iscoroutinefunction(func)
-    try:
-        if len(_async_funcs) > 4096:
-            _async_funcs.clear()
-        _async_funcs[func] = result
-    except TypeError:      # an unhashable callable
-        pass
-    return result
-
-
-def configure_process() -> None:
-    """Room for deep inline nesting in task threads."""
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
-    try:
-        threading.stack_size(64 * 1024 * 1024)
-    except (ValueError, RuntimeError):
-        pass
 
 
 def _towards(address: str) -> str:
