@@ -115,3 +115,34 @@ def test_any_run_of_submits_decodes_to_the_messages(rows: list) -> None:
 def test_a_malformed_run_is_refused_with_its_reason(raw: list, reason: str) -> None:
     with pytest.raises(ProtocolError, match=reason):
         runs.decode(raw)
+
+
+@pytest.mark.timeout(60)
+def test_a_sender_splits_runs_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run never holds more than MAX_RUN messages: the sender starts another."""
+    monkeypatch.setattr(runs, "MAX_RUN", 3)
+    sent = [_finished(i) for i in range(10)]
+
+    async def main() -> list[int]:
+        batches: list[int] = []
+        done = asyncio.Event()
+
+        def on_comm(comm):
+            def many(msgs):
+                batches.append(len(msgs))
+                if sum(batches) == len(sent):
+                    done.set()
+            comm.run_handler = many
+            comm.start(lambda msg: many([msg]))
+
+        listener = await listen("tcp://127.0.0.1:0", on_comm, "secret")
+        comm = await connect(listener.address, "secret")
+        comm.start(lambda msg: None)
+        for msg in sent:
+            comm.send(msg)
+        await asyncio.wait_for(done.wait(), 30)
+        comm.close()
+        listener.close()
+        return batches
+
+    assert _run(main()) == [3, 3, 3, 1]

@@ -241,7 +241,7 @@ class Comm(asyncio.BufferedProtocol):
                 raise ProtocolError("frame is not a list of messages")
             # a run stays a list: messages of one op (runs.py)
             items: list[Any] = [runs.decode(m) if type(m) is list and m and m[0] == runs.RUN
-                     else decode(m) for m in raw]
+                                else decode(m) for m in raw]
         except Exception as exc:
             return self.abort(f"malformed frame: {type(exc).__name__}: {exc}")
         for item in items:
@@ -373,7 +373,7 @@ class Comm(asyncio.BufferedProtocol):
             if op in RUN_OPS and outbox:    # adjacent ones travel as columns (runs.py)
                 last = outbox[-1]
                 if type(last) is _Rows:
-                    if last[0][0] == op:
+                    if last[0][0] == op and len(last) < runs.MAX_RUN:
                         last.append(encoded)
                         return
                 elif last[0] == op:
