@@ -249,31 +249,31 @@ class Scheduler:
         if ws is not None:
             ws.last_seen = time.monotonic()
         persist = self.persist
-        if persist is not None:
-            if persist.held is not None and persist.hold(source, msg):
-                return               # recovering: handled once every worker is back
-            record = persist.recorders.get(op)    # (persist.record(), a call less)
-            if record is not None:
-                record(source, msg, self.state)
-        self._do(self.state.handle(source, msg))
+        if persist is not None and persist.held is not None and persist.hold(source, msg):
+            return               # recovering: handled once every worker is back
+        self._handle(source, (msg,))
         if op == "resume" and persist is not None:
             persist.resumed(source)
-        self._check()
 
     def _dispatch_run(self, source: str, msgs: list, allowed: frozenset) -> None:
         """A run (protocol/runs.py: submits, task-finished): one op, checked once, its
         messages handled in one loop and their actions sent together."""
-        op = msgs[0].op
         persist = self.persist
-        if op not in allowed or persist is not None and persist.held is not None:
+        if msgs[0].op not in allowed or persist is not None and persist.held is not None:
             for msg in msgs:        # (refused as one message would be; held while recovering)
                 self._dispatch(source, msg, allowed)
             return
         ws = self.state.workers.get(source)
         if ws is not None:
             ws.last_seen = time.monotonic()
+        self._handle(source, msgs)
+
+    def _handle(self, source: str, msgs: Any) -> None:
+        """Messages of one op: journalled (recorders never read the state), handled, and
+        their actions carried out."""
+        persist = self.persist
         if persist is not None:
-            record = persist.recorders.get(op)     # (recorders never read the state)
+            record = persist.recorders.get(msgs[0].op)    # (persist.record(), a call less)
             if record is not None:
                 for msg in msgs:
                     record(source, msg, self.state)

@@ -416,9 +416,11 @@ class Worker:
             actions: list = []
             for msg in msgs:
                 actions += handle(msg)
-            self.apply(actions)      # (a compute settles nothing)
+            done = self.apply(actions)
             if self.confirm_waiters:
                 self.confirmed.notify_all()
+        if done:
+            self.settle(done)
 
     def _on_sync(self, msg: m.Sync) -> None:
         if self.monitor.pending():    # (send() puts what task threads queued first; what
